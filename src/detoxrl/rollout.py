@@ -1,0 +1,225 @@
+"""The rollout stage: batched sampling and the log-prob / value passes over what was sampled.
+
+Shapes: B prompts, P padded prompt length, T padded response length.
+
+* Seq2seq: the encoder reads the (right-padded) prompt; the response is the decoder output.
+* Causal: prompts are left-padded so every response starts at column P; position ids are built
+  from the attention mask so the training forward pass sees the same positions as ``generate``.
+
+The response mask covers the tokens up to and including the first EOS; what ``generate`` puts after
+it is padding. A response that never emits EOS is marked (``ended`` False) for the optional penalty.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from detoxrl.losses import entropy_from_logits, logprobs_from_logits
+from detoxrl.policy import Policy
+
+
+@dataclass
+class Rollout:
+    query_ids: torch.Tensor  # [B, P] (seq2seq: right-padded, causal: left-padded)
+    query_mask: torch.Tensor  # [B, P]
+    response_ids: torch.Tensor  # [B, T] padded after EOS
+    response_mask: torch.Tensor  # [B, T] 1 on real response tokens (incl. EOS)
+    ended: torch.Tensor  # [B] bool: the response emitted EOS
+    queries: list[str]
+    responses: list[str]  # decoded, special tokens skipped
+
+    def __len__(self) -> int:
+        return self.response_ids.shape[0]
+
+    def select(self, idx: torch.Tensor | list[int]) -> "Rollout":
+        idx_t = torch.as_tensor(idx, dtype=torch.long)
+        il = idx_t.tolist()
+        return Rollout(
+            self.query_ids[idx_t],
+            self.query_mask[idx_t],
+            self.response_ids[idx_t],
+            self.response_mask[idx_t],
+            self.ended[idx_t],
+            [self.queries[i] for i in il],
+            [self.responses[i] for i in il],
+        )
+
+
+def response_mask_from_eos(response_ids: torch.Tensor, eos_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask of tokens up to and including the first EOS (all tokens when there is none)."""
+    is_eos = response_ids == eos_token_id
+    ended = is_eos.any(dim=1)
+    # index of the first EOS, or T-1 when the response never ended
+    first = torch.where(ended, is_eos.float().argmax(dim=1), torch.full_like(ended, response_ids.shape[1] - 1, dtype=torch.long))
+    positions = torch.arange(response_ids.shape[1], device=response_ids.device)
+    mask = (positions[None, :] <= first[:, None]).long()
+    return mask, ended
+
+
+def _generation_config(policy: Policy, max_new_tokens: int, min_new_tokens: int, do_sample: bool, temperature: float, top_k: int, top_p: float):
+    from transformers import GenerationConfig
+
+    base = policy.model.base_model.model.generation_config
+    kwargs = dict(
+        max_new_tokens=max_new_tokens,
+        min_new_tokens=min_new_tokens,
+        do_sample=do_sample,
+        pad_token_id=policy.pad_token_id,
+        eos_token_id=policy.eos_token_id,
+        use_cache=True,
+    )
+    if getattr(base, "decoder_start_token_id", None) is not None:
+        kwargs["decoder_start_token_id"] = base.decoder_start_token_id
+    if do_sample:
+        # top_k=0 and top_p=1.0 is pure sampling from the policy (the notebook's setting): the
+        # log-probs of the PPO update are those of the distribution actually sampled from.
+        kwargs.update(temperature=temperature, top_k=top_k, top_p=top_p)
+    return GenerationConfig(**kwargs)
+
+
+@torch.inference_mode()
+def generate(
+    policy: Policy,
+    prompts: list[list[int]],
+    queries: list[str],
+    *,
+    max_new_tokens: int,
+    min_new_tokens: int = 0,
+    do_sample: bool = True,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    batch_size: int = 16,
+    progress: bool = False,
+    adapter: str | None = None,
+) -> Rollout:
+    """Sample responses for tokenized prompts in batches (KV cache on, dropout off)."""
+    tok = policy.tokenizer
+    gen_cfg = _generation_config(policy, max_new_tokens, min_new_tokens, do_sample, temperature, top_k, top_p)
+    policy.model.eval()
+    chunks_q, chunks_r = [], []
+    # Sort by prompt length so each generation batch carries little padding; restore order after.
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    bar = tqdm(total=len(prompts), desc="generate", unit="prompt", disable=not progress, leave=False)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        enc = tok.pad({"input_ids": [prompts[i] for i in idx]}, return_tensors="pt").to(policy.device)
+        ctx = policy.use_adapter(adapter) if adapter else _null()
+        with ctx:
+            out = policy.model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], generation_config=gen_cfg)
+        resp = out[:, 1:] if policy.is_seq2seq else out[:, enc["input_ids"].shape[1] :]
+        chunks_q.append((idx, enc["input_ids"], enc["attention_mask"]))
+        chunks_r.append(resp)
+        bar.update(len(idx))
+    bar.close()
+    return _assemble(policy, chunks_q, chunks_r, len(prompts), queries)
+
+
+class _null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _assemble(policy: Policy, chunks_q, chunks_r, n: int, queries: list[str]) -> Rollout:
+    pad = policy.pad_token_id
+    P = max(q.shape[1] for _, q, _ in chunks_q)
+    T = max(r.shape[1] for r in chunks_r)
+    query_ids = torch.full((n, P), pad, dtype=torch.long)
+    query_mask = torch.zeros((n, P), dtype=torch.long)
+    response_ids = torch.full((n, T), pad, dtype=torch.long)
+    for (idx, q, m), r in zip(chunks_q, chunks_r):
+        idx_t = torch.tensor(idx)
+        if policy.is_seq2seq:
+            query_ids[idx_t, : q.shape[1]] = q.cpu()
+            query_mask[idx_t, : q.shape[1]] = m.cpu()
+        else:  # keep left padding: align prompts to the right edge
+            query_ids[idx_t, P - q.shape[1] :] = q.cpu()
+            query_mask[idx_t, P - q.shape[1] :] = m.cpu()
+        response_ids[idx_t, : r.shape[1]] = r.cpu()
+    response_mask, ended = response_mask_from_eos(response_ids, policy.eos_token_id)
+    response_ids = torch.where(response_mask.bool(), response_ids, torch.full_like(response_ids, pad))
+    responses = policy.tokenizer.batch_decode(response_ids, skip_special_tokens=True)
+    responses = [r.strip() for r in responses]
+    device = policy.device
+    return Rollout(query_ids.to(device), query_mask.to(device), response_ids.to(device), response_mask.to(device), ended.to(device), list(queries), responses)
+
+
+def forward_pass(
+    policy: Policy,
+    rollout: Rollout,
+    *,
+    temperature: float = 1.0,
+    with_values: bool = True,
+    with_entropy: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Per-token log-probs of the response (and values, entropy) under the active adapter.
+
+    One forward pass gives both: the value head reads the last hidden state of the same pass.
+    Logits are divided by the sampling temperature so the log-probs are those of the distribution
+    that was sampled from. Returned tensors are float32, shape [B, T].
+    """
+    model = policy.model
+    resp, rmask = rollout.response_ids, rollout.response_mask
+    T = resp.shape[1]
+    if policy.is_seq2seq:
+        start = model.base_model.model.config.decoder_start_token_id
+        dec_in = torch.cat([torch.full_like(resp[:, :1], start), resp[:, :-1]], dim=1)
+        dec_mask = torch.cat([torch.ones_like(rmask[:, :1]), rmask[:, :-1]], dim=1)
+        out = model(
+            input_ids=rollout.query_ids,
+            attention_mask=rollout.query_mask,
+            decoder_input_ids=dec_in,
+            decoder_attention_mask=dec_mask,
+            output_hidden_states=with_values,
+            use_cache=False,
+        )
+        logits = out.logits
+        hidden = out.decoder_hidden_states[-1] if with_values else None
+    else:
+        input_ids = torch.cat([rollout.query_ids, resp], dim=1)
+        attn = torch.cat([rollout.query_mask, rmask], dim=1)
+        position_ids = (attn.cumsum(dim=1) - 1).clamp(min=0)
+        out = model(
+            input_ids=input_ids,
+            attention_mask=attn,
+            position_ids=position_ids,
+            output_hidden_states=with_values,
+            use_cache=False,
+            logits_to_keep=T + 1,  # only the positions that predict response tokens
+        )
+        logits = out.logits[:, :-1]
+        hidden = out.hidden_states[-1][:, -T - 1 : -1] if with_values else None
+    logits = logits.float() / temperature
+    result = {"logprobs": logprobs_from_logits(logits, resp)}
+    if with_values:
+        result["values"] = policy.value_head(hidden.float()).squeeze(-1)
+    if with_entropy:
+        result["entropy"] = entropy_from_logits(logits)
+    return result
+
+
+@torch.inference_mode()
+def score_rollout(
+    policy: Policy,
+    rollout: Rollout,
+    *,
+    temperature: float = 1.0,
+    batch_size: int = 16,
+) -> dict[str, torch.Tensor]:
+    """Old log-probs, values and entropy (trainable adapter) and reference log-probs, no gradient."""
+    parts: dict[str, list[torch.Tensor]] = {"logprobs": [], "values": [], "entropy": [], "ref_logprobs": []}
+    for start in range(0, len(rollout), batch_size):
+        sub = rollout.select(list(range(start, min(start + batch_size, len(rollout)))))
+        cur = forward_pass(policy, sub, temperature=temperature, with_values=True, with_entropy=True)
+        for k in ("logprobs", "values", "entropy"):
+            parts[k].append(cur[k])
+        with policy.use_adapter("reference"):
+            ref = forward_pass(policy, sub, temperature=temperature, with_values=False)
+        parts["ref_logprobs"].append(ref["logprobs"])
+    return {k: torch.cat(v) for k, v in parts.items()}

@@ -1,0 +1,267 @@
+"""The PPO trainer: wires prompts -> policy -> rollout -> rewards -> advantages -> update.
+
+It holds no RL math of its own (that lives in :mod:`detoxrl.advantages` and :mod:`detoxrl.losses`).
+Everything random is derived from ``(seed, step)``, so a run stopped after step k and resumed from
+its checkpoint produces the same metrics and adapter weights as a run that never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from detoxrl import checkpoint as ckpt_lib
+from detoxrl.advantages import AdaptiveKLController, FixedKLController, gae, kl_k3, masked_mean, masked_whiten, token_rewards
+from detoxrl.config import DetoxConfig
+from detoxrl.errors import DetoxError
+from detoxrl.policy import Policy, check_adapter_source, check_policy_source, load_policy
+from detoxrl.prompts import PromptExample, build_prompts, check_data_source, filter_rows, load_dialogue_rows
+from detoxrl.rewards import Scorer, check_reward_labels, scorer_from_config, texts_for_scoring
+from detoxrl.rollout import generate, score_rollout
+from detoxrl.update import UpdateBatch, ppo_update
+
+MANAGED = ("metrics.jsonl", "checkpoints", "final", "eval", "report", "config.yaml", "tensorboard")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def step_seed(seed: int, step: int) -> int:
+    """A distinct, reproducible seed per step (so resume needs no saved RNG state)."""
+    return (seed * 1_000_003 + step * 7_919 + 17) % (2**63 - 1)
+
+
+def prepare_output_dir(cfg: DetoxConfig, resume: bool) -> Path:
+    """Refuse to clobber an earlier run unless asked; say how to resume or overwrite."""
+    out = Path(cfg.run.output_dir)
+    if resume:
+        ckpt_lib.require_checkpoint(out)
+        return out
+    existing = [name for name in MANAGED if (out / name).exists()]
+    if existing and not cfg.run.overwrite:
+        raise DetoxError(
+            f"output dir '{out}' already holds a run ({', '.join(existing)}); pass --resume to continue it, "
+            "--overwrite to replace it, or choose another --output-dir"
+        )
+    for name in existing:
+        target = out / name
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def preflight(cfg: DetoxConfig, *, check_reward: bool = True) -> list[dict]:
+    """All cheap checks, before any model loads. Returns the filtered dialogue rows."""
+    check_data_source(cfg.data)
+    check_policy_source(cfg.policy.model)
+    check_adapter_source(cfg.policy.adapter)
+    if check_reward:
+        label, toxic = check_reward_labels(cfg.reward.model, cfg.reward.label, cfg.reward.toxic_label, cfg.policy.trust_remote_code)
+        cfg.reward.label, cfg.reward.toxic_label = label, toxic
+    rows = filter_rows(load_dialogue_rows(cfg.data), cfg.data.min_chars, cfg.data.max_chars)
+    if not rows:
+        raise DetoxError(
+            f"no dialogue passes the length filter {cfg.data.min_chars} < chars <= {cfg.data.max_chars} in '{cfg.data.source}'; "
+            "widen it with --set data.min_chars=N / data.max_chars=N"
+        )
+    return rows
+
+
+class Trainer:
+    """PPO with a LoRA policy, a frozen reference adapter and a value head.
+
+    ``scorer`` replaces the configured reward model (any object with ``score(texts)``, e.g. a
+    :class:`detoxrl.rewards.FunctionScorer` wrapping a Python function).
+    """
+
+    def __init__(self, cfg: DetoxConfig, *, resume: bool = False, scorer: Scorer | None = None, policy: Policy | None = None):
+        from accelerate import Accelerator
+
+        self.cfg = cfg
+        if cfg.run.num_threads:
+            torch.set_num_threads(cfg.run.num_threads)
+        preflight(cfg, check_reward=scorer is None)
+        self.run_dir = prepare_output_dir(cfg, resume)
+        seed_everything(cfg.run.seed)
+        self.accelerator = Accelerator(
+            cpu=not torch.cuda.is_available(),
+            log_with=cfg.run.log_with or None,
+            project_dir=str(self.run_dir),
+        )
+        self.policy = policy or load_policy(cfg.policy, device=self.accelerator.device)
+        self.prompts = build_prompts(cfg.data, self.policy.tokenizer)
+        if len(self.prompts.train) == 0:
+            raise DetoxError("the train split is empty; lower data.test_fraction or add data")
+        self.scorer = scorer or scorer_from_config(cfg.reward, device=self.accelerator.device, trust_remote_code=cfg.policy.trust_remote_code)
+        torch.manual_seed(cfg.run.seed)  # the value head was initialised above; re-seed for the optimizer path
+        self.optimizer = torch.optim.Adam(self.policy.trainable_parameters(), lr=cfg.ppo.learning_rate)
+        p = cfg.ppo
+        self.kl_ctl = AdaptiveKLController(p.init_kl_coef, p.target_kl, p.kl_horizon) if p.adaptive_kl else FixedKLController(p.init_kl_coef)
+        self.step_idx = 0
+        if resume:
+            state = ckpt_lib.load_checkpoint(ckpt_lib.require_checkpoint(self.run_dir), self.policy, self.optimizer)
+            self.step_idx = int(state["step"])
+            self.kl_ctl.load_state_dict(state["kl_controller"])
+            self._truncate_metrics(self.step_idx)
+        else:
+            cfg.save_yaml(self.run_dir / "config.yaml")
+        if cfg.run.log_with:
+            self.accelerator.init_trackers("detoxrl", config=_flat(cfg.to_dict()))
+
+    # ------------------------------------------------------------------ data order
+    def batch_examples(self, step: int) -> list[PromptExample]:
+        """The prompts of ``step``: consecutive slices of per-epoch seeded permutations."""
+        train = self.prompts.train
+        n, bsz = len(train), self.cfg.ppo.batch_size
+        out = []
+        for pos in range(step * bsz, (step + 1) * bsz):
+            epoch, within = divmod(pos, n)
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.run.seed + 104_729 * epoch))
+            out.append(train[int(perm[within])])
+        return out
+
+    # ------------------------------------------------------------------ one PPO step
+    def step(self) -> dict[str, Any]:
+        cfg, g, p = self.cfg, self.cfg.generation, self.cfg.ppo
+        step = self.step_idx
+        t0 = time.perf_counter()
+        examples = self.batch_examples(step)
+        torch.manual_seed(step_seed(cfg.run.seed, step))
+        rollout = generate(
+            self.policy,
+            [e.input_ids for e in examples],
+            [e.prompt for e in examples],
+            max_new_tokens=g.max_new_tokens,
+            min_new_tokens=g.min_new_tokens,
+            do_sample=g.do_sample,
+            temperature=g.temperature,
+            top_k=g.top_k,
+            top_p=g.top_p,
+            batch_size=p.batch_size,
+            progress=cfg.run.progress,
+        )
+        t1 = time.perf_counter()
+        texts = texts_for_scoring(rollout.queries, rollout.responses, cfg.reward.input)
+        scored = self.scorer.score(texts)
+        scores = scored.reward.float().to(rollout.response_ids.device) * cfg.reward.weight
+        if cfg.reward.missing_eos_penalty:
+            scores = scores - cfg.reward.missing_eos_penalty * (~rollout.ended).float()
+        if p.score_clip:
+            scores = scores.clamp(-p.score_clip, p.score_clip)
+        t2 = time.perf_counter()
+
+        fw = score_rollout(self.policy, rollout, temperature=g.temperature, batch_size=p.batch_size)
+        mask = rollout.response_mask.float()
+        rewards, kl = token_rewards(scores, fw["logprobs"], fw["ref_logprobs"], mask, self.kl_ctl.value)
+        advantages, returns = gae(rewards, fw["values"], mask, p.gamma, p.lam)
+        if p.whiten_advantages:
+            advantages = masked_whiten(advantages, mask)
+        update_stats = ppo_update(
+            self.policy,
+            self.optimizer,
+            UpdateBatch(rollout, fw["logprobs"], fw["values"], advantages, returns),
+            epochs=p.ppo_epochs,
+            mini_batch_size=p.mini_batch_size,
+            clip_ratio=p.clip_ratio,
+            clip_value=p.clip_value,
+            vf_coef=p.vf_coef,
+            max_grad_norm=p.max_grad_norm,
+            ratio_threshold=p.ratio_threshold,
+            temperature=g.temperature,
+            generator=torch.Generator().manual_seed(step_seed(cfg.run.seed, step) + 1),
+            backward=self.accelerator.backward,
+            clip_grad_norm=self.accelerator.clip_grad_norm_,
+        )
+        kl_seq = (kl * mask).sum(1)
+        kl_k3_seq = torch.where(mask.bool(), kl_k3(fw["logprobs"], fw["ref_logprobs"]), 0.0).sum(1)
+        kl_coef_used = self.kl_ctl.value
+        self.kl_ctl.update(float(kl_seq.mean()), p.batch_size)
+        t3 = time.perf_counter()
+
+        raw = scored.reward.float()
+        metrics = {
+            "step": step + 1,
+            "objective/kl": float(kl_seq.mean()),
+            "objective/kl_k3": float(kl_k3_seq.mean()),
+            "objective/kl_coef": kl_coef_used,
+            "objective/entropy": float(masked_mean(fw["entropy"], mask)),
+            "ppo/returns/mean": float(masked_mean(returns, mask)),
+            "ppo/policy/advantages_mean": float(masked_mean(advantages, mask)),
+            **update_stats,
+            "env/reward_mean": float(raw.mean()),
+            "env/reward_std": float(raw.std(unbiased=False)) if len(raw) > 1 else 0.0,
+            "env/toxicity_mean": float(scored.toxicity.float().mean()),
+            "env/response_length_mean": float(mask.sum(1).mean()),
+            "env/ended_fraction": float(rollout.ended.float().mean()),
+            "time/generate_s": t1 - t0,
+            "time/score_s": t2 - t1,
+            "time/update_s": t3 - t2,
+            "time/step_s": t3 - t0,
+        }
+        self.step_idx += 1
+        self._log(metrics)
+        self.last_rollout = rollout
+        return metrics
+
+    # ------------------------------------------------------------------ the loop
+    def train(self, steps: int | None = None) -> Path:
+        """Run until ``cfg.ppo.steps`` (or ``steps``), checkpointing; return the ``final/`` folder."""
+        total = steps if steps is not None else self.cfg.ppo.steps
+        bar = tqdm(total=total, initial=self.step_idx, desc="ppo", unit="step", disable=not self.cfg.run.progress)
+        while self.step_idx < total:
+            m = self.step()
+            bar.update(1)
+            bar.set_postfix(reward=f"{m['env/reward_mean']:.3f}", kl=f"{m['objective/kl']:.3f}", s=f"{m['time/step_s']:.1f}")
+            if self.step_idx % self.cfg.run.save_every == 0 or self.step_idx == total:
+                self.save_checkpoint()
+        bar.close()
+        final = ckpt_lib.save_final(self.run_dir, self.policy)
+        if self.cfg.run.log_with:
+            self.accelerator.end_training()
+        return final
+
+    def save_checkpoint(self) -> Path:
+        state = {"kl_controller": self.kl_ctl.state_dict(), "seed": self.cfg.run.seed}
+        return ckpt_lib.save_checkpoint(self.run_dir, self.step_idx, self.policy, self.optimizer, state, keep=self.cfg.run.keep_checkpoints)
+
+    # ------------------------------------------------------------------ logging
+    def _log(self, metrics: dict[str, Any]) -> None:
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(_jsonable(metrics)) + "\n")
+        if self.cfg.run.log_with:
+            self.accelerator.log({k: v for k, v in metrics.items() if k != "step"}, step=metrics["step"])
+
+    def _truncate_metrics(self, upto_step: int) -> None:
+        """A resumed run drops metrics of steps after its checkpoint (they will be recomputed)."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.is_file():
+            return
+        kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= upto_step]
+        path.write_text("".join(line + "\n" for line in kept))
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out

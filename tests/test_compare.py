@@ -1,0 +1,146 @@
+"""Tests of detoxrl.compare on small synthetic evaluations."""
+
+import csv
+import json
+import warnings
+
+import pytest
+
+from detoxrl.compare import (
+    TABLE_COLUMNS,
+    comparison_table,
+    compare_files,
+    headline,
+    load_eval_records,
+    pair_records,
+    write_comparison,
+)
+from detoxrl.errors import DataError
+
+
+def rec(index, tox, reward, *, sample=0, judge=None, rougeL=None, faith=None, id_=None, response=None):
+    return {
+        "index": index,
+        "id": id_ if id_ is not None else f"test_{index}",
+        "sample": sample,
+        "prompt": f"Summarize {index}",
+        "dialogue": f"dialogue {index}",
+        "reference": None if rougeL is None else f"reference {index}",
+        "response": response if response is not None else f"summary {index}.{sample}",
+        "length_tokens": 10 + index,
+        "reward": reward,
+        "toxicity": tox,
+        "judge_toxicity": judge,
+        "rouge1": rougeL,
+        "rouge2": rougeL,
+        "rougeL": rougeL,
+        "faithfulness": faith,
+    }
+
+
+def write_jsonl(path, records, tail=""):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records) + tail)
+    return path
+
+
+def test_table_columns_and_order():
+    before = [rec(0, 0.1, 2.0), rec(1, 0.2, 1.0), rec(2, 0.3, 0.5)]
+    after = [rec(0, 0.1, 1.5, response="a0"), rec(1, 0.1, 3.0, response="a1"), rec(2, 0.2, 0.5, response="a2")]
+    rows = comparison_table(pair_records(before, after))
+    assert list(rows[0]) == list(TABLE_COLUMNS)
+    assert list(TABLE_COLUMNS[:6]) == [
+        "query", "response_before", "response_after", "reward_before", "reward_after", "reward_diff"
+    ]
+    # reward_diff: index 0 -> -0.5, index 1 -> +2.0, index 2 -> 0.0; sorted descending
+    assert [r["index"] for r in rows] == [1, 2, 0]
+    assert [r["reward_diff"] for r in rows] == pytest.approx([2.0, 0.0, -0.5])
+    assert rows[0]["query"] == "dialogue 1"
+    assert rows[0]["response_before"] == "summary 1.0" and rows[0]["response_after"] == "a1"
+    assert (rows[0]["toxicity_before"], rows[0]["toxicity_after"]) == (0.2, 0.1)
+
+
+def test_pairing_on_index_and_sample():
+    before = [rec(0, 0.1, 1.0, sample=1), rec(0, 0.2, 1.0, sample=0)]
+    after = [rec(0, 0.3, 1.0, sample=0), rec(0, 0.4, 1.0, sample=1)]
+    pairs = pair_records(before, after)
+    assert [(b["toxicity"], a["toxicity"]) for b, a in pairs] == [(0.2, 0.3), (0.1, 0.4)]
+
+
+def test_pairing_mismatch_errors():
+    base = [rec(i, 0.1, 1.0) for i in range(4)]
+    with pytest.raises(DataError, match="different prompts.*evaluate both with the same --num-samples and data"):
+        pair_records(base, base[:3])
+    with pytest.raises(DataError, match=r"different prompts \(index 2: id 'test_2' before, 'other' after\)"):
+        pair_records(base, [rec(i, 0.1, 1.0, id_="other" if i == 2 else None) for i in range(4)])
+    two_samples = [rec(i, 0.1, 1.0, sample=s) for i in range(4) for s in range(2)]
+    with pytest.raises(DataError, match="4 prompts x 1 samples.*4 prompts x 2 samples"):
+        pair_records(base, two_samples)
+    with pytest.raises(DataError, match="two records"):
+        pair_records(base + base[:1], base)
+
+
+def test_headline_shape_and_significant_reduction():
+    n = 60
+    before = [rec(i, 0.4 + 0.005 * (i % 10), 1.0, judge=0.30, rougeL=0.40, faith=0.6) for i in range(n)]
+    after = [rec(i, 0.2 + 0.005 * (i % 7), 2.0, judge=0.30, rougeL=0.40, faith=0.6) for i in range(n)]
+    h = headline(pair_records(before, after), n_boot=300)
+    assert h["n"] == n and h["prompts"] == n and h["samples_per_prompt"] == 1
+    tox = h["toxicity"]
+    assert set(tox) >= {"before", "after", "reduction", "percentage_improvement"}
+    assert tox["reduction"]["low"] > 0.4  # about 50% lower, tight interval
+    assert tox["percentage_improvement"]["mean"] == pytest.approx(100 * tox["reduction"]["reduction"])
+    assert h["reward"]["diff"]["diff"] == pytest.approx(1.0)
+    assert h["rouge"]["rougeL"]["before"]["mean"] == pytest.approx(40.0)  # points
+    assert h["rouge"]["rougeL"]["diff"] == {"diff": 0.0, "low": 0.0, "high": 0.0, "n": n}
+    assert h["length_tokens"]["diff"]["diff"] == 0.0
+    v = h["verdict"]
+    assert v.startswith("judge toxicity: no significant change (+0.0% [95% CI +0.0%, +0.0%] (n=60))")
+    assert "reward-model toxicity -" in v and "reward-model toxicity: no significant" not in v
+    assert "ROUGE-L: no significant change (+0.0 points" in v
+    assert "faithfulness: no significant change" in v
+    json.dumps(h, allow_nan=False)
+
+
+def test_headline_without_judge_or_references_and_k_samples():
+    before = [rec(i, 0.6 if s == 0 else 0.1, 0.0, sample=s) for i in range(5) for s in range(3)]
+    after = [rec(i, 0.1, 0.0, sample=s) for i in range(5) for s in range(3)]
+    h = headline(pair_records(before, after), n_boot=100)
+    assert h["judge_toxicity"] is None and h["rouge"] is None and h["faithfulness"] is None
+    assert h["samples_per_prompt"] == 3 and h["prompts"] == 5 and h["n"] == 15
+    assert h["toxicity"]["expected_max"] == {"before": pytest.approx(0.6), "after": pytest.approx(0.1)}
+    assert h["toxicity"]["prob_any_toxic"] == {"before": 1.0, "after": 0.0}
+    assert h["verdict"].startswith("reward-model toxicity -")
+
+
+def test_write_comparison_and_load(tmp_path):
+    before = [rec(i, 0.3, float(i), judge=0.2) for i in range(5)]
+    after = [rec(i, 0.1, float(5 - i), judge=0.2) for i in range(5)]
+    bp = write_jsonl(tmp_path / "before.jsonl", before)
+    ap = write_jsonl(tmp_path / "after.jsonl", after, tail='{"index": 5, "id": "te')  # interrupted write
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        assert len(load_eval_records(ap)) == 5
+    assert any("incomplete last record" in str(x.message) for x in w)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        head = compare_files(bp, ap, tmp_path / "cmp", n_boot=50)
+    out = tmp_path / "cmp"
+    assert json.loads((out / "compare.json").read_text()) == head
+    table = json.loads((out / "comparison.json").read_text())
+    assert [r["index"] for r in table] == [0, 1, 2, 3, 4]  # reward_diff 5, 3, 1, -1, -3
+    with open(out / "comparison.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == list(TABLE_COLUMNS) and len(rows) == 5
+    assert write_comparison(pair_records(before, after), out, n_boot=50) == head
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(DataError, match="no evaluation records"):
+        load_eval_records(tmp_path / "missing.jsonl")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"index": 0\n' + json.dumps(rec(1, 0.1, 1.0)) + "\n")
+    with pytest.raises(DataError, match="bad.jsonl:1 is not valid JSON"):
+        load_eval_records(bad)
+    bad.write_text(json.dumps({"index": 0, "response": "x"}) + "\n")
+    with pytest.raises(DataError, match="lacks sample, reward, toxicity"):
+        load_eval_records(bad)

@@ -1,0 +1,389 @@
+"""detoxrl.rewards: scorers read by label name, cheap label checks, batching, packaged classifiers."""
+
+import json
+import os
+import pickle
+import shutil
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from detoxrl.errors import ConfigError, ModelLoadError
+from detoxrl.rewards import (
+    BILSTM_CLASSES,
+    CombinedScorer,
+    FunctionScorer,
+    HFClassifierScorer,
+    KerasTokenizerState,
+    Scorer,
+    build_scorer,
+    check_reward_labels,
+    load_keras_tokenizer,
+    pad_sequences,
+    texts_for_scoring,
+)
+from detoxrl.tiny import make_tiny_roberta
+
+TEXTS = [
+    "#Person1# tells Tommy that he didn't like the movie.",
+    "#Person1# tells that he will kill his friends.",
+    "hello",
+    "The meeting starts at nine and everyone will be there on time, said #Person2# to #Person1#.",
+    "you are a stupid idiot",
+    "thank you for the lovely dinner",
+    "",
+    "ok",
+    "#Person1#: Did you see the movie last night? #Person2#: Yes, I did not like it at all. " * 3,
+]
+TOXIC, BENIGN = "you are a stupid idiot, I will kill you", "thank you for the lovely dinner"
+NOTEBOOK_BENIGN = "#Person 1# tells Tommy that he didn't like the movie."
+NOTEBOOK_TOXIC = "#Person 1# tells that he will kill his friends."
+# A larger init than the default 0.02 makes the tiny classifier's logits differ from text to text.
+WIDE = {"initializer_range": 0.3}
+
+
+@pytest.fixture(scope="module")
+def tiny_nothate_hate(tmp_path_factory):
+    return make_tiny_roberta(tmp_path_factory.mktemp("rob_nh"), TEXTS, labels=("nothate", "hate"), seed=0, config_overrides=WIDE)
+
+
+@pytest.fixture(scope="module")
+def tiny_hate_nothate(tmp_path_factory):
+    return make_tiny_roberta(tmp_path_factory.mktemp("rob_hn"), TEXTS, labels=("hate", "nothate"), seed=0, config_overrides=WIDE)
+
+
+def _hand_logits(folder, texts):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    tok = AutoTokenizer.from_pretrained(folder)
+    with torch.no_grad():
+        return torch.stack([model(**tok([t], return_tensors="pt")).logits[0] for t in texts])
+
+
+# --------------------------------------------------------------------------------------------
+# Hugging Face classifier: selection by name (the notebook's defect #1)
+
+
+def test_reward_is_the_named_logit_even_when_hate_wins(tiny_nothate_hate):
+    hand = _hand_logits(tiny_nothate_hate, TEXTS)  # columns: nothate, hate
+    hate_wins = [i for i in range(len(TEXTS)) if hand[i, 1] > hand[i, 0]]
+    nothate_wins = [i for i in range(len(TEXTS)) if hand[i, 0] > hand[i, 1]]
+    assert hate_wins and nothate_wins, "seed 0 with init 0.3 should give both cases"
+    scorer = HFClassifierScorer(str(tiny_nothate_hate), "nothate", batch_size=4)
+    assert isinstance(scorer, Scorer)
+    assert (scorer.reward_label, scorer.toxic_label, scorer.labels) == ("nothate", "hate", ["nothate", "hate"])
+    res = scorer.score(TEXTS)
+    torch.testing.assert_close(res.reward, hand[:, 0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(res.logits["hate"], hand[:, 1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(res.toxicity, hand.softmax(-1)[:, 1], atol=1e-5, rtol=0)
+    i = hate_wins[0]
+    # what the notebook's reward[0] of a score-sorted pipeline output gave: the hate logit
+    notebook_reward = sorted(hand[i].tolist(), reverse=True)[0]
+    assert notebook_reward == pytest.approx(float(hand[i, 1]))
+    assert float(res.reward[i]) == pytest.approx(float(hand[i, 0]), abs=1e-5)
+    assert float(res.reward[i]) < notebook_reward - 1e-3
+    for t in (res.reward, res.toxicity, *res.logits.values(), *res.probs.values()):
+        assert t.dtype == torch.float32 and t.shape == (len(TEXTS),)
+    assert torch.all((res.toxicity >= 0) & (res.toxicity <= 1))
+    res.reward -= 1.0  # ordinary tensors (not inference tensors): in-place updates work downstream
+
+
+def test_reward_follows_the_name_with_labels_in_the_other_order(tiny_hate_nothate):
+    hand = _hand_logits(tiny_hate_nothate, TEXTS)  # columns: hate, nothate
+    scorer = build_scorer(str(tiny_hate_nothate), "nothate", batch_size=3)
+    assert isinstance(scorer, HFClassifierScorer)
+    assert (scorer.reward_label, scorer.toxic_label) == ("nothate", "hate")
+    res = scorer.score(TEXTS)
+    torch.testing.assert_close(res.reward, hand[:, 1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(res.toxicity, hand.softmax(-1)[:, 0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(res.probs["nothate"] + res.probs["hate"], torch.ones(len(TEXTS)), atol=1e-6, rtol=0)
+
+
+def test_batched_scoring_equals_one_at_a_time(tiny_nothate_hate):
+    batched = HFClassifierScorer(str(tiny_nothate_hate), "nothate", batch_size=4).score(TEXTS, progress=True)
+    single = HFClassifierScorer(str(tiny_nothate_hate), "nothate", batch_size=1)
+    one_by_one = [single.score([t]) for t in TEXTS]
+    torch.testing.assert_close(batched.reward, torch.cat([r.reward for r in one_by_one]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(batched.toxicity, torch.cat([r.toxicity for r in one_by_one]), atol=1e-5, rtol=0)
+    for name in ("nothate", "hate"):
+        torch.testing.assert_close(batched.logits[name], torch.cat([r.logits[name] for r in one_by_one]), atol=1e-5, rtol=0)
+    # order restored: scoring a permutation permutes the scores
+    perm = [3, 0, 8, 2, 6, 1, 7, 5, 4]
+    again = single.score([TEXTS[i] for i in perm])
+    torch.testing.assert_close(again.reward, batched.reward[perm], atol=1e-5, rtol=0)
+    assert len(single.score([])) == 0
+
+
+def test_truncation_at_max_length(tiny_nothate_hate):
+    long = "the movie was long " * 400  # far beyond 512 tokens
+    scorer = HFClassifierScorer(str(tiny_nothate_hate), "nothate", max_length=32)
+    res = scorer.score([long, long[:5000]])
+    assert torch.isfinite(res.reward).all()
+    assert float(res.reward[0]) == pytest.approx(float(res.reward[1]), abs=1e-5)  # same first 32 tokens
+
+
+# --------------------------------------------------------------------------------------------
+# Cheap label validation (config only)
+
+
+def test_unknown_label_is_a_config_error_from_the_config_alone(tiny_nothate_hate, tmp_path):
+    folder = tmp_path / "no_weights"
+    shutil.copytree(tiny_nothate_hate, folder)
+    weights = [p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin")]
+    assert weights
+    for p in weights:
+        p.unlink()
+    with pytest.raises(ConfigError) as e:
+        check_reward_labels(str(folder), "nothat", None)
+    msg = str(e.value)
+    assert "reward label 'nothat' is not a label of" in msg
+    assert "its labels are: nothate, hate" in msg and "pass --reward-label nothate" in msg
+    with pytest.raises(ConfigError, match="toxic label 'toxic' is not a label"):
+        check_reward_labels(str(folder), "nothate", "toxic")
+    # build_scorer checks labels before it loads anything ...
+    with pytest.raises(ConfigError, match="its labels are: nothate, hate"):
+        build_scorer(str(folder), "nothat")
+    # ... and only then fails on the missing weights, as a ModelLoadError
+    with pytest.raises(ModelLoadError, match="cannot load reward model"):
+        build_scorer(str(folder), "nothate")
+    assert check_reward_labels(str(folder), "nothate", None) == ("nothate", "hate")
+    assert check_reward_labels(str(folder), "hate", None) == ("hate", "nothate")
+
+
+def test_label_resolution_rules(tmp_path):
+    three = tmp_path / "three"
+    three.mkdir()
+    (three / "config.json").write_text(json.dumps({"id2label": {"2": "c", "0": "a", "1": "b"}}))
+    with pytest.raises(ConfigError, match=r"has 3 labels \(a, b, c\); say which one is toxicity"):
+        check_reward_labels(str(three), "a", None)
+    assert check_reward_labels(str(three), "a", "c") == ("a", "c")
+    with pytest.raises(ConfigError, match="both 'a'"):
+        check_reward_labels(str(three), "a", "a")
+    nolabels = tmp_path / "nolabels"
+    nolabels.mkdir()
+    (nolabels / "config.json").write_text(json.dumps({"model_type": "roberta"}))
+    assert check_reward_labels(str(nolabels), "LABEL_0", None) == ("LABEL_0", "LABEL_1")
+    assert check_reward_labels("packaged:toxic-comment-classifier", "non-toxic", None) == ("non-toxic", "toxic")
+    assert check_reward_labels("packaged:toxic-comment-classifier", "non-toxic", "insult") == ("non-toxic", "insult")
+    assert check_reward_labels("packaged:profanity-check", "non-toxic", None) == ("non-toxic", "toxic")
+    with pytest.raises(ConfigError, match="its labels are: toxic, severe_toxic.*non-toxic; pass --reward-label non-toxic"):
+        check_reward_labels("packaged:toxic-comment-classifier", "nontoxic", None)
+    with pytest.raises(ConfigError, match="pass --reward-label non-toxic$"):  # the seed preset's label
+        check_reward_labels("packaged:profanity-check", "nothate", None)
+    with pytest.raises(ConfigError, match="pass --toxic-label toxic$"):
+        check_reward_labels("packaged:toxic-comment-classifier", "non-toxic", "toxicity")
+    with pytest.raises(ConfigError, match="unknown packaged reward model 'packaged:nope'"):
+        check_reward_labels("packaged:nope", "x", None)
+
+
+def test_path_that_is_not_a_model_folder(tmp_path):
+    (tmp_path / "notes.txt").write_text("hi")
+    for bad in (tmp_path, tmp_path / "notes.txt"):
+        with pytest.raises(ModelLoadError, match="exists but is not a model folder \\(no config.json\\)"):
+            check_reward_labels(str(bad), "nothate", None)
+
+
+# --------------------------------------------------------------------------------------------
+# What gets scored
+
+
+def test_texts_for_scoring_modes():
+    queries = ["\nSummarize the following conversation.\n\nA: hi\n\nSummary:\n", "Q2"]
+    responses = ["  A greets B. \n", "B leaves."]
+    assert texts_for_scoring(queries, responses) == ["A greets B.", "B leaves."]
+    assert texts_for_scoring(queries, responses, "response") == ["A greets B.", "B leaves."]
+    both = texts_for_scoring(queries, responses, "query+response")
+    assert both == ["Summarize the following conversation.\n\nA: hi\n\nSummary:\nA greets B.", "Q2\nB leaves."]
+    with pytest.raises(ConfigError, match="'response' or 'query\\+response'"):
+        texts_for_scoring(queries, responses, "dialogue")
+    with pytest.raises(ValueError):
+        texts_for_scoring(queries[:1], responses, "query+response")
+
+
+# --------------------------------------------------------------------------------------------
+# Functions and weighted sums
+
+
+def length_reward(texts):  # used through "python:test_rewards:length_reward" below
+    return [float(len(t)) / 10 for t in texts]
+
+
+def test_function_and_combined_scorers(tiny_nothate_hate, monkeypatch):
+    f = FunctionScorer(length_reward, batch_size=2)
+    res = f.score(["abc", "", "abcdefghij"])
+    torch.testing.assert_close(res.reward, torch.tensor([0.3, 0.0, 1.0]))
+    torch.testing.assert_close(res.toxicity, torch.sigmoid(-res.reward))
+    with pytest.raises(ConfigError, match="returned 1 values for 2 texts"):
+        FunctionScorer(lambda ts: [0.0]).score(["a", "b"])
+    with pytest.raises(ConfigError, match="must be finite"):
+        FunctionScorer(lambda ts: [float("nan")] * len(ts)).score(["a"])
+    monkeypatch.syspath_prepend(os.path.dirname(__file__))
+    by_name = build_scorer("python:test_rewards:length_reward", "reward")
+    torch.testing.assert_close(by_name.score(["abcd"]).reward, torch.tensor([0.4]))
+    with pytest.raises(ConfigError, match="its labels are: reward"):
+        build_scorer("python:test_rewards:length_reward", "nothate")
+
+    hf = HFClassifierScorer(str(tiny_nothate_hate), "nothate")
+    combo = CombinedScorer([hf, f], [1.0, -0.5])
+    out = combo.score(TEXTS[:4])
+    a, b = hf.score(TEXTS[:4]), f.score(TEXTS[:4])
+    torch.testing.assert_close(out.reward, a.reward - 0.5 * b.reward)
+    torch.testing.assert_close(out.toxicity, a.toxicity)
+    assert out.logits["combined"].shape == (4,) and f"{hf.name}/hate" in out.probs
+    assert combo.toxic_label == f"{hf.name}/hate"
+    with pytest.raises(ConfigError, match="2 reward scorers but 1 weights"):
+        CombinedScorer([hf, f], [1.0])
+
+
+# --------------------------------------------------------------------------------------------
+# The Keras tokenizer: restricted unpickling, texts_to_sequences, pad_sequences
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_restricted_unpickler_rejects_os_system(tmp_path):
+    marker = tmp_path / "pwned"
+    bad = tmp_path / "tokenizer.pickle"
+    bad.write_bytes(pickle.dumps(_Evil(marker)))
+    with pytest.raises(ModelLoadError, match=r"refusing to unpickle global '(posix|os)\.system'"):
+        load_keras_tokenizer(bad)
+    assert not marker.exists()
+    bad.write_bytes(pickle.dumps({"word_index": {"a": 1}, "f": eval}))
+    with pytest.raises(ModelLoadError, match="refusing to unpickle global 'builtins.eval'"):
+        load_keras_tokenizer(bad)
+    bad.write_bytes(pickle.dumps({"word_index": {"a": 1}}))  # safe, but no Tokenizer
+    with pytest.raises(ModelLoadError, match="does not hold a Keras Tokenizer"):
+        load_keras_tokenizer(bad)
+
+
+def _pickle_as_keras_tokenizer(monkeypatch, state):
+    """Pickle bytes that reference keras.src.legacy.preprocessing.text.Tokenizer (Keras not installed)."""
+    names = ["keras", "keras.src", "keras.src.legacy", "keras.src.legacy.preprocessing", "keras.src.legacy.preprocessing.text"]
+    for name in names:
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    cls = type("Tokenizer", (), {"__module__": names[-1]})
+    sys.modules[names[-1]].Tokenizer = cls
+    obj = cls()
+    obj.__dict__.update(state)
+    return pickle.dumps(obj, protocol=5)
+
+
+def test_keras_tokenizer_stand_in(tmp_path, monkeypatch):
+    import collections
+
+    state = {
+        "word_counts": collections.OrderedDict([("the", 9), ("movie", 5)]),
+        "word_docs": collections.defaultdict(int, {"the": 3}),
+        "filters": '!"#$%&()*+,-./:;<=>?@[\\]^_`{|}~\t\n',
+        "split": " ",
+        "lower": True,
+        "num_words": 4,
+        "document_count": 3,
+        "char_level": False,
+        "oov_token": None,
+        "index_docs": collections.defaultdict(int, {1: 3}),
+        "word_index": {"the": 1, "movie": 2, "didn't": 3, "kill": 4, "friends": 5},
+        "index_word": {1: "the", 2: "movie", 3: "didn't", 4: "kill", 5: "friends"},
+        "analyzer": None,
+    }
+    path = tmp_path / "tok.pickle"
+    path.write_bytes(_pickle_as_keras_tokenizer(monkeypatch, state))
+    tok = load_keras_tokenizer(path)
+    assert isinstance(tok, KerasTokenizerState) and tok.num_words == 4
+    # lower-cased, punctuation split off, apostrophes kept, unknown words and ids >= num_words dropped
+    assert tok.texts_to_sequences(["The MOVIE, the\tmovie!", "He didn't kill friends.", ""]) == [[1, 2, 1, 2], [3], []]
+    tok.oov_token = "the"
+    assert tok.texts_to_sequences(["didn't kill xyz"]) == [[3, 1, 1]]
+    # Keras pad_sequences defaults: pad and truncate at the front
+    ids = pad_sequences([[1, 2, 3], [], [4, 5, 6, 7, 8]], maxlen=4)
+    assert ids.tolist() == [[0, 1, 2, 3], [0, 0, 0, 0], [5, 6, 7, 8]]
+    assert pad_sequences([[1, 2]], maxlen=3, padding="post").tolist() == [[1, 2, 0]]
+
+
+# --------------------------------------------------------------------------------------------
+# Packaged classifiers
+
+
+@pytest.fixture(scope="module")
+def bilstm():
+    return build_scorer("packaged:toxic-comment-classifier", "non-toxic")
+
+
+@pytest.mark.slow
+def test_bilstm_scores_toxic_above_benign(bilstm):
+    res = bilstm.score([TOXIC, BENIGN, NOTEBOOK_BENIGN, NOTEBOOK_TOXIC])
+    assert bilstm.labels == BILSTM_CLASSES + ["non-toxic"]
+    tox = res.toxicity.tolist()
+    assert tox[0] > 0.9 and tox[1] < 0.05 and tox[0] - tox[1] > 0.8
+    assert tox[3] > tox[2] + 0.1  # the notebook's pair: "will kill his friends" is more toxic
+    torch.testing.assert_close(res.reward, -res.logits["toxic"])
+    torch.testing.assert_close(res.toxicity, torch.sigmoid(res.logits["toxic"]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(res.probs["non-toxic"], 1 - res.toxicity)
+    assert float(res.probs["insult"][0]) > 0.5 and float(res.reward[0]) < 0 < float(res.reward[1])
+    # batch composition does not matter (every row is padded to 100 like the package does)
+    single = torch.cat([bilstm.score([t]).reward for t in TEXTS])
+    torch.testing.assert_close(bilstm.score(TEXTS).reward, single, atol=1e-5, rtol=0)
+    assert "toxic_classifier" not in sys.modules and "tensorflow" not in sys.modules
+
+
+@pytest.mark.slow
+def test_bilstm_matches_a_numpy_keras_reference(bilstm):
+    """The PyTorch module equals Keras' LSTM equations (gates i,f,c,o; kernel x@W; backward layer on the
+    reversed sequence, re-reversed; concat; max over time) written out in numpy from the h5 file."""
+    import h5py
+
+    from detoxrl.packaged import BILSTM_WEIGHTS, locate
+
+    sig = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
+    with h5py.File(locate(BILSTM_WEIGHTS), "r") as f:
+        w = {k: f[k][()].astype(np.float64) for k in _h5_var_names(f)}
+
+    def lstm(xs, prefix):
+        W, U, b = (w[f"layers/bidirectional/{prefix}/cell/vars/{i}"] for i in range(3))
+        h, c, hs = np.zeros(50), np.zeros(50), []
+        for x in xs:
+            zi, zf, zc, zo = np.split(x @ W + h @ U + b, 4)
+            c = sig(zf) * c + sig(zi) * np.tanh(zc)
+            h = sig(zo) * np.tanh(c)
+            hs.append(h)
+        return np.stack(hs)
+
+    texts = [NOTEBOOK_TOXIC, TOXIC]
+    ids = bilstm.encode(texts).numpy()
+    got = bilstm.score(texts)
+    for row, seq in enumerate(ids):
+        x = w["layers/embedding/vars/0"][seq]
+        states = np.concatenate([lstm(x, "forward_layer"), lstm(x[::-1], "backward_layer")[::-1]], axis=-1)
+        d = np.maximum(states.max(0) @ w["layers/dense/vars/0"] + w["layers/dense/vars/1"], 0)
+        z = d @ w["layers/dense_1/vars/0"] + w["layers/dense_1/vars/1"]
+        for i, c in enumerate(BILSTM_CLASSES):
+            assert float(got.logits[c][row]) == pytest.approx(z[i], abs=1e-4), c
+
+
+def _h5_var_names(f):
+    names = []
+    f.visit(lambda n: names.append(n) if "/vars/" in n and n.startswith("layers/") else None)
+    return names
+
+
+@pytest.mark.slow
+def test_svm_scores_toxic_above_benign():
+    svm = build_scorer("packaged:profanity-check", "non-toxic")
+    assert svm.labels == ["non-toxic", "toxic"]
+    res = svm.score([TOXIC, BENIGN, NOTEBOOK_BENIGN, NOTEBOOK_TOXIC, ""])
+    tox = res.toxicity.tolist()
+    assert tox[0] > 0.9 and tox[1] < 0.05
+    assert tox[3] > tox[2] + 0.1
+    torch.testing.assert_close(res.reward, -res.logits["toxic"])
+    assert float(res.reward[0]) == pytest.approx(-np.log((1 - 1e-6) / 1e-6), abs=1e-3)  # clamped, finite
+    assert torch.isfinite(res.reward).all()
