@@ -218,6 +218,66 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _machine_cpu_s() -> tuple[float, float] | None:
+    """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat (Linux)."""
+    try:
+        with open("/proc/stat") as fh:
+            vals = [int(v) for v in fh.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+    idle = vals[3] + vals[4]  # idle + iowait
+    return (sum(vals) - idle) / tick, sum(vals) / tick
+
+
+def _own_cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    ch = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime + ch.ru_utime + ch.ru_stime
+
+
+class CpuShare:
+    """How much CPU other processes took while this one ran: the machine has 2 cores shared with
+    other people's jobs, and a busy neighbour slows a 2-thread torch process far more than its share
+    (OpenMP barriers wait on a descheduled thread). ``others_fraction`` is their CPU seconds over
+    wall * cores; anything above a few percent makes the timings suspect."""
+
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+        self.m0 = _machine_cpu_s()
+        self.o0 = _own_cpu_s()
+
+    def stop(self) -> dict:
+        wall = time.perf_counter() - self.t0
+        m1, own = _machine_cpu_s(), _own_cpu_s() - self.o0
+        out = {"wall_s": wall, "own_cpu_s": own, "cores": os.cpu_count()}
+        if self.m0 and m1:
+            busy = m1[0] - self.m0[0]
+            out["machine_busy_cpu_s"] = busy
+            out["others_cpu_s"] = max(0.0, busy - own)
+            out["others_fraction"] = out["others_cpu_s"] / max(wall * (os.cpu_count() or 1), 1e-9)
+        return out
+
+
+def machine_busy_fraction(interval: float = 2.0) -> float | None:
+    """Fraction of all cores busy over ``interval`` seconds (None where /proc/stat is missing)."""
+    a = _machine_cpu_s()
+    time.sleep(interval)
+    b = _machine_cpu_s()
+    if not a or not b or b[1] <= a[1]:
+        return None
+    return (b[0] - a[0]) / (b[1] - a[1])
+
+
+def wait_until_idle(max_wait_s: float, threshold: float = 0.15, interval: float = 3.0) -> float | None:
+    """Wait (at most ``max_wait_s``) until the machine's cores are less than ``threshold`` busy."""
+    deadline = time.monotonic() + max_wait_s
+    busy = machine_busy_fraction(interval)
+    while busy is not None and busy >= threshold and time.monotonic() < deadline:
+        busy = machine_busy_fraction(interval)
+    return busy
+
+
 def seed_everything(seed: int = SEED) -> None:
     import random
 
@@ -286,9 +346,10 @@ def measure_matmul_peak_gflops(n: int = 2048, repeats: int = 10, threads: int = 
 #   update = F_ref (reference, no LoRA) + F_policy (old log-probs and values, no grad)
 #            + ppo_epochs * (F_policy + B_policy)            summed over the batch's samples.
 #
-# W2 (causal Llama), per sample with T = prompt + response tokens (the whole sequence is run to get
-# the response's log-probs), h = hidden, a_q = heads * head_dim, a_kv = kv_heads * head_dim:
-#   forward linear = 2 L T (2 h a_q + 2 h a_kv + 3 h f) + 2 T h V ;  forward attn = 4 a_q L T^2
+# W2 (causal Llama), per sample with T = prompt + N response tokens (the whole sequence runs through
+# the layers to get the response's log-probs, but only the N positions that predict response tokens
+# need the lm_head and the value head), h = hidden, a_q = heads * head_dim, a_kv = kv_heads * head_dim:
+#   forward linear = 2 L T (2 h a_q + 2 h a_kv + 3 h f) + 2 N h V ;  forward attn = 4 a_q L T^2
 #   forward lora   = 2 L T [(h r + r a_q) + (h r + r a_kv)] ; backward as above.
 
 
@@ -304,15 +365,15 @@ def t5_forward_flops(cfg: dict, E: int, D: int, lora_r: int = 0) -> dict:
     return dict(linear=linear, attn=attn, lora=lora, vhead=vhead)
 
 
-def llama_forward_flops(cfg: dict, T: int, lora_r: int = 0) -> dict:
+def llama_forward_flops(cfg: dict, T: int, N: int, lora_r: int = 0) -> dict:
     h, f, V, L = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"], cfg["num_hidden_layers"]
     hd = cfg.get("head_dim") or h // cfg["num_attention_heads"]
     aq = cfg["num_attention_heads"] * hd
     akv = cfg.get("num_key_value_heads", cfg["num_attention_heads"]) * hd
-    linear = 2 * L * T * (2 * h * aq + 2 * h * akv + 3 * h * f) + 2 * T * h * V
+    linear = 2 * L * T * (2 * h * aq + 2 * h * akv + 3 * h * f) + 2 * N * h * V
     attn = 4 * aq * L * T * T
     lora = 2 * L * T * ((h * lora_r + lora_r * aq) + (h * lora_r + lora_r * akv)) if lora_r else 0
-    vhead = 2 * h * T
+    vhead = 2 * h * N
     return dict(linear=linear, attn=attn, lora=lora, vhead=vhead)
 
 
@@ -331,7 +392,7 @@ def update_flops(workload: str, prompt_lens: Sequence[int], new_tokens: int, mod
     if WORKLOADS[workload]["kind"] == "seq2seq":
         fwd = [t5_forward_flops(model_config, E, new_tokens, r) for E in prompt_lens]
     else:
-        fwd = [llama_forward_flops(model_config, E + new_tokens, r) for E in prompt_lens]
+        fwd = [llama_forward_flops(model_config, E + new_tokens, new_tokens, r) for E in prompt_lens]
     return ppo_update_flops(fwd, ppo_epochs)
 
 
@@ -375,6 +436,9 @@ def _legacy_tokenizer_config(folder: Path) -> None:
     cfg = json.loads(p.read_text())
     if cfg.get("tokenizer_class") not in ("PreTrainedTokenizerFast", "GPT2Tokenizer", "GPT2TokenizerFast"):
         cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    jinja = folder / "chat_template.jinja"  # 5.x writes the template beside; 4.46 reads it from here
+    if jinja.exists() and "chat_template" not in cfg:
+        cfg["chat_template"] = jinja.read_text()
     p.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
 
 

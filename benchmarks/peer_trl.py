@@ -79,6 +79,7 @@ def main(argv=None) -> int:
         )
     common.seed_everything(args.seed)
     loadavg_start = os.getloadavg()
+    cpu_share = common.CpuShare()
     t_load = time.perf_counter()
 
     tokenizer = AutoTokenizer.from_pretrained(policy_dir)
@@ -194,6 +195,7 @@ def main(argv=None) -> int:
         # Other processes on the machine's 2 cores skew every number: keep the load averages.
         "loadavg_start": loadavg_start,
         "loadavg_end": os.getloadavg(),
+        "cpu_share": cpu_share.stop(),
         "params": total,
         "trainable_params": trainable,
         "per_step": per_step,
@@ -207,7 +209,8 @@ def main(argv=None) -> int:
     print(
         f"[{result['system']} {args.workload}] median over steps 1..: step {result['step_s']:.2f}s "
         f"generate {result['generate_s']:.2f}s score {result['score_s']:.2f}s update {result['update_s']:.2f}s "
-        f"peak RSS {result['peak_rss_mb']:.0f} MB",
+        f"peak RSS {result['peak_rss_mb']:.0f} MB; other processes took "
+        f"{100 * result['cpu_share'].get('others_fraction', float('nan')):.0f}% of the cores meanwhile",
         flush=True,
     )
     if args.json_out:

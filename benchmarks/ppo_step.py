@@ -73,6 +73,10 @@ def ensure_trl_env() -> None:
 
 
 def run_system(system: str, args, rep: int, raw_dir: Path) -> dict:
+    if args.wait_idle > 0:
+        busy = common.wait_until_idle(args.wait_idle)
+        if busy is not None and busy >= 0.15:
+            print(f"warning: the cores are still {100 * busy:.0f}% busy with other processes; running anyway", flush=True)
     json_out = raw_dir / f"{args.workload}-{system}-rep{rep}.json"
     json_out.unlink(missing_ok=True)
     cmd = system_command(system, args, json_out)
@@ -99,6 +103,9 @@ def aggregate(runs: list[dict]) -> dict:
     out = {k: common.median(r[k] for r in ok) for k in PHASES}
     out["peak_rss_mb"] = max(r["peak_rss_mb"] for r in ok)
     out["repetitions"] = len(ok)
+    others = [r["cpu_share"]["others_fraction"] for r in ok if "others_fraction" in r.get("cpu_share", {})]
+    if others:
+        out["others_cpu_fraction"] = max(others)
     for key in ("versions", "params", "trainable_params", "loadavg_start", "loadavg_end"):
         if key in ok[-1]:
             out[key] = ok[-1][key]
@@ -123,11 +130,13 @@ def print_table(result: dict) -> None:
     print("".ljust(22) + "".join(c.rjust(width) for c in cols))
     rows = [("generate (s)", "generate_s"), ("score (s)", "score_s"), ("update (s)", "update_s"),
             ("step (s)", "step_s"), ("peak RSS (MB)", "peak_rss_mb")]
+    if any("others_cpu_fraction" in systems[s] for s in names):
+        rows.append(("others' CPU share", "others_cpu_fraction"))
     for label, key in rows:
         line = label.ljust(22)
         for s in names:
             line += fmt(systems[s].get(key), ".0f" if key == "peak_rss_mb" else ".2f").rjust(width)
-        if "detoxrl" in names:
+        if "detoxrl" in names and key != "others_cpu_fraction":
             for p in peers:
                 a, b = systems["detoxrl"].get(key), systems[p].get(key)
                 line += (fmt(a / b, ".3f") if a and b else "-").rjust(width)
@@ -163,6 +172,8 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per system run")
     ap.add_argument("--raw-dir", default=str(BENCH / "results" / "raw"), help="where each run's JSON goes")
     ap.add_argument("--json-out", default=None)
+    ap.add_argument("--wait-idle", type=float, default=0, metavar="SECONDS",
+                    help="before each run, wait up to SECONDS for other processes to leave the cores idle")
     ap.add_argument("--no-flops", action="store_true", help="skip the matmul peak and FLOP count")
     args = ap.parse_args(argv)
 
@@ -198,8 +209,6 @@ def main(argv=None) -> int:
     }
     per_step_flops = []
     if not args.no_flops:
-        import torch
-
         result["matmul_peak_gflops"] = common.measure_matmul_peak_gflops(threads=args.threads)
         print(f"fp32 matmul peak: {result['matmul_peak_gflops']:.1f} GFLOP/s", flush=True)
         per_step_flops = common.workload_update_flops(args.workload, args.cache, args.steps, args.new_tokens, args.data)
@@ -207,7 +216,6 @@ def main(argv=None) -> int:
         result["update_gflops"] = common.median(f["total"] for f in measured_flops) / 1e9
         result["update_flops_per_step"] = per_step_flops
         print(f"update phase: {result['update_gflops']:.0f} GFLOP per step (median of the measured steps)", flush=True)
-        del torch
 
     runs: dict[str, list[dict]] = {s: [] for s in systems}
     for rep in range(args.repeats):

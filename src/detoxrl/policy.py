@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -29,6 +30,26 @@ POLICY_ADAPTER = "default"
 REFERENCE_ADAPTER = "reference"
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True when the CPU has native bf16 matmul (AVX512-BF16 or AMX); else bf16 is emulated.
+
+    On an AVX2-only CPU, PyTorch's bf16 matmul measured 1 to 20 GFLOP/s against ~100 in fp32, so
+    bf16 there is a 10-100x slowdown, not a speed-up.
+    """
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    """``auto``: bf16 on a GPU or a CPU with native bf16, fp32 otherwise."""
+    if name == "auto":
+        return torch.bfloat16 if (torch.cuda.is_available() or cpu_has_fast_bf16()) else torch.float32
+    return DTYPES[name]
 
 
 def cache_root() -> Path:
@@ -86,8 +107,9 @@ def convert_packaged_smollm2() -> Path:
 
     gguf_path = locate_packaged_file(SMOLLM2[0], SMOLLM2[2])
     target = cache_root() / "smollm2-135m-instruct"
-    if (target / "model.safetensors").is_file() and (target / "config.json").is_file():
+    if _is_plain_model_folder(target):
         return target
+    shutil.rmtree(target, ignore_errors=True)  # an incomplete or outdated conversion
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -100,10 +122,23 @@ def convert_packaged_smollm2() -> Path:
         state.pop("lm_head.weight", None)  # tied to embed_tokens: safetensors refuses shared storage
     save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     model.config.save_pretrained(tmp)
+    # The config of a GGUF-loaded model carries quantization_config; left in, transformers would
+    # load the de-quantized fp32 weights through its packed-GGUF kernels again (about 50x slower).
+    config = json.loads((tmp / "config.json").read_text())
+    config.pop("quantization_config", None)
+    (tmp / "config.json").write_text(json.dumps(config, indent=2))
     model.generation_config.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    tmp.rename(target) if not target.exists() else None
+    tmp.rename(target)
     return target
+
+
+def _is_plain_model_folder(folder: Path) -> bool:
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return (folder / "model.safetensors").is_file() and "quantization_config" not in config
 
 
 @dataclass
@@ -208,9 +243,15 @@ def load_policy(cfg: PolicyConfig, device: str | torch.device = "cpu") -> Policy
         ) from e
     is_seq2seq = detect_seq2seq(model_config, cfg.architecture)
     auto_cls = AutoModelForSeq2SeqLM if is_seq2seq else AutoModelForCausalLM
-    dtype = DTYPES[cfg.dtype]
-    base = auto_cls.from_pretrained(source, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
-    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
+    dtype = resolve_dtype(cfg.dtype)
+    try:
+        base = auto_cls.from_pretrained(source, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
+    except Exception as e:  # truncated weights, a missing tokenizer... (safetensors raises its own types)
+        raise ModelLoadError(
+            f"could not load policy '{cfg.model}' ({type(e).__name__}: {_first_line(e)}); "
+            "its folder needs config.json, weights and a tokenizer as save_pretrained writes them"
+        ) from e
     if tokenizer.pad_token_id is None:
         # Causal models often ship without a pad token; pad with EOS. Response masks are built from
         # the first EOS position, so pad == EOS is harmless.
@@ -220,8 +261,14 @@ def load_policy(cfg: PolicyConfig, device: str | torch.device = "cpu") -> Policy
     base.to(device)
 
     if cfg.adapter:
-        model = PeftModel.from_pretrained(base, cfg.adapter, adapter_name=POLICY_ADAPTER, is_trainable=True)
-        model.load_adapter(cfg.adapter, adapter_name=REFERENCE_ADAPTER, is_trainable=False)
+        try:
+            model = PeftModel.from_pretrained(base, cfg.adapter, adapter_name=POLICY_ADAPTER, is_trainable=True)
+            model.load_adapter(cfg.adapter, adapter_name=REFERENCE_ADAPTER, is_trainable=False)
+        except Exception as e:  # a truncated adapter_model.safetensors, a broken adapter_config.json, wrong shapes
+            raise ModelLoadError(
+                f"could not load adapter '{cfg.adapter}' ({type(e).__name__}: {_first_line(e)}); "
+                "pass a folder written by PeftModel.save_pretrained for this --policy"
+            ) from e
         lora_cfg = model.peft_config[POLICY_ADAPTER]
     else:
         lora_cfg = LoraConfig(
@@ -260,6 +307,10 @@ def load_policy(cfg: PolicyConfig, device: str | torch.device = "cpu") -> Policy
     # first PPO ratio is not 1 and the KL to the reference is noise (an N+ implementation detail).
     model.eval()
     return policy
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0][:200]
 
 
 def _hidden_size(model_config) -> int:

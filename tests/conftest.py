@@ -1,0 +1,158 @@
+"""Shared fixtures: tiny random models of the real architectures, built once per test session.
+
+The tiny T5 (FLAN-T5's class), Llama (SmolLM2's class) and RoBERTa classifier (Meta's hate-speech
+model's class) are trained-tokenizer, random-weight models saved to temporary folders and loaded
+through the same ``from_pretrained(folder)`` code as real ones. Their tokenizers are trained on the
+first few hundred DialogSum dialogues when the local copy exists (else on a small fallback corpus).
+
+``make_config(...)`` builds a :class:`detoxrl.config.DetoxConfig` for a tiny, fast run (float32:
+bf16 is emulated, 10-100x slower, on CPUs without native bf16).
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+
+from detoxrl.config import DetoxConfig, load_config
+from detoxrl.tiny import make_tiny_llama, make_tiny_roberta, make_tiny_t5
+
+REPO = Path(__file__).resolve().parents[1]
+DIALOGSUM = Path(__file__).resolve().parents[2] / "shared/data/dialogsum"
+
+FALLBACK_DIALOGUES = [
+    "#Person1#: Hello, how are you today? #Person2#: I am fine, thank you. And you? #Person1#: Not bad at all.",
+    "#Person1#: Did you see the movie last night? #Person2#: Yes, I did not like it at all. #Person1#: Why not?",
+    "#Person1#: I will call the doctor tomorrow morning. #Person2#: Good idea, take care of yourself.",
+    "#Person1#: The meeting starts at nine. #Person2#: I will be there on time. #Person1#: Great, see you.",
+]
+
+# A wider init than the default 0.02: the tiny classifier's logits then differ from text to text.
+WIDE_ROBERTA = {"initializer_range": 0.3}
+
+
+def read_dialogues(n: int = 300) -> list[str]:
+    """The first ``n`` DialogSum train dialogues (the fallback corpus when the copy is absent)."""
+    path = DIALOGSUM / "train.csv"
+    if not path.is_file():
+        return list(FALLBACK_DIALOGUES)
+    out = []
+    with open(path, newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            out.append(row["dialogue"])
+            if len(out) >= n:
+                break
+    return out
+
+
+@pytest.fixture(scope="session")
+def corpus() -> list[str]:
+    texts = read_dialogues(300)
+    # The template's words too, so the tokenizer has tokens for them.
+    return texts + ["Summarize the following conversation. Summary:"] * 5
+
+
+@pytest.fixture(scope="session")
+def dialogsum_dir() -> Path:
+    if not (DIALOGSUM / "train.csv").is_file():
+        pytest.skip(f"DialogSum copy not found at {DIALOGSUM}")
+    return DIALOGSUM
+
+
+# With the default init a tiny random T5 or Llama writes the same token whatever the prompt, so a
+# test comparing batched with one-at-a-time generation could not see a padding bug. A wider init
+# makes the output depend on the prompt. T5's (tied) embedding matrix is then scaled down so its
+# logits have a std of about 3 like a trained model's (unscaled they reach +-300, where float32
+# rounding alone moves log-probs by 1e-4).
+T5_INIT = {"initializer_factor": 1.6}
+T5_EMBEDDING_SCALE = 0.25
+LLAMA_INIT = {"initializer_range": 0.3}
+
+
+def build_tiny_t5(folder: Path, texts: list[str]) -> Path:
+    from transformers import T5ForConditionalGeneration
+
+    make_tiny_t5(folder, texts, seed=0, config_overrides=T5_INIT)
+    model = T5ForConditionalGeneration.from_pretrained(folder)
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(T5_EMBEDDING_SCALE)
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_t5(tmp_path_factory, corpus) -> Path:
+    """A FLAN-T5-class seq2seq model (pad 0 = decoder start, EOS 1), prompt-dependent outputs."""
+    return build_tiny_t5(tmp_path_factory.mktemp("tiny_t5"), corpus)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory, corpus) -> Path:
+    """A SmolLM2-class causal model (pad distinct from EOS), prompt-dependent outputs."""
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny_llama"), corpus, seed=0, config_overrides=LLAMA_INIT)
+
+
+@pytest.fixture(scope="session")
+def tiny_roberta(tmp_path_factory, corpus) -> Path:
+    """Labels (nothate, hate) as Meta's model; text-dependent logits."""
+    return make_tiny_roberta(
+        tmp_path_factory.mktemp("tiny_roberta"), corpus, labels=("nothate", "hate"), seed=0, config_overrides=WIDE_ROBERTA
+    )
+
+
+def make_config(
+    policy_dir: str | Path,
+    reward_dir: str | Path,
+    data_dir: str | Path,
+    output_dir: str | Path,
+    *extra: str,
+    steps: int = 3,
+    batch_size: int = 8,
+    mini_batch_size: int = 4,
+    max_new_tokens: int = 12,
+    max_rows: int = 64,
+) -> DetoxConfig:
+    """A validated config for a tiny, fast run (``extra`` are more ``section.key=value`` overrides)."""
+    overrides = [
+        f"policy.model={policy_dir}",
+        "policy.dtype=float32",
+        "policy.lora_r=4",
+        "policy.lora_alpha=8",
+        f"reward.model={reward_dir}",
+        "reward.label=nothate",
+        f"data.source={data_dir}",
+        f"data.max_rows={max_rows}",
+        "data.max_chars=500",
+        "data.max_prompt_tokens=4096",
+        f"ppo.steps={steps}",
+        f"ppo.batch_size={batch_size}",
+        f"ppo.mini_batch_size={mini_batch_size}",
+        f"generation.max_new_tokens={max_new_tokens}",
+        f"run.output_dir={output_dir}",
+        "run.progress=false",
+        "run.num_threads=1",  # tiny models: one thread is as fast, and the machine is shared
+        *extra,
+    ]
+    return load_config("seed", overrides=overrides)
+
+
+@pytest.fixture
+def tiny_config(tiny_t5, tiny_roberta, dialogsum_dir, tmp_path):
+    """``tiny_config(*overrides, policy=..., **kw)``: a tiny seq2seq run writing under ``tmp_path``."""
+
+    def build(*extra: str, policy: str | Path | None = None, output_dir: str | Path | None = None, **kw) -> DetoxConfig:
+        return make_config(policy or tiny_t5, tiny_roberta, dialogsum_dir, output_dir or tmp_path / "run", *extra, **kw)
+
+    return build
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test on one torch thread (tiny models gain nothing from more; the machine is shared)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

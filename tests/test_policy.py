@@ -1,0 +1,223 @@
+"""detoxrl.policy: one base model, a trainable LoRA adapter, a frozen reference adapter, a value head."""
+
+import shutil
+
+import pytest
+import torch
+
+from detoxrl.errors import ModelLoadError
+from detoxrl.policy import POLICY_ADAPTER, REFERENCE_ADAPTER, load_policy
+from detoxrl.prompts import build_prompts
+from detoxrl.rollout import forward_pass, generate
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+ARCHS = ["tiny_t5", "tiny_llama"]
+
+
+def _policy_cfg(tiny_config, folder, **changes):
+    cfg = tiny_config(policy=folder).policy
+    for k, v in changes.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def _rollout(policy, tiny_config, n=4, seed=0, max_new_tokens=8):
+    """A sampled rollout of ``n`` prompts of different lengths."""
+    prompts = build_prompts(tiny_config().data, policy.tokenizer).train[:n]
+    torch.manual_seed(seed)
+    return generate(policy, [e.input_ids for e in prompts], [e.prompt for e in prompts], max_new_tokens=max_new_tokens, batch_size=n)
+
+
+def _logprobs(policy, rollout, adapter=None):
+    with torch.no_grad():
+        if adapter is None:
+            return forward_pass(policy, rollout, with_values=False)["logprobs"]
+        with policy.use_adapter(adapter):
+            return forward_pass(policy, rollout, with_values=False)["logprobs"]
+
+
+def _bare_logprobs(policy, rollout):
+    """Log-probs of the base model without any adapter (what the notebook's trl used as reference)."""
+    with torch.no_grad(), policy.model.disable_adapter():
+        return forward_pass(policy, rollout, with_values=False)["logprobs"]
+
+
+def _lora(policy, adapter):
+    return {n.replace(f".{adapter}.", "."): p.detach().clone() for n, p in policy.model.named_parameters() if "lora_" in n and f".{adapter}." in n}
+
+
+def _save_trained_adapter(tiny_config, folder, out, seed=1):
+    """A PEFT adapter folder whose B weights are nonzero (as after SFT), as save_pretrained writes it."""
+    policy = load_policy(_policy_cfg(tiny_config, folder))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in policy.model.named_parameters():
+            if "lora_B" in n and f".{POLICY_ADAPTER}." in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    policy.save_adapter(out)
+    return policy, out
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_reference_equals_starting_adapter_kl_zero(arch, request, tiny_config):
+    policy = load_policy(_policy_cfg(tiny_config, request.getfixturevalue(arch)))
+    default, reference = _lora(policy, POLICY_ADAPTER), _lora(policy, REFERENCE_ADAPTER)
+    assert default.keys() == reference.keys() and default
+    for name in default:  # A is random, B zero: the copy must cover both
+        assert torch.equal(default[name], reference[name]), name
+    assert any(t.abs().sum() > 0 for n, t in default.items() if "lora_A" in n)
+    rollout = _rollout(policy, tiny_config)
+    lp, ref = _logprobs(policy, rollout), _logprobs(policy, rollout, REFERENCE_ADAPTER)
+    assert torch.equal(lp, ref)  # KL exactly 0 at step 0
+    # Once the trainable adapter moves, the reference does not follow.
+    with torch.no_grad():
+        for n, p in policy.model.named_parameters():
+            if "lora_B" in n and f".{POLICY_ADAPTER}." in n:
+                p.add_(0.5)
+    assert not torch.equal(_logprobs(policy, rollout), ref)
+    assert torch.equal(_logprobs(policy, rollout, REFERENCE_ADAPTER), ref)
+    for name, t in _lora(policy, REFERENCE_ADAPTER).items():
+        assert torch.equal(t, reference[name])
+
+
+def test_use_adapter_keeps_reference_frozen_and_restores_policy(tiny_t5, tiny_config):
+    policy = load_policy(_policy_cfg(tiny_config, tiny_t5))
+    ref_params = [p for n, p in policy.model.named_parameters() if f".{REFERENCE_ADAPTER}." in n]
+    pol_params = [p for n, p in policy.model.named_parameters() if "lora_" in n and f".{POLICY_ADAPTER}." in n]
+    assert ref_params and pol_params
+    assert not any(p.requires_grad for p in ref_params)
+    with policy.use_adapter(REFERENCE_ADAPTER):
+        assert policy.model.active_adapter == REFERENCE_ADAPTER
+    assert policy.model.active_adapter == POLICY_ADAPTER
+    assert not any(p.requires_grad for p in ref_params)
+    assert all(p.requires_grad for p in pol_params)
+    # Also after an exception inside the block.
+    with pytest.raises(RuntimeError), policy.use_adapter(REFERENCE_ADAPTER):
+        raise RuntimeError("boom")
+    assert policy.model.active_adapter == POLICY_ADAPTER
+    assert not any(p.requires_grad for p in ref_params)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_trainable_parameters_are_policy_lora_and_value_head(arch, request, tiny_config):
+    policy = load_policy(_policy_cfg(tiny_config, request.getfixturevalue(arch)))
+    expected = {id(p) for n, p in policy.model.named_parameters() if "lora_" in n and f".{POLICY_ADAPTER}." in n}
+    expected |= {id(p) for p in policy.value_head.parameters()}
+    got = [id(p) for p in policy.trainable_parameters()]
+    assert len(got) == len(set(got)) == len(expected) and set(got) == expected
+    # requires_grad agrees: in the model only the policy adapter is trainable (no base weight, no reference).
+    grad_names = {n for n, p in policy.model.named_parameters() if p.requires_grad}
+    assert grad_names and all("lora_" in n and f".{POLICY_ADAPTER}." in n for n in grad_names)
+    assert all(p.requires_grad for p in policy.value_head.parameters())
+    assert policy.value_head.weight.dtype == torch.float32
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_base_weights_held_once(arch, request, tiny_config):
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    folder = request.getfixturevalue(arch)
+    policy = load_policy(_policy_cfg(tiny_config, folder))
+    auto = AutoModelForSeq2SeqLM if policy.is_seq2seq else AutoModelForCausalLM
+    bare = auto.from_pretrained(folder, dtype=torch.float32)
+    n_base = sum(p.numel() for p in bare.parameters())
+    non_lora = [p for n, p in policy.model.named_parameters() if "lora_" not in n]
+    assert sum(p.numel() for p in non_lora) == n_base
+    # No second copy hides outside named_parameters (a deepcopy for the reference would): every
+    # LoRA layer carries both adapters over one shared base layer, and the base model's storage
+    # is held once.
+    from peft.tuners.lora import LoraLayer
+
+    lora_layers = [m for m in policy.model.modules() if isinstance(m, LoraLayer)]
+    assert lora_layers
+    for m in lora_layers:
+        assert {POLICY_ADAPTER, REFERENCE_ADAPTER} <= set(m.lora_A.keys())
+    storages = {p.untyped_storage().data_ptr() for p in non_lora}
+    assert len(storages) == len({id(p) for p in non_lora})  # distinct parameters, distinct storage
+    n_bytes = sum(p.numel() * p.element_size() for p in policy.model.parameters())
+    n_lora_bytes = sum(p.numel() * p.element_size() for n, p in policy.model.named_parameters() if "lora_" in n)
+    assert n_bytes - n_lora_bytes == sum(p.numel() * p.element_size() for p in bare.parameters())
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_continue_from_adapter_sets_default_and_reference(arch, request, tiny_config, tmp_path):
+    folder = request.getfixturevalue(arch)
+    first, adapter_dir = _save_trained_adapter(tiny_config, folder, tmp_path / "sft")
+    saved = _lora(first, POLICY_ADAPTER)
+    policy = load_policy(_policy_cfg(tiny_config, folder, adapter=str(adapter_dir)))
+    for adapter in (POLICY_ADAPTER, REFERENCE_ADAPTER):
+        loaded = _lora(policy, adapter)
+        assert loaded.keys() == saved.keys()
+        for name in saved:
+            assert torch.equal(loaded[name], saved[name]), (adapter, name)
+    rollout = _rollout(policy, tiny_config)
+    lp = _logprobs(policy, rollout)
+    assert torch.equal(lp, _logprobs(policy, rollout, REFERENCE_ADAPTER))  # KL to the reference: exactly 0
+    torch.testing.assert_close(lp, _logprobs(first, rollout), rtol=0, atol=1e-5)
+    # The notebook's defect #2: KL against the bare base model is far from zero for such an adapter.
+    mask = rollout.response_mask.bool()
+    kl_to_bare = (lp - _bare_logprobs(policy, rollout))[mask].sum() / len(rollout)
+    assert abs(float(kl_to_bare)) > 1e-2
+    assert policy.model.active_adapter == POLICY_ADAPTER
+    assert not any(p.requires_grad for n, p in policy.model.named_parameters() if f".{REFERENCE_ADAPTER}." in n)
+    assert {id(p) for p in policy.trainable_parameters()} == {
+        id(p) for n, p in policy.model.named_parameters() if "lora_" in n and f".{POLICY_ADAPTER}." in n
+    } | {id(p) for p in policy.value_head.parameters()}
+
+
+def test_not_a_model_folder_fails_before_weights_load(tiny_t5, tiny_config, tmp_path, monkeypatch):
+    import transformers
+
+    broken = tmp_path / "no_config"
+    shutil.copytree(tiny_t5, broken)
+    (broken / "config.json").unlink()  # weights and tokenizer are there, config.json is not
+
+    def must_not_load(*a, **k):
+        raise AssertionError("weights were loaded before the folder was checked")
+
+    monkeypatch.setattr(transformers.AutoModelForSeq2SeqLM, "from_pretrained", must_not_load)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", must_not_load)
+    for source in (broken, tmp_path / "missing_folder"):
+        with pytest.raises(ModelLoadError, match="not a model folder") as e:
+            load_policy(_policy_cfg(tiny_config, tiny_t5, model=str(source)))
+        assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "config"])
+def test_corrupt_adapter_is_one_line_model_load_error(damage, tiny_llama, tiny_config, tmp_path):
+    _, adapter_dir = _save_trained_adapter(tiny_config, tiny_llama, tmp_path / "sft")
+    weights = adapter_dir / "adapter_model.safetensors"
+    if damage == "truncate":
+        data = weights.read_bytes()
+        weights.write_bytes(data[: len(data) // 2])
+    elif damage == "garbage":
+        weights.write_bytes(b"\x00\x01 not a safetensors file")
+    else:
+        (adapter_dir / "adapter_config.json").write_text('{"r": 4, "peft_type": "LORA", ')
+    with pytest.raises(ModelLoadError) as e:
+        load_policy(_policy_cfg(tiny_config, tiny_llama, adapter=str(adapter_dir)))
+    message = str(e.value)
+    assert "\n" not in message and str(adapter_dir) in message
+    if damage != "config":
+        # The same file through the checkpoint path.
+        policy = load_policy(_policy_cfg(tiny_config, tiny_llama))
+        with pytest.raises(ModelLoadError) as e2:
+            policy.load_adapter_weights(adapter_dir)
+        assert "\n" not in str(e2.value)
+
+
+def test_missing_adapter_folder_is_model_load_error(tiny_t5, tiny_config, tmp_path):
+    with pytest.raises(ModelLoadError, match="not a PEFT adapter folder"):
+        load_policy(_policy_cfg(tiny_config, tiny_t5, adapter=str(tmp_path / "nothing")))
+
+
+def test_corrupt_base_weights_are_one_line_model_load_error(tiny_t5, tiny_config, tmp_path):
+    broken = tmp_path / "t5"
+    shutil.copytree(tiny_t5, broken)
+    weights = broken / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 3])
+    with pytest.raises(ModelLoadError) as e:
+        load_policy(_policy_cfg(tiny_config, broken))
+    assert "\n" not in str(e.value) and str(broken) in str(e.value)

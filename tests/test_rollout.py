@@ -1,0 +1,290 @@
+"""detoxrl.rollout: response masks, batched generation, and log-probs aligned with what was sampled."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from detoxrl.policy import load_policy
+from detoxrl.prompts import build_prompts
+from detoxrl.rollout import Rollout, forward_pass, generate, response_mask_from_eos, score_rollout
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+ARCHS = ["tiny_t5", "tiny_llama"]
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+
+
+@pytest.fixture(scope="module")
+def policies(request):
+    """One loaded policy per architecture for the module (the tests here do not change weights)."""
+    cache = {}
+
+    def get(arch, tiny_config, eos_boost=None):
+        key = (arch, eos_boost)
+        if key not in cache:
+            torch.manual_seed(0)
+            policy = load_policy(tiny_config(policy=request.getfixturevalue(arch)).policy)
+            if eos_boost:
+                boost_eos(policy, eos_boost)
+            cache[key] = policy
+        return cache[key]
+
+    return get
+
+
+def boost_eos(policy, factor):
+    """Scale the EOS row of the output layer so that some sampled responses end early, some not."""
+    with torch.no_grad():
+        policy.model.get_output_embeddings().weight[policy.eos_token_id] *= factor
+
+
+def prompts_of_different_lengths(policy, tiny_config, n):
+    """``n`` train prompts spread from the shortest to the longest (in token count), unsorted."""
+    train = build_prompts(tiny_config().data, policy.tokenizer).train
+    by_len = sorted(train, key=lambda e: len(e.input_ids))
+    picks = [by_len[round(i * (len(by_len) - 1) / (n - 1))] for i in range(n)]
+    order = [3, 0, 5, 1, 4, 2, 7, 6][:n] if n <= 8 else list(range(n))
+    examples = [picks[i] for i in order]
+    lengths = [len(e.input_ids) for e in examples]
+    assert len(set(lengths)) == n and max(lengths) > 1.5 * min(lengths), lengths
+    return examples
+
+
+def sample_mixed_endings(policy, examples, max_new_tokens=10, batch_size=8, temperature=1.0):
+    """A sampled rollout in which some responses end (EOS) and some do not; returns (seed, rollout).
+
+    The seeds are tried in order, so the result is deterministic for a given model.
+    """
+    ids, texts = [e.input_ids for e in examples], [e.prompt for e in examples]
+    for seed in range(20):
+        torch.manual_seed(seed)
+        r = generate(policy, ids, texts, max_new_tokens=max_new_tokens, temperature=temperature, top_k=0, top_p=1.0, batch_size=batch_size)
+        if r.ended.any() and not r.ended.all():
+            return seed, r
+    raise AssertionError("no seed gave a mix of ended and unended responses; change the EOS boost")
+
+
+def hf_generate(policy, input_ids, max_new_tokens, temperature):
+    """Pure sampling with plain ``model.generate``, returning the sampled tokens and their scores."""
+    from transformers import GenerationConfig
+
+    enc = policy.tokenizer.pad({"input_ids": input_ids}, return_tensors="pt")
+    kwargs = dict(
+        max_new_tokens=max_new_tokens,
+        do_sample=True,
+        temperature=temperature,
+        top_k=0,
+        top_p=1.0,
+        pad_token_id=policy.pad_token_id,
+        eos_token_id=policy.eos_token_id,
+        output_scores=True,
+        return_dict_in_generate=True,
+    )
+    if policy.is_seq2seq:
+        kwargs["decoder_start_token_id"] = policy.model.base_model.model.config.decoder_start_token_id
+    with torch.inference_mode():
+        out = policy.model.generate(
+            input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], generation_config=GenerationConfig(**kwargs)
+        )
+    tokens = out.sequences[:, 1:] if policy.is_seq2seq else out.sequences[:, enc["input_ids"].shape[1] :]
+    # scores are the processed logits the token was drawn from (here: logits / temperature)
+    logprobs = torch.stack(out.scores, dim=1).float().log_softmax(-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    return tokens, logprobs
+
+
+# --------------------------------------------------------------------------------------------
+# Response masks
+
+
+def test_response_mask_from_eos_hand_written():
+    EOS, PAD = 1, 0
+    ids = torch.tensor(
+        [
+            [5, 6, EOS, PAD, PAD],  # EOS in the middle: tokens up to and including it
+            [5, 6, 7, 8, 9],  # never ends: every token
+            [EOS, PAD, PAD, PAD, PAD],  # EOS first: the EOS alone
+            [5, 6, 7, 8, EOS],  # EOS last
+            [5, EOS, 7, EOS, PAD],  # two EOS: the first one ends it
+            [PAD, 5, PAD, EOS, PAD],  # a pad id emitted before EOS is a real token (pad != EOS)
+        ]
+    )
+    mask, ended = response_mask_from_eos(ids, EOS)
+    assert mask.tolist() == [
+        [1, 1, 1, 0, 0],
+        [1, 1, 1, 1, 1],
+        [1, 0, 0, 0, 0],
+        [1, 1, 1, 1, 1],
+        [1, 1, 0, 0, 0],
+        [1, 1, 1, 1, 0],
+    ]
+    assert ended.tolist() == [True, False, True, True, True, True]
+    assert mask.dtype == torch.long and ended.dtype == torch.bool
+    # pad == EOS (a causal model without a pad token): the mask stops at the first EOS all the same.
+    same = torch.tensor([[5, 6, 2, 2, 2], [2, 2, 2, 2, 2], [5, 6, 7, 8, 9]])
+    mask, ended = response_mask_from_eos(same, 2)
+    assert mask.tolist() == [[1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1]]
+    assert ended.tolist() == [True, True, False]
+    # A single column.
+    mask, ended = response_mask_from_eos(torch.tensor([[EOS], [7]]), EOS)
+    assert mask.tolist() == [[1], [1]] and ended.tolist() == [True, False]
+
+
+# --------------------------------------------------------------------------------------------
+# Batched generation
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_batched_greedy_equals_one_at_a_time(arch, policies, tiny_config):
+    policy = policies(arch, tiny_config)
+    examples = prompts_of_different_lengths(policy, tiny_config, 6)
+    ids, texts = [e.input_ids for e in examples], [e.prompt for e in examples]
+    batched = generate(policy, ids, texts, max_new_tokens=8, do_sample=False, batch_size=6)
+    assert batched.queries == texts
+    singles = [generate(policy, [i], [t], max_new_tokens=8, do_sample=False, batch_size=1) for i, t in zip(ids, texts)]
+    for k, single in enumerate(singles):
+        n = int(single.response_mask.sum())
+        assert int(batched.response_mask[k].sum()) == n
+        assert torch.equal(batched.response_ids[k, :n], single.response_ids[0, :n]), k
+        assert batched.responses[k] == single.responses[0]
+        assert bool(batched.ended[k]) == bool(single.ended[0])
+    # The prompts' own tokens are kept, padded on the correct side.
+    for k, e in enumerate(examples):
+        q, m = batched.query_ids[k], batched.query_mask[k]
+        assert q[m.bool()].tolist() == e.input_ids
+        if policy.is_seq2seq:  # right-padded encoder input
+            assert m[: len(e.input_ids)].all() and not m[len(e.input_ids) :].any()
+        else:  # left-padded: the response starts right after the last prompt token
+            assert m[-len(e.input_ids) :].all() and not m[: -len(e.input_ids)].any()
+    # Meaningful only if the output depends on the prompt (else padding bugs could hide).
+    assert len({tuple(s.response_ids[0].tolist()) for s in singles}) >= 4
+    # Mini-batches of 4 (so two batches of different padded widths) give the same again.
+    mixed = generate(policy, ids, texts, max_new_tokens=8, do_sample=False, batch_size=4)
+    assert mixed.responses == batched.responses
+    assert torch.equal(mixed.response_mask, batched.response_mask)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_forward_logprobs_equal_generate_scores(arch, temperature, policies, tiny_config):
+    """The strongest alignment check: the log-probs PPO uses are those of the tokens actually sampled."""
+    policy = policies(arch, tiny_config, eos_boost=3.0)
+    examples = sorted(prompts_of_different_lengths(policy, tiny_config, 8), key=lambda e: len(e.input_ids))
+    seed, rollout = sample_mixed_endings(policy, examples, temperature=temperature)  # some end early, some not
+    torch.manual_seed(seed)
+    tokens, gen_logprobs = hf_generate(policy, [e.input_ids for e in examples], 10, temperature)
+    mask = rollout.response_mask.bool()
+    assert tokens.shape[1] == rollout.response_ids.shape[1]
+    assert torch.equal(tokens[mask], rollout.response_ids[mask])  # same samples: same RNG, same distribution
+    with torch.no_grad():
+        out = forward_pass(policy, rollout, temperature=temperature, with_values=True, with_entropy=True)
+    assert out["logprobs"].dtype == torch.float32 and out["logprobs"].shape == rollout.response_ids.shape
+    torch.testing.assert_close(out["logprobs"][mask], gen_logprobs[mask], rtol=0, atol=1e-4)
+    assert out["values"].shape == rollout.response_ids.shape and torch.isfinite(out["values"][mask]).all()
+    assert torch.isfinite(out["entropy"][mask]).all() and (out["entropy"][mask] >= 0).all()
+    # The temperature matters: at another temperature the log-probs differ clearly.
+    with torch.no_grad():
+        other = forward_pass(policy, rollout, temperature=temperature + 0.5, with_values=False)["logprobs"]
+    assert (other[mask] - gen_logprobs[mask]).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_eos_pad_and_ended(arch, policies, tiny_config):
+    policy = policies(arch, tiny_config, eos_boost=3.0)
+    pad, eos = policy.pad_token_id, policy.eos_token_id
+    assert pad != eos
+    examples = prompts_of_different_lengths(policy, tiny_config, 8)
+    max_new = 10
+    _, r = sample_mixed_endings(policy, examples, max_new_tokens=max_new, batch_size=3)
+    lengths = r.response_mask.sum(1)
+    for k in range(len(r)):
+        n = int(lengths[k])
+        row = r.response_ids[k]
+        assert r.response_mask[k, :n].all() and not r.response_mask[k, n:].any()  # one block, from the start
+        assert (row[n:] == pad).all()  # after the response: padding
+        if r.ended[k]:
+            assert row[n - 1] == eos and not (row[: n - 1] == eos).any()
+        else:
+            assert n == max_new and not (row == eos).any()
+        for special in ("</s>", "<pad>"):
+            assert special not in r.responses[k]
+        expected = policy.tokenizer.decode(row[:n], skip_special_tokens=True).strip()
+        assert r.responses[k] == expected
+
+
+def test_pad_equal_to_eos_when_the_tokenizer_has_no_pad(tiny_llama, tiny_config, tmp_path):
+    folder = tmp_path / "llama_no_pad"
+    shutil.copytree(tiny_llama, folder)
+    tok_cfg = json.loads((folder / "tokenizer_config.json").read_text())
+    tok_cfg.pop("pad_token", None)
+    (folder / "tokenizer_config.json").write_text(json.dumps(tok_cfg))
+    model_cfg = json.loads((folder / "config.json").read_text())
+    model_cfg["pad_token_id"] = None
+    (folder / "config.json").write_text(json.dumps(model_cfg))
+    policy = load_policy(tiny_config(policy=folder).policy)
+    assert policy.pad_token_id == policy.eos_token_id
+    boost_eos(policy, 3.0)
+    examples = prompts_of_different_lengths(policy, tiny_config, 8)
+    _, r = sample_mixed_endings(policy, examples)
+    for k in range(len(r)):
+        n = int(r.response_mask[k].sum())
+        if r.ended[k]:  # the first EOS ends it; the EOS-valued padding after it is not response
+            assert r.response_ids[k, n - 1] == policy.eos_token_id and not (r.response_ids[k, : n - 1] == policy.eos_token_id).any()
+    # Left padding with EOS must not shift the prompts: log-probs still match a one-prompt pass.
+    with torch.no_grad():
+        whole = forward_pass(policy, r, with_values=False)["logprobs"]
+        for k in (0, 5):
+            alone = generate_free_forward(policy, r, k)
+            n = int(r.response_mask[k].sum())
+            torch.testing.assert_close(whole[k, :n], alone[0, :n], rtol=0, atol=1e-4)
+
+
+def generate_free_forward(policy, rollout, k):
+    """forward_pass of row ``k`` alone, its prompt without padding."""
+    m = rollout.query_mask[k].bool()
+    n = int(rollout.response_mask[k].sum())
+    single = Rollout(
+        rollout.query_ids[k][m][None],
+        rollout.query_mask[k][m][None],
+        rollout.response_ids[k, :n][None],
+        rollout.response_mask[k, :n][None],
+        rollout.ended[k : k + 1],
+        rollout.queries[k : k + 1],
+        rollout.responses[k : k + 1],
+    )
+    return forward_pass(policy, single, with_values=False)["logprobs"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_forward_pass_does_not_depend_on_padding(arch, policies, tiny_config):
+    policy = policies(arch, tiny_config, eos_boost=3.0)
+    examples = prompts_of_different_lengths(policy, tiny_config, 6)
+    _, r = sample_mixed_endings(policy, examples, batch_size=6)
+    with torch.no_grad():
+        whole = forward_pass(policy, r, with_values=True)
+        for k in range(len(r)):
+            n = int(r.response_mask[k].sum())
+            alone = generate_free_forward(policy, r, k)
+            torch.testing.assert_close(whole["logprobs"][k, :n], alone[0, :n], rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_score_rollout_batches_and_reference(arch, policies, tiny_config):
+    policy = policies(arch, tiny_config)
+    examples = prompts_of_different_lengths(policy, tiny_config, 6)
+    torch.manual_seed(7)
+    r = generate(policy, [e.input_ids for e in examples], [e.prompt for e in examples], max_new_tokens=6, batch_size=6)
+    scored = score_rollout(policy, r, batch_size=4)  # batches of 4 and 2
+    with torch.no_grad():
+        whole = forward_pass(policy, r, with_values=True, with_entropy=True)
+    mask = r.response_mask.bool()
+    for key in ("logprobs", "values", "entropy"):
+        torch.testing.assert_close(scored[key][mask], whole[key][mask], rtol=0, atol=1e-5)
+    assert torch.equal(scored["ref_logprobs"], scored["logprobs"])  # reference = starting adapter
+    assert policy.model.active_adapter == "default"
+    sub = r.select([4, 1])
+    assert sub.responses == [r.responses[4], r.responses[1]] and torch.equal(sub.response_ids, r.response_ids[[4, 1]])
