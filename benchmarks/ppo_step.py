@@ -209,6 +209,8 @@ def main(argv=None) -> int:
     }
     per_step_flops = []
     if not args.no_flops:
+        if args.wait_idle > 0:
+            common.wait_until_idle(args.wait_idle)
         result["matmul_peak_gflops"] = common.measure_matmul_peak_gflops(threads=args.threads)
         print(f"fp32 matmul peak: {result['matmul_peak_gflops']:.1f} GFLOP/s", flush=True)
         per_step_flops = common.workload_update_flops(args.workload, args.cache, args.steps, args.new_tokens, args.data)

@@ -67,8 +67,8 @@ def dialogsum_dir() -> Path:
 # makes the output depend on the prompt. T5's (tied) embedding matrix is then scaled down so its
 # logits have a std of about 3 like a trained model's (unscaled they reach +-300, where float32
 # rounding alone moves log-probs by 1e-4).
-T5_INIT = {"initializer_factor": 1.6}
-T5_EMBEDDING_SCALE = 0.25
+T5_INIT = {"initializer_factor": 1.3}
+T5_EMBEDDING_SCALE = 0.3
 LLAMA_INIT = {"initializer_range": 0.3}
 
 
@@ -96,10 +96,37 @@ def tiny_llama(tmp_path_factory, corpus) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory, tiny_llama) -> Path:
+    """A GPT-2 causal model: absolute position embeddings, where Llama's rotary ones are blind to a
+    constant position offset, so it shows whether left-padded prompts get the right positions."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    folder = tmp_path_factory.mktemp("tiny_gpt2")
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    config = GPT2Config(
+        vocab_size=len(tok), n_embd=64, n_layer=2, n_head=4, n_positions=2048, initializer_range=0.3,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(0)
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def tiny_roberta(tmp_path_factory, corpus) -> Path:
     """Labels (nothate, hate) as Meta's model; text-dependent logits."""
     return make_tiny_roberta(
         tmp_path_factory.mktemp("tiny_roberta"), corpus, labels=("nothate", "hate"), seed=0, config_overrides=WIDE_ROBERTA
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_roberta_hate_first(tmp_path_factory, corpus) -> Path:
+    """The same weights as ``tiny_roberta`` with the label order reversed (hate, nothate): ``hate``
+    now wins on most texts, and ``nothate`` is not the first column."""
+    return make_tiny_roberta(
+        tmp_path_factory.mktemp("tiny_roberta_hate_first"), corpus, labels=("hate", "nothate"), seed=0, config_overrides=WIDE_ROBERTA
     )
 
 
@@ -139,12 +166,23 @@ def make_config(
     return load_config("seed", overrides=overrides)
 
 
-@pytest.fixture
-def tiny_config(tiny_t5, tiny_roberta, dialogsum_dir, tmp_path):
-    """``tiny_config(*overrides, policy=..., **kw)``: a tiny seq2seq run writing under ``tmp_path``."""
+@pytest.fixture(scope="session")
+def config_factory(tiny_t5, tiny_roberta, dialogsum_dir):
+    """``config_factory(*overrides, output_dir=..., policy=tiny_t5, reward=tiny_roberta, **kw)``: a tiny run's config."""
 
-    def build(*extra: str, policy: str | Path | None = None, output_dir: str | Path | None = None, **kw) -> DetoxConfig:
-        return make_config(policy or tiny_t5, tiny_roberta, dialogsum_dir, output_dir or tmp_path / "run", *extra, **kw)
+    def build(*extra: str, output_dir: str | Path, policy: str | Path | None = None, reward: str | Path | None = None, **kw) -> DetoxConfig:
+        return make_config(policy or tiny_t5, reward or tiny_roberta, dialogsum_dir, output_dir, *extra, **kw)
+
+    return build
+
+
+@pytest.fixture
+def tiny_config(config_factory, tmp_path):
+    """``tiny_config(*overrides, policy=..., reward=..., output_dir=..., **kw)``: a tiny seq2seq run writing under
+    ``tmp_path/run`` unless told otherwise."""
+
+    def build(*extra: str, output_dir: str | Path | None = None, **kw) -> DetoxConfig:
+        return config_factory(*extra, output_dir=output_dir or tmp_path / "run", **kw)
 
     return build
 

@@ -12,7 +12,9 @@ from detoxrl.rollout import Rollout, forward_pass, generate, response_mask_from_
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-ARCHS = ["tiny_t5", "tiny_llama"]
+# T5 (encoder-decoder, right-padded prompts), Llama (rotary positions) and GPT-2 (absolute
+# positions: a wrong position id for a left-padded prompt changes its output).
+ARCHS = ["tiny_t5", "tiny_llama", "tiny_gpt2"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -48,7 +50,7 @@ def prompts_of_different_lengths(policy, tiny_config, n):
     train = build_prompts(tiny_config().data, policy.tokenizer).train
     by_len = sorted(train, key=lambda e: len(e.input_ids))
     picks = [by_len[round(i * (len(by_len) - 1) / (n - 1))] for i in range(n)]
-    order = [3, 0, 5, 1, 4, 2, 7, 6][:n] if n <= 8 else list(range(n))
+    order = list(range(1, n, 2)) + list(range(0, n, 2))  # not sorted by length
     examples = [picks[i] for i in order]
     lengths = [len(e.input_ids) for e in examples]
     assert len(set(lengths)) == n and max(lengths) > 1.5 * min(lengths), lengths
@@ -288,3 +290,25 @@ def test_score_rollout_batches_and_reference(arch, policies, tiny_config):
     assert policy.model.active_adapter == "default"
     sub = r.select([4, 1])
     assert sub.responses == [r.responses[4], r.responses[1]] and torch.equal(sub.response_ids, r.response_ids[[4, 1]])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_values_and_logprobs_are_causal(arch, policies, tiny_config):
+    """Token t's log-prob depends on the prompt and tokens <= t; its value (the state it was chosen
+    in) on tokens < t only. Changing token k shows both alignments."""
+    policy = policies(arch, tiny_config)
+    examples = prompts_of_different_lengths(policy, tiny_config, 4)
+    torch.manual_seed(9)
+    r = generate(policy, [e.input_ids for e in examples], [e.prompt for e in examples], max_new_tokens=8, min_new_tokens=8, batch_size=4)
+    assert (r.response_mask.sum(1) >= 6).all()
+    k = 3
+    changed = r.response_ids.clone()
+    changed[:, k] = torch.where(changed[:, k] == 100, 101, 100)  # another ordinary token
+    other = Rollout(r.query_ids, r.query_mask, changed, r.response_mask, r.ended, r.queries, r.responses)
+    with torch.no_grad():
+        a = forward_pass(policy, r, with_values=True)
+        b = forward_pass(policy, other, with_values=True)
+    torch.testing.assert_close(a["logprobs"][:, :k], b["logprobs"][:, :k], rtol=0, atol=1e-5)
+    torch.testing.assert_close(a["values"][:, : k + 1], b["values"][:, : k + 1], rtol=0, atol=1e-5)
+    assert ((a["logprobs"][:, k] - b["logprobs"][:, k]).abs() > 1e-4).all()
+    assert ((a["values"][:, k + 1] - b["values"][:, k + 1]).abs() > 1e-6).all()

@@ -82,13 +82,20 @@ def _config_from_args(args: argparse.Namespace, base_file: str | None = None):
         put("run.progress", "false")
     if getattr(args, "log_with", None):
         put("run.log_with", ",".join(args.log_with))
-    if getattr(args, "reward_model", None) and not getattr(args, "reward_label", None) and not any(s.startswith("reward.label=") for s in args.set):
+    if getattr(args, "reward_model", None):
         from detoxrl.rewards import PACKAGED_LABELS
 
-        # A new reward model keeps the preset's label only if it has it; packaged ones have defaults.
-        if args.reward_model in PACKAGED_LABELS:
-            put("reward.label", PACKAGED_LABELS[args.reward_model][1])
-            put("reward.toxic_label", PACKAGED_LABELS[args.reward_model][2])
+        def given(flag: str, key: str) -> bool:
+            return bool(getattr(args, flag, None)) or any(s.strip().startswith(key + "=") for s in args.set)
+
+        # A new reward model keeps the preset's reward label only if it has it (checked later, with
+        # the model's labels in the message); packaged ones have defaults. The preset's toxic label
+        # belongs to the preset's model: it is re-derived for the new one (the other of two labels).
+        packaged = PACKAGED_LABELS.get(args.reward_model)
+        if not given("reward_label", "reward.label") and packaged:
+            put("reward.label", packaged[1])
+        if not given("toxic_label", "reward.toxic_label"):
+            put("reward.toxic_label", packaged[2] if packaged else "none")
     overrides.extend(args.set)
     return load_config(preset=args.preset, path=getattr(args, "config", None) or base_file, overrides=overrides)
 
@@ -109,16 +116,42 @@ def _print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2))
 
 
+def _preflight(cfg, *, check_reward: bool = True) -> list[dict]:
+    """``trainer.preflight`` plus the split check: some prompt must be left for training.
+
+    A filter that keeps a single dialogue passes ``preflight`` but leaves the train split empty
+    (the test split takes ceil(test_fraction * n)); say so here, before any model loads.
+    """
+    from detoxrl.errors import DataError
+    from detoxrl.prompts import split_rows
+    from detoxrl.trainer import preflight
+
+    rows = preflight(cfg, check_reward=check_reward)
+    n = len(rows) if cfg.data.max_rows is None else min(len(rows), cfg.data.max_rows)
+    train, _ = split_rows(list(range(n)), cfg.data.test_fraction)
+    if not train:
+        if n < len(rows):
+            raise DataError(
+                f"data.max_rows={cfg.data.max_rows} keeps {n} dialogue(s): none is left for training after the "
+                f"{cfg.data.test_fraction:g} test split; raise data.max_rows (--set data.max_rows=N)"
+            )
+        raise DataError(
+            f"only {n} dialogue(s) of '{cfg.data.source}' pass the filter {cfg.data.min_chars} < chars <= {cfg.data.max_chars}: "
+            f"none is left for training after the {cfg.data.test_fraction:g} test split; "
+            "widen the filter with --set data.min_chars=N / data.max_chars=N"
+        )
+    return rows
+
+
 # ---------------------------------------------------------------------------------------------
 # commands
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     from detoxrl.policy import load_tokenizer
-    from detoxrl.trainer import preflight
 
     cfg = _config_from_args(args)
-    preflight(cfg, check_reward=False)
+    _preflight(cfg, check_reward=False)
     from detoxrl.prompts import build_prompts
 
     splits = build_prompts(cfg.data, load_tokenizer(cfg.policy))
@@ -177,6 +210,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = _config_from_args(args, base_file=base_file)
     if args.adapter:
         cfg.policy.adapter = args.adapter
+    _preflight(cfg)  # Trainer runs trainer.preflight again (cheap); this adds the split check
     trainer = Trainer(cfg, resume=args.resume)
     t0 = time.perf_counter()
     final = trainer.train()
@@ -204,7 +238,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from detoxrl.prompts import build_prompts
     from detoxrl.rewards import check_reward_labels, scorer_from_config
     from detoxrl.stats import percentage_improvement
-    from detoxrl.trainer import preflight
 
     run_dir = Path(args.run) if args.run else None
     base_file = None
@@ -214,16 +247,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         base_file = str(run_dir / "config.yaml")
     cfg = _config_from_args(args, base_file=base_file)
     if args.judge_model:
-        cfg.evaluation.judge_model = args.judge_model
+        # A new judge does not inherit the toxic label of the preset's judge; "none" turns the judge off.
+        cfg.evaluation.judge_model = None if args.judge_model.lower() in ("none", "null") else args.judge_model
+        cfg.evaluation.judge_toxic_label = None
     if args.judge_toxic_label:
         cfg.evaluation.judge_toxic_label = args.judge_toxic_label
     adapter_dir = str(run_dir / "final") if run_dir else args.adapter
-    preflight(cfg)
+    settings = _eval_settings(args, cfg)
+    settings.validate()
+    _preflight(cfg)
     if cfg.evaluation.judge_model:
         check_judge(cfg.evaluation.judge_model, cfg.evaluation.judge_toxic_label, cfg.policy.trust_remote_code)
     if adapter_dir and not cfg.policy.adapter:
         match_adapter_config(cfg.policy, adapter_dir)
-    settings = _eval_settings(args, cfg)
     out_dir = Path(args.output) if args.output else (run_dir / "eval" if run_dir else Path(cfg.run.output_dir) / "eval")
     policy = load_policy(cfg.policy)
     if adapter_dir:
@@ -269,7 +305,8 @@ def _print_eval(result: dict) -> None:
         print("before  " + line("toxicity", b["toxicity"]) + "  | " + line("judge", b.get("judge")))
         print("after   " + line("toxicity", result["toxicity"]) + "  | " + line("judge", result.get("judge")))
         imp = result["improvement"]
-        print(f"notebook's percentage improvement: mean {imp['mean']:.2f}%  std {imp['std']:.2f}%")
+        pct = {k: "n/a" if imp.get(k) is None else f"{imp[k]:.2f}%" for k in ("mean", "std")}  # None: 0 before
+        print(f"notebook's percentage improvement: mean {pct['mean']}  std {pct['std']}")
         verdict = (result.get("comparison") or {}).get("verdict")
         if verdict:
             print("verdict: " + verdict)
@@ -328,6 +365,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cfg = _config_from_args(args)
     if args.num_samples:
         cfg.evaluation.num_samples = args.num_samples
+    _preflight(cfg)
     print(f"detoxrl demo: preset '{cfg.preset}', policy {cfg.policy.model}, reward {cfg.reward.model} (logit of '{cfg.reward.label}'), "
           f"judge {cfg.evaluation.judge_model}, data {cfg.data.source}; run folder {cfg.run.output_dir}", flush=True)
     trainer = Trainer(cfg)
@@ -423,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, help="held-out prompts to evaluate (fixed order)")
     p.add_argument("--samples-per-prompt", type=int, help="k samples per prompt: adds expected max toxicity and P(any of k >= 0.5)")
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    p.add_argument("--judge-model", metavar="SRC", help="independent toxicity judge (default: the preset's)")
+    p.add_argument("--judge-model", metavar="SRC", help="independent toxicity judge: hub id, folder, packaged:profanity-check (default: the preset's; none: no judge)")
     p.add_argument("--judge-toxic-label", metavar="L", help="the judge's toxic label")
     p.add_argument("--no-rouge", action="store_true", help="skip ROUGE (data without reference summaries)")
     p.add_argument("--no-faithfulness", action="store_true", help="skip the MiniLM faithfulness score")
@@ -473,8 +511,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except DetoxError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print("error: " + " ".join(str(e).split()), file=sys.stderr)  # always one line
         return 2
+    except BrokenPipeError:  # e.g. `detoxrl compare --json | head`: not an error of ours
+        sys.stdout = open(os.devnull, "w")  # no second error when Python flushes stdout at exit
+        return 1
     except KeyboardInterrupt:
         print("interrupted: checkpoints and evaluation records written so far are kept; rerun with --resume", file=sys.stderr)
         return 130

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ class DataConfig:
     test_fraction: float = 0.2  # unshuffled split: the last test_fraction of the filtered rows
     max_prompt_tokens: int = 512  # a longer prompt is an error (raise max_chars filter or this)
     max_rows: int | None = None  # read at most this many filtered rows (quick experiments)
+    shuffle: bool = True  # visit train prompts in a seeded random order each epoch (False: file order)
 
 
 @dataclass
@@ -250,14 +252,17 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool):
             raise ConfigError(f"{where} must be a number, got {value!r}")
+        number = None
         if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{where} must be a number, got {value!r}")
+        if number is None or math.isnan(number):  # NaN passes every "> 0" check: refuse it here
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
@@ -273,6 +278,9 @@ def _apply_section(section_obj: Any, values: dict[str, Any], section: str) -> No
     hints = typing.get_type_hints(type(section_obj))
     for key, value in values.items():
         if key not in hints:
+            elsewhere = [name for name, cls in _SECTION_CLASSES.items() if name != section and key in typing.get_type_hints(cls)]
+            if elsewhere:
+                raise ConfigError(f"unknown config key '{section}.{key}': {key} belongs to section {elsewhere[0]}; write {elsewhere[0]}.{key}")
             raise ConfigError(f"unknown config key '{section}.{key}'{_did_you_mean(key, list(hints))}")
         setattr(section_obj, key, _coerce(value, hints[key], f"{section}.{key}"))
 
@@ -344,6 +352,13 @@ def validate(cfg: DetoxConfig) -> None:
     d, pol, r, g, p, e = cfg.data, cfg.policy, cfg.reward, cfg.generation, cfg.ppo, cfg.evaluation
     if "{dialogue}" not in d.template:
         raise ConfigError("data.template must contain '{dialogue}' where the conversation goes")
+    try:
+        d.template.format(dialogue="")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ConfigError(
+            f"data.template cannot be filled ({type(exc).__name__}: {exc}); use {{dialogue}} for the conversation "
+            "and write literal braces as {{ and }}"
+        ) from None
     if d.min_chars < 0 or d.max_chars <= d.min_chars:
         raise ConfigError(f"data.min_chars ({d.min_chars}) must be >= 0 and below data.max_chars ({d.max_chars})")
     if not 0.0 < d.test_fraction < 1.0:
@@ -352,14 +367,20 @@ def validate(cfg: DetoxConfig) -> None:
         raise ConfigError(f"policy.architecture must be auto, seq2seq or causal, got '{pol.architecture}'")
     if pol.dtype not in ("auto", "float32", "bfloat16"):
         raise ConfigError(f"policy.dtype must be auto, float32 or bfloat16, got '{pol.dtype}'")
-    if pol.lora_r <= 0:
-        raise ConfigError(f"policy.lora_r must be positive, got {pol.lora_r}")
+    if pol.lora_r <= 0 or pol.lora_alpha <= 0:
+        raise ConfigError(f"policy.lora_r and policy.lora_alpha must be positive, got {pol.lora_r} and {pol.lora_alpha}")
+    if not 0.0 <= pol.lora_dropout < 1.0:
+        raise ConfigError(f"policy.lora_dropout must lie in [0, 1), got {pol.lora_dropout}")
+    if r.batch_size <= 0 or r.max_length <= 0:
+        raise ConfigError(f"reward.batch_size and reward.max_length must be positive, got {r.batch_size} and {r.max_length}")
     if r.input not in ("response", "query+response"):
         raise ConfigError(f"reward.input must be 'response' or 'query+response', got '{r.input}'")
     if g.max_new_tokens <= 0 or g.min_new_tokens < 0 or g.min_new_tokens > g.max_new_tokens:
         raise ConfigError("generation needs 0 <= min_new_tokens <= max_new_tokens and max_new_tokens > 0")
     if g.temperature <= 0:
         raise ConfigError(f"generation.temperature must be positive, got {g.temperature}")
+    if g.top_k < 0 or not 0.0 < g.top_p <= 1.0:
+        raise ConfigError(f"generation needs top_k >= 0 (0: off) and 0 < top_p <= 1, got top_k={g.top_k}, top_p={g.top_p}")
     for name in ("steps", "batch_size", "mini_batch_size", "ppo_epochs"):
         if getattr(p, name) <= 0:
             raise ConfigError(f"ppo.{name} must be positive, got {getattr(p, name)}")
@@ -368,17 +389,38 @@ def validate(cfg: DetoxConfig) -> None:
             f"ppo.mini_batch_size ({p.mini_batch_size}) must divide ppo.batch_size ({p.batch_size}); "
             f"e.g. --mini-batch-size {_largest_divisor(p.batch_size, p.mini_batch_size)}"
         )
-    if p.learning_rate <= 0:
-        raise ConfigError(f"ppo.learning_rate must be positive, got {p.learning_rate}")
+    if not 0 < p.learning_rate < math.inf:
+        raise ConfigError(f"ppo.learning_rate must be a positive number, got {p.learning_rate}")
     if not 0 <= p.lam <= 1 or not 0 <= p.gamma <= 1:
         raise ConfigError("ppo.gamma and ppo.lam must lie in [0, 1]")
     if p.ratio_threshold <= 1:
         raise ConfigError(f"ppo.ratio_threshold must be > 1, got {p.ratio_threshold}")
-    for tracker in cfg.run.log_with:
+    for name in ("clip_ratio", "clip_value", "target_kl", "kl_horizon"):
+        if getattr(p, name) <= 0:
+            raise ConfigError(f"ppo.{name} must be positive, got {getattr(p, name)}")
+    for name in ("vf_coef", "init_kl_coef"):
+        if getattr(p, name) < 0:
+            raise ConfigError(f"ppo.{name} must be >= 0, got {getattr(p, name)}")
+    for name in ("max_grad_norm", "score_clip"):
+        if getattr(p, name) is not None and getattr(p, name) <= 0:
+            raise ConfigError(f"ppo.{name} must be positive or none (off), got {getattr(p, name)}")
+    run = cfg.run
+    for tracker in run.log_with:
         if tracker not in ("tensorboard", "wandb"):
-            raise ConfigError(f"run.log_with accepts tensorboard and wandb, got '{tracker}'")
-    if e.num_samples <= 0 or e.batch_size <= 0:
-        raise ConfigError("evaluation.num_samples and evaluation.batch_size must be positive")
+            raise ConfigError(f"run.log_with accepts tensorboard and wandb, got '{tracker}'; e.g. --set run.log_with=tensorboard")
+    if run.save_every <= 0:
+        raise ConfigError(f"run.save_every must be a positive number of steps, got {run.save_every}")
+    if run.keep_checkpoints < 0:
+        raise ConfigError(f"run.keep_checkpoints must be >= 0 (0 keeps all), got {run.keep_checkpoints}")
+    if run.num_threads is not None and run.num_threads <= 0:
+        raise ConfigError(f"run.num_threads must be positive or none (all cores), got {run.num_threads}")
+    if e.num_samples <= 0 or e.batch_size <= 0 or e.max_new_tokens <= 0:
+        raise ConfigError("evaluation.num_samples, evaluation.batch_size and evaluation.max_new_tokens must be positive")
+    if e.split not in ("test", "train"):
+        raise ConfigError(
+            f"evaluation.split must be 'test' (the held-out part of data.split) or 'train', got '{e.split}'; "
+            "to read another file of the data set, set data.split"
+        )
 
 
 def _largest_divisor(n: int, at_most: int) -> int:

@@ -1,7 +1,11 @@
 """Evaluation: summaries of held-out prompts, scored for toxicity (reward model and judge) and quality.
 
 Records are appended to ``<out>.jsonl`` batch by batch, so an interrupted evaluation keeps what it
-computed and a rerun continues where it stopped. The summary (``<out>.json``) holds n, the
+computed and a rerun continues where it stopped. Batches are fixed (the same prompts, in the same
+order, with the same seed whatever was done before), so a resumed evaluation writes the same
+records as one that never stopped, sampled or greedy. Each record carries a ``signature`` of what
+produced it (adapter weights, decoding settings, scorers); a rerun recomputes records whose
+signature, prompt or position no longer matches the request. The summary (``<out>.json``) holds n, the
 toxicity statistics of the reward model and of the independent judge, ROUGE, faithfulness,
 length, and the KL of the evaluated adapter to the reference adapter.
 
@@ -12,7 +16,9 @@ so the comparison is paired.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +36,8 @@ from detoxrl.rewards import PACKAGED_LABELS, Scorer, build_scorer, check_reward_
 from detoxrl.rollout import forward_pass, generate
 from detoxrl.stats import expected_max, prob_any_toxic, summarize
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass
 class EvalSettings:
@@ -43,6 +51,19 @@ class EvalSettings:
     rouge: bool = True
     faithfulness: bool = True
     progress: bool = True
+
+    def validate(self) -> None:
+        """Cheap checks, before any model loads."""
+        if self.num_samples <= 0 or self.batch_size <= 0 or self.max_new_tokens <= 0 or self.samples_per_prompt <= 0:
+            raise ConfigError(
+                "evaluation needs positive num_samples, samples_per_prompt, batch_size and max_new_tokens, got "
+                f"{self.num_samples}, {self.samples_per_prompt}, {self.batch_size} and {self.max_new_tokens}"
+            )
+        if self.samples_per_prompt > 1 and not self.do_sample:
+            raise ConfigError(
+                f"{self.samples_per_prompt} samples per prompt with greedy decoding are {self.samples_per_prompt} copies "
+                "of one summary; add --sample (evaluation.do_sample=true) or use one sample per prompt"
+            )
 
     @classmethod
     def from_config(cls, cfg: DetoxConfig, **overrides: Any) -> "EvalSettings":
@@ -62,33 +83,75 @@ class EvalSettings:
         return base
 
 
-def _done_keys(path: Path) -> set[tuple[int, int]]:
+def adapter_fingerprint(policy: Policy, adapter: str) -> str:
+    """A short hash of what adapter ``adapter`` computes: its LoRA weights and scaling.
+
+    An adapter whose ``lora_B`` weights are all zero (a fresh LoRA) is the base model itself,
+    whatever its random ``lora_A``: it is fingerprinted "identity" so that reloading the policy in a
+    new process (new random ``lora_A``) does not invalidate records of the starting policy.
+    """
+    tag = f".{adapter}."
+    params = sorted((n, p) for n, p in policy.model.named_parameters() if "lora_" in n and tag in n)
+    if not params:
+        return "no-adapter"
+    if all(not bool(p.detach().any()) for n, p in params if "lora_B" in n):
+        return "identity"
+    h = hashlib.sha256()
+    lora_cfg = policy.model.peft_config.get(adapter)
+    h.update(f"{getattr(lora_cfg, 'r', None)}/{getattr(lora_cfg, 'lora_alpha', None)}".encode())
+    for name, p in params:
+        h.update(name.replace(tag, ".").encode())
+        h.update(p.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def eval_signature(policy: Policy, adapter: str, settings: "EvalSettings", scorer: Scorer, judge: Scorer | None, reward_input: str, rouge: bool) -> str:
+    """What makes a record: model, adapter weights, decoding and scoring settings (a short hash)."""
+    parts = {
+        "policy": str(policy.source),
+        "adapter": adapter_fingerprint(policy, adapter),
+        "do_sample": settings.do_sample,
+        "max_new_tokens": settings.max_new_tokens,
+        # Sampled outputs also depend on the noise: the seed, the temperature and the batching.
+        "sampling": [settings.seed, settings.temperature, settings.batch_size] if settings.do_sample else None,
+        "reward": [scorer.name, getattr(scorer, "reward_label", None), getattr(scorer, "toxic_label", None), reward_input],
+        "judge": [judge.name, getattr(judge, "toxic_label", None)] if judge is not None else None,
+        "rouge": rouge,
+        "faithfulness": settings.faithfulness,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _resume_records(path: Path, wanted: dict[tuple[int, int], str], signature: str) -> set[tuple[int, int]]:
+    """Keep the records of ``path`` that answer this request; return their keys.
+
+    ``wanted`` maps each requested ``(index, sample)`` to the id of its prompt. Dropped (and
+    recomputed): a half-written line left by an interruption, a duplicate, a record outside the
+    request (e.g. from a run with more --num-samples), for another prompt, or with another signature.
+    The file is rewritten with the kept records in their order.
+    """
     if not path.is_file():
         return set()
-    keys = set()
+    kept, done, stale = [], set(), 0
     for line in path.read_text().splitlines():
-        if line.strip():
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by an interruption: recomputed
-            keys.add((int(r["index"]), int(r["sample"])))
-    return keys
-
-
-def _clean_partial(path: Path) -> None:
-    """Drop a trailing half-written line left by an interruption."""
-    if not path.is_file():
-        return
-    lines = path.read_text().splitlines()
-    good = []
-    for line in lines:
+        if not line.strip():
+            continue
         try:
-            json.loads(line)
-            good.append(line)
-        except json.JSONDecodeError:
-            pass
-    path.write_text("".join(line + "\n" for line in good))
+            r = json.loads(line)
+            key = (int(r["index"]), int(r["sample"]))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue  # a line cut by an interruption
+        if key in done:
+            continue
+        if wanted.get(key, None) != r.get("id") or r.get("signature") != signature:
+            stale += key in wanted
+            continue
+        kept.append(line)
+        done.add(key)
+    if stale:
+        logger.warning("%s: %d earlier records were made with other settings, adapter or prompts; recomputing them", path, stale)
+    path.write_text("".join(line + "\n" for line in kept))
+    return done
 
 
 def evaluate_policy(
@@ -103,23 +166,29 @@ def evaluate_policy(
     reward_input: str = "response",
 ) -> dict[str, Any]:
     """Generate, score and write records for ``examples[:num_samples]`` x k samples; return the summary."""
+    settings.validate()
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     examples = examples[: settings.num_samples]
-    if settings.rouge and examples and all(e.reference is None for e in examples):
-        settings.rouge = False  # no references in this data (e.g. chitchat): ROUGE is skipped, said in the summary
+    if not examples:
+        raise DataError("there are no prompts to evaluate (the split is empty); raise data.max_rows or widen the data.min_chars/max_chars filter")
+    # No references in this data (e.g. chitchat): ROUGE is skipped (rouge is null in the summary).
+    rouge_on = settings.rouge and not all(e.reference is None for e in examples)
+    keys = [(i, s) for s in range(settings.samples_per_prompt) for i in range(len(examples))]
+    signature = eval_signature(policy, adapter, settings, scorer, judge, reward_input, rouge_on)
+    done = _resume_records(out_path, {k: examples[k[0]].id for k in keys}, signature)
+    # Fixed batches of the full request: a resumed evaluation regenerates a partly written batch
+    # whole (same prompts, same seed) and writes only its missing records.
+    batches = [keys[start : start + settings.batch_size] for start in range(0, len(keys), settings.batch_size)]
+    batches = [b for b in batches if any(k not in done for k in b)]
     faith = None
-    if settings.faithfulness:
+    if settings.faithfulness and batches:
         from detoxrl.quality import FaithfulnessScorer
 
         faith = FaithfulnessScorer()
-    _clean_partial(out_path)
-    done = _done_keys(out_path)
-    todo = [(i, s) for s in range(settings.samples_per_prompt) for i in range(len(examples)) if (i, s) not in done]
-    bar = tqdm(total=len(todo), desc=f"evaluate {out_path.stem}", unit="summary", disable=not settings.progress)
-    for start in range(0, len(todo), settings.batch_size):
-        chunk = todo[start : start + settings.batch_size]
-        # One decoding seed per (batch position, sample index): before and after see the same noise.
+    bar = tqdm(total=len(keys) - len(done), desc=f"evaluate {out_path.stem}", unit="summary", disable=not settings.progress)
+    for chunk in batches:
+        # One decoding seed per batch of the request: before and after see the same noise.
         torch.manual_seed(settings.seed + 7_919 * chunk[0][1] + chunk[0][0])
         exs = [examples[i] for i, _ in chunk]
         rollout = generate(
@@ -135,12 +204,14 @@ def evaluate_policy(
         texts = texts_for_scoring(rollout.queries, rollout.responses, reward_input)
         scored = scorer.score(texts)
         judged = judge.score(rollout.responses).toxicity.tolist() if judge is not None else [None] * len(chunk)
-        rouge = _rouge(rollout.responses, exs) if settings.rouge else [None] * len(chunk)
+        rouge = _rouge(rollout.responses, exs) if rouge_on else [None] * len(chunk)
         faithful = faith.score(rollout.responses, [e.dialogue for e in exs]) if faith else [None] * len(chunk)
         kl = _kl_to_reference(policy, rollout, adapter, settings.temperature)
         lengths = rollout.response_mask.sum(1).tolist()
         with open(out_path, "a") as f:
             for j, (i, s) in enumerate(chunk):
+                if (i, s) in done:
+                    continue
                 e = exs[j]
                 rec = {
                     "index": i,
@@ -160,9 +231,10 @@ def evaluate_policy(
                     "faithfulness": None if faithful[j] is None else float(faithful[j]),
                     "kl_k1": float(kl[0][j]),
                     "kl_k3": float(kl[1][j]),
+                    "signature": signature,
                 }
                 f.write(json.dumps(rec) + "\n")
-        bar.update(len(chunk))
+        bar.update(sum(k not in done for k in chunk))
     bar.close()
     summary = summarize_records(load_records(out_path), settings)
     summary.update(
@@ -255,7 +327,10 @@ def check_judge(model: str, toxic_label: str | None, trust_remote_code: bool = F
 
 
 def build_judge(cfg: DetoxConfig, device: str | torch.device = "cpu") -> Scorer | None:
-    """The independent judge of the config, or None when none is set or it is the reward model itself."""
+    """The judge of the config (``evaluation.judge_model``), or None when none is set.
+
+    The judge may be the reward model itself (the seed preset has no independent classifier);
+    it is built as given."""
     model = cfg.evaluation.judge_model
     if not model:
         return None

@@ -128,6 +128,9 @@ class Trainer:
         out = []
         for pos in range(step * bsz, (step + 1) * bsz):
             epoch, within = divmod(pos, n)
+            if not self.cfg.data.shuffle:
+                out.append(train[within])
+                continue
             perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.run.seed + 104_729 * epoch))
             out.append(train[int(perm[within])])
         return out

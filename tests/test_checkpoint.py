@@ -1,0 +1,173 @@
+"""detoxrl.checkpoint: atomic checkpoints that restore adapter, value head and optimizer exactly."""
+
+import json
+
+import pytest
+import torch
+
+from detoxrl import checkpoint as ck
+from detoxrl.errors import DetoxError, ModelLoadError
+from detoxrl.policy import POLICY_ADAPTER, REFERENCE_ADAPTER, load_policy
+from detoxrl.prompts import build_prompts
+from detoxrl.rollout import forward_pass, generate, score_rollout
+from detoxrl.update import UpdateBatch, ppo_update
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+STATE = {"kl_controller": {"value": 0.15, "target": 6.0, "horizon": 10000.0}, "seed": 0}
+
+
+def _policy(tiny_config, tiny_llama, seed):
+    torch.manual_seed(seed)  # a different seed: different LoRA A and value head from the start
+    return load_policy(tiny_config(policy=tiny_llama).policy)
+
+
+def _batch(policy, tiny_config, seed=0):
+    examples = build_prompts(tiny_config().data, policy.tokenizer).train[:8]
+    torch.manual_seed(seed)
+    r = generate(policy, [e.input_ids for e in examples], [e.prompt for e in examples], max_new_tokens=6, batch_size=8)
+    fw = score_rollout(policy, r, batch_size=8)
+    adv = torch.randn(r.response_ids.shape, generator=torch.Generator().manual_seed(seed)) * r.response_mask
+    return UpdateBatch(r, fw["logprobs"], fw["values"], adv, fw["values"] + adv)
+
+
+def _update(policy, optimizer, batch, seed=0):
+    return ppo_update(
+        policy, optimizer, batch, epochs=1, mini_batch_size=4, clip_ratio=0.2, clip_value=0.2, vf_coef=0.1,
+        max_grad_norm=1.0, ratio_threshold=10.0, temperature=1.0, generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def _lora(policy, adapter=POLICY_ADAPTER):
+    return {n: p.detach().clone() for n, p in policy.model.named_parameters() if "lora_" in n and f".{adapter}." in n}
+
+
+@pytest.fixture
+def trained(tiny_config, tiny_llama, tmp_path):
+    """A policy after one PPO update (nonzero B weights, Adam state) and its checkpoint at step 3."""
+    policy = _policy(tiny_config, tiny_llama, seed=0)
+    optimizer = torch.optim.Adam(policy.trainable_parameters(), lr=1e-2)
+    batch = _batch(policy, tiny_config)
+    stats = _update(policy, optimizer, batch)
+    assert stats["ppo/applied_minibatches"] == 2
+    run = tmp_path / "run"
+    path = ck.save_checkpoint(run, 3, policy, optimizer, STATE, keep=2)
+    return policy, optimizer, batch, run, path
+
+
+def test_roundtrip_restores_adapter_value_head_and_optimizer(trained, tiny_config, tiny_llama):
+    policy, optimizer, batch, run, path = trained
+    assert path == ck.checkpoint_dir(run, 3) and path.name == "step-000003"
+    for name in ("adapter_model.safetensors", "adapter_config.json", "value_head.safetensors", "optimizer.pt", ck.STATE_FILE):
+        assert (path / name).is_file(), name
+    assert not list(path.parent.glob("*.tmp"))
+
+    other = _policy(tiny_config, tiny_llama, seed=1)
+    other_reference = _lora(other, REFERENCE_ADAPTER)
+    assert not torch.equal(other.value_head.weight, policy.value_head.weight)
+    other_opt = torch.optim.Adam(other.trainable_parameters(), lr=1e-2)
+    state = ck.load_checkpoint(path, other, other_opt)
+    assert state == {**STATE, "step": 3}
+
+    mine, theirs = _lora(policy), _lora(other)
+    assert mine.keys() == theirs.keys()
+    assert any("lora_B" in n and t.abs().sum() > 0 for n, t in mine.items())
+    for name in mine:
+        assert torch.equal(mine[name], theirs[name]), name
+    for a, b in zip(policy.value_head.parameters(), other.value_head.parameters()):
+        assert torch.equal(a, b)
+    # Loading a checkpoint restores the trainable adapter only; the reference stays the starting one.
+    for name, t in _lora(other, REFERENCE_ADAPTER).items():
+        assert torch.equal(t, other_reference[name])
+    assert not any(p.requires_grad for n, p in other.model.named_parameters() if f".{REFERENCE_ADAPTER}." in n)
+
+    saved, loaded = optimizer.state_dict(), other_opt.state_dict()
+    assert saved["param_groups"] == loaded["param_groups"]
+    assert saved["state"].keys() == loaded["state"].keys() and len(saved["state"]) == len(policy.trainable_parameters())
+    for i in saved["state"]:
+        for key, value in saved["state"][i].items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(loaded["state"][i][key])), (i, key)
+
+    # The real test of a restored optimizer: one more identical update gives identical weights.
+    _update(policy, optimizer, batch, seed=5)
+    _update(other, other_opt, batch, seed=5)
+    for name, t in _lora(policy).items():
+        assert torch.equal(t, _lora(other)[name]), name
+    assert torch.equal(policy.value_head.weight, other.value_head.weight)
+    with torch.no_grad():
+        a = forward_pass(policy, batch.rollout, with_values=True)
+        b = forward_pass(other, batch.rollout, with_values=True)
+    assert torch.equal(a["logprobs"], b["logprobs"]) and torch.equal(a["values"], b["values"])
+
+
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("name", ["optimizer.pt", ck.STATE_FILE, "value_head.safetensors", "adapter_model.safetensors"])
+def test_truncated_file_is_model_load_error(name, trained, tiny_config, tiny_llama):
+    _, _, _, _, path = trained
+    _truncate(path / name)
+    other = _policy(tiny_config, tiny_llama, seed=1)
+    with pytest.raises(ModelLoadError) as e:
+        ck.load_checkpoint(path, other, torch.optim.Adam(other.trainable_parameters(), lr=1e-2))
+    assert "\n" not in str(e.value) and str(path) in str(e.value)
+
+
+def test_missing_optimizer_file_is_model_load_error(trained, tiny_config, tiny_llama):
+    _, _, _, _, path = trained
+    (path / "optimizer.pt").unlink()
+    other = _policy(tiny_config, tiny_llama, seed=1)
+    with pytest.raises(ModelLoadError):
+        ck.load_checkpoint(path, other, torch.optim.Adam(other.trainable_parameters(), lr=1e-2))
+
+
+def test_tmp_and_incomplete_folders_are_ignored(trained):
+    policy, optimizer, _, run, path = trained
+    ck.save_checkpoint(run, 5, policy, optimizer, STATE, keep=10)
+    # A crash during a later save leaves step-000010.tmp (even complete-looking); a hand-made folder
+    # without trainer_state.json is not a checkpoint either.
+    tmp = run / "checkpoints" / "step-000010.tmp"
+    tmp.mkdir()
+    (tmp / ck.STATE_FILE).write_text(json.dumps({**STATE, "step": 10}))
+    (run / "checkpoints" / "step-000012").mkdir()
+    assert ck.latest_checkpoint(run) == ck.checkpoint_dir(run, 5)
+    assert [p.name for p in ck.list_checkpoints(run)] == ["step-000003", "step-000005"]
+    assert ck.require_checkpoint(run) == ck.checkpoint_dir(run, 5)
+    # Saving step 10 for real replaces the stale .tmp.
+    ck.save_checkpoint(run, 10, policy, optimizer, STATE, keep=10)
+    assert ck.latest_checkpoint(run) == ck.checkpoint_dir(run, 10) and not tmp.exists()
+
+
+def test_no_checkpoint(tmp_path):
+    assert ck.latest_checkpoint(tmp_path) is None and ck.list_checkpoints(tmp_path / "nothing") == []
+    with pytest.raises(DetoxError, match="--resume"):
+        ck.require_checkpoint(tmp_path)
+
+
+def test_pruning_keeps_the_newest_n(trained):
+    policy, optimizer, _, run, _ = trained
+    for step in (6, 9, 10, 12):  # numeric order, not string order
+        ck.save_checkpoint(run, step, policy, optimizer, STATE, keep=2)
+    assert [p.name for p in ck.list_checkpoints(run)] == ["step-000010", "step-000012"]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000010", "step-000012"]
+    ck.save_checkpoint(run, 13, policy, optimizer, STATE, keep=1)
+    assert [p.name for p in ck.list_checkpoints(run)] == ["step-000013"]
+    ck.save_checkpoint(run, 1_000_000, policy, optimizer, STATE, keep=2)
+    assert ck.latest_checkpoint(run).name == "step-1000000"
+
+
+def test_save_final_is_a_peft_folder(trained, tiny_llama):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    policy, _, batch, run, _ = trained
+    final = ck.save_final(run, policy)
+    assert final == run / "final" and not (run / "final.tmp").exists()
+    assert {"adapter_model.safetensors", "adapter_config.json", "value_head.safetensors"} <= {p.name for p in final.iterdir()}
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
+    loaded = PeftModel.from_pretrained(base, str(final)).eval()
+    for n, p in loaded.named_parameters():
+        if "lora_" in n:
+            assert torch.equal(p, dict(policy.model.named_parameters())[n]), n

@@ -1,0 +1,462 @@
+"""The ``detoxrl`` command line: help, prepare, score, train/resume, evaluate, compare, report, and
+one-line errors (exit status 2) for bad input, raised before any model loads.
+
+Commands run in-process through ``detoxrl.cli.main([...])`` on tiny random models of the real
+architectures; tests marked ``slow`` use the real offline default (SmolLM2 tokenizer, BiLSTM).
+"""
+
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from detoxrl.cli import main
+from detoxrl.errors import ModelLoadError
+from detoxrl.packaged import locate_packaged_file
+from detoxrl.tiny import make_tiny_roberta, make_tiny_t5
+
+DATA = Path(__file__).resolve().parents[2] / "shared/data/dialogsum"
+needs_data = pytest.mark.skipif(not (DATA / "train.csv").is_file(), reason=f"DialogSum not found at {DATA}")
+
+T5_WIDE = {"initializer_factor": 3.0}  # varied text from a random tiny T5
+ROBERTA_WIDE = {"initializer_range": 0.3}  # scores that vary with the text
+# The tiny BPE tokenizer needs ~3x the tokens of a real one: short dialogues, generous token limit.
+TINY = ["--set", "data.max_prompt_tokens=4096", "--set", "data.max_chars=500", "--set", "data.max_rows=40"]
+NOTEBOOK_BENIGN = "#Person 1# tells Tommy that he didn't like the movie."
+NOTEBOOK_TOXIC = "#Person 1# tells that he will kill his friends."
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny models on a shared 2-core machine: one thread avoids oversubscription (3x faster here).
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def cli(*argv) -> tuple[int, str, str]:
+    """Run ``detoxrl argv...`` in-process; return (exit status, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = main([str(a) for a in argv])
+        except SystemExit as e:  # argparse: --help, usage errors
+            rc = e.code if isinstance(e.code, int) else 0
+    return rc, out.getvalue(), err.getvalue()
+
+
+def one_line_error(rc: int, err: str) -> str:
+    assert rc == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got:\n{err}"
+    assert lines[0].startswith("error: "), lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    if not (DATA / "train.csv").is_file():
+        return []
+    import pandas as pd
+
+    df = pd.read_csv(DATA / "train.csv", nrows=300)
+    return df["dialogue"].tolist() + df["summary"].tolist()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, corpus):
+    root = tmp_path_factory.mktemp("tiny_cli")
+    return {
+        "t5": make_tiny_t5(root / "t5", corpus, seed=0, config_overrides=T5_WIDE),
+        "reward": make_tiny_roberta(root / "reward", corpus, labels=("nothate", "hate"), seed=0, config_overrides=ROBERTA_WIDE),
+        "judge": make_tiny_roberta(root / "judge", corpus, labels=("toxic", "nontoxic"), seed=1, config_overrides=ROBERTA_WIDE),
+    }
+
+
+def tiny_train_args(tiny, out_dir, steps=2):
+    return [
+        "train", "--preset", "seed", "--policy", tiny["t5"], "--reward-model", tiny["reward"], "--reward-label", "nothate",
+        "--data", DATA, "--steps", steps, "--batch-size", 4, "--mini-batch-size", 2, "--max-new-tokens", 8,
+        "--output-dir", out_dir, "--no-progress",
+        # the seed preset's judge is a hub model: use a second tiny classifier instead
+        "--set", f"evaluation.judge_model={tiny['judge']}", "--set", "evaluation.judge_toxic_label=toxic",
+        "--set", "evaluation.max_new_tokens=12", "--set", "evaluation.batch_size=4", *TINY,
+    ]
+
+
+@pytest.fixture
+def no_model_loads(monkeypatch):
+    """Fail the test if any weights or tokenizer load: bad input must be reported before that."""
+    import transformers
+
+    import detoxrl.policy
+    import detoxrl.rewards
+
+    def boom(*args, **kwargs):
+        raise AssertionError("a model or tokenizer was loaded before the bad input was reported")
+
+    monkeypatch.setattr(transformers.PreTrainedModel, "from_pretrained", classmethod(boom))
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", classmethod(boom))
+    monkeypatch.setattr(detoxrl.policy, "convert_packaged_smollm2", boom)
+    monkeypatch.setattr(detoxrl.rewards, "_load_bilstm", boom)
+
+
+# --------------------------------------------------------------------------------------------
+# help
+
+
+def test_entry_point_help_in_a_subprocess():
+    exe = Path(sys.executable).with_name("detoxrl")
+    cmd = [str(exe), "--help"] if exe.is_file() else [sys.executable, "-m", "detoxrl.cli", "--help"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr
+    for word in ("prepare", "score", "train", "evaluate", "compare", "report", "demo", "make-tiny", "offline", "seed"):
+        assert word in res.stdout
+
+
+@pytest.mark.parametrize(
+    "command,options",
+    [
+        ("prepare", ["--data", "--policy", "--set", "--json", "--preset"]),
+        ("score", ["TEXT", "--reward-model", "--reward-label", "--toxic-label", "--json"]),
+        ("train", ["--steps", "--batch-size", "--mini-batch-size", "--output-dir", "--resume", "--overwrite", "--max-new-tokens", "--config"]),
+        ("evaluate", ["--run", "--num-samples", "--samples-per-prompt", "--sample", "--judge-model", "--no-rouge", "--no-faithfulness", "--fresh", "--json"]),
+        ("compare", ["--run", "--before", "--after", "--json"]),
+        ("report", ["RUN_DIR"]),
+        ("demo", ["--num-samples", "--steps", "--output-dir"]),
+        ("make-tiny", ["t5", "roberta", "llama", "--data"]),
+    ],
+)
+def test_subcommand_help(command, options):
+    rc, out, _ = cli(command, "--help")
+    assert rc == 0
+    assert out.startswith("usage: detoxrl " + command)
+    for option in options:
+        assert option in out, f"{command} --help does not mention {option}"
+
+
+def test_no_command_prints_help():
+    rc, out, _ = cli()
+    assert rc == 0 and "COMMAND" in out and "presets:" in out
+
+
+def test_version():
+    rc, out, _ = cli("--version")
+    assert rc == 0 and out.startswith("detoxrl ")
+
+
+# --------------------------------------------------------------------------------------------
+# prepare
+
+
+@needs_data
+def test_prepare_tiny_policy(tiny):
+    # the notebook's filter (the offline preset narrows max_chars for 2-core machines)
+    notebook_filter = ["--set", "data.min_chars=200", "--set", "data.max_chars=1000"]
+    rc, out, err = cli("prepare", "--data", DATA, "--policy", tiny["t5"], "--set", "data.max_prompt_tokens=4096",
+                       "--set", "data.max_rows=200", *notebook_filter, "--json")
+    assert rc == 0, err
+    stats = json.loads(out)
+    assert (stats["rows"], stats["kept"]) == (12460, 10022)  # 200 < chars <= 1000 keeps 10022 of DialogSum's 12460
+    assert (stats["train"], stats["test"]) == (160, 40)
+    assert stats["tokenizer"] == str(tiny["t5"]) and stats["prompt_tokens"]["max"] <= 4096
+
+    rc, out, err = cli("prepare", "--data", DATA, "--policy", tiny["t5"], "--set", "data.max_prompt_tokens=4096",
+                       "--set", "data.max_rows=200", *notebook_filter)
+    assert rc == 0, err
+    assert "train: 160  test: 40" in out and "prompt tokens" in out
+
+
+@needs_data
+@pytest.mark.slow
+def test_prepare_offline_default_tokenizer_gives_the_notebook_split():
+    # The offline preset narrows the filter to 600 chars for 2-core machines; the notebook's is 1000.
+    rc, out, err = cli("prepare", "--data", DATA, "--set", "data.max_chars=1000", "--json")
+    assert rc == 0, err
+    stats = json.loads(out)
+    assert (stats["train"], stats["test"]) == (8017, 2005)
+    assert stats["tokenizer"] == "packaged:smollm2-135m-instruct"
+    assert 0 < stats["prompt_tokens"]["max"] <= 1024
+
+
+# --------------------------------------------------------------------------------------------
+# score
+
+
+def test_score_tiny_reward_model(tiny):
+    texts = [NOTEBOOK_BENIGN, NOTEBOOK_TOXIC, "hello"]
+    rc, out, err = cli("score", "--json", "--reward-model", tiny["reward"], "--reward-label", "nothate", *texts)
+    assert rc == 0, err
+    rows = json.loads(out)
+    assert [r["text"] for r in rows] == texts
+    for r in rows:
+        assert set(r["labels"]) == {"nothate", "hate"}
+        assert r["reward"] == pytest.approx(r["labels"]["nothate"]["logit"])  # the logit, by label name
+        assert r["toxicity"] == pytest.approx(r["labels"]["hate"]["prob"])  # the other of two labels
+        assert r["labels"]["nothate"]["prob"] + r["labels"]["hate"]["prob"] == pytest.approx(1.0, abs=1e-5)
+    assert len({round(r["reward"], 6) for r in rows}) == 3  # scores vary with the text
+
+    rc, out, err = cli("score", "--reward-model", tiny["reward"], "--reward-label", "nothate", "hello")
+    assert rc == 0, err
+    assert "reward = logit of 'nothate'" in out and "toxicity = P('hate')" in out
+
+
+def test_score_a_label_order_that_differs_from_the_preset(tiny, tmp_path):
+    # labels (hate, nothate): the reward is still nothate's logit, the toxic label re-derived.
+    flipped = make_tiny_roberta(tmp_path / "flipped", [], labels=("hate", "nothate"), seed=0, config_overrides=ROBERTA_WIDE)
+    rc, out, err = cli("score", "--json", "--reward-model", flipped, "--reward-label", "nothate", "hi")
+    assert rc == 0, err
+    (row,) = json.loads(out)
+    assert row["reward"] == pytest.approx(row["labels"]["nothate"]["logit"])
+    assert row["toxicity"] == pytest.approx(row["labels"]["hate"]["prob"])
+
+
+def test_score_without_text():
+    rc, _, err = cli("score", "--reward-model", "packaged:profanity-check")
+    assert "TEXT" in one_line_error(rc, err)
+
+
+@pytest.mark.slow
+def test_score_offline_default_on_the_notebook_sentences():
+    rc, out, err = cli("score", "--json", NOTEBOOK_BENIGN, NOTEBOOK_TOXIC)
+    assert rc == 0, err
+    benign, toxic = json.loads(out)
+    assert "non-toxic" in benign["labels"] and "toxic" in benign["labels"]
+    assert benign["reward"] == pytest.approx(benign["labels"]["non-toxic"]["logit"])
+    assert toxic["reward"] < benign["reward"]
+    assert toxic["toxicity"] > benign["toxicity"]
+
+
+# --------------------------------------------------------------------------------------------
+# train, refuse to clobber, resume
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny, tmp_path_factory):
+    """A finished tiny run: 2 steps, then --resume to 3; the outputs of both commands."""
+    if not (DATA / "train.csv").is_file():
+        pytest.skip(f"DialogSum not found at {DATA}")
+    run_dir = tmp_path_factory.mktemp("tiny_run") / "run"
+    first = cli(*tiny_train_args(tiny, run_dir, steps=2))
+    assert first[0] == 0, first[2]
+    metrics_after_first = (run_dir / "metrics.jsonl").read_text().splitlines()
+    final_after_first = (run_dir / "final" / "adapter_model.safetensors").read_bytes()
+    resumed = cli("train", "--output-dir", run_dir, "--resume", "--steps", 3, "--no-progress")
+    return {"dir": run_dir, "first": first, "metrics_after_first": metrics_after_first,
+            "final_after_first": final_after_first, "resumed": resumed}
+
+
+def test_train_writes_metrics_and_a_final_adapter(tiny_run):
+    rc, out, err = tiny_run["first"]
+    assert "trained 2 steps" in out
+    lines = [json.loads(x) for x in tiny_run["metrics_after_first"]]
+    assert [m["step"] for m in lines] == [1, 2]
+    assert all(isinstance(m["env/reward_mean"], float) for m in lines)
+    run_dir = tiny_run["dir"]
+    assert (run_dir / "config.yaml").is_file()
+    assert (run_dir / "final" / "adapter_config.json").is_file()
+
+
+def test_final_adapter_loads_with_peft(tiny_run, tiny):
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSeq2SeqLM
+
+    final = tiny_run["dir"] / "final"
+    state = load_file(str(final / "adapter_model.safetensors"))
+    assert state and all("lora_" in k for k in state)
+    model = PeftModel.from_pretrained(AutoModelForSeq2SeqLM.from_pretrained(tiny["t5"]), str(final))
+    assert any("lora_" in n for n, _ in model.named_parameters())
+
+
+def test_train_again_without_flags_refuses(tiny_run, tiny, no_model_loads):
+    rc, out, err = cli("train", "--output-dir", tiny_run["dir"])
+    line = one_line_error(rc, err)
+    assert "--resume" in line and "--overwrite" in line
+
+
+def test_resume_continues_to_the_new_step_count(tiny_run):
+    rc, out, err = tiny_run["resumed"]
+    assert rc == 0, err
+    assert "trained 3 steps" in out
+    lines = [json.loads(x) for x in (tiny_run["dir"] / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [1, 2, 3]
+    assert lines[:2] == [json.loads(x) for x in tiny_run["metrics_after_first"]]  # earlier steps kept as they were
+    assert (tiny_run["dir"] / "final" / "adapter_model.safetensors").read_bytes() != tiny_run["final_after_first"]
+
+
+# --------------------------------------------------------------------------------------------
+# evaluate, compare, report on the finished tiny run
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny_run):
+    rc, out, err = cli("evaluate", "--run", tiny_run["dir"], "--num-samples", 6, "--json", "--no-faithfulness", "--no-progress")
+    assert rc == 0, err
+    return json.loads(out)
+
+
+def test_evaluate_run_json(evaluated, tiny_run, tiny):
+    res = evaluated
+    assert res["n"] == 6 and res["before"]["n"] == 6
+    for block in (res["toxicity"], res["before"]["toxicity"], res["judge"], res["before"]["judge"]):
+        assert set(block) >= {"mean", "std", "median", "p95", "ratio", "max"}
+        assert 0.0 <= block["mean"] <= 1.0
+    assert set(res["improvement"]) == {"mean", "std"}
+    assert res["comparison"]["n"] == 6 and "toxicity" in res["comparison"]
+    assert set(res["rouge"]) == {"rouge1", "rouge2", "rougeL"}  # DialogSum has references
+    assert res["judge_model"] == str(tiny["judge"]) and res["reward_model"] == str(tiny["reward"])
+    assert res["decoding"] == "greedy" and res["max_new_tokens"] == 12
+    eval_dir = tiny_run["dir"] / "eval"
+    assert res["output"] == str(eval_dir)
+    before = [json.loads(x) for x in (eval_dir / "before.jsonl").read_text().splitlines()]
+    after = [json.loads(x) for x in (eval_dir / "after.jsonl").read_text().splitlines()]
+    assert len(before) == len(after) == 6
+    assert [(r["index"], r["id"]) for r in before] == [(r["index"], r["id"]) for r in after]
+    assert all(r["judge_toxicity"] is not None for r in before + after)
+    assert all(r["kl_k1"] == 0.0 for r in before)
+
+
+def test_evaluate_again_resumes_and_prints_text(evaluated, tiny_run, monkeypatch):
+    import detoxrl.evaluate
+
+    monkeypatch.setattr(detoxrl.evaluate, "generate", lambda *a, **k: pytest.fail("finished records must be reused"))
+    rc, out, err = cli("evaluate", "--run", tiny_run["dir"], "--num-samples", 6, "--no-faithfulness", "--no-progress")
+    assert rc == 0, err
+    assert "evaluated 6 summaries (greedy)" in out
+    assert out.count("toxicity: mean") == 2 and "percentage improvement" in out and "ROUGE" in out
+    assert len((tiny_run["dir"] / "eval" / "after.jsonl").read_text().splitlines()) == 6
+
+
+def test_compare_run(evaluated, tiny_run):
+    rc, out, err = cli("compare", "--run", tiny_run["dir"], "--json")
+    assert rc == 0, err
+    head = json.loads(out)
+    assert head["n"] == 6
+    assert set(head["toxicity"]) >= {"before", "after", "reduction"}
+    assert (tiny_run["dir"] / "eval" / "comparison.csv").is_file()
+    rc, out, err = cli("compare", "--run", tiny_run["dir"])
+    assert rc == 0, err and "comparison.csv" in out
+
+
+def test_report_run(evaluated, tiny_run):
+    rc, out, err = cli("report", tiny_run["dir"])
+    assert rc == 0, err
+    html = tiny_run["dir"] / "report" / "report.html"
+    assert out.strip() == f"report: {html}"
+    assert html.is_file() and "<html" in html.read_text().lower()
+
+
+def test_evaluate_with_another_judge_needs_its_toxic_label(tiny_run, tiny, no_model_loads):
+    # --judge-model does not inherit the run's judge label; an HF judge must say which label is toxic
+    rc, _, err = cli("evaluate", "--run", tiny_run["dir"], "--judge-model", tiny["reward"], "--no-progress")
+    assert "--judge-toxic-label" in one_line_error(rc, err)
+    rc, _, err = cli("evaluate", "--run", tiny_run["dir"], "--judge-model", tiny["reward"], "--judge-toxic-label", "toxic")
+    line = one_line_error(rc, err)
+    assert "nothate, hate" in line
+
+
+def test_evaluate_k_greedy_samples_is_refused(tiny_run, no_model_loads):
+    rc, _, err = cli("evaluate", "--run", tiny_run["dir"], "--samples-per-prompt", 3)
+    assert "--sample" in one_line_error(rc, err)
+
+
+# --------------------------------------------------------------------------------------------
+# bad input: exit 2, one line naming the fix, before any model loads
+
+
+BAD_INPUT = {
+    "missing data": (["--data", "/nonexistent/dialogsum.csv"], ["/nonexistent/dialogsum.csv", "does not exist", "--data"]),
+    "no rows pass the filter": (["--set", "data.min_chars=6000", "--set", "data.max_chars=7000"], ["6000 < chars <= 7000", "data.min_chars"]),
+    "one row passes the filter": (["--set", "data.min_chars=5000", "--set", "data.max_chars=6000"], ["none is left for training", "data.max_chars"]),
+    "unknown config key": (["--set", "ppo.batch_sise=4"], ["ppo.batch_sise", "did you mean 'batch_size'"]),
+    "wrong type": (["--set", "ppo.batch_size=abc"], ["ppo.batch_size must be an integer", "abc"]),
+    "mini-batch": (["--batch-size", "6", "--mini-batch-size", "4"], ["must divide", "--mini-batch-size 3"]),
+    "unknown reward label": (["--reward-label", "nothat"], ["'nothat'", "nothate, hate", "--reward-label nothate"]),
+    "not a model": (["--policy", "__TMP__"], ["not a model folder", "--policy"]),
+    "resume without checkpoint": (["--resume"], ["--resume", "no checkpoint"]),
+}
+
+
+@needs_data
+@pytest.mark.parametrize("case", list(BAD_INPUT))
+def test_bad_train_input(case, tiny, tmp_path, no_model_loads):
+    extra, fragments = BAD_INPUT[case]
+    extra = [str(tmp_path) if x == "__TMP__" else x for x in extra]
+    args = tiny_train_args(tiny, tmp_path / "run", steps=1)
+    # later flags win in argparse: the bad value replaces the good one
+    rc, out, err = cli(*args, *extra)
+    line = one_line_error(rc, err)
+    for fragment in fragments:
+        assert fragment in line, line
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_data_without_a_dialogue_column(tiny, tmp_path, no_model_loads):
+    bad = tmp_path / "talks.csv"
+    bad.write_text("id,text,summary\n1,hello there how are you,greeting\n")
+    rc, _, err = cli("prepare", "--data", bad, "--policy", tiny["t5"])
+    line = one_line_error(rc, err)
+    assert "no column 'dialogue'" in line and "id, text, summary" in line and "data.dialogue_column" in line
+    rc, _, err = cli(*tiny_train_args(tiny, tmp_path / "run"), "--data", bad)
+    assert "no column 'dialogue'" in one_line_error(rc, err)
+
+
+def test_unknown_section_and_bad_tracker_on_the_command_line(no_model_loads):
+    rc, _, err = cli("prepare", "--set", "ppx.steps=1")
+    assert "did you mean 'ppo'" in one_line_error(rc, err)
+    rc, _, err = cli("train", "--set", "run.log_with=mlflow", "--output-dir", "unused")
+    assert "tensorboard and wandb" in one_line_error(rc, err)
+
+
+def test_unknown_reward_label_in_score(tiny, no_model_loads):
+    rc, _, err = cli("score", "--reward-model", tiny["reward"], "--reward-label", "nothat", "hi")
+    line = one_line_error(rc, err)
+    assert "nothate, hate" in line
+
+
+def test_reward_model_that_is_not_a_model(tmp_path, no_model_loads):
+    rc, _, err = cli("score", "--reward-model", tmp_path, "--reward-label", "x", "hi")
+    assert "not a model folder" in one_line_error(rc, err)
+
+
+def test_report_and_compare_of_a_missing_run(tmp_path):
+    rc, _, err = cli("report", tmp_path / "nope")
+    assert "train run" in one_line_error(rc, err)
+    rc, _, err = cli("compare", "--run", tmp_path / "nope")
+    assert "detoxrl evaluate" in one_line_error(rc, err)
+    rc, _, err = cli("evaluate", "--run", tmp_path / "nope")
+    assert "--output-dir" in one_line_error(rc, err)
+
+
+def test_missing_weight_package_names_the_pip_command():
+    with pytest.raises(ModelLoadError) as info:
+        locate_packaged_file("not-a-real-dist", "x")
+    msg = str(info.value)
+    assert "pip install" in msg and "not-a-real-dist" in msg and "\n" not in msg
+
+
+def test_argparse_usage_error_exits_2():
+    rc, _, err = cli("train", "--steps", "many")
+    assert rc == 2 and "invalid int value" in err
+
+
+# --------------------------------------------------------------------------------------------
+# make-tiny
+
+
+def test_make_tiny_t5(tmp_path):
+    rc, out, err = cli("make-tiny", "t5", tmp_path / "t5")
+    assert rc == 0, err
+    assert "tiny random t5" in out
+    from transformers import AutoConfig
+
+    assert AutoConfig.from_pretrained(tmp_path / "t5").model_type == "t5"
+    assert (tmp_path / "t5" / "tokenizer.json").is_file()

@@ -1,0 +1,357 @@
+"""detoxrl.config: presets, YAML file + --set overrides, and one-line errors for every mistake."""
+
+import dataclasses
+
+import pytest
+import yaml
+
+from detoxrl.config import (
+    NOTEBOOK_TEMPLATE,
+    PACKAGED_BILSTM,
+    PACKAGED_CHITCHAT,
+    PACKAGED_SMOLLM2,
+    PACKAGED_SVM,
+    PRESETS,
+    DetoxConfig,
+    load_config,
+    parse_override,
+    validate,
+)
+from detoxrl.errors import ConfigError, DetoxError
+
+
+def write_yaml(tmp_path, mapping, name="run.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(mapping))
+    return path
+
+
+def config_error(**kwargs) -> str:
+    """The message of the ConfigError that load_config(**kwargs) raises; it must be one line."""
+    with pytest.raises(ConfigError) as info:
+        load_config(**kwargs)
+    message = str(info.value)
+    assert "\n" not in message, message
+    assert isinstance(info.value, DetoxError)
+    return message
+
+
+# --------------------------------------------------------------------------------------------
+# presets
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_loads_and_validates(name):
+    cfg = load_config(name)
+    assert isinstance(cfg, DetoxConfig)
+    assert cfg.preset == name
+    validate(cfg)  # idempotent
+    # every key of the preset landed in the config
+    for section, values in PRESETS[name].items():
+        for key, value in values.items():
+            assert getattr(getattr(cfg, section), key) == value, f"{section}.{key}"
+
+
+def test_default_preset_is_offline():
+    cfg = load_config()
+    assert cfg.preset == "offline"
+    assert cfg.policy.model == PACKAGED_SMOLLM2
+    assert (cfg.reward.model, cfg.reward.label, cfg.reward.toxic_label) == (PACKAGED_BILSTM, "non-toxic", "toxic")
+    assert cfg.evaluation.judge_model == PACKAGED_SVM  # an independent judge, not the reward model
+    assert cfg.data.source == PACKAGED_CHITCHAT
+
+
+def test_seed_preset_is_the_notebook():
+    cfg = load_config("seed")
+    assert cfg.policy.model == "google/flan-t5-base"
+    assert (cfg.policy.lora_r, cfg.policy.lora_alpha, cfg.policy.lora_dropout) == (32, 32, 0.05)
+    assert cfg.reward.model == "facebook/roberta-hate-speech-dynabench-r4-target"
+    assert (cfg.reward.label, cfg.reward.toxic_label) == ("nothate", "hate")
+    assert (cfg.ppo.batch_size, cfg.ppo.mini_batch_size, cfg.ppo.ppo_epochs) == (16, 4, 1)
+    assert cfg.ppo.learning_rate == pytest.approx(1.41e-5)
+    assert (cfg.generation.top_k, cfg.generation.top_p, cfg.generation.do_sample) == (0, 1.0, True)
+    assert (cfg.data.min_chars, cfg.data.max_chars, cfg.data.test_fraction) == (200, 1000, 0.2)
+    assert cfg.data.template == NOTEBOOK_TEMPLATE and "{dialogue}" in cfg.data.template
+    assert cfg.data.source == "knkarthick/dialogsum"
+
+
+def test_unknown_preset():
+    msg = config_error(preset="sead")
+    assert "unknown preset 'sead'" in msg and "offline" in msg and "seed" in msg
+
+
+def test_unknown_preset_in_file(tmp_path):
+    msg = config_error(path=write_yaml(tmp_path, {"preset": "fast"}))
+    assert "unknown preset 'fast'" in msg
+
+
+# --------------------------------------------------------------------------------------------
+# precedence: preset < file < overrides
+
+
+def test_file_then_overrides_precedence(tmp_path):
+    path = write_yaml(tmp_path, {"preset": "seed", "ppo": {"learning_rate": 1e-4, "batch_size": 8, "mini_batch_size": 2}})
+    cfg = load_config(path=path)
+    assert cfg.preset == "seed"  # the file's preset
+    assert cfg.ppo.learning_rate == pytest.approx(1e-4)  # file beats preset
+    assert cfg.ppo.batch_size == 8
+    assert cfg.policy.model == "google/flan-t5-base"  # untouched preset value
+
+    cfg = load_config(path=path, overrides=["ppo.learning_rate=2e-5", "generation.max_new_tokens=12"])
+    assert cfg.ppo.learning_rate == pytest.approx(2e-5)  # override beats file
+    assert cfg.ppo.batch_size == 8  # file value kept
+    assert cfg.generation.max_new_tokens == 12
+
+    cfg = load_config(path=path, overrides={"ppo": {"batch_size": 4}})  # nested-dict overrides too
+    assert (cfg.ppo.batch_size, cfg.ppo.mini_batch_size) == (4, 2)
+
+
+def test_explicit_preset_beats_the_files_preset(tmp_path):
+    path = write_yaml(tmp_path, {"preset": "seed", "run": {"seed": 7}})
+    cfg = load_config(preset="offline", path=path)
+    assert cfg.preset == "offline" and cfg.policy.model == PACKAGED_SMOLLM2 and cfg.run.seed == 7
+
+
+def test_later_override_of_the_same_key_wins():
+    cfg = load_config(overrides=["run.seed=1", "run.seed=2"])
+    assert cfg.run.seed == 2
+
+
+def test_override_value_may_contain_equals_and_dots():
+    cfg = load_config(overrides=["run.output_dir=runs/a=b.c"])
+    assert cfg.run.output_dir == "runs/a=b.c"
+
+
+def test_saved_yaml_round_trips(tmp_path):
+    cfg = load_config("seed", overrides=["ppo.steps=3", "policy.lora_target_modules=q,v", "data.max_rows=40"])
+    cfg.save_yaml(tmp_path / "config.yaml")
+    again = load_config(path=tmp_path / "config.yaml")
+    assert again.to_dict() == cfg.to_dict()
+
+
+def test_empty_section_in_file_is_allowed(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("ppo:\nrun:\n  seed: 3\n")
+    assert load_config(path=path).run.seed == 3
+
+
+# --------------------------------------------------------------------------------------------
+# parsing of --set values
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [("true", True), ("TRUE", True), ("yes", True), ("on", True), ("1", True),
+     ("false", False), ("no", False), ("off", False), ("0", False), ("False", False)],
+)
+def test_bool_parsing(text, expected):
+    assert load_config(overrides=[f"run.progress={text}"]).run.progress is expected
+
+
+def test_yaml_booleans(tmp_path):
+    cfg = load_config(path=write_yaml(tmp_path, {"run": {"progress": False}, "data": {"use_chat_template": True}}))
+    assert cfg.run.progress is False and cfg.data.use_chat_template is True
+
+
+def test_bad_bool():
+    msg = config_error(overrides=["run.progress=maybe"])
+    assert "run.progress must be true or false" in msg and "maybe" in msg
+
+
+def test_list_parsing(tmp_path):
+    assert load_config(overrides=["policy.lora_target_modules=q,v"]).policy.lora_target_modules == ["q", "v"]
+    assert load_config(overrides=["policy.lora_target_modules= q , v ,"]).policy.lora_target_modules == ["q", "v"]
+    assert load_config(overrides=["policy.lora_target_modules=q_proj"]).policy.lora_target_modules == ["q_proj"]
+    assert load_config(overrides=["policy.lora_target_modules=none"]).policy.lora_target_modules is None
+    assert load_config(overrides=["run.log_with=tensorboard"]).run.log_with == ["tensorboard"]
+    assert load_config(overrides=["run.log_with="]).run.log_with == []
+    path = write_yaml(tmp_path, {"policy": {"lora_target_modules": ["q_proj", "v_proj"]}})
+    assert load_config(path=path).policy.lora_target_modules == ["q_proj", "v_proj"]
+
+
+def test_bad_list():
+    msg = config_error(overrides={"policy": {"lora_target_modules": {"q": 1}}})
+    assert "policy.lora_target_modules must be a list" in msg
+
+
+def test_numbers_and_optionals():
+    cfg = load_config(overrides=["ppo.learning_rate=1e-5", "ppo.max_grad_norm=none", "data.max_rows=40", "evaluation.judge_model=null"])
+    assert cfg.ppo.learning_rate == pytest.approx(1e-5) and isinstance(cfg.ppo.learning_rate, float)
+    assert cfg.ppo.max_grad_norm is None
+    assert cfg.data.max_rows == 40 and isinstance(cfg.data.max_rows, int)
+    assert cfg.evaluation.judge_model is None
+    assert load_config(overrides=["ppo.init_kl_coef=1"]).ppo.init_kl_coef == 1.0  # an int is a valid float
+
+
+def test_yaml_scientific_notation_without_dot(tmp_path):
+    # PyYAML reads 1e-5 (no dot) as a string; it is still a number here.
+    path = tmp_path / "c.yaml"
+    path.write_text("ppo:\n  learning_rate: 1e-5\n")
+    assert load_config(path=path).ppo.learning_rate == pytest.approx(1e-5)
+
+
+@pytest.mark.parametrize(
+    "override,fragment",
+    [
+        ("ppo.batch_size=abc", "ppo.batch_size must be an integer, got 'abc'"),
+        ("ppo.batch_size=16.5", "ppo.batch_size must be an integer"),
+        ("ppo.batch_size=true", "ppo.batch_size must be an integer"),
+        ("ppo.learning_rate=fast", "ppo.learning_rate must be a number, got 'fast'"),
+        ("ppo.learning_rate=nan", "ppo.learning_rate must be a number"),
+        ("data.max_rows=many", "data.max_rows must be an integer"),
+    ],
+)
+def test_wrong_type(override, fragment):
+    assert fragment in config_error(overrides=[override])
+
+
+def test_wrong_type_in_file(tmp_path):
+    msg = config_error(path=write_yaml(tmp_path, {"ppo": {"batch_size": "sixteen"}}))
+    assert "ppo.batch_size must be an integer" in msg
+    msg = config_error(path=write_yaml(tmp_path, {"data": {"template": ["not", "a", "string"]}}))
+    assert "data.template must be a string" in msg
+
+
+# --------------------------------------------------------------------------------------------
+# unknown keys and sections
+
+
+def test_unknown_key_did_you_mean():
+    msg = config_error(overrides=["ppo.batch_sise=4"])
+    assert "unknown config key 'ppo.batch_sise'" in msg and "did you mean 'batch_size'" in msg
+
+
+def test_unknown_key_without_close_match_lists_the_keys():
+    msg = config_error(overrides=["ppo.zzz=1"])
+    assert "unknown config key 'ppo.zzz'" in msg and "batch_size" in msg and "learning_rate" in msg
+
+
+def test_key_in_the_wrong_section_names_the_right_one():
+    msg = config_error(overrides=["ppo.max_new_tokens=16"])
+    assert "generation.max_new_tokens" in msg
+
+
+def test_unknown_key_in_file(tmp_path):
+    msg = config_error(path=write_yaml(tmp_path, {"reward": {"lable": "nothate"}}))
+    assert "unknown config key 'reward.lable'" in msg and "did you mean 'label'" in msg
+
+
+def test_unknown_section():
+    msg = config_error(overrides=["ppx.steps=1"])
+    assert "unknown config section 'ppx'" in msg and "did you mean 'ppo'" in msg
+
+
+def test_unknown_section_in_file(tmp_path):
+    msg = config_error(path=write_yaml(tmp_path, {"trainer": {"steps": 1}}))
+    assert "unknown config section 'trainer'" in msg
+
+
+def test_section_that_is_not_a_mapping(tmp_path):
+    msg = config_error(path=write_yaml(tmp_path, {"ppo": 5}))
+    assert "section 'ppo' must be a mapping" in msg
+
+
+@pytest.mark.parametrize("text,fragment", [("ppo.steps", "section.key=value"), ("steps=3", "must name a section")])
+def test_malformed_override(text, fragment):
+    assert fragment in config_error(overrides=[text])
+
+
+def test_parse_override():
+    assert parse_override("ppo.learning_rate=1e-5") == ("ppo", "learning_rate", "1e-5")
+    assert parse_override("data.template=a=b") == ("data", "template", "a=b")
+
+
+# --------------------------------------------------------------------------------------------
+# cross-field checks
+
+
+@pytest.mark.parametrize("batch,mini,suggested", [(6, 4, 3), (16, 5, 4), (10, 4, 2), (7, 2, 1)])
+def test_mini_batch_must_divide_batch(batch, mini, suggested):
+    msg = config_error(overrides=[f"ppo.batch_size={batch}", f"ppo.mini_batch_size={mini}"])
+    assert f"ppo.mini_batch_size ({mini}) must divide ppo.batch_size ({batch})" in msg
+    assert f"--mini-batch-size {suggested}" in msg
+    assert batch % suggested == 0
+
+
+def test_template_without_dialogue():
+    msg = config_error(overrides=["data.template=Summarize: {text}"])
+    assert "data.template must contain '{dialogue}'" in msg
+
+
+def test_template_with_other_placeholders_fails_before_any_model():
+    msg = config_error(overrides={"data": {"template": "Summarize for {reader}: {dialogue}"}})
+    assert "data.template cannot be filled" in msg and "{{" in msg
+    # literal braces, written doubled, are fine
+    cfg = load_config(overrides={"data": {"template": "{{json}} {dialogue}"}})
+    assert cfg.data.template.format(dialogue="x") == "{json} x"
+
+
+def test_bad_tracker():
+    msg = config_error(overrides=["run.log_with=tensorboard,mlflow"])
+    assert "run.log_with" in msg and "mlflow" in msg and "tensorboard" in msg and "wandb" in msg
+
+
+@pytest.mark.parametrize(
+    "overrides,fragment",
+    [
+        (["data.min_chars=500", "data.max_chars=400"], "data.min_chars (500) must be >= 0 and below data.max_chars (400)"),
+        (["data.test_fraction=1.5"], "data.test_fraction"),
+        (["policy.architecture=rnn"], "policy.architecture must be auto, seq2seq or causal"),
+        (["policy.dtype=float16"], "policy.dtype must be auto, float32 or bfloat16"),
+        (["policy.lora_r=0"], "policy.lora_r"),
+        (["policy.lora_dropout=1.0"], "policy.lora_dropout"),
+        (["reward.input=dialogue"], "reward.input must be 'response' or 'query+response'"),
+        (["reward.batch_size=0"], "reward.batch_size"),
+        (["generation.max_new_tokens=0"], "max_new_tokens"),
+        (["generation.min_new_tokens=80", "generation.max_new_tokens=64"], "min_new_tokens <= max_new_tokens"),
+        (["generation.temperature=0"], "generation.temperature must be positive"),
+        (["generation.top_p=0"], "top_p"),
+        (["generation.top_k=-1"], "top_k"),
+        (["ppo.steps=0"], "ppo.steps must be positive"),
+        (["ppo.learning_rate=-1e-5"], "ppo.learning_rate must be a positive number"),
+        (["ppo.learning_rate=inf"], "ppo.learning_rate must be a positive number"),
+        (["ppo.lam=1.5"], "ppo.gamma and ppo.lam"),
+        (["ppo.ratio_threshold=1"], "ppo.ratio_threshold must be > 1"),
+        (["ppo.kl_horizon=0"], "ppo.kl_horizon must be positive"),
+        (["ppo.clip_ratio=0"], "ppo.clip_ratio must be positive"),
+        (["ppo.max_grad_norm=0"], "ppo.max_grad_norm must be positive or none"),
+        (["ppo.score_clip=-1"], "ppo.score_clip must be positive or none"),
+        (["run.save_every=0"], "run.save_every must be a positive"),
+        (["run.num_threads=0"], "run.num_threads"),
+        (["evaluation.num_samples=0"], "evaluation.num_samples"),
+        (["evaluation.split=validation"], "evaluation.split must be 'test'"),
+    ],
+)
+def test_bad_values_are_one_line_config_errors(overrides, fragment):
+    assert fragment in config_error(overrides=overrides)
+
+
+def test_missing_config_file(tmp_path):
+    msg = config_error(path=tmp_path / "nope.yaml")
+    assert "does not exist" in msg and "--config" in msg
+
+
+def test_invalid_yaml(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("ppo: [1, 2\n  steps: 3\n")
+    assert "is not valid YAML" in config_error(path=path)
+
+
+def test_yaml_that_is_not_a_mapping(tmp_path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- 1\n- 2\n")
+    assert "must be a YAML mapping" in config_error(path=path)
+
+
+def test_validate_catches_direct_edits():
+    cfg = load_config()
+    cfg.ppo.batch_size, cfg.ppo.mini_batch_size = 8, 3
+    with pytest.raises(ConfigError, match="must divide"):
+        validate(cfg)
+
+
+def test_config_is_plain_data():
+    cfg = load_config("seed")
+    d = cfg.to_dict()
+    assert set(d) == {f.name for f in dataclasses.fields(DetoxConfig)}
+    assert yaml.safe_load(yaml.safe_dump(d)) == d
