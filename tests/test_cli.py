@@ -33,7 +33,7 @@ NOTEBOOK_TOXIC = "#Person 1# tells that he will kill his friends."
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
+def torch_one_thread():
     # Tiny models on a shared 2-core machine: one thread avoids oversubscription (3x faster here).
     n = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -218,6 +218,15 @@ def test_score_a_label_order_that_differs_from_the_preset(tiny, tmp_path):
     assert row["toxicity"] == pytest.approx(row["labels"]["hate"]["prob"])
 
 
+def test_score_with_a_python_reward_function(tmp_path, monkeypatch):
+    (tmp_path / "my_reward.py").write_text("def polite(texts):\n    return [-float('kill' in t) for t in texts]\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    # no --reward-label: a python:module:function reward has the single label "reward"
+    rc, out, err = cli("score", "--json", "--reward-model", "python:my_reward:polite", "hello", "I will kill you")
+    assert rc == 0, err
+    assert [r["reward"] for r in json.loads(out)] == [0.0, -1.0]
+
+
 def test_score_without_text():
     rc, _, err = cli("score", "--reward-model", "packaged:profanity-check")
     assert "TEXT" in one_line_error(rc, err)
@@ -343,7 +352,8 @@ def test_compare_run(evaluated, tiny_run):
     assert set(head["toxicity"]) >= {"before", "after", "reduction"}
     assert (tiny_run["dir"] / "eval" / "comparison.csv").is_file()
     rc, out, err = cli("compare", "--run", tiny_run["dir"])
-    assert rc == 0, err and "comparison.csv" in out
+    assert rc == 0, err
+    assert "comparison.csv" in out
 
 
 def test_report_run(evaluated, tiny_run):

@@ -36,7 +36,7 @@ TINY_DATA = dict(source=str(DATA), max_rows=40, max_chars=500, max_prompt_tokens
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
+def torch_one_thread():
     # Tiny models on a shared 2-core machine: one thread avoids oversubscription (3x faster here).
     n = torch.get_num_threads()
     torch.set_num_threads(1)

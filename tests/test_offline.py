@@ -25,7 +25,7 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
+def torch_one_thread():
     # On a 2-core machine shared with other jobs, two torch threads wait on each other at every op
     # (~12 ms per small matmul when a core is taken): one thread is several times faster there.
     n = torch.get_num_threads()
@@ -35,7 +35,7 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, one_thread):
+def trained(tmp_path_factory, torch_one_thread):
     from detoxrl.trainer import Trainer
 
     out = tmp_path_factory.mktemp("offline") / "run"

@@ -138,6 +138,11 @@ def test_base_weights_held_once(arch, request, tiny_config):
     n_bytes = sum(p.numel() * p.element_size() for p in policy.model.parameters())
     n_lora_bytes = sum(p.numel() * p.element_size() for n, p in policy.model.named_parameters() if "lora_" in n)
     assert n_bytes - n_lora_bytes == sum(p.numel() * p.element_size() for p in bare.parameters())
+    # Everything the Policy object holds: the PeftModel and the value head, nothing else with weights.
+    modules = [v for v in vars(policy).values() if isinstance(v, torch.nn.Module)]
+    held = {p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() for m in modules for p in m.parameters()}
+    head_bytes = sum(p.numel() * p.element_size() for p in policy.value_head.parameters())
+    assert sum(held.values()) == n_bytes + head_bytes
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -120,7 +120,7 @@ def test_three_step_run(arch, reward, request, tiny_config, tmp_path):
 # It learns
 
 
-def test_learns_a_programmatic_reward(tiny_t5, tiny_config):
+def test_learns_a_programmatic_reward(tiny_config):
     """PPO raises a simple reward: how often the policy's most frequent word appears."""
     cfg = tiny_config(
         "ppo.learning_rate=2e-3",
@@ -193,6 +193,8 @@ def test_resume_after_a_crash_between_checkpoints(uninterrupted, tiny_config, tm
     shutil.rmtree(out / "checkpoints" / "step-000003")  # as if the process died before saving it
     shutil.rmtree(out / "final")
     assert [r["step"] for r in read_metrics(out)] == [1, 2, 3]
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"step": 4, "objective/kl": 0.1')  # and a line cut short by the crash
     resumed = Trainer(_resume_config(tiny_config, out), resume=True)
     assert resumed.step_idx == 2
     assert [r["step"] for r in read_metrics(out)] == [1, 2]  # the orphaned step-3 line is dropped
@@ -232,6 +234,13 @@ def test_existing_run_is_protected(tiny_config, tmp_path):
     message = str(e.value)
     assert "--resume" in message and "--overwrite" in message and "\n" not in message
     assert _snapshot_tree(out) == before  # nothing deleted, nothing written
+    # --overwrite of a run that cannot start (its policy has no weights) keeps the old run too.
+    weightless = tmp_path / "no_weights"
+    shutil.copytree(cfg.policy.model, weightless)
+    (weightless / "model.safetensors").unlink()
+    with pytest.raises(DetoxError):
+        Trainer(tiny_config("run.overwrite=true", policy=weightless, output_dir=out, steps=1))
+    assert _snapshot_tree(out) == before
     # --overwrite replaces the run's own files and leaves the user's alone.
     trainer = Trainer(tiny_config("run.overwrite=true", output_dir=out, steps=1))
     assert not (out / "metrics.jsonl").exists() and not (out / "checkpoints").exists() and not (out / "final").exists()
@@ -283,3 +292,22 @@ def test_bad_inputs_fail_before_any_model_loads(tiny_t5, tiny_config, tmp_path, 
     with pytest.raises(ConfigError):
         Trainer(tiny_config("reward.label=nothat", policy=tiny_t5, output_dir=tmp_path / "run2"))
     assert loads == []  # the label is checked before the policy is loaded
+
+
+def test_prompt_order(tiny_config, tmp_path):
+    """Each epoch visits every train prompt once: a seeded permutation per epoch, or file order."""
+    shuffled = Trainer(tiny_config(output_dir=tmp_path / "a"))
+    train = shuffled.prompts.train
+    n, bsz = len(train), shuffled.cfg.ppo.batch_size
+    order = [e.id for step in range(2 * n // bsz + 1) for e in shuffled.batch_examples(step)]
+    first, second = order[:n], order[n : 2 * n]
+    assert sorted(first) == sorted(e.id for e in train) == sorted(second)  # a permutation each epoch
+    assert first != [e.id for e in train] and first != second
+    again = Trainer(tiny_config(output_dir=tmp_path / "b"))
+    assert [e.id for e in again.batch_examples(3)] == order[3 * bsz : 4 * bsz]  # seeded
+    in_order = Trainer(tiny_config("data.shuffle=false", output_dir=tmp_path / "c"))
+    ids = [e.id for e in train]
+    assert [e.id for e in in_order.batch_examples(0)] == ids[:bsz]
+    step = n // bsz  # the batch that wraps around the end of the first epoch
+    expected = [ids[i % n] for i in range(step * bsz, (step + 1) * bsz)]
+    assert [e.id for e in in_order.batch_examples(step)] == expected

@@ -184,7 +184,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "generation": {"max_new_tokens": 32},
         "ppo": {"steps": 6, "batch_size": 8, "mini_batch_size": 4, "learning_rate": 5e-5},
         "run": {"output_dir": "runs/offline", "save_every": 3},
-        "evaluation": {"num_samples": 32, "max_new_tokens": 32, "judge_model": PACKAGED_SVM},
+        "evaluation": {"num_samples": 32, "max_new_tokens": 48, "judge_model": PACKAGED_SVM},
     },
 }
 

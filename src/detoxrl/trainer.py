@@ -43,8 +43,12 @@ def step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step * 7_919 + 17) % (2**63 - 1)
 
 
-def prepare_output_dir(cfg: DetoxConfig, resume: bool) -> Path:
-    """Refuse to clobber an earlier run unless asked; say how to resume or overwrite."""
+def prepare_output_dir(cfg: DetoxConfig, resume: bool, *, clear: bool = True) -> Path:
+    """Refuse to clobber an earlier run unless asked; say how to resume or overwrite.
+
+    ``clear=False`` only checks: the trainer clears an overwritten run once its models have
+    loaded, so that a run which cannot even start does not cost the user the previous one.
+    """
     out = Path(cfg.run.output_dir)
     if resume:
         ckpt_lib.require_checkpoint(out)
@@ -55,11 +59,20 @@ def prepare_output_dir(cfg: DetoxConfig, resume: bool) -> Path:
             f"output dir '{out}' already holds a run ({', '.join(existing)}); pass --resume to continue it, "
             "--overwrite to replace it, or choose another --output-dir"
         )
-    for name in existing:
-        target = out / name
-        shutil.rmtree(target) if target.is_dir() else target.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+    if clear:
+        clear_output_dir(out)
     return out
+
+
+def clear_output_dir(out: Path) -> None:
+    """Delete what an earlier run wrote into ``out`` (only detoxrl's own files) and create ``out``."""
+    for name in MANAGED:
+        target = out / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+    out.mkdir(parents=True, exist_ok=True)
 
 
 def preflight(cfg: DetoxConfig, *, check_reward: bool = True) -> list[dict]:
@@ -93,7 +106,7 @@ class Trainer:
         if cfg.run.num_threads:
             torch.set_num_threads(cfg.run.num_threads)
         preflight(cfg, check_reward=scorer is None)
-        self.run_dir = prepare_output_dir(cfg, resume)
+        self.run_dir = prepare_output_dir(cfg, resume, clear=False)  # refuse now, clear once models load
         seed_everything(cfg.run.seed)
         self.accelerator = Accelerator(
             cpu=not torch.cuda.is_available(),
@@ -105,6 +118,8 @@ class Trainer:
         if len(self.prompts.train) == 0:
             raise DetoxError("the train split is empty; lower data.test_fraction or add data")
         self.scorer = scorer or scorer_from_config(cfg.reward, device=self.accelerator.device, trust_remote_code=cfg.policy.trust_remote_code)
+        if not resume:
+            clear_output_dir(self.run_dir)  # --overwrite: only now that the new run's models have loaded
         torch.manual_seed(cfg.run.seed)  # the value head was initialised above; re-seed for the optimizer path
         self.optimizer = torch.optim.Adam(self.policy.trainable_parameters(), lr=cfg.ppo.learning_rate)
         p = cfg.ppo
@@ -251,7 +266,14 @@ class Trainer:
         path = self.run_dir / "metrics.jsonl"
         if not path.is_file():
             return
-        kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= upto_step]
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by the crash that stopped the run
+                continue
+            if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= upto_step:
+                kept.append(line)
         path.write_text("".join(line + "\n" for line in kept))
 
 
