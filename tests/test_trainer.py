@@ -311,3 +311,15 @@ def test_prompt_order(tiny_config, tmp_path):
     step = n // bsz  # the batch that wraps around the end of the first epoch
     expected = [ids[i % n] for i in range(step * bsz, (step + 1) * bsz)]
     assert [e.id for e in in_order.batch_examples(step)] == expected
+
+
+def test_tensorboard_tracker_logs_through_accelerate(tiny_config, tmp_path):
+    """--log-with tensorboard writes event files beside metrics.jsonl (accelerate's tracker)."""
+    pytest.importorskip("tensorboard")
+    cfg = tiny_config("run.log_with=tensorboard", steps=2, batch_size=4, mini_batch_size=2, max_new_tokens=6)
+    Trainer(cfg).train()
+    run = Path(cfg.run.output_dir)
+    events = list(run.rglob("events.out.tfevents.*"))
+    assert events, "no tensorboard event file written"
+    assert sum(e.stat().st_size for e in events) > 0
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2

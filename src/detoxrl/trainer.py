@@ -29,7 +29,7 @@ from detoxrl.rewards import Scorer, check_reward_labels, scorer_from_config, tex
 from detoxrl.rollout import generate, score_rollout
 from detoxrl.update import UpdateBatch, ppo_update
 
-MANAGED = ("metrics.jsonl", "checkpoints", "final", "eval", "report", "config.yaml", "tensorboard")
+MANAGED = ("metrics.jsonl", "checkpoints", "final", "eval", "report", "config.yaml", "detoxrl")  # detoxrl/: tracker logs
 
 
 def seed_everything(seed: int) -> None:
