@@ -119,30 +119,10 @@ def _print_json(obj: Any) -> None:
 
 
 def _preflight(cfg, *, check_reward: bool = True) -> list[dict]:
-    """``trainer.preflight`` plus the split check: some prompt must be left for training.
-
-    A filter that keeps a single dialogue passes ``preflight`` but leaves the train split empty
-    (the test split takes ceil(test_fraction * n)); say so here, before any model loads.
-    """
-    from detoxrl.errors import DataError
-    from detoxrl.prompts import split_rows
+    """``trainer.preflight``: every cheap check (data, split, policy path, labels) before models load."""
     from detoxrl.trainer import preflight
 
-    rows = preflight(cfg, check_reward=check_reward)
-    n = len(rows) if cfg.data.max_rows is None else min(len(rows), cfg.data.max_rows)
-    train, _ = split_rows(list(range(n)), cfg.data.test_fraction)
-    if not train:
-        if n < len(rows):
-            raise DataError(
-                f"data.max_rows={cfg.data.max_rows} keeps {n} dialogue(s): none is left for training after the "
-                f"{cfg.data.test_fraction:g} test split; raise data.max_rows (--set data.max_rows=N)"
-            )
-        raise DataError(
-            f"only {n} dialogue(s) of '{cfg.data.source}' pass the filter {cfg.data.min_chars} < chars <= {cfg.data.max_chars}: "
-            f"none is left for training after the {cfg.data.test_fraction:g} test split; "
-            "widen the filter with --set data.min_chars=N / data.max_chars=N"
-        )
-    return rows
+    return preflight(cfg, check_reward=check_reward)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -212,7 +192,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = _config_from_args(args, base_file=base_file)
     if args.adapter:
         cfg.policy.adapter = args.adapter
-    _preflight(cfg)  # Trainer runs trainer.preflight again (cheap); this adds the split check
     trainer = Trainer(cfg, resume=args.resume)
     t0 = time.perf_counter()
     final = trainer.train()

@@ -22,9 +22,9 @@ from tqdm.auto import tqdm
 from detoxrl import checkpoint as ckpt_lib
 from detoxrl.advantages import AdaptiveKLController, FixedKLController, gae, kl_k3, masked_mean, masked_whiten, token_rewards
 from detoxrl.config import DetoxConfig
-from detoxrl.errors import DetoxError
+from detoxrl.errors import DataError, DetoxError
 from detoxrl.policy import Policy, check_adapter_source, check_policy_source, load_policy
-from detoxrl.prompts import PromptExample, build_prompts, check_data_source, filter_rows, load_dialogue_rows
+from detoxrl.prompts import PromptExample, build_prompts, check_data_source, filter_rows, load_dialogue_rows, split_rows
 from detoxrl.rewards import Scorer, check_reward_labels, scorer_from_config, texts_for_scoring
 from detoxrl.rollout import generate, score_rollout
 from detoxrl.update import UpdateBatch, ppo_update
@@ -88,6 +88,21 @@ def preflight(cfg: DetoxConfig, *, check_reward: bool = True) -> list[dict]:
         raise DetoxError(
             f"no dialogue passes the length filter {cfg.data.min_chars} < chars <= {cfg.data.max_chars} in '{cfg.data.source}'; "
             "widen it with --set data.min_chars=N / data.max_chars=N"
+        )
+    # A filter that keeps a single dialogue passes the check above but leaves the train split
+    # empty (the test split takes ceil(test_fraction * n)); say so before any model loads.
+    n = len(rows) if cfg.data.max_rows is None else min(len(rows), cfg.data.max_rows)
+    train, _ = split_rows(list(range(n)), cfg.data.test_fraction)
+    if not train:
+        if n < len(rows):
+            raise DataError(
+                f"data.max_rows={cfg.data.max_rows} keeps {n} dialogue(s): none is left for training after the "
+                f"{cfg.data.test_fraction:g} test split; raise data.max_rows (--set data.max_rows=N)"
+            )
+        raise DataError(
+            f"only {n} dialogue(s) of '{cfg.data.source}' pass the filter {cfg.data.min_chars} < chars <= {cfg.data.max_chars}: "
+            f"none is left for training after the {cfg.data.test_fraction:g} test split; "
+            "widen the filter with --set data.min_chars=N / data.max_chars=N"
         )
     return rows
 
