@@ -312,3 +312,80 @@ def test_values_and_logprobs_are_causal(arch, policies, tiny_config):
     torch.testing.assert_close(a["values"][:, : k + 1], b["values"][:, : k + 1], rtol=0, atol=1e-5)
     assert ((a["logprobs"][:, k] - b["logprobs"][:, k]).abs() > 1e-4).all()
     assert ((a["values"][:, k + 1] - b["values"][:, k + 1]).abs() > 1e-6).all()
+
+
+# --------------------------------------------------------------------------------------------
+# Captured log-probs / values (no second forward pass) and trimmed padding
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_capture_equals_a_full_forward_pass(arch, temperature, policies, tiny_config):
+    """What generate(capture=True) records while sampling is what forward_pass computes afterwards."""
+    policy = policies(arch, tiny_config, eos_boost=3.0)
+    examples = prompts_of_different_lengths(policy, tiny_config, 8)
+    ids, texts = [e.input_ids for e in examples], [e.prompt for e in examples]
+    torch.manual_seed(3)
+    plain = generate(policy, ids, texts, max_new_tokens=10, temperature=temperature, batch_size=3)
+    torch.manual_seed(3)
+    r = generate(policy, ids, texts, max_new_tokens=10, temperature=temperature, batch_size=3, capture=True)
+    assert torch.equal(plain.response_ids, r.response_ids)  # capturing does not change the samples
+    assert plain.logprobs is None and r.logprobs.shape == r.response_ids.shape
+    mask = r.response_mask.bool()
+    assert r.ended.any() and not r.ended.all()  # rows of different lengths across 3 chunks
+    with torch.no_grad():
+        full = forward_pass(policy, r, temperature=temperature, with_values=True, with_entropy=True)
+    for key in ("logprobs", "values", "entropy"):
+        torch.testing.assert_close(getattr(r, key)[mask], full[key][mask], rtol=0, atol=1e-4)
+    # score_rollout reuses them: only the reference pass runs, and the result is the same.
+    scored = score_rollout(policy, r, temperature=temperature, batch_size=3)
+    rescored = score_rollout(policy, plain, temperature=temperature, batch_size=3)
+    for key in ("logprobs", "values", "entropy", "ref_logprobs"):
+        torch.testing.assert_close(scored[key], rescored[key], rtol=0, atol=1e-4)
+        assert (scored[key][~mask] == 0).all()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_trimmed_rows_give_the_same_outputs(arch, policies, tiny_config):
+    policy = policies(arch, tiny_config, eos_boost=3.0)
+    examples = prompts_of_different_lengths(policy, tiny_config, 8)
+    _, r = sample_mixed_endings(policy, examples)
+    rows = [0, 2]  # a subset whose prompts and responses are shorter than the widest row
+    sub = r.select(rows)
+    cut = sub.trimmed(policy.is_seq2seq)
+    assert cut.query_ids.shape[1] == int(sub.query_mask.sum(1).max()) < r.query_ids.shape[1]
+    assert cut.response_ids.shape[1] == int(sub.response_mask.sum(1).max())
+    for k in range(len(rows)):  # the real tokens survive the cut
+        assert cut.query_ids[k][cut.query_mask[k].bool()].tolist() == examples[rows[k]].input_ids
+    with torch.no_grad():
+        a = forward_pass(policy, sub, with_values=True)
+        b = forward_pass(policy, cut, with_values=True)
+    T, mask = cut.response_ids.shape[1], cut.response_mask.bool()
+    for key in ("logprobs", "values"):
+        torch.testing.assert_close(a[key][:, :T][mask], b[key][mask], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["tiny_t5", "tiny_llama"])
+def test_reference_pass_runs_once_the_adapters_differ(arch, policies, tiny_config):
+    policy = policies(arch, tiny_config)
+    examples = prompts_of_different_lengths(policy, tiny_config, 6)
+    torch.manual_seed(5)
+    r = generate(policy, [e.input_ids for e in examples], [e.prompt for e in examples], max_new_tokens=6, batch_size=4, capture=True)
+    assert policy.adapters_identical()
+    lora_b = [p for n, p in policy.model.named_parameters() if "lora_B" in n and ".default." in n]
+    try:
+        with torch.no_grad():
+            for p in lora_b:  # the trainable adapter moves away from the reference
+                p.add_(torch.randn_like(p))
+        assert not policy.adapters_identical()
+        scored = score_rollout(policy, r, batch_size=4)  # sorted, trimmed chunks of 4 and 2
+        with torch.no_grad(), policy.use_adapter("reference"):
+            ref = forward_pass(policy, r, with_values=False)["logprobs"]
+        mask = r.response_mask.bool()
+        torch.testing.assert_close(scored["ref_logprobs"][mask], ref[mask], rtol=0, atol=1e-5)
+        with torch.no_grad():
+            moved = forward_pass(policy, r, with_values=False)["logprobs"]
+        assert (scored["ref_logprobs"][mask] - moved[mask]).abs().max() > 1e-3  # the reference, not the moved policy
+    finally:
+        policy.copy_adapter("reference", "default")
+    assert policy.adapters_identical()

@@ -8,7 +8,7 @@ from detoxrl.advantages import gae, masked_whiten, token_rewards
 from detoxrl.policy import POLICY_ADAPTER, REFERENCE_ADAPTER, load_policy
 from detoxrl.prompts import build_prompts
 from detoxrl.rollout import forward_pass, generate, score_rollout
-from detoxrl.update import UpdateBatch, ppo_update
+from detoxrl.update import UpdateBatch, minibatch_indices, ppo_update
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -166,3 +166,40 @@ def test_reference_and_base_weights_never_change(arch, request, tiny_config):
         ref = forward_pass(policy, batch.rollout, with_values=False)["logprobs"]
     mask = batch.rollout.response_mask.bool()
     torch.testing.assert_close(ref[mask], batch.old_logprobs[mask], rtol=0, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# Minibatch order
+
+
+def test_minibatch_indices_plain_is_the_seeded_permutation():
+    perm = torch.randperm(6, generator=torch.Generator().manual_seed(5))
+    batches = minibatch_indices(torch.tensor([9, 1, 9, 1, 4, 4]), 4, torch.Generator().manual_seed(5), group_by_length=False)
+    assert [b.tolist() for b in batches] == [perm[:4].tolist(), perm[4:].tolist()]
+
+
+def test_minibatch_indices_grouped_by_length():
+    lengths = torch.tensor([9, 1, 9, 1, 4, 4, 7, 2])
+    seen = set()
+    for seed in range(5):
+        batches = minibatch_indices(lengths, 2, torch.Generator().manual_seed(seed), group_by_length=True)
+        flat = torch.cat(batches).tolist()
+        assert sorted(flat) == list(range(8))  # every row once per epoch
+        pairs = sorted(sorted(lengths[b].tolist()) for b in batches)
+        assert pairs == [[1, 1], [2, 4], [4, 7], [9, 9]]  # neighbours in length share a minibatch
+        seen.add(tuple(flat))
+    assert len(seen) > 1  # minibatch order and ties stay random
+
+
+def test_grouped_update_equals_plain_on_the_same_minibatches(request, tiny_config):
+    """Grouping only changes which rows share a minibatch; with one minibatch of all rows the
+    update is the same, cut padding or not."""
+    results = []
+    for group in (False, True):
+        policy = fresh_policy(request, tiny_config, "tiny_t5")
+        batch = make_batch(policy, tiny_config)
+        optimizer = torch.optim.Adam(policy.trainable_parameters(), lr=1e-3)
+        kwargs = dict(epochs=1, mini_batch_size=N, clip_ratio=0.2, clip_value=0.2, vf_coef=0.1, max_grad_norm=1.0, ratio_threshold=10.0, temperature=1.0)
+        ppo_update(policy, optimizer, batch, generator=torch.Generator().manual_seed(0), group_by_length=group, **kwargs)
+        results.append(torch.cat([p.detach().flatten() for p in policy.trainable_parameters()]))
+    torch.testing.assert_close(results[0], results[1], rtol=0, atol=1e-6)

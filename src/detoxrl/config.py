@@ -110,6 +110,7 @@ class PPOConfig:
     whiten_advantages: bool = True
     ratio_threshold: float = 10.0  # skip a minibatch whose mean ratio leaves [1/t, t]
     score_clip: float | None = None
+    group_by_length: bool = True  # minibatches of similar-length rows: less padding, same rows per epoch
 
 
 @dataclass

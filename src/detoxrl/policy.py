@@ -210,6 +210,16 @@ class Policy:
             )
         self._freeze_reference() if adapter == REFERENCE_ADAPTER else None
 
+    def adapters_identical(self, a: str = POLICY_ADAPTER, b: str = REFERENCE_ADAPTER) -> bool:
+        """True when the two adapters hold bitwise equal LoRA weights (e.g. before the first update).
+
+        Cheap next to a forward pass (LoRA weights are ~1% of the model), and it lets the rollout
+        skip the reference pass, whose log-probs would then equal the policy's.
+        """
+        params = dict(self.model.named_parameters())
+        pairs = [(p, params.get(n.replace(f".{a}.", f".{b}."))) for n, p in params.items() if "lora_" in n and f".{a}." in n]
+        return bool(pairs) and all(q is not None and torch.equal(p, q) for p, q in pairs)
+
     def copy_adapter(self, src: str, dst: str) -> None:
         """Copy LoRA weights from adapter ``src`` to ``dst`` (same shapes)."""
         params = dict(self.model.named_parameters())

@@ -30,6 +30,11 @@ class Rollout:
     ended: torch.Tensor  # [B] bool: the response emitted EOS
     queries: list[str]
     responses: list[str]  # decoded, special tokens skipped
+    # Captured while sampling (``generate(..., capture=True)``), float32 [B, T]: the log-probs,
+    # values and entropy of the sampling policy, so no second forward pass is needed for them.
+    logprobs: torch.Tensor | None = None
+    values: torch.Tensor | None = None
+    entropy: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.response_ids.shape[0]
@@ -37,6 +42,10 @@ class Rollout:
     def select(self, idx: torch.Tensor | list[int]) -> "Rollout":
         idx_t = torch.as_tensor(idx, dtype=torch.long)
         il = idx_t.tolist()
+
+        def pick(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[idx_t]
+
         return Rollout(
             self.query_ids[idx_t],
             self.query_mask[idx_t],
@@ -45,6 +54,36 @@ class Rollout:
             self.ended[idx_t],
             [self.queries[i] for i in il],
             [self.responses[i] for i in il],
+            pick(self.logprobs),
+            pick(self.values),
+            pick(self.entropy),
+        )
+
+    def trimmed(self, seq2seq: bool) -> "Rollout":
+        """The same rows without the padding columns that no row needs.
+
+        Prompt padding is on the right for seq2seq and on the left for causal models, and the
+        response mask is a prefix; outputs for real tokens do not depend on dropped columns (the
+        attention masks exclude them and causal position ids come from the mask).
+        """
+        width = int(self.query_mask.sum(1).max())
+        q = slice(0, width) if seq2seq else slice(self.query_mask.shape[1] - width, None)
+        t = slice(0, max(int(self.response_mask.sum(1).max()), 1))
+
+        def cut(x: torch.Tensor | None) -> torch.Tensor | None:
+            return None if x is None else x[:, t]
+
+        return Rollout(
+            self.query_ids[:, q],
+            self.query_mask[:, q],
+            self.response_ids[:, t],
+            self.response_mask[:, t],
+            self.ended,
+            self.queries,
+            self.responses,
+            cut(self.logprobs),
+            cut(self.values),
+            cut(self.entropy),
         )
 
 
@@ -59,7 +98,7 @@ def response_mask_from_eos(response_ids: torch.Tensor, eos_token_id: int) -> tup
     return mask, ended
 
 
-def _generation_config(policy: Policy, max_new_tokens: int, min_new_tokens: int, do_sample: bool, temperature: float, top_k: int, top_p: float):
+def _generation_config(policy: Policy, max_new_tokens: int, min_new_tokens: int, do_sample: bool, temperature: float, top_k: int, top_p: float, capture: bool = False):
     from transformers import GenerationConfig
 
     base = policy.model.base_model.model.generation_config
@@ -70,6 +109,8 @@ def _generation_config(policy: Policy, max_new_tokens: int, min_new_tokens: int,
         pad_token_id=policy.pad_token_id,
         eos_token_id=policy.eos_token_id,
         use_cache=True,
+        return_dict_in_generate=True,
+        output_logits=capture,
     )
     if getattr(base, "decoder_start_token_id", None) is not None:
         kwargs["decoder_start_token_id"] = base.decoder_start_token_id
@@ -95,12 +136,19 @@ def generate(
     batch_size: int = 16,
     progress: bool = False,
     adapter: str | None = None,
+    capture: bool = False,
 ) -> Rollout:
-    """Sample responses for tokenized prompts in batches (KV cache on, dropout off)."""
+    """Sample responses for tokenized prompts in batches (KV cache on, dropout off).
+
+    ``capture=True`` also keeps, for every sampled token, the log-prob and entropy under the
+    sampling distribution (raw logits / temperature) and the value of the state it was chosen in,
+    read from the same decoding steps: PPO's "old" log-probs and values then cost no extra forward
+    pass. They equal :func:`forward_pass`'s up to float rounding (cached vs. full attention).
+    """
     tok = policy.tokenizer
-    gen_cfg = _generation_config(policy, max_new_tokens, min_new_tokens, do_sample, temperature, top_k, top_p)
+    gen_cfg = _generation_config(policy, max_new_tokens, min_new_tokens, do_sample, temperature, top_k, top_p, capture)
     policy.model.eval()
-    chunks_q, chunks_r = [], []
+    chunks_q, chunks_r, chunks_c = [], [], []
     # Sort by prompt length so each generation batch carries little padding; restore order after.
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     bar = tqdm(total=len(prompts), desc="generate", unit="prompt", disable=not progress, leave=False)
@@ -108,14 +156,73 @@ def generate(
         idx = order[start : start + batch_size]
         enc = tok.pad({"input_ids": [prompts[i] for i in idx]}, return_tensors="pt").to(policy.device)
         ctx = policy.use_adapter(adapter) if adapter else _null()
-        with ctx:
-            out = policy.model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], generation_config=gen_cfg)
-        resp = out[:, 1:] if policy.is_seq2seq else out[:, enc["input_ids"].shape[1] :]
+        with ctx, _capture_last_hidden(policy, capture) as hidden_steps:
+            out = policy.model.generate(
+                input_ids=enc["input_ids"],
+                attention_mask=enc["attention_mask"],
+                generation_config=gen_cfg,
+            )
+        seqs = out.sequences
+        resp = seqs[:, 1:] if policy.is_seq2seq else seqs[:, enc["input_ids"].shape[1] :]
         chunks_q.append((idx, enc["input_ids"], enc["attention_mask"]))
         chunks_r.append(resp)
+        if capture:
+            chunks_c.append(_captured_stats(policy, out.logits, hidden_steps, resp, temperature))
         bar.update(len(idx))
     bar.close()
-    return _assemble(policy, chunks_q, chunks_r, len(prompts), queries)
+    rollout = _assemble(policy, chunks_q, chunks_r, len(prompts), queries)
+    if capture:
+        rollout.logprobs, rollout.values, rollout.entropy = (
+            _scatter_rows([c[k] for c in chunks_c], [q[0] for q in chunks_q], rollout.response_ids.shape) for k in range(3)
+        )
+    return rollout
+
+
+class _capture_last_hidden:
+    """Forward hook on the decoder stack that keeps its last hidden state at the newest position.
+
+    That tensor is ``hidden_states[-1]`` of a full forward pass (what the value head reads), one
+    position per decoding step; on a causal model's first step (the whole prompt) only the last
+    position is kept.
+    """
+
+    def __init__(self, policy: Policy, enabled: bool):
+        self.enabled = enabled
+        self.decoder = policy.model.base_model.model.get_decoder()
+        self.steps: list[torch.Tensor] = []
+        self.handle = None
+
+    def _hook(self, module, args, output):
+        hidden = output[0] if isinstance(output, tuple) else output.last_hidden_state
+        self.steps.append(hidden[:, -1])
+
+    def __enter__(self) -> list[torch.Tensor]:
+        if self.enabled:
+            self.handle = self.decoder.register_forward_hook(self._hook)
+        return self.steps
+
+    def __exit__(self, *exc):
+        if self.handle is not None:
+            self.handle.remove()
+        return False
+
+
+def _captured_stats(policy: Policy, step_logits, hidden_steps, resp: torch.Tensor, temperature: float):
+    if len(step_logits) != len(hidden_steps) or len(step_logits) != resp.shape[1]:
+        raise RuntimeError(
+            f"capture saw {len(hidden_steps)} decoder calls and {len(step_logits)} logits for {resp.shape[1]} tokens; "
+            "this model's generate does not run one decoder call per token: use capture=False"
+        )
+    logits = torch.stack(step_logits, dim=1).float() / temperature
+    hidden = torch.stack(hidden_steps, dim=1).float()
+    return logprobs_from_logits(logits, resp), policy.value_head(hidden).squeeze(-1), entropy_from_logits(logits)
+
+
+def _scatter_rows(parts: list[torch.Tensor], rows: list[list[int]], shape) -> torch.Tensor:
+    full = torch.zeros(shape, dtype=torch.float32, device=parts[0].device)
+    for part, idx in zip(parts, rows):
+        full[torch.tensor(idx, device=full.device), : part.shape[1]] = part
+    return full
 
 
 class _null:
@@ -212,14 +319,35 @@ def score_rollout(
     temperature: float = 1.0,
     batch_size: int = 16,
 ) -> dict[str, torch.Tensor]:
-    """Old log-probs, values and entropy (trainable adapter) and reference log-probs, no gradient."""
-    parts: dict[str, list[torch.Tensor]] = {"logprobs": [], "values": [], "entropy": [], "ref_logprobs": []}
-    for start in range(0, len(rollout), batch_size):
-        sub = rollout.select(list(range(start, min(start + batch_size, len(rollout)))))
-        cur = forward_pass(policy, sub, temperature=temperature, with_values=True, with_entropy=True)
-        for k in ("logprobs", "values", "entropy"):
-            parts[k].append(cur[k])
-        with policy.use_adapter("reference"):
-            ref = forward_pass(policy, sub, temperature=temperature, with_values=False)
-        parts["ref_logprobs"].append(ref["logprobs"])
-    return {k: torch.cat(v) for k, v in parts.items()}
+    """Old log-probs, values and entropy (trainable adapter) and reference log-probs, no gradient.
+
+    What ``generate(capture=True)`` already recorded is reused, so then only the reference pass
+    runs. Rows go through in prompt-length order, each chunk cut to its own padding. Positions
+    outside the response mask are 0.
+    """
+    captured = rollout.logprobs is not None and rollout.values is not None and rollout.entropy is not None
+    # While the trainable adapter still equals the reference (before the first update) the
+    # reference log-probs are the policy's own: exact, and one pass cheaper.
+    same = policy.adapters_identical()
+    keys = ([] if same else ["ref_logprobs"]) + ([] if captured else ["logprobs", "values", "entropy"])
+    out = {k: torch.zeros(rollout.response_ids.shape, dtype=torch.float32, device=rollout.response_ids.device) for k in keys}
+    order = torch.argsort(rollout.query_mask.sum(1), stable=True).tolist()
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        sub = rollout.select(rows).trimmed(policy.is_seq2seq)
+        T = sub.response_ids.shape[1]
+        idx = torch.tensor(rows, device=rollout.response_ids.device)
+        if not captured:
+            cur = forward_pass(policy, sub, temperature=temperature, with_values=True, with_entropy=True)
+            for k in ("logprobs", "values", "entropy"):
+                out[k][idx, :T] = cur[k]
+        if not same:
+            with policy.use_adapter("reference"):
+                out["ref_logprobs"][idx, :T] = forward_pass(policy, sub, temperature=temperature, with_values=False)["logprobs"]
+    if captured:
+        out.update(logprobs=rollout.logprobs, values=rollout.values, entropy=rollout.entropy)
+    if same:
+        out["ref_logprobs"] = out["logprobs"]
+    # Zero outside the response mask, whichever way a value was computed.
+    mask = rollout.response_mask.bool()
+    return {k: torch.where(mask, v, torch.zeros((), dtype=v.dtype, device=v.device)) for k, v in out.items()}

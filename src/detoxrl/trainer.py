@@ -184,6 +184,7 @@ class Trainer:
             top_p=g.top_p,
             batch_size=p.batch_size,
             progress=cfg.run.progress,
+            capture=True,  # old log-probs and values from the sampling pass itself
         )
         t1 = time.perf_counter()
         texts = texts_for_scoring(rollout.queries, rollout.responses, cfg.reward.input)
@@ -214,6 +215,7 @@ class Trainer:
             ratio_threshold=p.ratio_threshold,
             temperature=g.temperature,
             generator=torch.Generator().manual_seed(step_seed(cfg.run.seed, step) + 1),
+            group_by_length=p.group_by_length,
             backward=self.accelerator.backward,
             clip_grad_norm=self.accelerator.clip_grad_norm_,
         )

@@ -42,11 +42,14 @@ def ppo_update(
     ratio_threshold: float,
     temperature: float,
     generator: torch.Generator,
+    group_by_length: bool = False,
     backward=None,
     clip_grad_norm=None,
 ) -> dict[str, float]:
     """Run ``epochs`` passes of shuffled minibatches; return mean statistics over applied minibatches.
 
+    Each minibatch's forward pass is cut to its own padding; ``group_by_length`` puts rows of
+    similar length together so that little padding is left (see :func:`minibatch_indices`).
     ``backward`` and ``clip_grad_norm`` default to plain torch; the trainer passes accelerate's.
     """
     backward = backward or (lambda loss: loss.backward())
@@ -55,15 +58,15 @@ def ppo_update(
     n = len(batch.rollout)
     sums: dict[str, float] = {}
     applied = skipped = 0
+    lengths = (batch.rollout.query_mask.sum(1) + batch.rollout.response_mask.sum(1)).cpu()
     for _ in range(epochs):
-        perm = torch.randperm(n, generator=generator)
-        for start in range(0, n, mini_batch_size):
-            idx = perm[start : start + mini_batch_size]
-            sub = batch.rollout.select(idx)
+        for idx in minibatch_indices(lengths, mini_batch_size, generator, group_by_length):
+            sub = batch.rollout.select(idx).trimmed(policy.is_seq2seq)
+            T = sub.response_ids.shape[1]
             mask = sub.response_mask.float()
             out = forward_pass(policy, sub, temperature=temperature, with_values=True)
-            pg_loss, pg_stats = policy_loss(out["logprobs"], batch.old_logprobs[idx], batch.advantages[idx], mask, clip_ratio)
-            vf_loss, vf_stats = value_loss(out["values"], batch.old_values[idx], batch.returns[idx], mask, clip_value)
+            pg_loss, pg_stats = policy_loss(out["logprobs"], batch.old_logprobs[idx, :T], batch.advantages[idx, :T], mask, clip_ratio)
+            vf_loss, vf_stats = value_loss(out["values"], batch.old_values[idx, :T], batch.returns[idx, :T], mask, clip_value)
             loss = pg_loss + vf_coef * vf_loss
             if not is_finite_and_sane(loss, pg_stats["ratio_mean"], ratio_threshold):
                 skipped += 1
@@ -96,6 +99,23 @@ def ppo_update(
     result["ppo/applied_minibatches"] = applied
     result["ppo/skipped_minibatches"] = skipped
     return result
+
+
+def minibatch_indices(lengths: torch.Tensor, mini_batch_size: int, generator: torch.Generator, group_by_length: bool) -> list[torch.Tensor]:
+    """One epoch's minibatches: a random permutation cut into consecutive slices.
+
+    With ``group_by_length`` the permutation is first sorted (stably) by ``lengths``, so rows of
+    similar length share a minibatch and each pass carries little padding; equal lengths keep
+    their random order and the minibatches are visited in random order.
+    """
+    n = len(lengths)
+    perm = torch.randperm(n, generator=generator)
+    if group_by_length:
+        perm = perm[torch.argsort(lengths[perm], stable=True)]
+    batches = [perm[start : start + mini_batch_size] for start in range(0, n, mini_batch_size)]
+    if group_by_length:
+        batches = [batches[int(j)] for j in torch.randperm(len(batches), generator=generator)]
+    return batches
 
 
 def _grad_norm(params) -> torch.Tensor:
