@@ -189,12 +189,55 @@ def step_batches(ids: Sequence[list[int]], batch_size: int) -> list[list[list[in
 
 @contextmanager
 def timed(record: dict, key: str):
-    """``with timed(rec, "generate_s"): ...`` adds the elapsed perf_counter seconds to rec[key]."""
+    """``with timed(rec, "generate_s"): ...`` adds the elapsed perf_counter seconds to rec[key]
+    (and, while a :class:`PhaseMemory` sampler runs, attributes the resident memory to the phase)."""
     t0 = time.perf_counter()
+    previous = PhaseMemory.phase
+    PhaseMemory.phase = key.removesuffix("_s")
     try:
         yield
     finally:
+        PhaseMemory.phase = previous
         record[key] = record.get(key, 0.0) + time.perf_counter() - t0
+
+
+def current_rss_mb() -> float:
+    """Resident set size of this process now (VmRSS from /proc/self/status), in MiB; 0 if unknown."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return 0.0
+
+
+class PhaseMemory:
+    """A background thread sampling this process's RSS every ``interval`` s, keeping the peak per
+    phase (the phase :func:`timed` is in): where the peak of a step comes from."""
+
+    phase = "load"
+
+    def __init__(self, interval: float = 0.02):
+        import threading
+
+        self.interval = interval
+        self.peaks: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            rss, phase = current_rss_mb(), PhaseMemory.phase
+            self.peaks[phase] = max(self.peaks.get(phase, 0.0), rss)
+            self._stop.wait(self.interval)
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        self._thread.join()
+        return {k: round(v, 1) for k, v in self.peaks.items()}
 
 
 def median(values: Iterable[float]) -> float:

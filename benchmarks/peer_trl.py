@@ -80,6 +80,7 @@ def main(argv=None) -> int:
     common.seed_everything(args.seed)
     loadavg_start = os.getloadavg()
     cpu_share = common.CpuShare()
+    memory = common.PhaseMemory()
     t_load = time.perf_counter()
 
     tokenizer = AutoTokenizer.from_pretrained(policy_dir)
@@ -191,6 +192,7 @@ def main(argv=None) -> int:
         "threads": args.threads,
         **common.summarize_steps(per_step),
         "peak_rss_mb": common.peak_rss_mb(),
+        "peak_rss_mb_by_phase": memory.stop(),
         "load_s": load_s,
         # Other processes on the machine's 2 cores skew every number: keep the load averages.
         "loadavg_start": loadavg_start,

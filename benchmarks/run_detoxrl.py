@@ -45,8 +45,15 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    import detoxrl.trainer as trainer_mod
     from detoxrl.config import load_config
     from detoxrl.trainer import Trainer
+
+    memory = common.PhaseMemory()
+    # Attribute the step's memory to its phases (the trainer times them itself; these wrappers
+    # only label what the RSS sampler sees).
+    for name, phase in (("generate", "generate_s"), ("score_rollout", "update_s"), ("ppo_update", "update_s")):
+        setattr(trainer_mod, name, _labelled(getattr(trainer_mod, name), phase))
 
     w = common.WORKLOADS[args.workload]
     policy, reward = common.workload_dirs(args.workload, args.cache)
@@ -80,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             },
         )
         trainer = Trainer(cfg)
+        trainer.scorer.score = _labelled(trainer.scorer.score, "score_s")
         for step in range(args.steps):
             t0 = time.perf_counter()
             stats = trainer.step()
@@ -104,10 +112,19 @@ def main(argv: list[str] | None = None) -> int:
         "new_tokens": n,
         **common.summarize_steps(per_step),
         "peak_rss_mb": common.peak_rss_mb(),
+        "peak_rss_mb_by_phase": memory.stop(),
         "per_step": per_step,
     }
     Path(args.json_out).write_text(json.dumps(result, indent=2))
     return 0
+
+
+def _labelled(fn, phase: str):
+    def wrapper(*args, **kwargs):
+        with common.timed({}, phase):
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 if __name__ == "__main__":

@@ -312,3 +312,22 @@ def test_summarize_records_without_optional_columns():
     assert s["n"] == 3 and s["judge"] is None and s["rouge"] is None and s["faithfulness"] is None
     assert s["toxicity"]["ratio"] == pytest.approx(1 / 3) and s["toxicity"]["max"] == pytest.approx(0.9)
     assert "expected_max_toxicity" not in s
+
+
+@pytest.mark.parametrize("do_sample", [False, True])
+def test_kl_from_captured_logprobs_equals_two_forward_passes(policy, examples, do_sample):
+    from detoxrl.evaluate import _kl_to_reference
+    from detoxrl.rollout import generate
+
+    ids, texts = [e.input_ids for e in examples[:6]], [e.prompt for e in examples[:6]]
+    runs = []
+    for capture in (False, True):
+        torch.manual_seed(11)
+        r = generate(policy, ids, texts, max_new_tokens=8, do_sample=do_sample, batch_size=4, adapter=POLICY_ADAPTER, capture=capture)
+        runs.append((r, _kl_to_reference(policy, r, POLICY_ADAPTER, 1.0)))
+    (plain, (k1, k3)), (captured, (c1, c3)) = runs
+    assert plain.logprobs is None and captured.logprobs is not None
+    assert torch.equal(plain.response_ids, captured.response_ids)
+    np.testing.assert_allclose(c1, k1, atol=1e-4)
+    np.testing.assert_allclose(c3, k3, atol=1e-4)
+    assert max(abs(v) for v in k1) > 1e-3  # the adapters differ: a real KL, not zeros

@@ -200,6 +200,7 @@ def evaluate_policy(
             temperature=settings.temperature,
             batch_size=settings.batch_size,
             adapter=adapter,
+            capture=adapter != REFERENCE_ADAPTER,  # the adapter's log-probs for the KL, from the decoding pass
         )
         texts = texts_for_scoring(rollout.queries, rollout.responses, reward_input)
         scored = scorer.score(texts)
@@ -263,8 +264,10 @@ def _kl_to_reference(policy: Policy, rollout, adapter: str, temperature: float) 
         zeros = [0.0] * len(rollout)
         return zeros, zeros
     mask = rollout.response_mask.bool()
-    with policy.use_adapter(adapter):
-        lp = forward_pass(policy, rollout, temperature=temperature, with_values=False)["logprobs"]
+    lp = rollout.logprobs  # captured while decoding with ``adapter``
+    if lp is None:
+        with policy.use_adapter(adapter):
+            lp = forward_pass(policy, rollout, temperature=temperature, with_values=False)["logprobs"]
     with policy.use_adapter(REFERENCE_ADAPTER):
         ref = forward_pass(policy, rollout, temperature=temperature, with_values=False)["logprobs"]
     k1 = torch.where(mask, lp - ref, 0.0).sum(1)
