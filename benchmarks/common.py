@@ -197,7 +197,8 @@ def timed(record: dict, key: str):
     try:
         yield
     finally:
-        PhaseMemory.phase = previous
+        # Between phases the memory still held is attributed to "other", not to loading.
+        PhaseMemory.phase = "other" if previous == "load" else previous
         record[key] = record.get(key, 0.0) + time.perf_counter() - t0
 
 
@@ -426,7 +427,10 @@ def ppo_update_flops(forward: Sequence[dict], ppo_epochs: int = 1) -> dict:
     pol_fwd = sum(x["linear"] + x["attn"] + x["lora"] + x["vhead"] for x in forward)
     pol_bwd = sum(x["linear"] + 2 * x["attn"] + 2 * x["lora"] + 2 * x["vhead"] for x in forward)
     total = ref + pol_fwd + ppo_epochs * (pol_fwd + pol_bwd)
-    return dict(ref_forward=ref, policy_forward=pol_fwd, policy_backward=pol_bwd, total=total)
+    # detoxrl records the old log-probs and values while sampling, so its update runs no
+    # old-policy forward pass: the same update, pol_fwd fewer FLOPs executed.
+    without_old = ref + ppo_epochs * (pol_fwd + pol_bwd)
+    return dict(ref_forward=ref, policy_forward=pol_fwd, policy_backward=pol_bwd, total=total, total_without_old_pass=without_old)
 
 
 def update_flops(workload: str, prompt_lens: Sequence[int], new_tokens: int, model_config: dict, ppo_epochs: int = 1) -> dict:

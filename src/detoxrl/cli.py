@@ -483,9 +483,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Idle OpenMP threads sleep instead of spinning: on a busy machine spinning threads measured
-    # 2-4x slower steps (set before torch loads its OpenMP runtime; an explicit setting wins).
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from detoxrl import runtime
+
+    runtime.quiet_openmp()  # before torch loads its OpenMP runtime
+    runtime.return_freed_memory()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -125,6 +125,7 @@ class RunConfig:
     overwrite: bool = False
     progress: bool = True
     num_threads: int | None = None  # torch threads; None: all cores
+    release_memory: bool = True  # glibc: hand freed tensors back to the OS (lower peak RSS); see detoxrl.runtime
 
 
 @dataclass

@@ -98,7 +98,7 @@ def response_mask_from_eos(response_ids: torch.Tensor, eos_token_id: int) -> tup
     return mask, ended
 
 
-def _generation_config(policy: Policy, max_new_tokens: int, min_new_tokens: int, do_sample: bool, temperature: float, top_k: int, top_p: float, capture: bool = False):
+def _generation_config(policy: Policy, max_new_tokens: int, min_new_tokens: int, do_sample: bool, temperature: float, top_k: int, top_p: float):
     from transformers import GenerationConfig
 
     base = policy.model.base_model.model.generation_config
@@ -110,7 +110,6 @@ def _generation_config(policy: Policy, max_new_tokens: int, min_new_tokens: int,
         eos_token_id=policy.eos_token_id,
         use_cache=True,
         return_dict_in_generate=True,
-        output_logits=capture,
     )
     if getattr(base, "decoder_start_token_id", None) is not None:
         kwargs["decoder_start_token_id"] = base.decoder_start_token_id
@@ -146,7 +145,7 @@ def generate(
     pass. They equal :func:`forward_pass`'s up to float rounding (cached vs. full attention).
     """
     tok = policy.tokenizer
-    gen_cfg = _generation_config(policy, max_new_tokens, min_new_tokens, do_sample, temperature, top_k, top_p, capture)
+    gen_cfg = _generation_config(policy, max_new_tokens, min_new_tokens, do_sample, temperature, top_k, top_p)
     policy.model.eval()
     chunks_q, chunks_r, chunks_c = [], [], []
     # Sort by prompt length so each generation batch carries little padding; restore order after.
@@ -156,7 +155,7 @@ def generate(
         idx = order[start : start + batch_size]
         enc = tok.pad({"input_ids": [prompts[i] for i in idx]}, return_tensors="pt").to(policy.device)
         ctx = policy.use_adapter(adapter) if adapter else _null()
-        with ctx, _capture_last_hidden(policy, capture) as hidden_steps:
+        with ctx, _DecodingCapture(policy, capture, temperature) as captured:
             out = policy.model.generate(
                 input_ids=enc["input_ids"],
                 attention_mask=enc["attention_mask"],
@@ -167,7 +166,7 @@ def generate(
         chunks_q.append((idx, enc["input_ids"], enc["attention_mask"]))
         chunks_r.append(resp)
         if capture:
-            chunks_c.append(_captured_stats(policy, out.logits, hidden_steps, resp, temperature))
+            chunks_c.append(captured.stats(policy, resp))
         bar.update(len(idx))
     bar.close()
     rollout = _assemble(policy, chunks_q, chunks_r, len(prompts), queries)
@@ -178,44 +177,76 @@ def generate(
     return rollout
 
 
-class _capture_last_hidden:
-    """Forward hook on the decoder stack that keeps its last hidden state at the newest position.
+class _DecodingCapture:
+    """Hooks that record, at every decoding step, what PPO needs of the sampling pass.
 
-    That tensor is ``hidden_states[-1]`` of a full forward pass (what the value head reads), one
-    position per decoding step; on a causal model's first step (the whole prompt) only the last
-    position is kept.
+    * the decoder stack's last hidden state at the newest position: ``hidden_states[-1]`` of a
+      full forward pass, what the value head reads (a causal model's first call covers the whole
+      prompt: only its last position is kept);
+    * from the output layer's logits: the entropy, and the log-softmax row (at ``temperature``),
+      kept for one step only: the next decoder call's input is the token that was sampled from it,
+      and only that token's log-prob is stored. The last token is looked up after ``generate``.
+
+    Raw logits are used, as :func:`forward_pass` does; so memory stays at one vocabulary row per
+    prompt instead of every step's logits. Models that transform logits after the output layer
+    (e.g. final soft-capping) would need ``capture=False``.
     """
 
-    def __init__(self, policy: Policy, enabled: bool):
-        self.enabled = enabled
-        self.decoder = policy.model.base_model.model.get_decoder()
-        self.steps: list[torch.Tensor] = []
-        self.handle = None
+    def __init__(self, policy: Policy, enabled: bool, temperature: float):
+        self.enabled, self.temperature = enabled, temperature
+        base = policy.model.base_model.model
+        self.decoder, self.head = base.get_decoder(), base.get_output_embeddings()
+        self.hidden: list[torch.Tensor] = []
+        self.logprobs: list[torch.Tensor] = []
+        self.entropy: list[torch.Tensor] = []
+        self.pending: torch.Tensor | None = None  # log-softmax row of the last step, token unknown yet
+        self.handles: list = []
 
-    def _hook(self, module, args, output):
+    def _decoder_pre(self, module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if self.pending is not None and ids is not None:
+            self._take(ids[:, -1])
+        return None
+
+    def _decoder_out(self, module, args, output):
         hidden = output[0] if isinstance(output, tuple) else output.last_hidden_state
-        self.steps.append(hidden[:, -1])
+        self.hidden.append(hidden[:, -1].float())
 
-    def __enter__(self) -> list[torch.Tensor]:
+    def _head_out(self, module, args, output):
+        logp = torch.log_softmax(output[:, -1].float() / self.temperature, dim=-1)
+        self.entropy.append(-(logp.exp() * logp).sum(-1))
+        self.pending = logp
+
+    def _take(self, tokens: torch.Tensor) -> None:
+        self.logprobs.append(self.pending.gather(-1, tokens[:, None].to(self.pending.device)).squeeze(-1))
+        self.pending = None
+
+    def __enter__(self) -> "_DecodingCapture":
         if self.enabled:
-            self.handle = self.decoder.register_forward_hook(self._hook)
-        return self.steps
+            self.handles = [
+                self.decoder.register_forward_pre_hook(self._decoder_pre, with_kwargs=True),
+                self.decoder.register_forward_hook(self._decoder_out),
+                self.head.register_forward_hook(self._head_out),
+            ]
+        return self
 
     def __exit__(self, *exc):
-        if self.handle is not None:
-            self.handle.remove()
+        for h in self.handles:
+            h.remove()
         return False
 
-
-def _captured_stats(policy: Policy, step_logits, hidden_steps, resp: torch.Tensor, temperature: float):
-    if len(step_logits) != len(hidden_steps) or len(step_logits) != resp.shape[1]:
-        raise RuntimeError(
-            f"capture saw {len(hidden_steps)} decoder calls and {len(step_logits)} logits for {resp.shape[1]} tokens; "
-            "this model's generate does not run one decoder call per token: use capture=False"
-        )
-    logits = torch.stack(step_logits, dim=1).float() / temperature
-    hidden = torch.stack(hidden_steps, dim=1).float()
-    return logprobs_from_logits(logits, resp), policy.value_head(hidden).squeeze(-1), entropy_from_logits(logits)
+    def stats(self, policy: Policy, resp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """[b, T] log-probs, values and entropy of the ``resp`` tokens just generated."""
+        if self.pending is not None:
+            self._take(resp[:, len(self.logprobs)])
+        T = resp.shape[1]
+        if not (len(self.logprobs) == len(self.hidden) == len(self.entropy) == T):
+            raise RuntimeError(
+                f"capture saw {len(self.hidden)} decoder calls and {len(self.entropy)} output-layer calls for {T} tokens; "
+                "this model's generate does not run one decoder call per token: use capture=False"
+            )
+        values = policy.value_head(torch.stack(self.hidden, dim=1)).squeeze(-1)
+        return torch.stack(self.logprobs, dim=1), values, torch.stack(self.entropy, dim=1)
 
 
 def _scatter_rows(parts: list[torch.Tensor], rows: list[list[int]], shape) -> torch.Tensor:
@@ -302,7 +333,9 @@ def forward_pass(
         )
         logits = out.logits[:, :-1]
         hidden = out.hidden_states[-1][:, -T - 1 : -1] if with_values else None
-    logits = logits.float() / temperature
+    logits = logits.float()
+    if temperature != 1.0:  # no [B, T, V] copy when there is nothing to scale
+        logits = logits / temperature
     result = {"logprobs": logprobs_from_logits(logits, resp)}
     if with_values:
         result["values"] = policy.value_head(hidden.float()).squeeze(-1)

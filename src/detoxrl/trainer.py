@@ -26,6 +26,7 @@ from detoxrl.errors import DataError, DetoxError
 from detoxrl.policy import Policy, check_adapter_source, check_policy_source, load_policy
 from detoxrl.prompts import PromptExample, build_prompts, check_data_source, filter_rows, load_dialogue_rows, split_rows
 from detoxrl.rewards import Scorer, check_reward_labels, scorer_from_config, texts_for_scoring
+from detoxrl import runtime
 from detoxrl.rollout import generate, score_rollout
 from detoxrl.update import UpdateBatch, ppo_update
 
@@ -118,6 +119,8 @@ class Trainer:
         from accelerate import Accelerator
 
         self.cfg = cfg
+        if cfg.run.release_memory:
+            runtime.return_freed_memory()
         if cfg.run.num_threads:
             torch.set_num_threads(cfg.run.num_threads)
         preflight(cfg, check_reward=scorer is None)
@@ -196,7 +199,9 @@ class Trainer:
             scores = scores.clamp(-p.score_clip, p.score_clip)
         t2 = time.perf_counter()
 
-        fw = score_rollout(self.policy, rollout, temperature=g.temperature, batch_size=p.batch_size)
+        # No-grad passes in minibatch-sized chunks, as the update: a [B, T, vocab] logits tensor of
+        # the whole batch would set the step's peak memory.
+        fw = score_rollout(self.policy, rollout, temperature=g.temperature, batch_size=p.mini_batch_size)
         mask = rollout.response_mask.float()
         rewards, kl = token_rewards(scores, fw["logprobs"], fw["ref_logprobs"], mask, self.kl_ctl.value)
         advantages, returns = gae(rewards, fw["values"], mask, p.gamma, p.lam)
