@@ -481,7 +481,7 @@ def _short_model(name: Any) -> str:
     return "–" if name in (None, "") else str(name)
 
 
-def _config_rows(cfg: dict[str, Any] | None) -> list[tuple[str, str]]:
+def _config_rows(cfg: dict[str, Any] | None, evaluated_prompts: int | None = None) -> list[tuple[str, str]]:
     if cfg is None:
         return []
 
@@ -541,7 +541,8 @@ def _config_rows(cfg: dict[str, Any] | None) -> list[tuple[str, str]]:
     )
     ev = join(
         ("split", g("evaluation.split")),
-        ("samples", g("evaluation.num_samples")),
+        # what was evaluated (detoxrl evaluate --num-samples overrides the run's configuration)
+        ("prompts", evaluated_prompts if evaluated_prompts else g("evaluation.num_samples")),
         ("do_sample", g("evaluation.do_sample")),
         ("max_new_tokens", g("evaluation.max_new_tokens")),
     )
@@ -591,8 +592,11 @@ def _training_summary(metrics: list[dict[str, Any]]) -> tuple[list[list[str]], l
         rows.append(["training time (total s)", "", _fmt(float(np.nansum(step_t))), "", ""])
     for key, label in (("objective/kl", "KL k1"), ("objective/kl_k3", "KL k3")):
         s = _series(metrics, key)
-        if s is not None and np.nanmin(s) < -1e-3:
-            neg = [int(x) for x, v in zip(_steps(metrics), s) if v < -1e-3]
+        # k3 is >= 0 for every token, so any negative mean is a bug; k1 is a one-sample estimate
+        # that small batches push a little below 0 by chance while the policy is near the reference.
+        floor = -1e-3 if key == "objective/kl_k3" else -0.1
+        if s is not None and np.nanmin(s) < floor:
+            neg = [int(x) for x, v in zip(_steps(metrics), s) if v < floor]
             notes.append(
                 f"{label} is negative at step(s) {', '.join(map(str, neg[:10]))}"
                 + ("…" if len(neg) > 10 else "")
@@ -1350,7 +1354,7 @@ def write_report(run_dir: str | Path) -> dict[str, Path]:
         run_name=data.run_dir.resolve().name,
         generated=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         verdict=_verdict(data, sides, quality, ci),
-        config_rows=_config_rows(data.config),
+        config_rows=_config_rows(data.config, len({r.get("index") for r in (data.after or data.before or [])}) or None),
         train_rows=train_rows,
         train_notes=train_notes,
         plots=plots,
