@@ -200,3 +200,32 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def module_one_thread():
+    """``one_thread`` for a whole module, for module fixtures that build or train models."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+T5_WIDE = {"initializer_factor": 3.0}  # varied text from a random tiny T5
+ROBERTA_WIDE = {"initializer_range": 0.3}  # scores that vary with the text
+
+
+@pytest.fixture(scope="session")
+def wide_tiny_models(tmp_path_factory) -> dict[str, Path]:
+    """Tiny T5 policy, reward (nothate/hate) and judge (toxic/nontoxic) whose outputs vary with
+    the input, with tokenizers trained on 300 DialogSum dialogues and summaries."""
+    import pandas as pd
+
+    df = pd.read_csv(DIALOGSUM / "train.csv", nrows=300)
+    texts = df["dialogue"].tolist() + df["summary"].tolist()
+    root = tmp_path_factory.mktemp("wide_tiny")
+    return {
+        "t5": make_tiny_t5(root / "t5", texts, seed=0, config_overrides=T5_WIDE),
+        "reward": make_tiny_roberta(root / "reward", texts, labels=("nothate", "hate"), seed=0, config_overrides=ROBERTA_WIDE),
+        "judge": make_tiny_roberta(root / "judge", texts, labels=("toxic", "nontoxic"), seed=1, config_overrides=ROBERTA_WIDE),
+    }

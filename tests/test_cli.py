@@ -19,13 +19,12 @@ import torch
 from detoxrl.cli import main
 from detoxrl.errors import ModelLoadError
 from detoxrl.packaged import locate_packaged_file
-from detoxrl.tiny import make_tiny_roberta, make_tiny_t5
+from detoxrl.tiny import make_tiny_roberta
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data/dialogsum"
 needs_data = pytest.mark.skipif(not (DATA / "train.csv").is_file(), reason=f"DialogSum not found at {DATA}")
 
-T5_WIDE = {"initializer_factor": 3.0}  # varied text from a random tiny T5
-ROBERTA_WIDE = {"initializer_range": 0.3}  # scores that vary with the text
+from conftest import ROBERTA_WIDE  # noqa: E402
 # The tiny BPE tokenizer needs ~3x the tokens of a real one: short dialogues, generous token limit.
 TINY = ["--set", "data.max_prompt_tokens=4096", "--set", "data.max_chars=500", "--set", "data.max_rows=40"]
 NOTEBOOK_BENIGN = "#Person 1# tells Tommy that he didn't like the movie."
@@ -33,12 +32,8 @@ NOTEBOOK_TOXIC = "#Person 1# tells that he will kill his friends."
 
 
 @pytest.fixture(scope="module", autouse=True)
-def torch_one_thread():
-    # Tiny models on a shared 2-core machine: one thread avoids oversubscription (3x faster here).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def torch_one_thread(module_one_thread):
+    """Tiny models on a shared 2-core machine: one thread (see conftest)."""
 
 
 def cli(*argv) -> tuple[int, str, str]:
@@ -60,24 +55,10 @@ def one_line_error(rc: int, err: str) -> str:
     return lines[0]
 
 
-@pytest.fixture(scope="module")
-def corpus():
-    if not (DATA / "train.csv").is_file():
-        return []
-    import pandas as pd
-
-    df = pd.read_csv(DATA / "train.csv", nrows=300)
-    return df["dialogue"].tolist() + df["summary"].tolist()
-
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory, corpus):
-    root = tmp_path_factory.mktemp("tiny_cli")
-    return {
-        "t5": make_tiny_t5(root / "t5", corpus, seed=0, config_overrides=T5_WIDE),
-        "reward": make_tiny_roberta(root / "reward", corpus, labels=("nothate", "hate"), seed=0, config_overrides=ROBERTA_WIDE),
-        "judge": make_tiny_roberta(root / "judge", corpus, labels=("toxic", "nontoxic"), seed=1, config_overrides=ROBERTA_WIDE),
-    }
+def tiny(wide_tiny_models):
+    return wide_tiny_models
 
 
 def tiny_train_args(tiny, out_dir, steps=2):

@@ -22,44 +22,25 @@ from detoxrl.evaluate import (
 from detoxrl.policy import POLICY_ADAPTER, REFERENCE_ADAPTER, load_policy
 from detoxrl.prompts import build_prompts
 from detoxrl.rewards import build_scorer
-from detoxrl.tiny import make_tiny_roberta, make_tiny_t5
 
 DATA = Path(__file__).resolve().parents[2] / "shared/data/dialogsum"
 pytestmark = pytest.mark.skipif(not (DATA / "train.csv").is_file(), reason=f"DialogSum not found at {DATA}")
 
 # Wider random inits than the defaults: the tiny models then write varied text and give scores
 # that differ from text to text.
-T5_WIDE = {"initializer_factor": 3.0}
-ROBERTA_WIDE = {"initializer_range": 0.3}
 # The tiny BPE tokenizer needs ~3x the tokens of a real one: short dialogues, generous token limit.
 TINY_DATA = dict(source=str(DATA), max_rows=40, max_chars=500, max_prompt_tokens=4096)
 
 
 @pytest.fixture(scope="module", autouse=True)
-def torch_one_thread():
-    # Tiny models on a shared 2-core machine: one thread avoids oversubscription (3x faster here).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def torch_one_thread(module_one_thread):
+    """Tiny models on a shared 2-core machine: one thread (see conftest)."""
+
 
 
 @pytest.fixture(scope="module")
-def corpus():
-    import pandas as pd
-
-    df = pd.read_csv(DATA / "train.csv", nrows=300)
-    return df["dialogue"].tolist() + df["summary"].tolist()
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory, corpus):
-    root = tmp_path_factory.mktemp("tiny_eval")
-    return {
-        "t5": make_tiny_t5(root / "t5", corpus, seed=0, config_overrides=T5_WIDE),
-        "reward": make_tiny_roberta(root / "reward", corpus, labels=("nothate", "hate"), seed=0, config_overrides=ROBERTA_WIDE),
-        "judge": make_tiny_roberta(root / "judge", corpus, labels=("toxic", "nontoxic"), seed=1, config_overrides=ROBERTA_WIDE),
-    }
+def models(wide_tiny_models):
+    return wide_tiny_models
 
 
 @pytest.fixture(scope="module")

@@ -25,13 +25,8 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module", autouse=True)
-def torch_one_thread():
-    # On a 2-core machine shared with other jobs, two torch threads wait on each other at every op
-    # (~12 ms per small matmul when a core is taken): one thread is several times faster there.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def torch_one_thread(module_one_thread):
+    """Tiny models on a shared 2-core machine: one thread (see conftest)."""
 
 
 @pytest.fixture(scope="module")
