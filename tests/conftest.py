@@ -229,3 +229,21 @@ def wide_tiny_models(tmp_path_factory) -> dict[str, Path]:
         "reward": make_tiny_roberta(root / "reward", texts, labels=("nothate", "hate"), seed=0, config_overrides=ROBERTA_WIDE),
         "judge": make_tiny_roberta(root / "judge", texts, labels=("toxic", "nontoxic"), seed=1, config_overrides=ROBERTA_WIDE),
     }
+
+
+def assert_close_for_dtype(actual, expected, *, ulps: float = 64.0) -> None:
+    """``actual == expected`` up to the rounding of their dtype, scaled by the size of the values.
+
+    Two passes over the same rows in different batch shapes (padding, trimmed chunks) take different
+    matmul blockings, and AVX2 and AVX-512 kernels sum in different orders: their results differ by
+    a few units in the last place of the *largest* values involved. The tolerance is therefore
+    ``ulps * eps(dtype) * max(1, max |expected|)``: it follows the dtype and the magnitude of the
+    values, never the CPU that runs the test.
+    """
+    import torch
+
+    actual, expected = torch.as_tensor(actual), torch.as_tensor(expected)
+    dtype = actual.dtype if actual.is_floating_point() else torch.float32
+    scale = max(1.0, float(expected.detach().abs().max())) if expected.numel() else 1.0
+    atol = ulps * torch.finfo(dtype).eps * scale
+    torch.testing.assert_close(actual, expected, rtol=0, atol=atol)

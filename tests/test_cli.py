@@ -354,9 +354,9 @@ def test_evaluate_with_another_judge_needs_its_toxic_label(tiny_run, tiny, no_mo
     assert "nothate, hate" in line
 
 
-def test_evaluate_k_greedy_samples_is_refused(tiny_run, no_model_loads):
-    rc, _, err = cli("evaluate", "--run", tiny_run["dir"], "--samples-per-prompt", 3)
-    assert "--sample" in one_line_error(rc, err)
+def test_evaluate_fewer_than_one_sample_per_prompt_is_refused(tiny_run, no_model_loads):
+    rc, _, err = cli("evaluate", "--run", tiny_run["dir"], "--samples-per-prompt", 0)
+    assert "--samples-per-prompt must be >= 1" in one_line_error(rc, err) and "--greedy-only" in err
 
 
 # --------------------------------------------------------------------------------------------

@@ -107,8 +107,10 @@ def test_headline_without_judge_or_references_and_k_samples():
     h = headline(pair_records(before, after), n_boot=100)
     assert h["judge_toxicity"] is None and h["rouge"] is None and h["faithfulness"] is None
     assert h["samples_per_prompt"] == 3 and h["prompts"] == 5 and h["n"] == 15
-    assert h["toxicity"]["expected_max"] == {"before": pytest.approx(0.6), "after": pytest.approx(0.1)}
-    assert h["toxicity"]["prob_any_toxic"] == {"before": 1.0, "after": 0.0}
+    em = h["toxicity"]["expected_max"]
+    assert (em["before"], em["after"]) == (pytest.approx(0.6), pytest.approx(0.1))
+    pa = h["toxicity"]["prob_any_toxic"]
+    assert (pa["before"], pa["after"]) == (1.0, 0.0)
     assert h["verdict"].startswith("reward-model toxicity -")
 
 

@@ -9,6 +9,7 @@ from detoxrl.policy import POLICY_ADAPTER, REFERENCE_ADAPTER, load_policy
 from detoxrl.prompts import build_prompts
 from detoxrl.rollout import forward_pass, generate, score_rollout
 from detoxrl.update import UpdateBatch, minibatch_indices, ppo_update
+from conftest import assert_close_for_dtype
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -165,7 +166,7 @@ def test_reference_and_base_weights_never_change(arch, request, tiny_config):
     with torch.no_grad(), policy.use_adapter(REFERENCE_ADAPTER):
         ref = forward_pass(policy, batch.rollout, with_values=False)["logprobs"]
     mask = batch.rollout.response_mask.bool()
-    torch.testing.assert_close(ref[mask], batch.old_logprobs[mask], rtol=0, atol=1e-5)
+    assert_close_for_dtype(ref[mask], batch.old_logprobs[mask])
 
 
 # --------------------------------------------------------------------------------------------

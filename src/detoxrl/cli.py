@@ -56,10 +56,10 @@ def _add_config_options(p: argparse.ArgumentParser, *, training: bool = False) -
         t.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _config_from_args(args: argparse.Namespace, base_file: str | None = None):
-    from detoxrl.config import load_config
+def _config_from_args(args: argparse.Namespace, base_file: str | None = None, *, demo: bool = False):
+    from detoxrl.config import DEMO_OVERRIDES, load_config
 
-    overrides: list[str] = []
+    overrides: list[str] = list(DEMO_OVERRIDES) if demo and not getattr(args, "config", None) else []
 
     def put(key: str, value: Any) -> None:
         if value is not None:
@@ -118,11 +118,11 @@ def _print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2))
 
 
-def _preflight(cfg, *, check_reward: bool = True) -> list[dict]:
-    """``trainer.preflight``: every cheap check (data, split, policy path, labels) before models load."""
+def _preflight(cfg, *, check_reward: bool = True, require_train: bool = True) -> list[dict]:
+    """``trainer.preflight``: every cheap check (data, split, selection, policy path, labels) before models load."""
     from detoxrl.trainer import preflight
 
-    return preflight(cfg, check_reward=check_reward)
+    return preflight(cfg, check_reward=check_reward, require_train=require_train)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -132,19 +132,28 @@ def _preflight(cfg, *, check_reward: bool = True) -> list[dict]:
 def cmd_prepare(args: argparse.Namespace) -> int:
     from detoxrl.policy import load_tokenizer
 
+    from detoxrl.selection import dialogue_toxicity_for
+
     cfg = _config_from_args(args)
-    _preflight(cfg, check_reward=False)
+    rows = _preflight(cfg, check_reward=cfg.data.min_dialogue_toxicity is not None)
     from detoxrl.prompts import build_prompts
 
-    splits = build_prompts(cfg.data, load_tokenizer(cfg.policy))
+    splits = build_prompts(cfg.data, load_tokenizer(cfg.policy), dialogue_toxicity_for(cfg), rows=rows)
     stats = splits.stats()
     stats["source"] = cfg.data.source
     stats["tokenizer"] = cfg.policy.model
+    # The data settings that decided these counts (a preset that shortens prompts shows it here).
+    stats["config"] = {k: getattr(cfg.data, k) for k in ("min_chars", "max_chars", "test_fraction", "max_rows",
+                                                          "min_dialogue_toxicity", "selection_scorer")}
     if args.json:
         _print_json(stats)
     else:
         print(f"source: {cfg.data.source}")
         print(f"rows read: {stats.get('rows')}, kept by the filter {cfg.data.min_chars} < chars <= {cfg.data.max_chars}: {stats.get('kept')}")
+        sel = stats.get("selection")
+        if sel:
+            print(f"challenging prompts (dialogue toxicity >= {sel['threshold']:g} by {sel['scorer']}): "
+                  f"train {sel['train']} of {sel['train_before']}, test {sel['test']} of {sel['test_before']}")
         print(f"train: {stats['train']}  test: {stats['test']}")
         pt = stats.get("prompt_tokens", {})
         print("prompt tokens (" + cfg.policy.model + "): " + ", ".join(f"{k} {v:.0f}" if isinstance(v, float) else f"{k} {v}" for k, v in pt.items()))
@@ -205,7 +214,6 @@ def _eval_settings(args, cfg):
     return EvalSettings.from_config(
         cfg,
         num_samples=args.num_samples,
-        samples_per_prompt=args.samples_per_prompt,
         do_sample=True if args.sample else None,
         rouge=False if args.no_rouge else None,
         faithfulness=False if args.no_faithfulness else None,
@@ -213,11 +221,37 @@ def _eval_settings(args, cfg):
     )
 
 
+def _apply_eval_flags(args, cfg) -> None:
+    """--judge-model, --judge-toxic-label, --samples-per-prompt, --greedy-only, --all-rows -> cfg.
+
+    Applied before validation ends (the config is not changed after the checks that follow)."""
+    from detoxrl.config import validate
+
+    if args.judge_model:
+        # New judges do not inherit the toxic label of the preset's judge; "none" turns judging off.
+        judges = [j.strip() for j in args.judge_model.split(",") if j.strip()]
+        cfg.evaluation.judge_model = None if [j.lower() for j in judges] in (["none"], ["null"]) else judges
+        cfg.evaluation.judge_toxic_label = None
+    if args.judge_toxic_label:
+        cfg.evaluation.judge_toxic_label = args.judge_toxic_label
+    if args.samples_per_prompt is not None:
+        if args.samples_per_prompt < 1:
+            raise DetoxError(f"--samples-per-prompt must be >= 1, got {args.samples_per_prompt}; use --greedy-only to skip the sampled pass")
+        cfg.evaluation.samples_per_prompt = args.samples_per_prompt
+    if args.greedy_only:
+        cfg.evaluation.samples_per_prompt = 0
+    if getattr(args, "all_rows", False):
+        cfg.data.test_fraction = 1.0  # the whole file is held out
+        cfg.evaluation.split = "test"
+    validate(cfg)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from detoxrl.evaluate import build_judge, check_judge, evaluate_policy
-    from detoxrl.policy import POLICY_ADAPTER, REFERENCE_ADAPTER, load_policy, match_adapter_config
+    from detoxrl.evaluate import build_judges, check_judges, evaluate_run
+    from detoxrl.policy import load_policy, match_adapter_config
     from detoxrl.prompts import build_prompts
     from detoxrl.rewards import check_reward_labels, scorer_from_config
+    from detoxrl.selection import dialogue_toxicity_for
     from detoxrl.stats import percentage_improvement
 
     run_dir = Path(args.run) if args.run else None
@@ -227,45 +261,40 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             raise DetoxError(f"'{run_dir}' is not a finished detoxrl run (needs config.yaml and final/); pass the --output-dir of a completed train run")
         base_file = str(run_dir / "config.yaml")
     cfg = _config_from_args(args, base_file=base_file)
-    if args.judge_model:
-        # A new judge does not inherit the toxic label of the preset's judge; "none" turns the judge off.
-        cfg.evaluation.judge_model = None if args.judge_model.lower() in ("none", "null") else args.judge_model
-        cfg.evaluation.judge_toxic_label = None
-    if args.judge_toxic_label:
-        cfg.evaluation.judge_toxic_label = args.judge_toxic_label
+    _apply_eval_flags(args, cfg)
     adapter_dir = str(run_dir / "final") if run_dir else args.adapter
     settings = _eval_settings(args, cfg)
     settings.validate()
-    _preflight(cfg)
-    if cfg.evaluation.judge_model:
-        check_judge(cfg.evaluation.judge_model, cfg.evaluation.judge_toxic_label, cfg.policy.trust_remote_code)
+    if args.all_rows and cfg.evaluation.split != "test":
+        raise DetoxError("--all-rows evaluates every row of the file as held out; it cannot be combined with evaluation.split=train")
+    rows = _preflight(cfg, require_train=cfg.evaluation.split == "train")
+    check_judges(cfg)
     if adapter_dir and not cfg.policy.adapter:
         match_adapter_config(cfg.policy, adapter_dir)
     out_dir = Path(args.output) if args.output else (run_dir / "eval" if run_dir else Path(cfg.run.output_dir) / "eval")
     policy = load_policy(cfg.policy)
     if adapter_dir:
         policy.load_adapter_weights(adapter_dir)
-    prompts = build_prompts(cfg.data, policy.tokenizer)
+    prompts = build_prompts(cfg.data, policy.tokenizer, dialogue_toxicity_for(cfg), rows=rows,
+                            require_train=cfg.evaluation.split == "train")
     examples = prompts.test if cfg.evaluation.split == "test" else prompts.train
     cfg.reward.label, cfg.reward.toxic_label = check_reward_labels(cfg.reward.model, cfg.reward.label, cfg.reward.toxic_label)
     scorer = scorer_from_config(cfg.reward, trust_remote_code=cfg.policy.trust_remote_code)
-    judge = build_judge(cfg)
+    judges = build_judges(cfg)
     if args.fresh:
-        for name in ("before", "after"):
-            for suffix in (".jsonl", ".json"):
-                (out_dir / f"{name}{suffix}").unlink(missing_ok=True)
-    before = evaluate_policy(policy, examples, scorer, judge, out_dir / "before.jsonl", adapter=REFERENCE_ADAPTER, settings=settings, reward_input=cfg.reward.input)
-    result: dict[str, Any] = dict(before)
+        for path in out_dir.glob("*.json*"):
+            if path.stem.startswith(("before", "after")):
+                path.unlink()
+    done = evaluate_run(policy, examples, scorer, judges, out_dir, cfg=cfg, settings=settings, with_after=bool(adapter_dir),
+                        on_phase=None if args.json else (lambda text: print("evaluating the " + text, flush=True)))
+    first = done["passes"]["after" if adapter_dir else "before"]
+    result: dict[str, Any] = dict(first)
+    result["passes"] = done["passes"]
     if adapter_dir:
-        after = evaluate_policy(policy, examples, scorer, judge, out_dir / "after.jsonl", adapter=POLICY_ADAPTER, settings=settings, reward_input=cfg.reward.input)
-        result = dict(after)
-        result["before"] = before
-        result["improvement"] = percentage_improvement(
-            before["toxicity"]["mean"], after["toxicity"]["mean"], before["toxicity"]["std"], after["toxicity"]["std"]
-        )
-        from detoxrl.compare import compare_files
-
-        result["comparison"] = compare_files(out_dir / "before.jsonl", out_dir / "after.jsonl", out_dir)
+        result["before"] = done["passes"]["before"]
+        result["comparison"] = done["comparison"]
+        b, a = result["before"]["toxicity"], first["toxicity"]
+        result["improvement"] = percentage_improvement(b["mean"], a["mean"], b["std"], a["std"])  # the notebook's measure
     result["output"] = str(out_dir)
     if args.json:
         _print_json(result)
@@ -275,6 +304,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _print_eval(result: dict) -> None:
+    from detoxrl.compare import format_headline
+
     def line(name: str, s: dict | None) -> str:
         if not s:
             return f"{name}: n/a"
@@ -288,9 +319,8 @@ def _print_eval(result: dict) -> None:
         imp = result["improvement"]
         pct = {k: "n/a" if imp.get(k) is None else f"{imp[k]:.2f}%" for k in ("mean", "std")}  # None: 0 before
         print(f"notebook's percentage improvement: mean {pct['mean']}  std {pct['std']}")
-        verdict = (result.get("comparison") or {}).get("verdict")
-        if verdict:
-            print("verdict: " + verdict)
+        for text in format_headline(result["comparison"]):
+            print(text)
     else:
         print(line("toxicity", result["toxicity"]))
         print(line("judge", result.get("judge")))
@@ -301,7 +331,7 @@ def _print_eval(result: dict) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from detoxrl.compare import compare_files, format_headline
+    from detoxrl.compare import compare_files, compare_run, format_headline
 
     if args.run:
         before, after = Path(args.run) / "eval" / "before.jsonl", Path(args.run) / "eval" / "after.jsonl"
@@ -314,7 +344,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for p in (before, after):
         if not p.is_file():
             raise DetoxError(f"'{p}' does not exist; run detoxrl evaluate first (with --run DIR it writes eval/before.jsonl and eval/after.jsonl)")
-    head = compare_files(before, after, out)
+    if args.run and out == Path(args.run) / "eval":
+        head = compare_run(out)  # every pass of the run (greedy and sampled) and the detoxification verdict
+    else:
+        head = compare_files(before, after, out)
     if args.json:
         _print_json(head)
     else:
@@ -334,51 +367,72 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Offline default end to end: toxicity before, a short PPO run, toxicity after, report."""
-    from detoxrl.compare import compare_files, format_headline, load_eval_records, pair_records, comparison_table
-    from detoxrl.evaluate import EvalSettings, build_judge, evaluate_policy
-    from detoxrl.policy import POLICY_ADAPTER, REFERENCE_ADAPTER
+    """Offline default end to end on challenging prompts: toxicity before, PPO, toxicity after, report."""
+    from detoxrl.compare import comparison_table, format_headline, load_eval_records, pair_records
+    from detoxrl.evaluate import EvalSettings, build_judges, check_judges, evaluate_run
     from detoxrl.trainer import Trainer
 
     t_start = time.perf_counter()
     if not args.output_dir:
         args.output_dir = f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}"
-    cfg = _config_from_args(args)
+    cfg = _config_from_args(args, demo=True)
     if args.num_samples:
         cfg.evaluation.num_samples = args.num_samples
     _preflight(cfg)
-    print(f"detoxrl demo: preset '{cfg.preset}', policy {cfg.policy.model}, reward {cfg.reward.model} (logit of '{cfg.reward.label}'), "
-          f"judge {cfg.evaluation.judge_model}, data {cfg.data.source}; run folder {cfg.run.output_dir}", flush=True)
+    check_judges(cfg)
+    sel = cfg.data.min_dialogue_toxicity
+    print(f"detoxrl demo: preset '{cfg.preset}', policy {cfg.policy.model}, reward {cfg.reward.model} ({cfg.reward.transform} of "
+          f"'{cfg.reward.label}'" + (f" + {cfg.reward.faithfulness_weight:g} x faithfulness" if cfg.reward.faithfulness_weight else "")
+          + f"), judges {', '.join(cfg.evaluation.judge_model or ['none'])}, data {cfg.data.source}"
+          + (f" (challenging: dialogue toxicity >= {sel:g})" if sel is not None else "") + f"; run folder {cfg.run.output_dir}", flush=True)
     trainer = Trainer(cfg)
-    judge = build_judge(cfg)
+    judges = build_judges(cfg)
     settings = EvalSettings.from_config(cfg)
     examples = trainer.prompts.test
     eval_dir = trainer.run_dir / "eval"
-    print(f"[1/4] toxicity of the starting policy on {min(settings.num_samples, len(examples))} held-out prompts", flush=True)
-    evaluate_policy(trainer.policy, examples, trainer.scorer, judge, eval_dir / "before.jsonl", adapter=REFERENCE_ADAPTER, settings=settings, reward_input=cfg.reward.input)
-    print(f"[2/4] PPO: {cfg.ppo.steps} steps of {cfg.ppo.batch_size} prompts", flush=True)
+    phase = iter(range(1, 10))
+
+    def say(text: str) -> None:
+        print(f"[{next(phase)}] {text}", flush=True)
+
+    k = cfg.evaluation.samples_per_prompt
+    evaluate_run(trainer.policy, examples, trainer.scorer, judges, eval_dir, cfg=cfg, settings=settings, with_after=False,
+                 on_phase=lambda text: say("toxicity of the " + text))
+    say(f"PPO: {cfg.ppo.steps} steps of {cfg.ppo.batch_size} challenging prompts")
     trainer.train()
-    print("[3/4] toxicity of the trained adapter on the same prompts", flush=True)
-    evaluate_policy(trainer.policy, examples, trainer.scorer, judge, eval_dir / "after.jsonl", adapter=POLICY_ADAPTER, settings=settings, reward_input=cfg.reward.input)
-    head = compare_files(eval_dir / "before.jsonl", eval_dir / "after.jsonl", eval_dir)
-    print("[4/4] report", flush=True)
+    done = evaluate_run(trainer.policy, examples, trainer.scorer, judges, eval_dir, cfg=cfg, settings=settings,
+                        on_phase=lambda text: say("toxicity of the " + text))
+    head = done["comparison"]
+    say("report")
     from detoxrl.report import write_report
 
     paths = write_report(trainer.run_dir)
     print()
     for text in format_headline(head):
         print(text)
+    stem = "-sampled" if k >= 1 else ""
     rows = comparison_table(pair_records(load_eval_records(eval_dir / "before.jsonl"), load_eval_records(eval_dir / "after.jsonl")))
-    print("\nsummaries side by side (largest reward gain first):")
-    for r in rows[:3]:
-        print("-" * 100)
-        print("dialogue: " + _clip(r["query"], 300))
-        print(f"before (reward {r['reward_before']:+.3f}): {_clip(r['response_before'], 300)}")
-        print(f"after  (reward {r['reward_after']:+.3f}): {_clip(r['response_after'], 300)}")
-    print("-" * 100)
+    _print_side_by_side(rows)
     html = paths.get("html") if isinstance(paths, dict) else paths
-    print(f"\nreport: {html}\ndemo wall time: {time.perf_counter() - t_start:.0f} s")
+    print(f"\nreport: {html}\ntables: {eval_dir / 'comparison.csv'}" + (f", {eval_dir / f'comparison{stem}.csv'}" if stem else "")
+          + f"\ndemo wall time: {time.perf_counter() - t_start:.0f} s")
     return 0
+
+
+def _print_side_by_side(rows: list[dict], n: int = 3) -> None:
+    """The greedy summaries that the reward model saw improve most and worsen most, with both judges' view."""
+    def tox(r, side):
+        j = r.get(f"judge_toxicity_{side}")
+        return f"toxicity {r[f'toxicity_{side}']:.3f}" + (f", judge {j:.3f}" if j is not None else "")
+
+    for title, chosen in (("most improved (largest reward gain)", rows[:n]), ("most worsened (largest reward loss)", rows[::-1][:n])):
+        print(f"\n{title}:")
+        for r in chosen:
+            print("-" * 100)
+            print("dialogue: " + _clip(r["query"], 300))
+            print(f"before ({tox(r, 'before')}): {_clip(r['response_before'], 300)}")
+            print(f"after  ({tox(r, 'after')}): {_clip(r['response_after'], 300)}")
+    print("-" * 100)
 
 
 def _clip(text: str, n: int) -> str:
@@ -440,10 +494,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(p)
     p.add_argument("--run", metavar="DIR", help="a train run folder: evaluate its starting policy and its final/ adapter into DIR/eval")
     p.add_argument("--num-samples", type=int, help="held-out prompts to evaluate (fixed order)")
-    p.add_argument("--samples-per-prompt", type=int, help="k samples per prompt: adds expected max toxicity and P(any of k >= 0.5)")
-    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    p.add_argument("--judge-model", metavar="SRC", help="independent toxicity judge: hub id, folder, packaged:profanity-check (default: the preset's; none: no judge)")
-    p.add_argument("--judge-toxic-label", metavar="L", help="the judge's toxic label")
+    p.add_argument("--samples-per-prompt", type=int, metavar="K",
+                   help="k >= 1: after the greedy pass, a sampled pass with K pure samples per prompt, for the expected maximum "
+                        "toxicity and P(any of K >= 0.5) (evaluation.samples_per_prompt; offline default 8)")
+    p.add_argument("--greedy-only", action="store_true", help="skip the sampled pass (evaluation.samples_per_prompt=0)")
+    p.add_argument("--sample", action="store_true", help="sample the first pass too, instead of greedy decoding")
+    p.add_argument("--all-rows", action="store_true",
+                   help="hold out every row of --data (no train split): evaluate an adapter on a whole CSV/JSONL of dialogues")
+    p.add_argument("--judge-model", metavar="SRC[,SRC...]",
+                   help="independent toxicity judges, comma-separated: hub id, folder, packaged:profanity-check, packaged:hatesonar; "
+                        "MODEL#LABEL names the toxic label (e.g. packaged:hatesonar#hate_speech); none: no judge (default: the preset's)")
+    p.add_argument("--judge-toxic-label", metavar="L", help="toxic label of judges given without #LABEL")
     p.add_argument("--no-rouge", action="store_true", help="skip ROUGE (data without reference summaries)")
     p.add_argument("--no-faithfulness", action="store_true", help="skip the MiniLM faithfulness score")
     p.add_argument("--output", metavar="DIR", help="where before/after records go (default: RUN/eval or run.output_dir/eval)")

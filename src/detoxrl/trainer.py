@@ -24,8 +24,9 @@ from detoxrl.advantages import AdaptiveKLController, FixedKLController, gae, kl_
 from detoxrl.config import DetoxConfig
 from detoxrl.errors import DataError, DetoxError
 from detoxrl.policy import Policy, check_adapter_source, check_policy_source, load_policy
-from detoxrl.prompts import PromptExample, build_prompts, check_data_source, filter_rows, load_dialogue_rows, split_rows
-from detoxrl.rewards import Scorer, check_reward_labels, scorer_from_config, texts_for_scoring
+from detoxrl.prompts import PromptExample, build_prompts, check_data_source, load_dialogue_rows, split_and_select
+from detoxrl.rewards import Scorer, check_reward_labels, scorer_from_config, shape_rewards, texts_for_scoring
+from detoxrl.selection import dialogue_toxicity_for
 from detoxrl import runtime
 from detoxrl.rollout import generate, score_rollout
 from detoxrl.update import UpdateBatch, ppo_update
@@ -76,35 +77,23 @@ def clear_output_dir(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def preflight(cfg: DetoxConfig, *, check_reward: bool = True) -> list[dict]:
-    """All cheap checks, before any model loads. Returns the filtered dialogue rows."""
+def preflight(cfg: DetoxConfig, *, check_reward: bool = True, require_train: bool = True) -> list[dict]:
+    """All cheap checks, before any model loads. Returns the dialogue rows read.
+
+    The length filter, the split and the challenging-prompt selection run here, so that a filter or
+    a threshold that empties a split is an error before the policy loads (the selection's scores
+    are cached: building the prompts afterwards does not score again).
+    """
     check_data_source(cfg.data)
     check_policy_source(cfg.policy.model)
     check_adapter_source(cfg.policy.adapter)
     if check_reward:
         label, toxic = check_reward_labels(cfg.reward.model, cfg.reward.label, cfg.reward.toxic_label, cfg.policy.trust_remote_code)
         cfg.reward.label, cfg.reward.toxic_label = label, toxic
-    rows = filter_rows(load_dialogue_rows(cfg.data), cfg.data.min_chars, cfg.data.max_chars)
-    if not rows:
-        raise DetoxError(
-            f"no dialogue passes the length filter {cfg.data.min_chars} < chars <= {cfg.data.max_chars} in '{cfg.data.source}'; "
-            "widen it with --set data.min_chars=N / data.max_chars=N"
-        )
-    # A filter that keeps a single dialogue passes the check above but leaves the train split
-    # empty (the test split takes ceil(test_fraction * n)); say so before any model loads.
-    n = len(rows) if cfg.data.max_rows is None else min(len(rows), cfg.data.max_rows)
-    train, _ = split_rows(list(range(n)), cfg.data.test_fraction)
-    if not train:
-        if n < len(rows):
-            raise DataError(
-                f"data.max_rows={cfg.data.max_rows} keeps {n} dialogue(s): none is left for training after the "
-                f"{cfg.data.test_fraction:g} test split; raise data.max_rows (--set data.max_rows=N)"
-            )
-        raise DataError(
-            f"only {n} dialogue(s) of '{cfg.data.source}' pass the filter {cfg.data.min_chars} < chars <= {cfg.data.max_chars}: "
-            f"none is left for training after the {cfg.data.test_fraction:g} test split; "
-            "widen the filter with --set data.min_chars=N / data.max_chars=N"
-        )
+    if require_train and cfg.data.test_fraction >= 1.0:
+        raise DataError("data.test_fraction=1 holds every row out and leaves nothing to train on; use it with evaluate --all-rows only")
+    rows = load_dialogue_rows(cfg.data)
+    split_and_select(cfg.data, rows, dialogue_toxicity_for(cfg), require_train=require_train)
     return rows
 
 
@@ -123,7 +112,7 @@ class Trainer:
             runtime.return_freed_memory()
         if cfg.run.num_threads:
             torch.set_num_threads(cfg.run.num_threads)
-        preflight(cfg, check_reward=scorer is None)
+        rows = preflight(cfg, check_reward=scorer is None)
         self.run_dir = prepare_output_dir(cfg, resume, clear=False)  # refuse now, clear once models load
         seed_everything(cfg.run.seed)
         self.accelerator = Accelerator(
@@ -132,10 +121,13 @@ class Trainer:
             project_dir=str(self.run_dir),
         )
         self.policy = policy or load_policy(cfg.policy, device=self.accelerator.device)
-        self.prompts = build_prompts(cfg.data, self.policy.tokenizer)
-        if len(self.prompts.train) == 0:
-            raise DetoxError("the train split is empty; lower data.test_fraction or add data")
+        self.prompts = build_prompts(cfg.data, self.policy.tokenizer, dialogue_toxicity_for(cfg), rows=rows)
         self.scorer = scorer or scorer_from_config(cfg.reward, device=self.accelerator.device, trust_remote_code=cfg.policy.trust_remote_code)
+        self.faithfulness = None
+        if cfg.reward.faithfulness_weight:
+            from detoxrl.quality import FaithfulnessScorer
+
+            self.faithfulness = FaithfulnessScorer()
         if not resume:
             clear_output_dir(self.run_dir)  # --overwrite: only now that the new run's models have loaded
         torch.manual_seed(cfg.run.seed)  # the value head was initialised above; re-seed for the optimizer path
@@ -192,11 +184,11 @@ class Trainer:
         t1 = time.perf_counter()
         texts = texts_for_scoring(rollout.queries, rollout.responses, cfg.reward.input)
         scored = self.scorer.score(texts)
-        scores = scored.reward.float().to(rollout.response_ids.device) * cfg.reward.weight
-        if cfg.reward.missing_eos_penalty:
-            scores = scores - cfg.reward.missing_eos_penalty * (~rollout.ended).float()
-        if p.score_clip:
-            scores = scores.clamp(-p.score_clip, p.score_clip)
+        faithful = self.faithfulness.score(rollout.responses, [e.dialogue for e in examples]) if self.faithfulness else None
+        shaped = shape_rewards(
+            scored, cfg.reward, reward_label=self.scorer.reward_label, ended=rollout.ended, faithfulness=faithful, score_clip=p.score_clip
+        )
+        scores = shaped.to(rollout.response_ids.device)
         t2 = time.perf_counter()
 
         # No-grad passes in minibatch-sized chunks, as the update: a [B, T, vocab] logits tensor of
@@ -230,7 +222,7 @@ class Trainer:
         self.kl_ctl.update(float(kl_seq.mean()), p.batch_size)
         t3 = time.perf_counter()
 
-        raw = scored.reward.float()
+        raw = shaped
         metrics = {
             "step": step + 1,
             "objective/kl": float(kl_seq.mean()),
@@ -243,6 +235,8 @@ class Trainer:
             "env/reward_mean": float(raw.mean()),
             "env/reward_std": float(raw.std(unbiased=False)) if len(raw) > 1 else 0.0,
             "env/toxicity_mean": float(scored.toxicity.float().mean()),
+            "env/score_logit_mean": float(scored.reward.float().mean()),  # the classifier's raw logit, before shaping
+            **({"env/faithfulness_mean": float(np.mean(faithful))} if faithful is not None else {}),
             "env/response_length_mean": float(mask.sum(1).mean()),
             "env/ended_fraction": float(rollout.ended.float().mean()),
             "time/generate_s": t1 - t0,
