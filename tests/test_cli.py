@@ -373,6 +373,16 @@ BAD_INPUT = {
     "unknown reward label": (["--reward-label", "nothat"], ["'nothat'", "nothate, hate", "--reward-label nothate"]),
     "not a model": (["--policy", "__TMP__"], ["not a model folder", "--policy"]),
     "resume without checkpoint": (["--resume"], ["--resume", "no checkpoint"]),
+    "unknown selection scorer": (["--set", "data.min_dialogue_toxicity=0.3", "--set", "data.selection_scorer=maxx"],
+                                 ["unknown data.selection_scorer 'maxx'", "reward, judge, max"]),
+    "selection threshold above 1": (["--set", "data.min_dialogue_toxicity=1.5"], ["data.min_dialogue_toxicity", "[0, 1]"]),
+    "selection threshold below 0": (["--set", "data.min_dialogue_toxicity=-0.1"], ["data.min_dialogue_toxicity", "[0, 1]"]),
+    "selection empties the splits": (["--set", "data.min_dialogue_toxicity=1.0", "--set", "data.selection_scorer=packaged:profanity-check"],
+                                     ["keeps 0 of", "train", "lower the threshold"]),
+    "unknown reward transform": (["--set", "reward.transform=logits"], ["unknown reward.transform 'logits'", "log_prob"]),
+    "unknown judge in the list": (["--set", "evaluation.judge_model=packaged:profanity-check,packaged:nonsense"],
+                                  ["packaged:nonsense"]),
+    "unknown judge label": (["--set", "evaluation.judge_model=packaged:hatesonar#racism"], ["'racism'", "hate_speech"]),
 }
 
 
@@ -451,3 +461,25 @@ def test_make_tiny_t5(tmp_path):
 
     assert AutoConfig.from_pretrained(tmp_path / "t5").model_type == "t5"
     assert (tmp_path / "t5" / "tokenizer.json").is_file()
+
+
+def test_evaluate_an_adapter_on_every_row_of_a_file(tiny_run, tiny, tmp_path):
+    """--all-rows holds out the whole file: a trained adapter summarizes every dialogue of any CSV."""
+    talks = tmp_path / "talks.csv"
+    rows = [f"#Person1#: {'I am so angry at you ' * (i + 10)}\n#Person2#: Calm down, please. {'We can talk. ' * 5}" for i in range(5)]
+    talks.write_text("id,dialogue\n" + "".join(f'{i},"{d}"\n' for i, d in enumerate(rows)))
+    rc, out, err = cli(
+        "evaluate", "--preset", "seed", "--policy", tiny["t5"], "--reward-model", tiny["reward"], "--reward-label", "nothate",
+        "--adapter", tiny_run["dir"] / "final", "--data", talks, "--all-rows", "--greedy-only", "--no-rouge", "--no-faithfulness",
+        "--judge-model", "packaged:profanity-check", "--output", tmp_path / "eval", "--no-progress", "--json",
+        "--set", "evaluation.max_new_tokens=6", "--set", "data.max_prompt_tokens=4096",
+    )
+    assert rc == 0, err
+    res = json.loads(out)
+    assert res["n"] == 5 and res["before"]["n"] == 5  # every row, none kept back for training
+    records = [json.loads(line) for line in (tmp_path / "eval" / "after.jsonl").read_text().splitlines()]
+    assert sorted(r["id"] for r in records) == ["0", "1", "2", "3", "4"]
+    assert "verdict" in res["comparison"]
+    # train refuses a split without train rows
+    rc, _, err = cli(*tiny_train_args(tiny, tmp_path / "run"), "--data", talks, "--set", "data.test_fraction=1")
+    assert "data.test_fraction=1" in one_line_error(rc, err)

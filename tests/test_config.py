@@ -322,6 +322,13 @@ def test_bad_tracker():
         (["run.num_threads=0"], "run.num_threads"),
         (["evaluation.num_samples=0"], "evaluation.num_samples"),
         (["evaluation.split=validation"], "evaluation.split must be 'test'"),
+        (["evaluation.samples_per_prompt=-1"], "evaluation.samples_per_prompt must be >= 1"),
+        (["reward.transform=softplus"], "unknown reward.transform 'softplus'"),
+        (["reward.faithfulness_weight=-1"], "reward.faithfulness_weight"),
+        (["reward.faithfulness_weight=inf"], "reward.faithfulness_weight"),
+        (["data.min_dialogue_toxicity=2"], "data.min_dialogue_toxicity is a probability threshold in [0, 1]"),
+        (["data.selection_scorer= "], "data.selection_scorer is empty"),
+        (["evaluation.judge_model=packaged:hatesonar#"], "evaluation.judge_model has an empty entry"),
     ],
 )
 def test_bad_values_are_one_line_config_errors(overrides, fragment):

@@ -1,5 +1,6 @@
 """detoxrl.evaluate: incremental records, exact resume, paired before/after, judge, ROUGE, k samples."""
 
+import math
 import json
 from pathlib import Path
 
@@ -312,3 +313,30 @@ def test_kl_from_captured_logprobs_equals_two_forward_passes(policy, examples, d
     np.testing.assert_allclose(c1, k1, atol=1e-4)
     np.testing.assert_allclose(c3, k3, atol=1e-4)
     assert max(abs(v) for v in k1) > 1e-3  # the adapters differ: a real KL, not zeros
+
+
+def test_records_carry_the_shaped_reward_of_training(policy, examples, scorer, tmp_path):
+    """evaluate records what training maximises: shape_rewards of the same scores (here log P(nothate) with an EOS penalty)."""
+    from detoxrl.config import RewardConfig
+
+    reward_cfg = RewardConfig(model="unused", label="nothate", toxic_label="hate", transform="log_prob", missing_eos_penalty=0.25)
+    evaluate_policy(policy, examples, scorer, None, tmp_path / "after.jsonl", adapter=POLICY_ADAPTER, settings=settings(),
+                    reward_cfg=reward_cfg)
+    records = load_records(tmp_path / "after.jsonl")
+    # a 2-label classifier: P(nothate) = 1 - P(hate) = 1 - toxicity; an unfinished summary has all 8 tokens
+    for r in records:
+        ended = r["length_tokens"] < 8 or r["response"] == ""
+        expected = math.log(max(1.0 - r["toxicity"], 1e-6)) - (0.0 if ended else 0.25)
+        assert r["reward"] == pytest.approx(expected, abs=2e-4), r
+        assert r["score_logit"] != r["reward"] and r["decoding"] == "greedy"
+
+
+def test_every_judge_is_recorded_under_its_spec(policy, examples, scorer, models, tmp_path):
+    judges = {"first": build_scorer(str(models["judge"]), "nontoxic", "toxic"),
+              "packaged:profanity-check": build_scorer("packaged:profanity-check", "non-toxic", "toxic")}
+    summary = evaluate_policy(policy, examples, scorer, judges, tmp_path / "after.jsonl", adapter=POLICY_ADAPTER, settings=settings())
+    records = load_records(tmp_path / "after.jsonl")
+    assert all(list(r["judges"]) == ["first", "packaged:profanity-check"] for r in records)
+    assert all(r["judge_toxicity"] == r["judges"]["first"] for r in records)  # the first judge is also judge_toxicity
+    assert summary["judge_models"] == ["first", "packaged:profanity-check"]
+    assert set(summary["judges"]) == {"first", "packaged:profanity-check"}

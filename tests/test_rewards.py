@@ -1,6 +1,7 @@
 """detoxrl.rewards: scorers read by label name, cheap label checks, batching, packaged classifiers."""
 
 import json
+import math
 import os
 import pickle
 import shutil
@@ -387,3 +388,67 @@ def test_svm_scores_toxic_above_benign():
     torch.testing.assert_close(res.reward, -res.logits["toxic"])
     assert float(res.reward[0]) == pytest.approx(-np.log((1 - 1e-6) / 1e-6), abs=1e-3)  # clamped, finite
     assert torch.isfinite(res.reward).all()
+
+
+# --------------------------------------------------------------------------------------------
+# Reward shaping: transforms and the one shaping function
+
+
+def _two_label_result(nontoxic_logit: list[float]):
+    """A ScoreResult of a 2-label softmax classifier whose logits are (z, 0): P(non-toxic) = sigmoid(z)."""
+    from detoxrl.rewards import ScoreResult
+
+    z = torch.tensor(nontoxic_logit, dtype=torch.float32)
+    logits = torch.stack([z, torch.zeros_like(z)], dim=1)
+    probs = logits.softmax(-1)
+    return ScoreResult(reward=z.clone(), toxicity=probs[:, 1].clone(), logits={"non-toxic": z, "toxic": torch.zeros_like(z)},
+                       probs={"non-toxic": probs[:, 0], "toxic": probs[:, 1]})
+
+
+def test_transforms_against_hand_computed_values():
+    from detoxrl.rewards import transform_scores
+
+    scored = _two_label_result([0.0, 2.0, -3.0])
+    # P(non-toxic) = sigmoid(z): 0.5, 0.880797, 0.047426
+    torch.testing.assert_close(transform_scores(scored, "logit", "non-toxic"), torch.tensor([0.0, 2.0, -3.0]))
+    torch.testing.assert_close(transform_scores(scored, "prob", "non-toxic"), torch.tensor([0.5, 0.880797, 0.047426]), atol=1e-6, rtol=0)
+    # log sigmoid(z) = -log(1 + e^-z): -0.693147, -0.126928, -3.048587
+    torch.testing.assert_close(transform_scores(scored, "log_prob", "non-toxic"), torch.tensor([-0.693147, -0.126928, -3.048587]),
+                               atol=1e-5, rtol=0)
+    # log_prob saturates for clean text: a far cleaner text earns almost nothing more (the logit keeps paying)
+    clean = _two_label_result([8.0, 12.0])
+    lp = transform_scores(clean, "log_prob", "non-toxic")
+    assert float(lp[1] - lp[0]) < 4e-4 and float(transform_scores(clean, "logit", "non-toxic").diff()) == 4.0
+    # a probability of 0 is clamped at EPS: log(1e-6), not -inf
+    zero = _two_label_result([-40.0])
+    assert float(transform_scores(zero, "log_prob", "non-toxic")) == pytest.approx(math.log(1e-6), rel=1e-5)
+    with pytest.raises(ConfigError, match="unknown reward.transform 'exp'"):
+        transform_scores(scored, "exp", "non-toxic")
+
+
+def test_shape_rewards_weights_faithfulness_eos_and_clip():
+    from detoxrl.config import RewardConfig
+    from detoxrl.rewards import shape_rewards
+
+    scored = _two_label_result([0.0, 2.0, -3.0])
+    cfg = RewardConfig(transform="log_prob", weight=2.0, faithfulness_weight=0.5, missing_eos_penalty=1.0)
+    ended = torch.tensor([True, False, True])
+    out = shape_rewards(scored, cfg, reward_label="non-toxic", ended=ended, faithfulness=[0.4, 0.6, 0.2])
+    # 2 * log P + 0.5 * faithfulness - 1 * [not ended]
+    hand = [2 * -0.693147 + 0.2, 2 * -0.126928 + 0.3 - 1.0, 2 * -3.048587 + 0.1]
+    torch.testing.assert_close(out, torch.tensor(hand), atol=1e-5, rtol=0)
+    clipped = shape_rewards(scored, cfg, reward_label="non-toxic", ended=ended, faithfulness=[0.4, 0.6, 0.2], score_clip=1.0)
+    torch.testing.assert_close(clipped, torch.tensor([-1.0, -0.953856, -1.0]), atol=1e-5, rtol=0)
+    plain = shape_rewards(scored, RewardConfig(transform="logit"), reward_label="non-toxic")
+    torch.testing.assert_close(plain, scored.reward)  # the notebook's reward: the raw logit
+    with pytest.raises(ValueError, match="faithfulness"):
+        shape_rewards(scored, cfg, reward_label="non-toxic", ended=ended)
+
+
+def test_one_shaping_function_for_training_and_evaluation():
+    import detoxrl.evaluate
+    import detoxrl.trainer
+    from detoxrl import rewards
+
+    assert detoxrl.trainer.shape_rewards is rewards.shape_rewards
+    assert detoxrl.evaluate.shape_rewards is rewards.shape_rewards

@@ -475,9 +475,13 @@ def detox_verdict(greedy: dict, sampled: dict | None = None, ci: float = 0.95) -
         status = "less toxic"
     else:
         status = "no significant change" if judge_measures else "no judge"
-    # Lead with the measures that moved significantly, then the rest, judges before the reward model.
-    ordered = sorted(judge_measures, key=lambda m: not (sig(m[1], 1) or sig(m[1], -1))) + reward_measures
-    parts = [_fmt_reduction(name, r, ci) for name, r in ordered]
+    # The text: every measure that moved significantly, judges first; then, for each classifier, its
+    # headline measures (expected maximum when sampled, greedy mean) if not already named.
+    moved = [m for m in judge_measures if sig(m[1], 1) or sig(m[1], -1)]
+    headline_names = ("expected max toxicity", "mean toxicity (greedy)")
+    rest = [m for m in judge_measures + reward_measures
+            if m not in moved and m[0].endswith(headline_names) and m[1] and m[1].get("reduction") is not None]
+    parts = [_fmt_reduction(name, r, ci) for name, r in moved + rest]
     quality = []
     if greedy.get("rouge") and greedy["rouge"].get("rougeL"):
         quality.append(_fmt_diff("ROUGE-L", greedy["rouge"]["rougeL"]["diff"], ci, " points", 1))

@@ -478,6 +478,11 @@ def _plot_toxicity(panels: list[tuple[str, np.ndarray, np.ndarray]], path: Path)
 
 
 def _short_model(name: Any) -> str:
+    """A model name for a table; a list of judges shows the first (the one of ``judge_toxicity``)."""
+    if isinstance(name, (list, tuple)):
+        if not name:
+            return "–"
+        return str(name[0]) + (f" (+{len(name) - 1} more judges)" if len(name) > 1 else "")
     return "–" if name in (None, "") else str(name)
 
 
@@ -1311,7 +1316,8 @@ def write_report(run_dir: str | Path) -> dict[str, Path]:
             (out_dir / f"{name}.png").unlink(missing_ok=True)
 
     reward_model, judge_model = _get(data.config, "reward.model"), _get(data.config, "evaluation.judge_model")
-    if reward_model and judge_model and str(reward_model) == str(judge_model):
+    judge_list = judge_model if isinstance(judge_model, (list, tuple)) else [judge_model]
+    if reward_model and any(str(reward_model) == str(j).split("#")[0] for j in judge_list if j):
         notes.append(
             "the judge is the reward model itself: it is not independent, so a reward hack would not show up in it"
         )

@@ -850,6 +850,8 @@ def check_judge(spec: str, toxic_label: str | None = None, trust_remote_code: bo
     ``spec`` is MODEL or MODEL#TOXIC_LABEL; a label in the spec wins over ``toxic_label``."""
     model, named = parse_judge_spec(spec)
     toxic_label = named or toxic_label
+    if model.startswith(PYTHON_PREFIX):  # a Python function has the one label "reward" (toxicity = sigmoid(-reward))
+        return check_reward_labels(model, "reward", None)
     labels = model_labels(model, trust_remote_code)
     if toxic_label is None:
         if model not in PACKAGED_LABELS:
