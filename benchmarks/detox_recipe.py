@@ -36,8 +36,7 @@ BASE = [
 VARIANTS: dict[str, list[str]] = {
     "logit (notebook)": ["reward.transform=logit"],
     "log_prob": ["reward.transform=log_prob"],
-    "log_prob + faithfulness 1.0": ["reward.transform=log_prob", "reward.faithfulness_weight=1.0"],
-    "prob": ["reward.transform=prob"],
+    "clipped_logit + faithfulness 3": ["reward.transform=clipped_logit", "reward.faithfulness_weight=3.0"],
 }
 
 

@@ -452,3 +452,11 @@ def test_one_shaping_function_for_training_and_evaluation():
 
     assert detoxrl.trainer.shape_rewards is rewards.shape_rewards
     assert detoxrl.evaluate.shape_rewards is rewards.shape_rewards
+
+
+def test_clipped_logit_pays_for_toxic_text_only_up_to_the_ceiling():
+    from detoxrl.rewards import transform_scores
+
+    scored = _two_label_result([-2.0, 3.0, 4.6, 9.0])
+    out = transform_scores(scored, "clipped_logit", "non-toxic", logit_ceiling=4.59512)
+    torch.testing.assert_close(out, torch.tensor([-2.0, 3.0, 4.59512, 4.59512]))

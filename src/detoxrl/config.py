@@ -30,7 +30,7 @@ PACKAGED_HATESONAR = "packaged:hatesonar"
 PACKAGED_CHITCHAT = "packaged:chitchat"
 
 #: reward.transform values (see detoxrl.rewards.shape_rewards).
-REWARD_TRANSFORMS = ("logit", "log_prob", "prob")
+REWARD_TRANSFORMS = ("logit", "clipped_logit", "log_prob", "prob")
 
 
 @dataclass
@@ -88,7 +88,10 @@ class RewardConfig:
     #   logit     the raw logit of `label` (the notebook's; keeps paying for ever blander text)
     #   log_prob  log P(label): saturates at 0 once the text is clean, so only toxicity costs
     #   prob      P(label), bounded in [0, 1]
+    #   clipped_logit  min(logit, logit_ceiling): the logit's dense signal on toxic text, nothing for
+    #             being cleaner than P(label) = sigmoid(logit_ceiling) (0.99 by default)
     transform: str = "logit"
+    logit_ceiling: float = 4.59512  # log(0.99 / 0.01)
     # + faithfulness_weight x cosine(MiniLM(summary), MiniLM(dialogue)): dropping the content costs reward.
     faithfulness_weight: float = 0.0
 
@@ -418,6 +421,8 @@ def validate(cfg: DetoxConfig) -> None:
             f"unknown reward.transform '{r.transform}'{_did_you_mean(r.transform, list(REWARD_TRANSFORMS))}; "
             f"choose one of: {', '.join(REWARD_TRANSFORMS)}"
         )
+    if not math.isfinite(r.logit_ceiling):
+        raise ConfigError(f"reward.logit_ceiling must be a finite number (the logit above which clean text earns no more), got {r.logit_ceiling}")
     if not 0.0 <= r.faithfulness_weight < math.inf:
         raise ConfigError(f"reward.faithfulness_weight must be a finite number >= 0 (0: off), got {r.faithfulness_weight}")
     if r.input not in ("response", "query+response"):

@@ -138,7 +138,7 @@ def eval_signature(policy: Policy, adapter: str, settings: "EvalSettings", score
         "rouge": rouge,
         "faithfulness": settings.faithfulness,
         "shaping": None if reward_cfg is None else [reward_cfg.transform, reward_cfg.weight, reward_cfg.faithfulness_weight,
-                                                    reward_cfg.missing_eos_penalty],
+                                                    reward_cfg.missing_eos_penalty, reward_cfg.logit_ceiling],
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 

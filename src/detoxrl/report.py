@@ -621,6 +621,7 @@ class ToxSide:
     improvement_pct: dict[str, Any] | None = None  # the notebook's percentage improvement, in percent
     extra: list[tuple[str, Any, Any]] = field(default_factory=list)  # (label, before, after)
     is_judge: bool = False
+    extra_changes: list[tuple[str, dict]] = field(default_factory=list)  # (label, reduction with CI) of the extra measures
 
 
 TOX_ROWS = (
@@ -634,16 +635,21 @@ TOX_ROWS = (
 )
 
 
-def _tox_sides(data: RunData) -> list[ToxSide]:
-    """Reward model first, then the judge; from compare.json, else plain summaries of the records."""
-    names = (
+def _tox_sides(data: RunData, compare: dict | None = None) -> list[ToxSide]:
+    """Reward model first, then each judge; from compare.json (``compare``: one pass of it, default
+    the first), else plain summaries of the records."""
+    compare = data.compare if compare is None else compare
+    names = [
         ("toxicity", f"reward model ({_short_model(_get(data.config, 'reward.model'))})", False),
         ("judge_toxicity", f"judge ({_short_model(_get(data.config, 'evaluation.judge_model'))})", True),
-    )
+    ]
+    judges = compare.get("judges") if isinstance(compare, dict) else None
+    if isinstance(judges, dict) and judges:  # every judge under its own name (the first is judge_toxicity)
+        names = names[:1] + [(("judges", spec), f"judge ({spec})", True) for spec in judges]
     sides: list[ToxSide] = []
-    if data.compare is not None:
+    if compare is not None:
         for key, name, is_judge in names:
-            block = data.compare.get(key)
+            block = compare.get(key) if isinstance(key, str) else (compare.get(key[0]) or {}).get(key[1])
             if not isinstance(block, dict):
                 continue
 
@@ -656,11 +662,14 @@ def _tox_sides(data: RunData) -> list[ToxSide]:
             k = block.get("samples_per_prompt")
             k_s = f"{k} samples" if _is_num(k) else "the samples"
             extra = []
-            for ek, label in (("expected_max", f"expected max over {k_s} of a prompt"),
-                              ("prob_any_toxic", f"P(any of {k_s} of a prompt ≥ 0.5)")):
+            extra_changes = []
+            for ek, label, short in (("expected_max", f"expected max over {k_s} of a prompt", "expected max"),
+                                     ("prob_any_toxic", f"P(any of {k_s} of a prompt ≥ 0.5)", "toxicity probability")):
                 if sub(ek) is not None:
                     extra.append((label, sub(ek).get("before"), sub(ek).get("after")))
-            sides.append(ToxSide(name, sub("before"), sub("after"), sub("reduction"), imp, extra, is_judge))
+                    if isinstance(sub(ek).get("reduction"), dict):
+                        extra_changes.append((f"relative change of the {short}", sub(ek)["reduction"]))
+            sides.append(ToxSide(name, sub("before"), sub("after"), sub("reduction"), imp, extra, is_judge, extra_changes))
         return sides
     for key, name, is_judge in names:
         b = simple_summary(_values(data.before, key))
@@ -675,9 +684,9 @@ def _ci_label(data: RunData) -> str:
     return f"{float(ci):.0%}" if _finite(ci) and 0 < float(ci) < 1 else "95%"
 
 
-def _change_text(side: ToxSide) -> str:
-    """Relative change of the mean, after vs before (-23.1% = 23.1% lower after), with its interval."""
-    r = side.reduction
+def _change_text(side: ToxSide, r: dict | None = None) -> str:
+    """Relative change of the mean (or of ``r``), after vs before (-23.1% = 23.1% lower after), with its interval."""
+    r = side.reduction if r is None else r
     if not r or not _finite(r.get("reduction")):
         return "–" if not r else "undefined (mean before is 0)"
     s = _pct(-float(r["reduction"]), signed=True)
@@ -686,8 +695,8 @@ def _change_text(side: ToxSide) -> str:
     return s
 
 
-def _change_tone(side: ToxSide) -> str:
-    r = side.reduction or {}
+def _change_tone(side: ToxSide, r: dict | None = None) -> str:
+    r = (side.reduction if r is None else r) or {}
     if _finite(r.get("low")) and float(r["low"]) > 0:
         return "better"
     if _finite(r.get("high")) and float(r["high"]) < 0:
@@ -734,6 +743,12 @@ def _tox_rows(sides: list[ToxSide], ci: str) -> list[TableRow]:
                 strong=True,
             )
         )
+    for label in dict.fromkeys(label for s in sides for label, _ in s.extra_changes):
+        span = []
+        for s in sides:
+            r = next((r for lab, r in s.extra_changes if lab == label), None)
+            span.append((_change_text(s, r), _change_tone(s, r)) if r else ("–", ""))
+        rows.append(TableRow(f"{label}, after vs before [paired bootstrap {ci} CI]", span=span, strong=True))
     if any(s.improvement_pct for s in sides):
         span = []
         for s in sides:
@@ -894,6 +909,9 @@ class Content:
     missing_plots: list[str]
     sides: list[ToxSide]
     tox_rows: list[TableRow]
+    sampled_title: str
+    sampled_sides: list[ToxSide]
+    sampled_rows: list[TableRow]
     tox_note: str
     reward_row: list[str] | None
     quality: list[list[str]]
@@ -1128,7 +1146,11 @@ def _render_html(c: Content) -> str:
     # Toxicity
     p.append('<section id="toxicity"><h2>Toxicity before vs after</h2>')
     if c.sides:
+        p.append("<h3>Greedy summaries</h3>" if c.sampled_sides else "")
         p.append(_html_tox_table(c.sides, c.tox_rows))
+        if c.sampled_sides:
+            p.append(f"<h3>{_e(c.sampled_title)}</h3>")
+            p.append(_html_tox_table(c.sampled_sides, c.sampled_rows))
         if c.tox_note:
             p.append(f'<p class="muted">{_e(c.tox_note)}</p>')
         if c.reward_row:
@@ -1212,18 +1234,25 @@ def _render_md(c: Content) -> str:
         out.append("No metrics.jsonl in this run folder: no training curves.")
     out += ["", "## Toxicity before vs after", ""]
     if c.sides:
-        header = ["measure"]
-        for s in c.sides:
-            header += [f"{s.name} before", "after", "change"]
-        rows = []
-        for trow in c.tox_rows:
-            row = [f"**{trow.label}**" if trow.strong else trow.label]
-            for cell in trow.cells or []:
-                row += list(cell[:3])
-            for text, _ in trow.span or []:
-                row += ["", "", text]
-            rows.append(row)
-        out.append(_md_table(header, rows))
+        tables = [("Greedy summaries" if c.sampled_sides else "", c.sides, c.tox_rows)]
+        if c.sampled_sides:
+            tables.append((c.sampled_title, c.sampled_sides, c.sampled_rows))
+        for title, sides, tox_rows in tables:
+            if title:
+                out += [f"### {title}", ""]
+            header = ["measure"]
+            for s in sides:
+                header += [f"{s.name} before", "after", "change"]
+            rows = []
+            for trow in tox_rows:
+                row = [f"**{trow.label}**" if trow.strong else trow.label]
+                for cell in trow.cells or []:
+                    row += list(cell[:3])
+                for text, _ in trow.span or []:
+                    row += ["", "", text]
+                rows.append(row)
+            out.append(_md_table(header, rows))
+            out.append("")
         if c.tox_note:
             out += ["", f"_{_md(c.tox_note)}_"]
         if c.reward_row:
@@ -1300,6 +1329,10 @@ def write_report(run_dir: str | Path) -> dict[str, Path]:
                 missing.append(PLOT_TITLES[name])
 
     sides = _tox_sides(data)
+    sampled = data.compare.get("sampled") if isinstance(data.compare, dict) else None
+    sampled_sides = _tox_sides(data, sampled) if isinstance(sampled, dict) else []
+    sampled_title = (f"Sampled: {sampled.get('samples_per_prompt')} pure samples per prompt, {sampled.get('prompts')} prompts"
+                     if sampled_sides else "")
     if data.evaluated:
         reward_model = _short_model(_get(data.config, "reward.model"))
         judge_model = _short_model(_get(data.config, "evaluation.judge_model"))
@@ -1367,6 +1400,9 @@ def write_report(run_dir: str | Path) -> dict[str, Path]:
         missing_plots=missing,
         sides=sides,
         tox_rows=_tox_rows(sides, ci),
+        sampled_title=sampled_title,
+        sampled_sides=sampled_sides,
+        sampled_rows=_tox_rows(sampled_sides, ci),
         tox_note=tox_note,
         reward_row=_reward_row(data),
         quality=quality,

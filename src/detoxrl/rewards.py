@@ -770,7 +770,7 @@ def scorer_from_config(reward_cfg, *, dtype: torch.dtype | str = torch.float32, 
 # Reward shaping: the one place where a classifier's scores become the reward
 
 
-def transform_scores(scored: ScoreResult, transform: str, label: str | None = None) -> torch.Tensor:
+def transform_scores(scored: ScoreResult, transform: str, label: str | None = None, *, logit_ceiling: float | None = None) -> torch.Tensor:
     """The classifier's opinion of each text as a reward, before weights and penalties ([N] float32).
 
     - ``logit``: the raw logit of the reward label (the notebook's reward). It keeps rising as text
@@ -778,11 +778,17 @@ def transform_scores(scored: ScoreResult, transform: str, label: str | None = No
     - ``log_prob``: ``log P(label)``. At most 0, and within a hair of 0 for any clean text: once a
       summary is clean, only its toxicity can still cost reward.
     - ``prob``: ``P(label)``, bounded in [0, 1].
+    - ``clipped_logit``: ``min(logit, logit_ceiling)``: the logit's signal wherever the text is
+      toxic at all, and no reward for being cleaner than ``sigmoid(logit_ceiling)``.
 
     ``label`` defaults to the scorer's reward label, i.e. the key whose logit is ``scored.reward``.
     """
     if transform == "logit":
         return scored.reward.float().clone()
+    if transform == "clipped_logit":
+        if logit_ceiling is None:
+            raise ValueError("the clipped_logit transform needs logit_ceiling")
+        return scored.reward.float().clamp(max=float(logit_ceiling))
     probs = scored.probs.get(label) if label is not None else None
     if probs is None:  # a scorer without that label's probability: the logistic of its reward logit
         probs = torch.sigmoid(scored.reward.float())
@@ -815,7 +821,7 @@ def shape_rewards(
     summary to its dialogue (needed when ``faithfulness_weight`` > 0); ``ended`` is a bool [N]
     tensor (needed when a missing-EOS penalty is set). Returns float32 [N] on the CPU.
     """
-    out = transform_scores(scored, reward_cfg.transform, reward_label) * float(reward_cfg.weight)
+    out = transform_scores(scored, reward_cfg.transform, reward_label, logit_ceiling=reward_cfg.logit_ceiling) * float(reward_cfg.weight)
     if reward_cfg.faithfulness_weight:
         if faithfulness is None:
             raise ValueError("reward.faithfulness_weight is set: shape_rewards needs the faithfulness of each summary")
