@@ -37,6 +37,7 @@ VARIANTS: dict[str, list[str]] = {
     "logit (notebook)": ["reward.transform=logit"],
     "log_prob": ["reward.transform=log_prob"],
     "clipped_logit + faithfulness 3": ["reward.transform=clipped_logit", "reward.faithfulness_weight=3.0"],
+    "clipped_logit, lr 2e-4": ["reward.transform=clipped_logit", "ppo.learning_rate=2e-4"],
 }
 
 

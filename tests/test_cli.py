@@ -380,10 +380,17 @@ BAD_INPUT = {
     "selection empties the splits": (["--set", "data.min_dialogue_toxicity=1.0", "--set", "data.selection_scorer=packaged:profanity-check"],
                                      ["keeps 0 of", "train", "lower the threshold"]),
     "unknown reward transform": (["--set", "reward.transform=logits"], ["unknown reward.transform 'logits'", "log_prob"]),
-    "unknown judge in the list": (["--set", "evaluation.judge_model=packaged:profanity-check,packaged:nonsense"],
-                                  ["packaged:nonsense"]),
-    "unknown judge label": (["--set", "evaluation.judge_model=packaged:hatesonar#racism"], ["'racism'", "hate_speech"]),
 }
+
+
+@pytest.mark.parametrize("judges,fragments", [
+    ("packaged:profanity-check,packaged:nonsense", ["packaged:nonsense"]),
+    ("packaged:hatesonar#racism", ["'racism'", "hate_speech"]),
+])
+def test_unknown_judge_in_the_list_is_refused_before_loading(tiny_run, judges, fragments, no_model_loads):
+    rc, _, err = cli("evaluate", "--run", tiny_run["dir"], "--judge-model", judges, "--no-progress")
+    line = one_line_error(rc, err)
+    assert all(f in line for f in fragments), line
 
 
 @needs_data

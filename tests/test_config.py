@@ -59,7 +59,7 @@ def test_default_preset_is_offline():
     assert (cfg.reward.model, cfg.reward.label, cfg.reward.toxic_label) == (PACKAGED_BILSTM, "non-toxic", "toxic")
     # independent judges, none of them the reward model: the profanity SVM and HateSonar (two views)
     assert cfg.evaluation.judge_model == [PACKAGED_SVM, "packaged:hatesonar", "packaged:hatesonar#hate_speech"]
-    assert cfg.evaluation.samples_per_prompt == 8 and cfg.reward.transform in ("logit", "log_prob", "prob")
+    assert cfg.evaluation.samples_per_prompt == 8 and cfg.reward.transform == "clipped_logit"  # the ablation's winner
     assert cfg.data.source == PACKAGED_CHITCHAT
 
 

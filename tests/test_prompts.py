@@ -369,7 +369,7 @@ def test_filter_leaves_nothing(tmp_path, tok):
     with pytest.raises(DataError) as e:
         build_prompts(_cfg(path), tok)
     msg = _one_line_error(e)
-    assert "200 < length <= 1000" in msg and "data.min_chars" in msg and "data.max_chars" in msg
+    assert "200 < chars <= 1000" in msg and "data.min_chars" in msg and "data.max_chars" in msg
 
 
 def test_prompt_too_long(tmp_path, tok):

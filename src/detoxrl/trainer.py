@@ -90,9 +90,6 @@ def preflight(cfg: DetoxConfig, *, check_reward: bool = True, require_train: boo
     if check_reward:
         label, toxic = check_reward_labels(cfg.reward.model, cfg.reward.label, cfg.reward.toxic_label, cfg.policy.trust_remote_code)
         cfg.reward.label, cfg.reward.toxic_label = label, toxic
-    from detoxrl.evaluate import check_judges
-
-    check_judges(cfg)  # an unknown judge or judge label: an error now, not after training
     if require_train and cfg.data.test_fraction >= 1.0:
         raise DataError("data.test_fraction=1 holds every row out and leaves nothing to train on; use it with evaluate --all-rows only")
     rows = load_dialogue_rows(cfg.data)
