@@ -46,7 +46,7 @@ def trained(tmp_path_factory, torch_one_thread):
             "run.progress=false",
         ]
     )
-    assert (cfg.policy.model, cfg.reward.model, cfg.evaluation.judge_model) == (PACKAGED_SMOLLM2, PACKAGED_BILSTM, PACKAGED_SVM)
+    assert (cfg.policy.model, cfg.reward.model, cfg.evaluation.judge_model[0]) == (PACKAGED_SMOLLM2, PACKAGED_BILSTM, PACKAGED_SVM)
     trainer = Trainer(cfg)
     final = trainer.train()
     return trainer, final
