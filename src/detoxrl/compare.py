@@ -445,8 +445,9 @@ def _reduction_measures(head: dict | None, key, label: str) -> list[tuple[str, d
     out = []
     decoding = head.get("decoding", "greedy")
     if "expected_max" in block:
+        # The toxicity probability stays in compare.json (with its change in points) but not in the
+        # verdict: with a handful of toxic prompts before, its relative bootstrap interval degenerates.
         out.append((f"{label} expected max toxicity", block["expected_max"]["reduction"]))
-        out.append((f"{label} toxicity probability", block["prob_any_toxic"]["reduction"]))
     out.append((f"{label} mean toxicity ({decoding})", block["reduction"]))
     return out
 
