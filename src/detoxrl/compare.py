@@ -382,13 +382,8 @@ def write_comparison(pairs: Sequence[Pair], out_dir, **headline_kwargs) -> dict:
     headline) into ``out_dir`` (created if needed); return the headline."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    table = _json_safe(comparison_table(pairs))
     head = _json_safe(headline(pairs, **headline_kwargs))
-    with open(out_dir / "comparison.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=list(TABLE_COLUMNS))
-        w.writeheader()
-        w.writerows(table)
-    (out_dir / "comparison.json").write_text(json.dumps(table, indent=1, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
+    _write_table(pairs, out_dir, "comparison")
     (out_dir / "compare.json").write_text(json.dumps(head, indent=1, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
     return head
 
