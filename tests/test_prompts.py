@@ -215,6 +215,27 @@ def test_chat_template_render_and_single_bos(chat_tok, tok):
         assert x[0] == bos and x[1] != bos  # the chat template's BOS, not a second one
 
 
+def test_system_prompt_is_a_system_turn_before_the_user_turn(tmp_path, chat_tok):
+    d = _dialogue(300)
+    cfg = DataConfig(use_chat_template=True, system_prompt="You summarize conversations.")
+    text = NOTEBOOK_TEMPLATE.format(dialogue=d)
+    assert render_prompt(d, cfg, chat_tok) == f"<s><|system|>\nYou summarize conversations.</s>\n<|user|>\n{text}</s>\n<|assistant|>\n"
+    # build_prompts renders the same way as render_prompt (one template for training and evaluation)
+    src = _write(_rows(10), tmp_path / "d.jsonl")
+    data_cfg = _cfg(src, use_chat_template=True, system_prompt="You summarize conversations.")
+    ex = build_prompts(data_cfg, chat_tok).train[0]
+    assert ex.prompt == render_prompt(ex.dialogue, data_cfg, chat_tok)
+    assert ex.input_ids == chat_tok(ex.prompt, add_special_tokens=False).input_ids
+
+
+def test_system_prompt_without_the_chat_template_is_refused():
+    from detoxrl.config import load_config
+
+    with pytest.raises(ConfigError) as e:
+        load_config(overrides=["data.system_prompt=You summarize.", "data.use_chat_template=false"])
+    assert "data.use_chat_template" in _one_line_error(e)
+
+
 def test_build_prompts_chat_path(tmp_path, chat_tok):
     src = _write(_rows(10), tmp_path / "d.jsonl")
     splits = build_prompts(_cfg(src, use_chat_template=True), chat_tok)

@@ -45,6 +45,9 @@ class DataConfig:
     max_chars: int = 1000  # ... <= max_chars (the notebook's filter)
     template: str = NOTEBOOK_TEMPLATE  # must contain {dialogue}
     use_chat_template: bool = False  # wrap the prompt as a user turn (instruct causal models)
+    # With the chat template: a system turn before the user turn (None: the tokenizer's default; SmolLM2's
+    # names the assistant "SmolLM", which its summaries then repeat as if it were in the conversation).
+    system_prompt: str | None = None
     test_fraction: float = 0.2  # unshuffled split: the last test_fraction of the filtered rows
     max_prompt_tokens: int = 512  # a longer prompt is an error (raise max_chars filter or this)
     max_rows: int | None = None  # read at most this many filtered rows (quick experiments)
@@ -399,6 +402,9 @@ def validate(cfg: DetoxConfig) -> None:
             f"data.template cannot be filled ({type(exc).__name__}: {exc}); use {{dialogue}} for the conversation "
             "and write literal braces as {{ and }}"
         ) from None
+    if d.system_prompt and not d.use_chat_template:
+        raise ConfigError("data.system_prompt is only used with the chat template: set data.use_chat_template=true "
+                          "or write the instruction into data.template")
     if d.min_chars < 0 or d.max_chars <= d.min_chars:
         raise ConfigError(f"data.min_chars ({d.min_chars}) must be >= 0 and below data.max_chars ({d.max_chars})")
     # 1.0 holds the whole file out: evaluation of every row (evaluate --all-rows); train refuses it.

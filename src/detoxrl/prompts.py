@@ -426,10 +426,14 @@ def render_prompt(dialogue: str, cfg: DataConfig, tokenizer: Any = None) -> str:
     """``cfg.template`` filled with the dialogue, wrapped as a user turn when a chat template applies."""
     text = _format(cfg.template, dialogue)
     if _wants_chat(cfg, tokenizer):
-        return tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
-        )
+        return tokenizer.apply_chat_template(_chat_turns(text, cfg), tokenize=False, add_generation_prompt=True)
     return text
+
+
+def _chat_turns(text: str, cfg: DataConfig) -> list[dict[str, str]]:
+    """The prompt as chat messages: the optional system turn, then the user turn."""
+    system = [{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []
+    return system + [{"role": "user", "content": text}]
 
 
 def _render_all(dialogues: list[str], cfg: DataConfig, tokenizer: Any) -> tuple[list[str], bool]:
@@ -438,7 +442,7 @@ def _render_all(dialogues: list[str], cfg: DataConfig, tokenizer: Any) -> tuple[
     if not _wants_chat(cfg, tokenizer) or not texts:
         return texts, False
     rendered = tokenizer.apply_chat_template(
-        [[{"role": "user", "content": t}] for t in texts], tokenize=False, add_generation_prompt=True
+        [_chat_turns(t, cfg) for t in texts], tokenize=False, add_generation_prompt=True
     )
     return list(rendered), True
 
