@@ -136,6 +136,68 @@ def tiny_roberta_hate_first(tmp_path_factory, corpus) -> Path:
     )
 
 
+# --------------------------------------------------------------------------------------------
+# Model folders that are the wrong thing for their role (detoxrl.modelcheck refuses them)
+
+#: Everything a tokenizer leaves in a folder (save_pretrained): removed, the folder has no vocabulary.
+TOKENIZER_GLOBS = ("tokenizer*", "*.model", "vocab.*", "merges.txt", "special_tokens_map.json", "chat_template*")
+
+
+def copy_model(src: str | Path, dest: str | Path, *, drop: tuple[str, ...] = (), config: dict | None = None) -> Path:
+    """A copy of model folder ``src`` without the files matching the globs ``drop``, with ``config``
+    merged into its config.json (a value of None removes that key)."""
+    import json
+    import shutil
+
+    dest = Path(dest)
+    shutil.copytree(src, dest)
+    for pattern in drop:
+        for path in dest.glob(pattern):
+            path.unlink()
+    if config:
+        cfg_file = dest / "config.json"
+        data = json.loads(cfg_file.read_text())
+        for key, value in config.items():
+            if value is None:
+                data.pop(key, None)
+            else:
+                data[key] = value
+        cfg_file.write_text(json.dumps(data, indent=2))
+    return dest
+
+
+# The Python module a remote-code folder ships: importing it leaves a marker file, so a test can
+# tell whether anything ran code from the model folder.
+REMOTE_CODE_MODULE = """import pathlib
+pathlib.Path({marker!r}).write_text("code from the model folder ran")
+"""
+
+
+def make_remote_code_model(src: str | Path, dest: str | Path, marker: str | Path, auto_class: str) -> Path:
+    """A copy of ``src`` whose config.json says it needs its own code (``auto_map`` and a model
+    type transformers does not know), the code being ``custom.py``, which writes ``marker`` on import."""
+    dest = copy_model(src, dest, config={
+        "model_type": "detoxrl-test-custom",
+        "auto_map": {"AutoConfig": "custom.CustomConfig", auto_class: "custom.CustomModel"},
+    })
+    (dest / "custom.py").write_text(REMOTE_CODE_MODULE.format(marker=str(marker)))
+    return dest
+
+
+@pytest.fixture
+def no_weights_loaded(monkeypatch):
+    """Fail the test if any model weights load: ``from_pretrained`` of any model class, or a
+    safetensors file opened by transformers (configs and tokenizers may load)."""
+    import transformers
+    import transformers.modeling_utils
+
+    def boom(*args, **kwargs):
+        raise AssertionError("model weights were loaded before the problem was reported")
+
+    monkeypatch.setattr(transformers.PreTrainedModel, "from_pretrained", classmethod(boom))
+    monkeypatch.setattr(transformers.modeling_utils, "safe_open", boom)
+
+
 def make_config(
     policy_dir: str | Path,
     reward_dir: str | Path,

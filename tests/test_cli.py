@@ -24,7 +24,7 @@ from detoxrl.tiny import make_tiny_roberta
 DATA = Path(__file__).resolve().parents[2] / "shared/data/dialogsum"
 needs_data = pytest.mark.skipif(not (DATA / "train.csv").is_file(), reason=f"DialogSum not found at {DATA}")
 
-from conftest import ROBERTA_WIDE  # noqa: E402
+from conftest import ROBERTA_WIDE, TOKENIZER_GLOBS, copy_model, make_remote_code_model  # noqa: E402
 # The tiny BPE tokenizer needs ~3x the tokens of a real one: short dialogues, generous token limit.
 TINY = ["--set", "data.max_prompt_tokens=4096", "--set", "data.max_chars=500", "--set", "data.max_rows=40"]
 NOTEBOOK_BENIGN = "#Person 1# tells Tommy that he didn't like the movie."
@@ -73,8 +73,9 @@ def tiny_train_args(tiny, out_dir, steps=2):
 
 
 @pytest.fixture
-def no_model_loads(monkeypatch):
-    """Fail the test if any weights or tokenizer load: bad input must be reported before that."""
+def no_model_loads(monkeypatch, no_weights_loaded):
+    """Fail the test if any weights (from_pretrained, safetensors) or tokenizer load: bad input must
+    be reported before that."""
     import transformers
 
     import detoxrl.policy
@@ -83,7 +84,6 @@ def no_model_loads(monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("a model or tokenizer was loaded before the bad input was reported")
 
-    monkeypatch.setattr(transformers.PreTrainedModel, "from_pretrained", classmethod(boom))
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", classmethod(boom))
     monkeypatch.setattr(detoxrl.policy, "convert_packaged_smollm2", boom)
     monkeypatch.setattr(detoxrl.rewards, "_load_bilstm", boom)
@@ -405,6 +405,89 @@ def test_bad_train_input(case, tiny, tmp_path, no_model_loads):
     for fragment in fragments:
         assert fragment in line, line
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+# Model folders that are the wrong thing for their role: exit 2, one line, before any weights load.
+
+
+@needs_data
+def test_train_with_a_classifier_as_policy(tiny, tmp_path, no_model_loads):
+    rc, _, err = cli(*tiny_train_args(tiny, tmp_path / "run"), "--policy", tiny["reward"])
+    line = one_line_error(rc, err)
+    assert f"policy '{tiny['reward']}' is a RobertaForSequenceClassification" in line
+    assert "language-model head would be initialised at random" in line and "--policy" in line
+    assert not (tmp_path / "run").exists()
+
+
+@needs_data
+@pytest.mark.parametrize("label", ["LABEL_0", "nothate"])
+def test_train_with_a_t5_as_reward_model(label, tiny, tmp_path, no_model_loads):
+    # LABEL_0 is what the label check would once suggest for a model without labels.
+    rc, _, err = cli(*tiny_train_args(tiny, tmp_path / "run"), "--reward-model", tiny["t5"], "--reward-label", label)
+    line = one_line_error(rc, err)
+    assert f"reward model '{tiny['t5']}' is a T5ForConditionalGeneration" in line
+    assert "classification head would be initialised at random" in line and "--reward-model" in line
+
+
+@needs_data
+def test_train_with_a_policy_folder_without_tokenizer_files(tiny, tmp_path, no_model_loads):
+    folder = copy_model(tiny["t5"], tmp_path / "t5_no_tokenizer", drop=TOKENIZER_GLOBS)
+    rc, _, err = cli(*tiny_train_args(tiny, tmp_path / "run"), "--policy", folder)
+    line = one_line_error(rc, err)
+    assert f"policy '{folder}' has no tokenizer files" in line and "<unk>" in line and "tokenizer.save_pretrained" in line
+
+
+# Remote code: per model, and per command.
+
+
+@pytest.fixture
+def remote_code_reward(tiny, tmp_path):
+    """A classifier folder whose config.json needs its own code; the code leaves ``marker`` when it runs."""
+    marker = tmp_path / "model-code-ran"
+    folder = make_remote_code_model(tiny["reward"], tmp_path / "custom_reward", marker, "AutoModelForSequenceClassification")
+    return folder, marker
+
+
+@pytest.mark.parametrize("setting", ["policy.trust_remote_code", "reward.trust_remote_code", "evaluation.judge_trust_remote_code"])
+def test_evaluate_run_whose_config_yaml_trusts_remote_code_runs_no_model_code(setting, tiny, tmp_path, remote_code_reward,
+                                                                              no_model_loads):
+    """A run folder's config.yaml is not a command line: without --trust-remote-code nothing from a
+    model folder runs, whichever model's setting the file turns on."""
+    import yaml
+
+    from detoxrl.config import load_config
+
+    reward, marker = remote_code_reward
+    run_dir = tmp_path / "run"
+    (run_dir / "final").mkdir(parents=True)
+    (run_dir / "final" / "adapter_model.safetensors").write_bytes(b"")  # never read: the config is refused first
+    cfg = load_config("seed", overrides=[f"policy.model={tiny['t5']}", f"reward.model={reward}", "reward.label=nothate",
+                                         f"evaluation.judge_model={reward}#hate", f"data.source={DATA}"])
+    mapping = cfg.to_dict()
+    section, key = setting.split(".")
+    mapping[section][key] = True
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(mapping, sort_keys=False))
+    rc, _, err = cli("evaluate", "--run", run_dir, "--no-progress")
+    line = one_line_error(rc, err)
+    assert f"{setting} is true in the configuration" in line and "--trust-remote-code" in line
+    assert not marker.exists()
+
+
+def test_score_with_a_reward_model_that_needs_its_own_code(remote_code_reward, no_model_loads):
+    reward, marker = remote_code_reward
+    rc, _, err = cli("score", "--reward-model", reward, "--reward-label", "nothate", "hello")
+    line = one_line_error(rc, err)
+    assert "runs Python code of its own" in line and "reward.trust_remote_code is false" in line
+    assert "--trust-remote-code reward" in line
+    # Consent for another model is not consent for this one.
+    rc, _, err = cli("score", "--reward-model", reward, "--reward-label", "nothate", "--trust-remote-code", "policy,judge", "hello")
+    assert "reward.trust_remote_code is false" in one_line_error(rc, err)
+    assert not marker.exists()
+
+
+def test_unknown_trust_remote_code_value(no_model_loads):
+    rc, _, err = cli("score", "--reward-model", "packaged:profanity-check", "--trust-remote-code", "all", "hello")
+    assert "--trust-remote-code takes policy, reward, judge" in one_line_error(rc, err)
 
 
 def test_data_without_a_dialogue_column(tiny, tmp_path, no_model_loads):

@@ -364,3 +364,32 @@ def test_config_is_plain_data():
     d = cfg.to_dict()
     assert set(d) == {f.name for f in dataclasses.fields(DetoxConfig)}
     assert yaml.safe_load(yaml.safe_dump(d)) == d
+
+
+# --------------------------------------------------------------------------------------------
+# Remote code: per model, and only when the caller (the command line) allows it
+
+
+@pytest.mark.parametrize("setting", ["policy.trust_remote_code", "reward.trust_remote_code", "evaluation.judge_trust_remote_code"])
+def test_trust_remote_code_from_a_file_alone_is_refused(setting, tmp_path):
+    section, key = setting.split(".")
+    path = tmp_path / "config.yaml"
+    path.write_text(f"{section}:\n  {key}: true\n")
+    who = {"policy": "policy", "reward": "reward", "evaluation": "judge"}[section]
+    for kwargs in ({"path": path}, {"overrides": [f"{setting}=true"]}):
+        with pytest.raises(ConfigError) as e:
+            load_config("seed", **kwargs)
+        msg = str(e.value)
+        assert msg.startswith(f"{setting} is true in the configuration") and "\n" not in msg
+        assert f"--trust-remote-code {who}" in msg and f"{setting}=false" in msg
+    cfg = load_config("seed", path=path, trust_remote_code=[who])  # allowed for this model: honoured
+    assert getattr(getattr(cfg, section), key) is True
+
+
+def test_trust_remote_code_is_allowed_per_model():
+    cfg = load_config("seed", trust_remote_code=["judge"])
+    assert cfg.evaluation.judge_trust_remote_code is True
+    assert cfg.policy.trust_remote_code is False and cfg.reward.trust_remote_code is False
+    assert load_config("seed", trust_remote_code=["policy", "reward"]).reward.trust_remote_code is True
+    with pytest.raises(ConfigError, match="--trust-remote-code takes policy, reward, judge .*got 'everything'"):
+        load_config("seed", trust_remote_code=["everything"])

@@ -10,7 +10,7 @@ import torch
 
 from detoxrl.compare import load_eval_records, pair_records
 from detoxrl.config import DataConfig, PolicyConfig, load_config
-from detoxrl.errors import ConfigError
+from detoxrl.errors import ConfigError, ModelLoadError
 from detoxrl.evaluate import (
     EvalSettings,
     adapter_fingerprint,
@@ -242,6 +242,18 @@ def test_unknown_judge_label_lists_the_labels(models):
 def test_hf_judge_without_toxic_label_asks_for_it(models):
     with pytest.raises(ConfigError, match="--judge-toxic-label"):
         check_judge(str(models["judge"]), None)
+
+
+def test_t5_as_judge_is_refused_from_its_config(models, no_weights_loaded):
+    from detoxrl.evaluate import check_judges
+
+    cfg = load_config("seed", overrides=[f"evaluation.judge_model={models['t5']}#LABEL_1"])
+    for call in (lambda: check_judges(cfg), lambda: build_judge(cfg)):
+        with pytest.raises(ModelLoadError) as info:
+            call()
+        msg = str(info.value)
+        assert f"judge '{models['t5']}' is a T5ForConditionalGeneration" in msg and "not a sequence-classification model" in msg
+        assert "--judge-model" in msg and "\n" not in msg
 
 
 def test_rouge_against_dialogsum_references(policy, examples, scorer, tmp_path):

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from detoxrl.errors import ModelLoadError
-from detoxrl.policy import POLICY_ADAPTER, REFERENCE_ADAPTER, load_policy
+from detoxrl.policy import POLICY_ADAPTER, REFERENCE_ADAPTER, load_policy, load_tokenizer
 from detoxrl.prompts import build_prompts
 from detoxrl.rollout import forward_pass, generate
-from conftest import assert_close_for_dtype
+from conftest import TOKENIZER_GLOBS, assert_close_for_dtype, copy_model, make_remote_code_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -227,3 +227,78 @@ def test_corrupt_base_weights_are_one_line_model_load_error(tiny_t5, tiny_config
     with pytest.raises(ModelLoadError) as e:
         load_policy(_policy_cfg(tiny_config, broken))
     assert "\n" not in str(e.value) and str(broken) in str(e.value)
+
+
+# --------------------------------------------------------------------------------------------
+# A folder that is not a policy must not train (detoxrl.modelcheck)
+
+
+def test_classifier_as_policy_is_refused_before_weights_load(tiny_roberta, tiny_config, no_weights_loaded):
+    with pytest.raises(ModelLoadError) as e:
+        load_policy(_policy_cfg(tiny_config, tiny_roberta))
+    message = str(e.value)
+    assert "\n" not in message and str(tiny_roberta) in message
+    assert "is a RobertaForSequenceClassification" in message and "not a causal or seq2seq model" in message
+    assert "language-model head would be initialised at random" in message and "--policy" in message
+
+
+def test_causal_architecture_setting_refuses_a_seq2seq_policy(tiny_t5, tiny_config, no_weights_loaded):
+    with pytest.raises(ModelLoadError, match="is a T5ForConditionalGeneration .* not a causal model"):
+        load_policy(_policy_cfg(tiny_config, tiny_t5, architecture="causal"))
+
+
+def test_random_language_model_head_is_refused_after_loading(tiny_roberta, tiny_config, tmp_path):
+    # Without "architectures" in its config.json the classifier passes the preflight; the load
+    # report of from_pretrained then shows the LM head it had to initialise at random.
+    folder = copy_model(tiny_roberta, tmp_path / "classifier", config={"architectures": None})
+    with pytest.raises(ModelLoadError) as e:
+        load_policy(_policy_cfg(tiny_config, folder))
+    message = str(e.value)
+    assert "\n" not in message
+    assert "loaded as RobertaForCausalLM has 6 weights initialised at random (lm_head." in message
+    assert "--policy" in message
+
+
+def test_policy_folder_without_tokenizer_files_is_refused_before_weights_load(tiny_t5, tiny_config, tmp_path, monkeypatch,
+                                                                             no_weights_loaded):
+    import transformers
+
+    folder = copy_model(tiny_t5, tmp_path / "no_tokenizer", drop=TOKENIZER_GLOBS)
+    assert (folder / "model.safetensors").is_file() and not list(folder.glob("tokenizer*"))
+
+    def no_tokenizer(*a, **k):
+        raise AssertionError("the tokenizer was loaded: the missing files should be found from the folder alone")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", classmethod(no_tokenizer))
+    for load in (load_policy, load_tokenizer):
+        with pytest.raises(ModelLoadError) as e:
+            load(_policy_cfg(tiny_config, folder))
+        message = str(e.value)
+        assert "\n" not in message and "has no tokenizer files" in message and "<unk>" in message
+        assert "tokenizer.save_pretrained" in message
+
+
+def test_tokenizer_that_turns_words_into_unk_is_refused_before_weights_load(tiny_t5, tiny_config, tmp_path, no_weights_loaded):
+    # A tokenizer file whose vocabulary holds only special tokens: every word becomes <unk>.
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    folder = copy_model(tiny_t5, tmp_path / "unk_tokenizer", drop=TOKENIZER_GLOBS)
+    backend = Tokenizer(models.WordLevel({"<pad>": 0, "</s>": 1, "<unk>": 2}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="</s>", unk_token="<unk>").save_pretrained(folder)
+    with pytest.raises(ModelLoadError) as e:
+        load_policy(_policy_cfg(tiny_config, folder))
+    message = str(e.value)
+    assert "\n" not in message and "turns plain English words into <unk>" in message and "--policy" in message
+
+
+def test_policy_with_code_of_its_own_needs_policy_trust_remote_code(tiny_llama, tiny_config, tmp_path, no_weights_loaded):
+    marker = tmp_path / "ran"
+    folder = make_remote_code_model(tiny_llama, tmp_path / "custom", marker, "AutoModelForCausalLM")
+    with pytest.raises(ModelLoadError) as e:
+        load_policy(_policy_cfg(tiny_config, folder))
+    message = str(e.value)
+    assert "\n" not in message and "runs Python code of its own" in message
+    assert "policy.trust_remote_code is false" in message and "--trust-remote-code policy" in message
+    assert not marker.exists()

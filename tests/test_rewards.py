@@ -27,6 +27,7 @@ from detoxrl.rewards import (
     texts_for_scoring,
 )
 from detoxrl.tiny import make_tiny_roberta
+from conftest import TOKENIZER_GLOBS, copy_model, make_remote_code_model
 
 TEXTS = [
     "#Person1# tells Tommy that he didn't like the movie.",
@@ -156,9 +157,12 @@ def test_unknown_label_is_a_config_error_from_the_config_alone(tiny_nothate_hate
 
 
 def test_label_resolution_rules(tmp_path):
+    # Hand-made folders: a config.json and a stand-in vocabulary file (a model folder without
+    # tokenizer files is refused by the same check, see test_reward_folder_without_tokenizer_files).
     three = tmp_path / "three"
     three.mkdir()
     (three / "config.json").write_text(json.dumps({"id2label": {"2": "c", "0": "a", "1": "b"}}))
+    (three / "tokenizer.json").write_text("{}")
     with pytest.raises(ConfigError, match=r"has 3 labels \(a, b, c\); say which one is toxicity"):
         check_reward_labels(str(three), "a", None)
     assert check_reward_labels(str(three), "a", "c") == ("a", "c")
@@ -167,6 +171,7 @@ def test_label_resolution_rules(tmp_path):
     nolabels = tmp_path / "nolabels"
     nolabels.mkdir()
     (nolabels / "config.json").write_text(json.dumps({"model_type": "roberta"}))
+    (nolabels / "tokenizer.json").write_text("{}")
     assert check_reward_labels(str(nolabels), "LABEL_0", None) == ("LABEL_0", "LABEL_1")
     assert check_reward_labels("packaged:toxic-comment-classifier", "non-toxic", None) == ("non-toxic", "toxic")
     assert check_reward_labels("packaged:toxic-comment-classifier", "non-toxic", "insult") == ("non-toxic", "insult")
@@ -186,6 +191,58 @@ def test_path_that_is_not_a_model_folder(tmp_path):
     for bad in (tmp_path, tmp_path / "notes.txt"):
         with pytest.raises(ModelLoadError, match="exists but is not a model folder \\(no config.json\\)"):
             check_reward_labels(str(bad), "nothate", None)
+
+
+# --------------------------------------------------------------------------------------------
+# A folder that is not a classifier must not score (detoxrl.modelcheck)
+
+
+@pytest.mark.parametrize("label", ["LABEL_0", "nothate"])
+def test_t5_as_reward_model_is_refused_from_its_config(tiny_t5, label, no_weights_loaded):
+    # Its config.json has no labels but transformers' placeholders LABEL_0, LABEL_1: the architecture
+    # is checked first, so neither that label nor the hint to use it gets a random head.
+    for call in (lambda: check_reward_labels(str(tiny_t5), label, None), lambda: build_scorer(str(tiny_t5), label)):
+        with pytest.raises(ModelLoadError) as e:
+            call()
+        message = str(e.value)
+        assert "\n" not in message and f"reward model '{tiny_t5}' is a T5ForConditionalGeneration" in message
+        assert "not a sequence-classification model" in message and "classification head would be initialised at random" in message
+        assert "--reward-model" in message and "LABEL_0" not in message
+
+
+def test_random_classification_head_is_refused_after_loading(tiny_t5, tmp_path):
+    # Without "architectures" in config.json the T5 passes the config checks with label LABEL_0; the
+    # load report of from_pretrained then shows the classification head it initialised at random.
+    folder = copy_model(tiny_t5, tmp_path / "t5", config={"architectures": None})
+    assert check_reward_labels(str(folder), "LABEL_0", None) == ("LABEL_0", "LABEL_1")
+    with pytest.raises(ModelLoadError) as e:
+        HFClassifierScorer(str(folder), "LABEL_0")
+    message = str(e.value)
+    assert "\n" not in message
+    assert "loaded as T5ForSequenceClassification has 4 weights initialised at random (classification_head." in message
+    assert "--reward-model" in message
+
+
+def test_reward_folder_without_tokenizer_files(tiny_nothate_hate, tmp_path, no_weights_loaded):
+    folder = copy_model(tiny_nothate_hate, tmp_path / "no_tokenizer", drop=TOKENIZER_GLOBS)
+    with pytest.raises(ModelLoadError) as e:
+        check_reward_labels(str(folder), "nothate", None)
+    message = str(e.value)
+    assert "\n" not in message and "reward model" in message and "has no tokenizer files" in message
+
+
+def test_reward_model_with_code_of_its_own_needs_reward_trust_remote_code(tiny_nothate_hate, tmp_path, no_weights_loaded):
+    from detoxrl.rewards import check_judge
+
+    marker = tmp_path / "ran"
+    folder = str(make_remote_code_model(tiny_nothate_hate, tmp_path / "custom", marker, "AutoModelForSequenceClassification"))
+    with pytest.raises(ModelLoadError) as e:
+        build_scorer(folder, "nothate")
+    assert "reward.trust_remote_code is false" in str(e.value) and "--trust-remote-code reward" in str(e.value)
+    with pytest.raises(ModelLoadError) as e:  # the same folder as a judge: the judges' own setting
+        check_judge(folder + "#hate")
+    assert "evaluation.judge_trust_remote_code is false" in str(e.value) and "--trust-remote-code judge" in str(e.value)
+    assert not marker.exists()
 
 
 # --------------------------------------------------------------------------------------------

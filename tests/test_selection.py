@@ -116,6 +116,15 @@ def test_scorer_specs_by_mode(tmp_path):
         scorer_specs(no_judge)
 
 
+def test_a_language_model_as_selection_scorer_is_refused_from_its_config(tmp_path, tiny_t5, no_weights_loaded):
+    from detoxrl.errors import ModelLoadError
+
+    with pytest.raises(ModelLoadError) as info:
+        scorer_specs(data_cfg(tmp_path, **{"data.selection_scorer": f"{tiny_t5}#LABEL_1"}))
+    msg = str(info.value)
+    assert f"selection scorer '{tiny_t5}' is a T5ForConditionalGeneration" in msg and "data.selection_scorer" in msg
+
+
 def test_a_python_function_can_select(tmp_path, cache_in_tmp, monkeypatch):
     (tmp_path / "seltox.py").write_text("def reward(texts):\n    return [-3.0 if 'fight' in t else 3.0 for t in texts]\n")
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -42,6 +42,10 @@ def _add_config_options(p: argparse.ArgumentParser, *, training: bool = False) -
     g.add_argument("--reward-label", metavar="L", help="label whose logit is the reward (e.g. nothate); chosen by name")
     g.add_argument("--toxic-label", metavar="L", help="label whose probability is the toxicity (default: the other of two labels)")
     g.add_argument("--seed", type=int, help="random seed (run.seed)")
+    g.add_argument("--trust-remote-code", metavar="MODELS",
+                   help="let these models run Python code of their own (auto_map), for this command only: policy, reward, "
+                        "judge, comma-separated (sets policy.trust_remote_code, reward.trust_remote_code, "
+                        "evaluation.judge_trust_remote_code); a config file alone never does")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config value, e.g. --set ppo.learning_rate=1e-5 (repeatable)")
     if training:
         t = p.add_argument_group("training")
@@ -99,13 +103,20 @@ def _config_from_args(args: argparse.Namespace, base_file: str | None = None, *,
         if not given("toxic_label", "reward.toxic_label"):
             put("reward.toxic_label", packaged[2] if packaged else "none")
     overrides.extend(args.set)
-    return load_config(preset=args.preset, path=getattr(args, "config", None) or base_file, overrides=overrides)
+    # Remote code is consented to on each command line, per model; a file (a run's config.yaml) or
+    # --set alone that turns it on is refused by load_config.
+    trusted = [who.strip() for who in (getattr(args, "trust_remote_code", None) or "").split(",") if who.strip()]
+    return load_config(preset=args.preset, path=getattr(args, "config", None) or base_file, overrides=overrides,
+                       trust_remote_code=trusted)
 
 
 def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import transformers
 
+    # This hides transformers' warnings, among them the load report of weights initialised at random
+    # and the notes on tokenizers built without a vocabulary: detoxrl.modelcheck turns each of those
+    # into an error of its own (check_load_report, check_tokenizer_files, check_tokenizer).
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     import warnings
@@ -164,10 +175,10 @@ def cmd_score(args: argparse.Namespace) -> int:
     from detoxrl.rewards import check_reward_labels, scorer_from_config
 
     cfg = _config_from_args(args)
-    cfg.reward.label, cfg.reward.toxic_label = check_reward_labels(cfg.reward.model, cfg.reward.label, cfg.reward.toxic_label, cfg.policy.trust_remote_code)
+    cfg.reward.label, cfg.reward.toxic_label = check_reward_labels(cfg.reward.model, cfg.reward.label, cfg.reward.toxic_label, cfg.reward.trust_remote_code)
     if not args.texts:
         raise DetoxError("score needs at least one TEXT argument, e.g. detoxrl score \"I will kill you.\"")
-    scorer = scorer_from_config(cfg.reward, trust_remote_code=cfg.policy.trust_remote_code)
+    scorer = scorer_from_config(cfg.reward)
     res = scorer.score(list(args.texts))
     rows = []
     for i, text in enumerate(args.texts):
@@ -278,8 +289,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     prompts = build_prompts(cfg.data, policy.tokenizer, dialogue_toxicity_for(cfg), rows=rows,
                             require_train=cfg.evaluation.split == "train")
     examples = prompts.test if cfg.evaluation.split == "test" else prompts.train
-    cfg.reward.label, cfg.reward.toxic_label = check_reward_labels(cfg.reward.model, cfg.reward.label, cfg.reward.toxic_label)
-    scorer = scorer_from_config(cfg.reward, trust_remote_code=cfg.policy.trust_remote_code)
+    cfg.reward.label, cfg.reward.toxic_label = check_reward_labels(cfg.reward.model, cfg.reward.label, cfg.reward.toxic_label,
+                                                                   cfg.reward.trust_remote_code)
+    scorer = scorer_from_config(cfg.reward)
     judges = build_judges(cfg)
     if args.fresh:
         for path in out_dir.glob("*.json*"):

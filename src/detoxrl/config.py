@@ -14,7 +14,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 import yaml
 
@@ -31,6 +31,14 @@ PACKAGED_CHITCHAT = "packaged:chitchat"
 
 #: reward.transform values (see detoxrl.rewards.shape_rewards).
 REWARD_TRANSFORMS = ("logit", "clipped_logit", "log_prob", "prob")
+
+#: Whose Python code may run: each model's trust_remote_code setting, by the --trust-remote-code value
+#: that allows it. A setting is honoured only when the caller allows it (load_config's trust_remote_code).
+REMOTE_CODE_SETTINGS = {
+    "policy": "policy.trust_remote_code",
+    "reward": "reward.trust_remote_code",
+    "judge": "evaluation.judge_trust_remote_code",
+}
 
 
 @dataclass
@@ -72,7 +80,7 @@ class PolicyConfig:
     lora_dropout: float = 0.05
     lora_target_modules: list[str] | None = None  # None: per-architecture default (q,v for T5)
     dtype: str = "auto"  # auto | float32 | bfloat16; auto = bf16 on a GPU or a CPU with native bf16, else fp32
-    trust_remote_code: bool = False
+    trust_remote_code: bool = False  # run the policy's own Python code (auto_map); needs --trust-remote-code policy
 
 
 @dataclass
@@ -97,6 +105,7 @@ class RewardConfig:
     logit_ceiling: float = 4.59512  # log(0.99 / 0.01)
     # + faithfulness_weight x cosine(MiniLM(summary), MiniLM(dialogue)): dropping the content costs reward.
     faithfulness_weight: float = 0.0
+    trust_remote_code: bool = False  # run the reward model's own Python code (auto_map); needs --trust-remote-code reward
 
 
 @dataclass
@@ -168,6 +177,9 @@ class EvalConfig:
     # A second, sampled evaluation with k samples per prompt (pure sampling, as in training): expected
     # maximum toxicity and P(any of k >= 0.5). 0: greedy evaluation only.
     samples_per_prompt: int = 0
+    # Run the judges' own Python code (auto_map), and that of a classifier named in data.selection_scorer;
+    # needs --trust-remote-code judge.
+    judge_trust_remote_code: bool = False
 
 
 @dataclass
@@ -355,10 +367,15 @@ def load_config(
     preset: str | None = None,
     path: str | Path | None = None,
     overrides: dict[str, Any] | list[str] | None = None,
+    *,
+    trust_remote_code: Collection[str] = (),
 ) -> DetoxConfig:
     """Build a validated config: preset, then YAML file, then overrides (later wins).
 
     ``overrides`` is either a nested dict or a list of ``section.key=value`` strings.
+    ``trust_remote_code`` names the models (``policy``, ``reward``, ``judge``) whose own Python code
+    this caller allows to run (the command line's ``--trust-remote-code``): their settings are turned
+    on, and a setting turned on by the file or the overrides alone is an error.
     """
     file_mapping: dict[str, Any] = {}
     if path is not None:
@@ -386,8 +403,32 @@ def load_config(
                 section, key, value = parse_override(text)
                 nested.setdefault(section, {})[key] = value
             apply_mapping(cfg, nested)
+    apply_remote_code_consent(cfg, trust_remote_code)
     validate(cfg)
     return cfg
+
+
+def apply_remote_code_consent(cfg: DetoxConfig, allowed: Collection[str]) -> None:
+    """Turn on the trust_remote_code of the ``allowed`` models; refuse one that a file turned on.
+
+    A run folder's config.yaml (``evaluate --run``, ``train --resume``) or any other file must not
+    be enough to execute code from a model folder: each command that does so says so itself.
+    """
+    unknown = [who for who in allowed if who not in REMOTE_CODE_SETTINGS]
+    if unknown:
+        raise ConfigError(
+            f"--trust-remote-code takes {', '.join(REMOTE_CODE_SETTINGS)} (comma-separated), got '{unknown[0]}'"
+        )
+    for who, setting in REMOTE_CODE_SETTINGS.items():
+        section, key = setting.split(".")
+        obj = getattr(cfg, section)
+        if who in allowed:
+            setattr(obj, key, True)
+        elif getattr(obj, key):
+            raise ConfigError(
+                f"{setting} is true in the configuration, but a model's own Python code runs only when the command "
+                f"line allows it; add --trust-remote-code {who} to this command, or set {setting}=false"
+            )
 
 
 def validate(cfg: DetoxConfig) -> None:

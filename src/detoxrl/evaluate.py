@@ -371,7 +371,7 @@ def judge_specs(cfg: DetoxConfig) -> list[str]:
 def check_judges(cfg: DetoxConfig) -> list[tuple[str, str]]:
     """Resolve every judge's labels from its config alone: an unknown judge or label is an error
     before any model loads."""
-    return [check_judge(spec, cfg.evaluation.judge_toxic_label, cfg.policy.trust_remote_code) for spec in judge_specs(cfg)]
+    return [check_judge(spec, cfg.evaluation.judge_toxic_label, cfg.evaluation.judge_trust_remote_code) for spec in judge_specs(cfg)]
 
 
 def build_judges(cfg: DetoxConfig, device: str | torch.device = "cpu") -> Judges:
@@ -381,7 +381,8 @@ def build_judges(cfg: DetoxConfig, device: str | torch.device = "cpu") -> Judges
     built as given."""
     return {
         spec: build_judge_scorer(spec, cfg.evaluation.judge_toxic_label, batch_size=cfg.reward.batch_size,
-                                 max_length=cfg.reward.max_length, device=device, trust_remote_code=cfg.policy.trust_remote_code)
+                                 max_length=cfg.reward.max_length, device=device,
+                                 trust_remote_code=cfg.evaluation.judge_trust_remote_code)
         for spec in judge_specs(cfg)
     }
 

@@ -57,10 +57,6 @@ def cache_root() -> Path:
     return Path(os.environ.get("DETOXRL_CACHE", Path.home() / ".cache" / "detoxrl"))
 
 
-def _is_local(source: str) -> bool:
-    return source.startswith((".", "/", "~")) or os.path.exists(os.path.expanduser(source))
-
-
 def resolve_policy_source(source: str) -> str:
     """Turn a packaged sentinel into a local folder (converting once); pass other sources through."""
     if source == PACKAGED_SMOLLM2:
@@ -70,8 +66,18 @@ def resolve_policy_source(source: str) -> str:
     return source
 
 
-def check_policy_source(source: str) -> None:
-    """Cheap check before anything loads: a local path must be a model folder."""
+def check_policy_source(cfg: PolicyConfig) -> None:
+    """Every check of the policy that loads no weights and no tokenizer (the preflight's, and
+    again at the start of :func:`load_policy`).
+
+    A packaged policy must be installed. Any other must be a model folder or hub id whose
+    config.json names a language model of the kind ``policy.architecture`` asks for (a classifier
+    would get a random LM head), that runs no code of its own unless ``policy.trust_remote_code``
+    is on, and a local folder must hold tokenizer files (without them every word is ``<unk>``).
+    """
+    from detoxrl.modelcheck import POLICY, check_model_folder, policy_kinds
+
+    source = cfg.model
     if source == PACKAGED_SMOLLM2:
         from detoxrl.packaged import SMOLLM2, locate_packaged_file
 
@@ -79,12 +85,7 @@ def check_policy_source(source: str) -> None:
         return
     if source.startswith("packaged:"):
         resolve_policy_source(source)
-    if _is_local(source):
-        path = Path(source).expanduser()
-        if not path.is_dir() or not (path / "config.json").is_file():
-            raise ModelLoadError(
-                f"policy '{source}' is not a model folder (no config.json); pass a Hugging Face model folder or hub id to --policy"
-            )
+    check_model_folder(source, POLICY, trusted=cfg.trust_remote_code, kinds=policy_kinds(cfg.architecture))
 
 
 def check_adapter_source(adapter: str | None) -> None:
@@ -240,34 +241,31 @@ def detect_seq2seq(model_config, architecture: str) -> bool:
 def load_policy(cfg: PolicyConfig, device: str | torch.device = "cpu") -> Policy:
     """Load base model, attach the trainable and reference adapters and a fresh value head."""
     from peft import LoraConfig, PeftModel, TaskType, get_peft_model
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-    check_policy_source(cfg.model)
+    from detoxrl.modelcheck import POLICY, check_load_report
+
+    check_policy_source(cfg)
     check_adapter_source(cfg.adapter)
     source = resolve_policy_source(cfg.model)
-    try:
-        model_config = AutoConfig.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
-    except OSError as e:
-        raise ModelLoadError(
-            f"could not load policy '{cfg.model}' ({str(e).splitlines()[0]}); pass a local model folder or a reachable hub id to --policy"
-        ) from e
+    model_config = _policy_config(cfg, source)
     is_seq2seq = detect_seq2seq(model_config, cfg.architecture)
     auto_cls = AutoModelForSeq2SeqLM if is_seq2seq else AutoModelForCausalLM
     dtype = resolve_dtype(cfg.dtype)
+    # The tokenizer first: it is cheap, and a tokenizer that knows no words fails before the weights load.
+    tokenizer = _load_policy_tokenizer(cfg, source, is_seq2seq)
     try:
-        base = auto_cls.from_pretrained(source, dtype=dtype, trust_remote_code=cfg.trust_remote_code)
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
-    except Exception as e:  # truncated weights, a missing tokenizer... (safetensors raises its own types)
+        base, loading_info = auto_cls.from_pretrained(
+            source, dtype=dtype, trust_remote_code=cfg.trust_remote_code, output_loading_info=True
+        )
+    except Exception as e:  # truncated weights, a wrong class... (safetensors raises its own types)
         raise ModelLoadError(
             f"could not load policy '{cfg.model}' ({type(e).__name__}: {_first_line(e)}); "
             "its folder needs config.json, weights and a tokenizer as save_pretrained writes them"
         ) from e
-    if tokenizer.pad_token_id is None:
-        # Causal models often ship without a pad token; pad with EOS. Response masks are built from
-        # the first EOS position, so pad == EOS is harmless.
-        tokenizer.pad_token = tokenizer.eos_token
-    if not is_seq2seq:
-        tokenizer.padding_side = "left"  # prompts end where generation starts
+    # A head that the checkpoint lacks is initialised at random (e.g. a classifier loaded as a
+    # causal LM): the policy would write noise. transformers only warns; here it is an error.
+    check_load_report(loading_info, cfg.model, POLICY, type(base).__name__)
     base.to(device)
 
     if cfg.adapter:
@@ -351,24 +349,46 @@ def adapter_info(folder: str | Path) -> dict:
     return json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
 
 
-def load_tokenizer(cfg: PolicyConfig):
-    """The policy's tokenizer alone (for ``prepare``), with the same padding rules as :func:`load_policy`."""
-    from transformers import AutoConfig, AutoTokenizer
+def _policy_config(cfg: PolicyConfig, source: str):
+    """The policy's transformers config (its class decides seq2seq or causal)."""
+    from transformers import AutoConfig
 
-    check_policy_source(cfg.model)
-    source = resolve_policy_source(cfg.model)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
-        is_seq2seq = detect_seq2seq(AutoConfig.from_pretrained(source, trust_remote_code=cfg.trust_remote_code), cfg.architecture)
+        return AutoConfig.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
     except OSError as e:
         raise ModelLoadError(
-            f"could not load the tokenizer of '{cfg.model}' ({str(e).splitlines()[0]}); pass a local model folder or a reachable hub id to --policy"
+            f"could not load policy '{cfg.model}' ({_first_line(e)}); pass a local model folder or a reachable hub id to --policy"
         ) from e
+
+
+def _load_policy_tokenizer(cfg: PolicyConfig, source: str, is_seq2seq: bool):
+    """The policy's tokenizer, checked (it must know plain words) and set up for batched generation."""
+    from transformers import AutoTokenizer
+
+    from detoxrl.modelcheck import POLICY, check_tokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
+    except Exception as e:  # OSError for a missing file, ValueError for a tokenizer with no backend...
+        raise ModelLoadError(
+            f"could not load the tokenizer of policy '{cfg.model}' ({type(e).__name__}: {_first_line(e)}); "
+            "its folder needs the tokenizer files that save_pretrained writes, or pass a reachable hub id to --policy"
+        ) from None
+    check_tokenizer(tokenizer, cfg.model, POLICY)
     if tokenizer.pad_token_id is None:
+        # Causal models often ship without a pad token; pad with EOS. Response masks are built from
+        # the first EOS position, so pad == EOS is harmless.
         tokenizer.pad_token = tokenizer.eos_token
     if not is_seq2seq:
-        tokenizer.padding_side = "left"
+        tokenizer.padding_side = "left"  # prompts end where generation starts
     return tokenizer
+
+
+def load_tokenizer(cfg: PolicyConfig):
+    """The policy's tokenizer alone (for ``prepare``), checked and set up as :func:`load_policy` does."""
+    check_policy_source(cfg)
+    source = resolve_policy_source(cfg.model)
+    return _load_policy_tokenizer(cfg, source, detect_seq2seq(_policy_config(cfg, source), cfg.architecture))
 
 
 def match_adapter_config(cfg: PolicyConfig, adapter_dir: str | Path) -> None:

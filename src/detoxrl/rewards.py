@@ -24,7 +24,6 @@ from __future__ import annotations
 import collections
 import difflib
 import importlib
-import json
 import math
 import pickle
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from tqdm.auto import tqdm
 
 from detoxrl.config import PACKAGED_BILSTM, PACKAGED_HATESONAR, PACKAGED_SVM
 from detoxrl.errors import ConfigError, DetoxError, ModelLoadError
+from detoxrl.modelcheck import JUDGE, REWARD, Role, check_load_report, check_model_folder, check_tokenizer
 from detoxrl.packaged import BILSTM_TOKENIZER, BILSTM_WEIGHTS, PROFANITY_CHECK, locate, pip_command, require_module
 
 # Probabilities are clamped to [EPS, 1-EPS] before a log-odds is taken: rewards stay within +-13.8.
@@ -140,44 +140,30 @@ def _suggest(name: str, choices: list[str], default: str | None = None) -> str:
     return default if default in choices else choices[0]
 
 
-def _read_hf_labels(model: str, trust_remote_code: bool = False) -> list[str]:
-    """Label names in id order, from a local folder's config.json or the hub config (no weights)."""
-    path = Path(model).expanduser()
-    if path.exists():
-        cfg_file = path / "config.json"
-        if not path.is_dir() or not cfg_file.is_file():
-            raise ModelLoadError(
-                f"'{model}' exists but is not a model folder (no config.json); pass a folder written by "
-                f"save_pretrained (config.json, weights, tokenizer), a hub id, or {PACKAGED_BILSTM}"
-            )
-        try:
-            cfg = json.loads(cfg_file.read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ModelLoadError(f"cannot read {cfg_file} ({e}); re-save the model with save_pretrained") from e
-        id2label = cfg.get("id2label")
-        if not id2label:
-            n = int(cfg.get("num_labels") or 2)
-            return [f"LABEL_{i}" for i in range(n)]
-        try:
-            pairs = sorted((int(k), str(v)) for k, v in id2label.items())
-        except (TypeError, ValueError) as e:
-            raise ModelLoadError(f"{cfg_file}: id2label keys must be integers; re-save the model") from e
-        return [v for _, v in pairs]
+def _read_hf_labels(model: str, trust_remote_code: bool = False, role: Role = REWARD) -> list[str]:
+    """Label names in id order, from the config.json of a local folder or hub id (no weights, no code).
+
+    The model is first checked for its role (:func:`detoxrl.modelcheck.check_model_folder`): a
+    sequence classifier, no code of its own unless trusted, tokenizer files in a folder. A T5 or
+    another language model has no labels but transformers' placeholders LABEL_0, LABEL_1: it is
+    refused here, before those placeholders could be offered as a fix.
+    """
+    cfg = check_model_folder(model, role, trusted=trust_remote_code)
+    id2label = cfg.get("id2label")
+    if not id2label:
+        n = int(cfg.get("num_labels") or 2)
+        return [f"LABEL_{i}" for i in range(n)]
     try:
-        from transformers import AutoConfig
-
-        cfg = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
-    except Exception as e:  # OSError offline / unknown id, ValueError for remote code...
-        first = (str(e).splitlines() or [""])[0]
-        raise ModelLoadError(
-            f"cannot load the config of reward model '{model}' ({type(e).__name__}: {first[:200]}); "
-            f"check the hub id and the network, pass a local model folder, or use {PACKAGED_BILSTM}"
-        ) from None
-    return [cfg.id2label[i] for i in range(cfg.num_labels)]
+        pairs = sorted((int(k), str(v)) for k, v in id2label.items())
+    except (AttributeError, TypeError, ValueError):
+        raise ModelLoadError(f"the config.json of {role.name} '{model}': id2label keys must be integers; re-save the model") from None
+    return [v for _, v in pairs]
 
 
-def model_labels(model: str, trust_remote_code: bool = False) -> list[str]:
-    """The label names of ``model`` (packaged sentinel, local folder or hub id), without loading weights."""
+def model_labels(model: str, trust_remote_code: bool = False, role: Role = REWARD) -> list[str]:
+    """The label names of ``model`` (packaged sentinel, local folder or hub id), without loading weights.
+
+    ``role`` (reward model, judge, selection scorer) names the model in the messages."""
     if model in PACKAGED_LABELS:
         return list(PACKAGED_LABELS[model][0])
     if model.startswith("packaged:"):
@@ -186,18 +172,18 @@ def model_labels(model: str, trust_remote_code: bool = False) -> list[str]:
         )
     if model.startswith(PYTHON_PREFIX):
         return ["reward"]
-    return _read_hf_labels(model, trust_remote_code)
+    return _read_hf_labels(model, trust_remote_code, role)
 
 
 def check_reward_labels(
-    model: str, label: str, toxic_label: str | None, trust_remote_code: bool = False
+    model: str, label: str, toxic_label: str | None, trust_remote_code: bool = False, role: Role = REWARD
 ) -> tuple[str, str]:
     """Validate the reward and toxic labels against the model's labels, before any weights load.
 
     Returns the resolved ``(reward_label, toxic_label)``. ``toxic_label=None`` means: for a 2-label
     model the other label; for a packaged classifier its toxic label; otherwise an error asking for it.
     """
-    labels = model_labels(model, trust_remote_code)
+    labels = model_labels(model, trust_remote_code, role)
     shown = ", ".join(labels)
     _, default_label, default_toxic = PACKAGED_LABELS.get(model, (labels, None, None))
     if label not in labels:
@@ -265,28 +251,40 @@ class HFClassifierScorer:
         dtype: torch.dtype | str = torch.float32,
         device: str | torch.device = "cpu",
         trust_remote_code: bool = False,
+        role: Role = REWARD,
     ) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        self.reward_label, self.toxic_label = check_reward_labels(model, label, toxic_label, trust_remote_code)
+        self.reward_label, self.toxic_label = check_reward_labels(model, label, toxic_label, trust_remote_code, role)
         if batch_size <= 0 or max_length <= 0:
             raise ConfigError("reward.batch_size and reward.max_length must be positive")
         self.name = model
         self.batch_size = batch_size
         self.device = torch.device(device)
+
+        def load_error(e: Exception) -> ModelLoadError:
+            first = (str(e).splitlines() or [""])[0]
+            return ModelLoadError(
+                f"cannot load {role.name} '{model}' ({type(e).__name__}: {first[:200]}); it needs config.json, "
+                f"weights and a tokenizer (save_pretrained of model and tokenizer), or use {PACKAGED_BILSTM}"
+            )
+
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=trust_remote_code)
-            self.model = AutoModelForSequenceClassification.from_pretrained(
-                model, dtype=_as_dtype(dtype), trust_remote_code=trust_remote_code
+        except Exception as e:
+            raise load_error(e) from None
+        check_tokenizer(self.tokenizer, model, role)  # before the weights: a tokenizer without a vocabulary
+        try:
+            self.model, loading_info = AutoModelForSequenceClassification.from_pretrained(
+                model, dtype=_as_dtype(dtype), trust_remote_code=trust_remote_code, output_loading_info=True
             )
         except DetoxError:
             raise
         except Exception as e:
-            first = (str(e).splitlines() or [""])[0]
-            raise ModelLoadError(
-                f"cannot load reward model '{model}' ({type(e).__name__}: {first[:200]}); it needs config.json, "
-                f"weights and a tokenizer (save_pretrained of model and tokenizer), or use {PACKAGED_BILSTM}"
-            ) from None
+            raise load_error(e) from None
+        # A checkpoint without a trained classification head (a T5, a bare encoder) gets a random
+        # one: its "toxicity" would be noise. transformers only warns; here it is an error.
+        check_load_report(loading_info, model, role, type(self.model).__name__)
         self.model.to(self.device).eval()
         id2label = self.model.config.id2label
         self.labels = [id2label[i] for i in range(self.model.config.num_labels)]
@@ -724,11 +722,12 @@ def build_scorer(
     dtype: torch.dtype | str = torch.float32,
     device: str | torch.device = "cpu",
     trust_remote_code: bool = False,
+    role: Role = REWARD,
 ) -> Scorer:
     """A scorer for ``model``: ``packaged:toxic-comment-classifier`` (BiLSTM), ``packaged:profanity-check``
     (SVM), ``python:module:function`` (FunctionScorer), else a Hugging Face hub id or local folder.
-    Labels are checked (config only) before any weights load."""
-    check_reward_labels(model, label, toxic_label, trust_remote_code)
+    Labels and the model's fitness for ``role`` are checked (config only) before any weights load."""
+    check_reward_labels(model, label, toxic_label, trust_remote_code, role)
     if model == PACKAGED_BILSTM:
         return BiLSTMScorer(label, toxic_label, batch_size=max(batch_size, 1), device=device)
     if model == PACKAGED_SVM:
@@ -748,12 +747,12 @@ def build_scorer(
         dtype=dtype,
         device=device,
         trust_remote_code=trust_remote_code,
+        role=role,
     )
 
 
-def scorer_from_config(reward_cfg, *, dtype: torch.dtype | str = torch.float32, device: str | torch.device = "cpu",
-                       trust_remote_code: bool = False) -> Scorer:
-    """``build_scorer`` from a :class:`detoxrl.config.RewardConfig`."""
+def scorer_from_config(reward_cfg, *, dtype: torch.dtype | str = torch.float32, device: str | torch.device = "cpu") -> Scorer:
+    """``build_scorer`` from a :class:`detoxrl.config.RewardConfig` (its own ``trust_remote_code``)."""
     return build_scorer(
         reward_cfg.model,
         reward_cfg.label,
@@ -762,7 +761,7 @@ def scorer_from_config(reward_cfg, *, dtype: torch.dtype | str = torch.float32, 
         max_length=reward_cfg.max_length,
         dtype=dtype,
         device=device,
-        trust_remote_code=trust_remote_code,
+        trust_remote_code=reward_cfg.trust_remote_code,
     )
 
 
@@ -850,15 +849,16 @@ def parse_judge_spec(spec: str) -> tuple[str, str | None]:
     return model, (label or None)
 
 
-def check_judge(spec: str, toxic_label: str | None = None, trust_remote_code: bool = False) -> tuple[str, str]:
+def check_judge(spec: str, toxic_label: str | None = None, trust_remote_code: bool = False, role: Role = JUDGE) -> tuple[str, str]:
     """Resolve a judge's (non-toxic, toxic) labels from its config alone; unknown labels are errors.
 
-    ``spec`` is MODEL or MODEL#TOXIC_LABEL; a label in the spec wins over ``toxic_label``."""
+    ``spec`` is MODEL or MODEL#TOXIC_LABEL; a label in the spec wins over ``toxic_label``. The
+    model is checked for ``role`` (a judge, or a selection scorer) before its labels are read."""
     model, named = parse_judge_spec(spec)
     toxic_label = named or toxic_label
     if model.startswith(PYTHON_PREFIX):  # a Python function has the one label "reward" (toxicity = sigmoid(-reward))
         return check_reward_labels(model, "reward", None)
-    labels = model_labels(model, trust_remote_code)
+    labels = model_labels(model, trust_remote_code, role)
     if toxic_label is None:
         if model not in PACKAGED_LABELS:
             raise ConfigError(
@@ -873,7 +873,7 @@ def check_judge(spec: str, toxic_label: str | None = None, trust_remote_code: bo
         )
     default_reward = PACKAGED_LABELS[model][1] if model in PACKAGED_LABELS else None
     reward_label = default_reward if default_reward not in (None, toxic_label) else next(x for x in labels if x != toxic_label)
-    return check_reward_labels(model, reward_label, toxic_label, trust_remote_code)
+    return check_reward_labels(model, reward_label, toxic_label, trust_remote_code, role)
 
 
 def build_judge_scorer(spec: str, toxic_label: str | None = None, *, batch_size: int = 16, max_length: int = 512,
@@ -882,4 +882,4 @@ def build_judge_scorer(spec: str, toxic_label: str | None = None, *, batch_size:
     label, toxic = check_judge(spec, toxic_label, trust_remote_code)
     model, _ = parse_judge_spec(spec)
     return build_scorer(model, label, toxic, batch_size=batch_size, max_length=max_length, device=device,
-                        trust_remote_code=trust_remote_code)
+                        trust_remote_code=trust_remote_code, role=JUDGE)

@@ -27,6 +27,7 @@ from typing import Callable, Sequence
 
 from detoxrl.config import DetoxConfig
 from detoxrl.errors import ConfigError
+from detoxrl.modelcheck import JUDGE, REWARD, SELECTION, Role
 
 logger = logging.getLogger(__name__)
 
@@ -42,15 +43,15 @@ def scorer_specs(cfg: DetoxConfig) -> list[tuple[str, str, str]]:
     from detoxrl.rewards import check_judge, check_reward_labels, parse_judge_spec
 
     mode = cfg.data.selection_scorer.strip()
-    trust = cfg.policy.trust_remote_code
     judges = cfg.evaluation.judge_model or []
 
     def reward() -> tuple[str, str, str]:
-        label, toxic = check_reward_labels(cfg.reward.model, cfg.reward.label, cfg.reward.toxic_label, trust)
+        label, toxic = check_reward_labels(cfg.reward.model, cfg.reward.label, cfg.reward.toxic_label, cfg.reward.trust_remote_code)
         return cfg.reward.model, label, toxic
 
     def judge(spec: str) -> tuple[str, str, str]:
-        label, toxic = check_judge(spec, cfg.evaluation.judge_toxic_label if spec in judges else None, trust)
+        label, toxic = check_judge(spec, cfg.evaluation.judge_toxic_label if spec in judges else None,
+                                   cfg.evaluation.judge_trust_remote_code, JUDGE if spec in judges else SELECTION)
         return parse_judge_spec(spec)[0], label, toxic
 
     if mode == "reward":
@@ -119,11 +120,13 @@ class CachedDialogueToxicity:
         from detoxrl.rewards import build_scorer
 
         if self._scorers is None:
-            self._scorers = [
-                build_scorer(m, lab, tox, batch_size=max(self.cfg.reward.batch_size, 64), max_length=self.cfg.reward.max_length,
-                             trust_remote_code=self.cfg.policy.trust_remote_code)
-                for m, lab, tox in self.specs
-            ]
+            self._scorers = []
+            for m, lab, tox in self.specs:
+                role = _role_of(self.cfg, m)
+                self._scorers.append(
+                    build_scorer(m, lab, tox, batch_size=max(self.cfg.reward.batch_size, 64), max_length=self.cfg.reward.max_length,
+                                 trust_remote_code=role.trusts_remote_code(self.cfg), role=role)
+                )
         return self._scorers
 
     def _read_cache(self) -> dict[str, float]:
@@ -164,6 +167,17 @@ class CachedDialogueToxicity:
         if missing or len(kept) != len(cached):
             self._write_cache(kept)
         return [kept[k] for k in keys]
+
+
+def _role_of(cfg: DetoxConfig, model: str) -> Role:
+    """The role under which a selection scorer loads (and whose trust_remote_code it follows): the
+    reward model's, a judge's, or that of a classifier named in data.selection_scorer alone."""
+    from detoxrl.rewards import parse_judge_spec
+
+    if model == cfg.reward.model:
+        return REWARD
+    judges = [parse_judge_spec(spec)[0] for spec in cfg.evaluation.judge_model or []]
+    return JUDGE if model in judges else SELECTION
 
 
 def dialogue_toxicity_for(cfg: DetoxConfig) -> DialogueToxicity | None:

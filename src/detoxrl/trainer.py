@@ -85,10 +85,10 @@ def preflight(cfg: DetoxConfig, *, check_reward: bool = True, require_train: boo
     are cached: building the prompts afterwards does not score again).
     """
     check_data_source(cfg.data)
-    check_policy_source(cfg.policy.model)
+    check_policy_source(cfg.policy)
     check_adapter_source(cfg.policy.adapter)
     if check_reward:
-        label, toxic = check_reward_labels(cfg.reward.model, cfg.reward.label, cfg.reward.toxic_label, cfg.policy.trust_remote_code)
+        label, toxic = check_reward_labels(cfg.reward.model, cfg.reward.label, cfg.reward.toxic_label, cfg.reward.trust_remote_code)
         cfg.reward.label, cfg.reward.toxic_label = label, toxic
     if require_train and cfg.data.test_fraction >= 1.0:
         raise DataError("data.test_fraction=1 holds every row out and leaves nothing to train on; use it with evaluate --all-rows only")
@@ -122,7 +122,7 @@ class Trainer:
         )
         self.policy = policy or load_policy(cfg.policy, device=self.accelerator.device)
         self.prompts = build_prompts(cfg.data, self.policy.tokenizer, dialogue_toxicity_for(cfg), rows=rows)
-        self.scorer = scorer or scorer_from_config(cfg.reward, device=self.accelerator.device, trust_remote_code=cfg.policy.trust_remote_code)
+        self.scorer = scorer or scorer_from_config(cfg.reward, device=self.accelerator.device)
         self.faithfulness = None
         if cfg.reward.faithfulness_weight:
             from detoxrl.quality import FaithfulnessScorer
