@@ -85,6 +85,21 @@ def check_policy_source(source: str) -> None:
             raise ModelLoadError(
                 f"policy '{source}' is not a model folder (no config.json); pass a Hugging Face model folder or hub id to --policy"
             )
+        _check_model_type(path / "config.json", source)
+
+
+def _check_model_type(config_file: Path, source: str) -> None:
+    """transformers picks the architecture by config.json's model_type: without it, AutoConfig raises
+    a ValueError only when the model loads. Read the file now (no weights) and say what to add."""
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"policy '{source}' has an unreadable {config_file.name} ({e}); re-save the model with save_pretrained") from None
+    if not isinstance(config, dict) or not config.get("model_type"):
+        raise ModelLoadError(
+            f"policy '{source}' has a config.json without model_type, so transformers cannot tell its architecture; "
+            'add it (e.g. "model_type": "t5" or "llama") or re-save the model with save_pretrained'
+        )
 
 
 def check_adapter_source(adapter: str | None) -> None:
@@ -247,7 +262,7 @@ def load_policy(cfg: PolicyConfig, device: str | torch.device = "cpu") -> Policy
     source = resolve_policy_source(cfg.model)
     try:
         model_config = AutoConfig.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
-    except OSError as e:
+    except (OSError, ValueError) as e:  # ValueError: a config transformers cannot map to a model class
         raise ModelLoadError(
             f"could not load policy '{cfg.model}' ({str(e).splitlines()[0]}); pass a local model folder or a reachable hub id to --policy"
         ) from e
@@ -360,7 +375,7 @@ def load_tokenizer(cfg: PolicyConfig):
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
         is_seq2seq = detect_seq2seq(AutoConfig.from_pretrained(source, trust_remote_code=cfg.trust_remote_code), cfg.architecture)
-    except OSError as e:
+    except (OSError, ValueError) as e:  # ValueError: a config transformers cannot map to a model class
         raise ModelLoadError(
             f"could not load the tokenizer of '{cfg.model}' ({str(e).splitlines()[0]}); pass a local model folder or a reachable hub id to --policy"
         ) from e
