@@ -123,6 +123,67 @@ def test_missing_optimizer_file_is_model_load_error(trained, tiny_config, tiny_l
         ck.load_checkpoint(path, other, torch.optim.Adam(other.trainable_parameters(), lr=1e-2))
 
 
+@pytest.mark.parametrize(
+    "content",
+    [
+        "{}",
+        "[]",
+        '"step"',
+        '{"step": "3", "kl_controller": {"value": 0.1}}',
+        '{"step": null, "kl_controller": {"value": 0.1}}',
+        '{"step": true, "kl_controller": {"value": 0.1}}',
+        '{"step": -1, "kl_controller": {"value": 0.1}}',
+        '{"step": 3}',
+        '{"step": 3, "kl_controller": [0.1]}',
+        '{"step": 3, "kl_controller": {"target": 6.0}}',
+        '{"step": 3, "kl_controller": {"value": "0.1"}}',
+        '{"step": 3, "kl_controller": {"value": NaN}}',
+    ],
+)
+def test_trainer_state_that_is_empty_or_of_the_wrong_type(content, trained, tiny_config, tiny_llama):
+    """``{}`` gave a KeyError traceback on resume, a wrong type a TypeError: one line instead, and
+    before any model loads (the trainer reads the state when it checks the output folder)."""
+    from detoxrl.trainer import prepare_output_dir
+
+    _, _, _, run, path = trained
+    (path / ck.STATE_FILE).write_text(content)
+    with pytest.raises(ModelLoadError) as e:
+        ck.read_state(path)
+    message = str(e.value)
+    assert "\n" not in message and str(path) in message and ck.STATE_FILE in message and "delete that folder" in message
+    with pytest.raises(ModelLoadError):
+        prepare_output_dir(tiny_config(output_dir=run), resume=True, clear=False)
+    other = _policy(tiny_config, tiny_llama, seed=1)
+    with pytest.raises(ModelLoadError):
+        ck.load_checkpoint(path, other, torch.optim.Adam(other.trainable_parameters(), lr=1e-2))
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_optimizer_file_gets_the_projects_message(trained, tiny_config, tiny_llama, tmp_path):
+    """PyTorch's refusal advises retrying with weights_only=False (running the file's code): the
+    message is detoxrl's own, and the code never runs."""
+    _, _, _, _, path = trained
+    marker = tmp_path / "pwned"
+    torch.save({"state": {0: _RunsCode(marker)}, "param_groups": []}, path / "optimizer.pt")
+    other = _policy(tiny_config, tiny_llama, seed=1)
+    with pytest.raises(ModelLoadError) as e:
+        ck.load_checkpoint(path, other, torch.optim.Adam(other.trainable_parameters(), lr=1e-2))
+    message = str(e.value)
+    assert "\n" not in message and str(path) in message
+    assert "holds more than tensors" in message and "could run code" in message and "delete that folder" in message
+    assert "weights_only" not in message and "Re-running" not in message
+    assert not marker.exists()
+
+
 def test_tmp_and_incomplete_folders_are_ignored(trained):
     policy, optimizer, _, run, path = trained
     ck.save_checkpoint(run, 5, policy, optimizer, STATE, keep=10)

@@ -380,6 +380,12 @@ BAD_INPUT = {
     "selection empties the splits": (["--set", "data.min_dialogue_toxicity=1.0", "--set", "data.selection_scorer=packaged:profanity-check"],
                                      ["keeps 0 of", "train", "lower the threshold"]),
     "unknown reward transform": (["--set", "reward.transform=logits"], ["unknown reward.transform 'logits'", "log_prob"]),
+    # Non-finite hyper-parameters: each used to skip every minibatch and exit 0 with lora_B all zero.
+    "infinite vf_coef": (["--set", "ppo.vf_coef=inf"], ["ppo.vf_coef must be a finite number, got inf"]),
+    "infinite clip_ratio": (["--set", "ppo.clip_ratio=inf"], ["ppo.clip_ratio must lie in (0, 1)"]),
+    "infinite temperature": (["--set", "generation.temperature=inf"], ["generation.temperature must be a finite number"]),
+    "seed that is not a whole number": (["--seed", "1e23"], ["argument --seed: invalid int value: '1e23'", "detoxrl train --help"]),
+    "seed beyond 64 bits": (["--seed", str(10**23)], ["run.seed must be an integer in [0, 2**63)"]),
 }
 
 
@@ -488,6 +494,56 @@ def test_score_with_a_reward_model_that_needs_its_own_code(remote_code_reward, n
 def test_unknown_trust_remote_code_value(no_model_loads):
     rc, _, err = cli("score", "--reward-model", "packaged:profanity-check", "--trust-remote-code", "all", "hello")
     assert "--trust-remote-code takes policy, reward, judge" in one_line_error(rc, err)
+
+
+def test_output_dir_that_is_a_file(tiny, tmp_path, tiny_run, no_model_loads):
+    """mkdir failed with a traceback once the models had loaded; now one line, before they load."""
+    afile = tmp_path / "notes.txt"
+    afile.write_text("mine")
+    for out, fragment in ((afile, f"--output-dir '{afile}' is a file, not a folder"),
+                          (afile / "run", f"--output-dir '{afile / 'run'}' lies under '{afile}', which is a file")):
+        rc, _, err = cli(*tiny_train_args(tiny, out))
+        assert fragment in one_line_error(rc, err)
+    rc, _, err = cli("evaluate", "--run", tiny_run["dir"], "--output", afile, "--no-progress")
+    assert f"--output '{afile}' is a file" in one_line_error(rc, err)
+    assert afile.read_text() == "mine"
+
+
+def test_output_dir_that_is_not_writable(tiny, tmp_path, monkeypatch, no_model_loads):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    real_access = os.access
+    if real_access(locked, os.W_OK):  # root writes anywhere: stand in for an unprivileged user
+        monkeypatch.setattr(os, "access", lambda path, mode, **kw: False if Path(path) == locked else real_access(path, mode, **kw))
+    try:
+        rc, _, err = cli(*tiny_train_args(tiny, locked / "run"))
+    finally:
+        locked.chmod(0o755)
+    line = one_line_error(rc, err)
+    assert f"--output-dir '{locked / 'run'}' is not writable" in line and str(locked) in line
+
+
+def test_python_reward_that_cannot_be_imported_fails_before_loading(tiny, tmp_path, no_model_loads):
+    rc, _, err = cli(*tiny_train_args(tiny, tmp_path / "run"), "--reward-model", "python:no_such_reward_module:reward")
+    assert "cannot import 'no_such_reward_module'" in one_line_error(rc, err)
+    assert not (tmp_path / "run").exists()
+
+
+def test_evaluate_interrupted_names_no_resume_flag(monkeypatch):
+    """evaluate has no --resume: rerunning the same command continues from the records written."""
+    import detoxrl.cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    for command in ("cmd_evaluate", "cmd_train"):
+        monkeypatch.setattr(detoxrl.cli, command, interrupted)
+    rc, _, err = cli("evaluate", "--run", "somewhere")
+    assert rc == 130 and "--resume" not in err
+    assert "rerun the same command to continue" in err and "--fresh" in err and len(err.strip().splitlines()) == 1
+    rc, _, err = cli("train", "--output-dir", "somewhere")
+    assert rc == 130 and "--resume" in err  # train has the flag
 
 
 def test_data_without_a_dialogue_column(tiny, tmp_path, no_model_loads):

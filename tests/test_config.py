@@ -335,6 +335,76 @@ def test_bad_values_are_one_line_config_errors(overrides, fragment):
     assert fragment in config_error(overrides=overrides)
 
 
+def _float_settings() -> list[str]:
+    """Every ``section.key`` whose type is a float (or an optional float)."""
+    import typing
+
+    from detoxrl.config import _SECTION_CLASSES
+
+    out = []
+    for section, cls in _SECTION_CLASSES.items():
+        for key, tp in typing.get_type_hints(cls).items():
+            if tp is float or float in typing.get_args(tp):
+                out.append(f"{section}.{key}")
+    return out
+
+
+@pytest.mark.parametrize("key", _float_settings())
+@pytest.mark.parametrize("value", ["inf", "-inf"])
+def test_every_float_setting_must_be_finite(key, value):
+    """inf passes checks such as '> 0' and then, e.g. as ppo.vf_coef, skips every minibatch silently."""
+    section, name = key.split(".")
+    assert name in config_error(overrides=[f"{key}={value}"])  # its range check, or the catch-all for finiteness
+    cfg = load_config()
+    setattr(getattr(cfg, section), name, float(value))  # a direct edit, validated again
+    with pytest.raises(ConfigError, match=name):
+        validate(cfg)
+
+
+def test_vf_coef_clip_ratio_and_temperature_of_inf_are_refused():
+    """The cases of the issue: each exited 0 after skipping every minibatch, with lora_B still zero."""
+    assert "ppo.vf_coef must be a finite number, got inf" in config_error(overrides=["ppo.vf_coef=inf"])
+    assert "ppo.clip_ratio must lie in (0, 1)" in config_error(overrides=["ppo.clip_ratio=inf"])
+    assert "generation.temperature must be a finite number, got inf" in config_error(overrides=["generation.temperature=inf"])
+
+
+@pytest.mark.parametrize(
+    "override,fragment",
+    [
+        ("ppo.clip_ratio=1", "ppo.clip_ratio must lie in (0, 1)"),
+        ("reward.weight=-1", "reward.weight must be >= 0"),
+        ("reward.missing_eos_penalty=-2", "reward.missing_eos_penalty must be >= 0 or none"),
+    ],
+    ids=["clip ratio of 1", "negative reward weight", "negative missing-EOS penalty"],
+)
+def test_absurd_hyperparameters_are_refused(override, fragment):
+    assert fragment in config_error(overrides=[override])
+
+
+@pytest.mark.parametrize("key", ["run.seed", "evaluation.seed"])
+@pytest.mark.parametrize("value", [10**23, 2**63, -1])
+def test_seed_out_of_range(key, value):
+    """torch.manual_seed overflows (a traceback) beyond 64 bits: one line naming the range instead."""
+    msg = config_error(overrides=[f"{key}={value}"])
+    assert f"{key} must be an integer in [0, 2**63), got {value}" in msg
+    assert load_config(overrides=[f"{key}={2**63 - 1}"])  # the largest one is fine
+
+
+def test_unknown_data_encoding():
+    msg = config_error(overrides=["data.encoding=klingon"])
+    assert "unknown data.encoding 'klingon'" in msg and "latin-1" in msg
+    assert load_config(overrides=["data.encoding=cp1252"]).data.encoding == "cp1252"
+
+
+@pytest.mark.parametrize("content", [bytes(range(256)) * 4, "ppo:\n  steps: 3  # caf\u00e9\n".encode("latin-1")],
+                         ids=["binary", "latin-1"])
+def test_binary_or_non_utf8_yaml(tmp_path, content):
+    path = tmp_path / "run.yaml"
+    path.write_bytes(content)
+    msg = config_error(path=path)
+    assert f"config file '{path}' is not UTF-8 text (byte 0x" in msg and "--config" in msg
+
+
 def test_missing_config_file(tmp_path):
     msg = config_error(path=tmp_path / "nope.yaml")
     assert "does not exist" in msg and "--config" in msg

@@ -190,6 +190,35 @@ def test_not_a_model_folder_fails_before_weights_load(tiny_t5, tiny_config, tmp_
         assert "\n" not in str(e.value)
 
 
+def test_policy_config_without_model_type_fails_before_anything_loads(tiny_t5, tiny_config, tmp_path, monkeypatch):
+    """transformers' ValueError ('Should have a `model_type` key') came as a traceback once the
+    model loaded; the preflight reads config.json and names what to add."""
+    import json
+
+    import transformers
+
+    from detoxrl.policy import check_policy_source, load_tokenizer
+
+    broken = tmp_path / "no_model_type"
+    shutil.copytree(tiny_t5, broken)
+    config = json.loads((broken / "config.json").read_text())
+    del config["model_type"]
+    (broken / "config.json").write_text(json.dumps(config))
+
+    def must_not_load(*a, **k):
+        raise AssertionError("a model or tokenizer was loaded before config.json was checked")
+
+    for cls in (transformers.AutoModelForSeq2SeqLM, transformers.AutoModelForCausalLM, transformers.AutoTokenizer, transformers.AutoConfig):
+        monkeypatch.setattr(cls, "from_pretrained", must_not_load)
+    cfg = _policy_cfg(tiny_config, tiny_t5, model=str(broken))
+    for attempt in (lambda: check_policy_source(cfg), lambda: load_tokenizer(cfg), lambda: load_policy(cfg)):
+        with pytest.raises(ModelLoadError) as e:
+            attempt()
+        message = str(e.value)
+        assert "\n" not in message and f"policy '{broken}' has a config.json without model_type" in message
+        assert '"model_type": "t5"' in message
+
+
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "config"])
 def test_corrupt_adapter_is_one_line_model_load_error(damage, tiny_llama, tiny_config, tmp_path):
     _, adapter_dir = _save_trained_adapter(tiny_config, tiny_llama, tmp_path / "sft")

@@ -308,7 +308,13 @@ def test_json_variants(tmp_path):
         assert load_dialogue_rows(_cfg(tmp_path / name)) == rows
 
 
-def test_hub_path_uses_load_dataset(monkeypatch):
+@pytest.fixture
+def hub_reachable(monkeypatch):
+    """Tests that replace datasets.load_dataset: the reachability probe says the hub answers."""
+    monkeypatch.setattr(prompts, "_hub_unreachable", lambda: None)
+
+
+def test_hub_path_uses_load_dataset(monkeypatch, hub_reachable):
     import datasets
 
     calls = []
@@ -323,7 +329,7 @@ def test_hub_path_uses_load_dataset(monkeypatch):
     assert rows == _rows(4)
 
 
-def test_hub_without_network_is_a_data_error(monkeypatch):
+def test_hub_without_network_is_a_data_error(monkeypatch, hub_reachable):
     import datasets
 
     def offline(source, split):
@@ -336,6 +342,47 @@ def test_hub_without_network_is_a_data_error(monkeypatch):
     msg = _one_line_error(e)
     assert "could not load 'knkarthick/dialogsum' from the hub (no network?)" in msg
     assert "pass a local folder or file with --data" in msg
+
+
+def test_hub_dataset_without_network_fails_fast_with_the_fix(monkeypatch):
+    """One probe of the hub instead of datasets' half-minute of retries; the message names both fixes."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(prompts, "_hub_unreachable", lambda: "ConnectError: [Errno -2] Name or service not known")
+
+    def never(*args, **kwargs):
+        raise AssertionError("load_dataset was called although the hub is unreachable")
+
+    monkeypatch.setattr(datasets, "load_dataset", never)
+    with pytest.raises(DataError) as e:
+        load_dialogue_rows(_cfg("knkarthick/dialogsum"))
+    msg = _one_line_error(e)
+    assert "cannot reach the Hugging Face hub to load 'knkarthick/dialogsum'" in msg and "Name or service not known" in msg
+    assert "--data" in msg and "HF_HUB_OFFLINE=1" in msg
+
+
+def test_hub_dataset_with_hf_hub_offline_reads_only_the_cache(monkeypatch):
+    """HF_HUB_OFFLINE: no probe (datasets reads its cache); a dataset missing there is one line saying so."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+
+    def no_probe():
+        raise AssertionError("the hub was probed in offline mode")
+
+    monkeypatch.setattr(prompts, "_hub_unreachable", no_probe)
+    monkeypatch.setattr(datasets, "load_dataset", lambda source, split: datasets.Dataset.from_list(_rows(3)))
+    assert load_dialogue_rows(_cfg("knkarthick/dialogsum")) == _rows(3)  # a cached copy is used
+
+    def not_cached(source, split):
+        raise ConnectionError(f"Couldn't reach '{source}' on the Hub (OfflineModeIsEnabled)")
+
+    monkeypatch.setattr(datasets, "load_dataset", not_cached)
+    with pytest.raises(DataError) as e:
+        load_dialogue_rows(_cfg("knkarthick/dialogsum"))
+    msg = _one_line_error(e)
+    assert "HF_HUB_OFFLINE is set and 'knkarthick/dialogsum' is not in the Hugging Face cache" in msg and "--data" in msg
 
 
 # --------------------------------------------------------------------------------------------
@@ -391,6 +438,33 @@ def test_filter_leaves_nothing(tmp_path, tok):
         build_prompts(_cfg(path), tok)
     msg = _one_line_error(e)
     assert "200 < chars <= 1000" in msg and "data.min_chars" in msg and "data.max_chars" in msg
+
+
+def test_header_only_csv_says_the_file_has_no_rows(tmp_path, tok):
+    path = tmp_path / "empty.csv"
+    path.write_text("id,dialogue,summary\n")
+    with pytest.raises(DataError) as e:
+        build_prompts(_cfg(path), tok)
+    msg = _one_line_error(e)
+    assert f"'{path}' holds no rows" in msg and "--data" in msg
+    assert "filter" not in msg and "data.min_chars" not in msg  # no filter setting would help
+
+
+def test_non_utf8_csv_names_the_encoding_and_the_option(tmp_path):
+    rows = [{"id": "a", "dialogue": "#Person1#: Caf\u00e9 cr\u00e8me? " * 12, "summary": "Caf\u00e9."}]
+    path = tmp_path / "latin1.csv"
+    _write(rows, tmp_path / "utf8.csv")
+    path.write_bytes((tmp_path / "utf8.csv").read_text(encoding="utf-8").encode("latin-1"))
+    with pytest.raises(DataError) as e:
+        load_dialogue_rows(_cfg(path))
+    msg = _one_line_error(e)
+    assert "is not utf-8 text" in msg and "byte 0xe9" in msg and "--set data.encoding=latin-1" in msg
+    assert load_dialogue_rows(_cfg(path, encoding="latin-1")) == load_dialogue_rows(_cfg(tmp_path / "utf8.csv"))
+    # JSON Lines are read with the same setting
+    (tmp_path / "latin1.jsonl").write_bytes("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("latin-1"))
+    with pytest.raises(DataError, match="data.encoding"):
+        load_dialogue_rows(_cfg(tmp_path / "latin1.jsonl"))
+    assert load_dialogue_rows(_cfg(tmp_path / "latin1.jsonl", encoding="latin-1"))[0]["dialogue"] == rows[0]["dialogue"]
 
 
 def test_prompt_too_long(tmp_path, tok):

@@ -161,7 +161,7 @@ def test_label_resolution_rules(tmp_path):
     # tokenizer files is refused by the same check, see test_reward_folder_without_tokenizer_files).
     three = tmp_path / "three"
     three.mkdir()
-    (three / "config.json").write_text(json.dumps({"id2label": {"2": "c", "0": "a", "1": "b"}}))
+    (three / "config.json").write_text(json.dumps({"model_type": "roberta", "id2label": {"2": "c", "0": "a", "1": "b"}}))
     (three / "tokenizer.json").write_text("{}")
     with pytest.raises(ConfigError, match=r"has 3 labels \(a, b, c\); say which one is toxicity"):
         check_reward_labels(str(three), "a", None)
@@ -295,6 +295,45 @@ def test_function_and_combined_scorers(tiny_nothate_hate, monkeypatch):
     assert combo.toxic_label == f"{hf.name}/hate"
     with pytest.raises(ConfigError, match="2 reward scorers but 1 weights"):
         CombinedScorer([hf, f], [1.0])
+
+
+def failing_reward(texts):  # used through "python:test_rewards:failing_reward" below
+    raise RuntimeError("the reward service is down")
+
+
+NOT_A_FUNCTION = 3
+
+
+def test_python_reward_that_raises_is_one_line(monkeypatch):
+    """The user's function failing mid-run: one line naming the function and the error, no traceback."""
+    monkeypatch.syspath_prepend(os.path.dirname(__file__))
+    scorer = build_scorer("python:test_rewards:failing_reward", "reward")
+    with pytest.raises(ConfigError) as e:
+        scorer.score(["a", "b"])
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert "reward function python:test_rewards:failing_reward raised RuntimeError: the reward service is down" in msg
+    assert "detoxrl score --reward-model python:test_rewards:failing_reward" in msg
+
+
+def test_python_reward_spec_is_imported_by_the_label_check(tmp_path, monkeypatch):
+    """check_reward_labels (the preflight's, before any model loads) imports the function: a module that
+    is missing, fails while importing, or lacks the function, and a name that is not a function, are
+    one-line errors there, not after the policy has loaded."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.syspath_prepend(os.path.dirname(__file__))
+    (tmp_path / "broken_reward_module.py").write_text("raise ValueError('bad setting at import')\n")
+    cases = {
+        "python:no_such_reward_module:f": "cannot import 'no_such_reward_module'",
+        "python:broken_reward_module:f": "importing 'broken_reward_module' for reward 'python:broken_reward_module:f' raised ValueError: bad setting at import",
+        "python:test_rewards:no_such_function": "module 'test_rewards' has no 'no_such_function'",
+        "python:test_rewards:NOT_A_FUNCTION": "'NOT_A_FUNCTION' of module 'test_rewards' is not a function (got int)",
+    }
+    for spec, fragment in cases.items():
+        with pytest.raises(ConfigError) as e:
+            check_reward_labels(spec, "reward", None)
+        assert fragment in str(e.value) and "\n" not in str(e.value), str(e.value)
+    assert check_reward_labels("python:test_rewards:length_reward", "reward", None) == ("reward", "reward")
 
 
 # --------------------------------------------------------------------------------------------

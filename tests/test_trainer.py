@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from detoxrl.errors import ConfigError, DataError, DetoxError
+from detoxrl.errors import ConfigError, DataError, DetoxError, TrainingError
 from detoxrl.policy import Policy, load_policy
 from detoxrl.prompts import build_prompts
 from detoxrl.rewards import FunctionScorer
@@ -293,6 +293,61 @@ def test_bad_inputs_fail_before_any_model_loads(tiny_t5, tiny_config, tmp_path, 
     with pytest.raises(ConfigError):
         Trainer(tiny_config("reward.label=nothat", policy=tiny_t5, output_dir=tmp_path / "run2"))
     assert loads == []  # the label is checked before the policy is loaded
+
+
+def _refuse_policy_weights(monkeypatch) -> None:
+    import transformers
+
+    def must_not_load(*a, **k):
+        raise AssertionError("the policy's weights were loaded before the bad input was reported")
+
+    monkeypatch.setattr(transformers.AutoModelForSeq2SeqLM, "from_pretrained", must_not_load)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", must_not_load)
+
+
+def test_step_that_skips_every_minibatch_stops_the_run(tiny_config, tmp_path):
+    """A step that applied none of its minibatches (here: a value head gone NaN, so every loss is NaN)
+    stops the run with one line; it does not go on to write final/ and report success."""
+    out = tmp_path / "run"
+    trainer = Trainer(tiny_config(output_dir=out, steps=3, batch_size=4, mini_batch_size=2, max_new_tokens=6))
+    lora_before = {n: p.detach().clone() for n, p in trainer.policy.model.named_parameters() if "lora_" in n}
+    with torch.no_grad():
+        trainer.policy.value_head.weight.fill_(float("nan"))
+    with pytest.raises(TrainingError) as e:
+        trainer.train()
+    message = str(e.value)
+    assert "\n" not in message and "PPO step 1 skipped all 2 of its minibatches" in message
+    assert "ppo.learning_rate" in message and str(out / "metrics.jsonl") in message
+    rows = read_metrics(out)
+    assert len(rows) == 1 and rows[0]["ppo/applied_minibatches"] == 0 and rows[0]["ppo/skipped_minibatches"] == 2
+    assert not (out / "final").exists() and not (out / "checkpoints").exists()
+    for n, p in trainer.policy.model.named_parameters():
+        if "lora_" in n:
+            assert torch.equal(p, lora_before[n]), n  # nothing was applied
+
+
+def test_prompt_token_limit_is_checked_before_the_policy_weights_load(tiny_config, tmp_path, monkeypatch):
+    """The prompts are tokenized with the tokenizer alone, so a prompt above data.max_prompt_tokens is
+    an error before the policy's weights load (it came after them)."""
+    _refuse_policy_weights(monkeypatch)
+    with pytest.raises(DataError, match="above data.max_prompt_tokens=20") as e:
+        Trainer(tiny_config("data.max_prompt_tokens=20", output_dir=tmp_path / "run"))
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_tracker_that_is_not_installed_is_refused_before_any_model_loads(tiny_config, tmp_path, monkeypatch):
+    """accelerate drops a tracker whose package is missing with a log line only: --log-with wandb
+    without wandb is an error naming the install command."""
+    import accelerate.utils
+
+    _refuse_policy_weights(monkeypatch)
+    monkeypatch.setattr(accelerate.utils, "is_wandb_available", lambda: False)
+    with pytest.raises(DetoxError) as e:
+        Trainer(tiny_config("run.log_with=wandb", output_dir=tmp_path / "run"))
+    message = str(e.value)
+    assert "\n" not in message and "wandb is not installed" in message and "pip install wandb" in message
+    assert not (tmp_path / "run").exists()
 
 
 def test_prompt_order(tiny_config, tmp_path):

@@ -15,13 +15,17 @@ Optimizer state is a plain tensor dict, loaded with ``weights_only=True``.
 from __future__ import annotations
 
 import json
+import math
+import pickle
+import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from detoxrl.errors import DetoxError, ModelLoadError
-from detoxrl.policy import Policy, load_value_head, save_value_head
+from detoxrl.policy import Policy, _first_line, load_value_head, save_value_head
 
 STATE_FILE = "trainer_state.json"
 
@@ -72,18 +76,58 @@ def require_checkpoint(run_dir: Path) -> Path:
     return ckpt
 
 
-def load_checkpoint(ckpt: Path, policy: Policy, optimizer: torch.optim.Optimizer) -> dict:
-    """Restore adapter, value head and optimizer; return the trainer state."""
+def read_state(ckpt: Path) -> dict[str, Any]:
+    """The trainer state of a checkpoint, checked: ``step`` a whole number >= 0, ``kl_controller`` a
+    mapping of finite numbers with a ``value``. Anything else is one line naming the file."""
+    path = ckpt / STATE_FILE
+    fix = "delete that folder to resume from the one before"
     try:
-        state = json.loads((ckpt / STATE_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ModelLoadError(f"checkpoint '{ckpt}' has a corrupt {STATE_FILE} ({e}); delete that folder to resume from the one before") from e
+        state = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelLoadError(f"checkpoint '{ckpt}' has a corrupt {STATE_FILE} ({e}); {fix}") from e
+    if not isinstance(state, dict):
+        raise ModelLoadError(f"checkpoint '{ckpt}' has a {STATE_FILE} that is not a JSON object (got {type(state).__name__}); {fix}")
+    step = state.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ModelLoadError(f"checkpoint '{ckpt}' has no valid step in {STATE_FILE} (need a whole number >= 0, got {step!r}); {fix}")
+    kl = state.get("kl_controller")
+    if not isinstance(kl, dict) or "value" not in kl or not all(_is_finite_number(v) for v in kl.values()):
+        raise ModelLoadError(
+            f"checkpoint '{ckpt}' has no valid kl_controller in {STATE_FILE} (need finite numbers with a 'value', got {kl!r}); {fix}"
+        )
+    return state
+
+
+def _is_finite_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def load_checkpoint(ckpt: Path, policy: Policy, optimizer: torch.optim.Optimizer) -> dict:
+    """Restore adapter, value head and optimizer; return the trainer state (checked by :func:`read_state`)."""
+    state = read_state(ckpt)
     policy.load_adapter_weights(ckpt)
     load_value_head(policy.value_head, ckpt / "value_head.safetensors")
+    fix = "delete that folder to resume from the one before"
     try:
-        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True, map_location="cpu"))
-    except Exception as e:
-        raise ModelLoadError(f"checkpoint '{ckpt}' has a corrupt optimizer.pt ({e}); delete that folder to resume from the one before") from e
+        saved = torch.load(ckpt / "optimizer.pt", weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as e:
+        # The weights_only loader refused a global: the file holds more than tensors, which loading
+        # could execute. PyTorch's own message suggests weights_only=False; that is never the fix.
+        named = re.search(r"GLOBAL (\S+)", str(e))
+        what = f" (it names {named.group(1)})" if named else ""
+        raise ModelLoadError(
+            f"checkpoint '{ckpt}' has an optimizer.pt that holds more than tensors{what}: it was not written by detoxrl and "
+            f"loading it could run code, so it is refused; {fix}"
+        ) from None
+    except Exception as e:  # missing, truncated, not a torch file
+        raise ModelLoadError(f"checkpoint '{ckpt}' has a missing or corrupt optimizer.pt ({type(e).__name__}: {_first_line(e)}); {fix}") from e
+    try:
+        optimizer.load_state_dict(saved)
+    except Exception as e:  # not an optimizer state, or one of another policy's parameters
+        raise ModelLoadError(
+            f"checkpoint '{ckpt}' has an optimizer.pt that does not fit this policy ({type(e).__name__}: {_first_line(e)}); "
+            f"resume with the run's own config, or {fix}"
+        ) from e
     return state
 
 

@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from detoxrl.errors import DetoxError
 
@@ -25,6 +25,14 @@ EPILOG = """presets:
            'nothate' of facebook/roberta-hate-speech-dynabench-r4-target, knkarthick/dialogsum,
            batch 16, minibatch 4, lr 1.41e-5. Needs the Hugging Face hub.
 """
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors (``--seed 1e23``, a missing value) are one ``error:`` line and exit
+    status 2, like every other mistake, instead of the usage block followed by the message."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message}; see {self.prog} --help\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,15 +149,11 @@ def _preflight(cfg, *, check_reward: bool = True, require_train: bool = True) ->
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from detoxrl.policy import load_tokenizer
-
-    from detoxrl.selection import dialogue_toxicity_for
+    from detoxrl.trainer import tokenize_prompts
 
     cfg = _config_from_args(args)
     rows = _preflight(cfg, check_reward=cfg.data.min_dialogue_toxicity is not None)
-    from detoxrl.prompts import build_prompts
-
-    splits = build_prompts(cfg.data, load_tokenizer(cfg.policy), dialogue_toxicity_for(cfg), rows=rows)
+    splits = tokenize_prompts(cfg, rows)
     stats = splits.stats()
     stats["source"] = cfg.data.source
     stats["tokenizer"] = cfg.policy.model
@@ -260,10 +264,9 @@ def _apply_eval_flags(args, cfg) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from detoxrl.evaluate import build_judges, check_judges, evaluate_run
     from detoxrl.policy import load_policy, match_adapter_config
-    from detoxrl.prompts import build_prompts
     from detoxrl.rewards import check_reward_labels, scorer_from_config
-    from detoxrl.selection import dialogue_toxicity_for
     from detoxrl.stats import percentage_improvement
+    from detoxrl.trainer import check_writable_dir, tokenize_prompts
 
     run_dir = Path(args.run) if args.run else None
     base_file = None
@@ -278,16 +281,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     settings.validate()
     if args.all_rows and cfg.evaluation.split != "test":
         raise DetoxError("--all-rows evaluates every row of the file as held out; it cannot be combined with evaluation.split=train")
+    out_dir = Path(args.output) if args.output else (run_dir / "eval" if run_dir else Path(cfg.run.output_dir) / "eval")
+    check_writable_dir(out_dir, "--output")
     rows = _preflight(cfg, require_train=cfg.evaluation.split == "train")
     check_judges(cfg)
     if adapter_dir and not cfg.policy.adapter:
         match_adapter_config(cfg.policy, adapter_dir)
-    out_dir = Path(args.output) if args.output else (run_dir / "eval" if run_dir else Path(cfg.run.output_dir) / "eval")
+    prompts = tokenize_prompts(cfg, rows, require_train=cfg.evaluation.split == "train")  # before the weights load
     policy = load_policy(cfg.policy)
     if adapter_dir:
         policy.load_adapter_weights(adapter_dir)
-    prompts = build_prompts(cfg.data, policy.tokenizer, dialogue_toxicity_for(cfg), rows=rows,
-                            require_train=cfg.evaluation.split == "train")
     examples = prompts.test if cfg.evaluation.split == "test" else prompts.train
     cfg.reward.label, cfg.reward.toxic_label = check_reward_labels(cfg.reward.model, cfg.reward.label, cfg.reward.toxic_label,
                                                                    cfg.reward.trust_remote_code)
@@ -382,7 +385,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Offline default end to end on challenging prompts: toxicity before, PPO, toxicity after, report."""
     from detoxrl.compare import comparison_table, format_headline, load_eval_records, pair_records
     from detoxrl.evaluate import EvalSettings, build_judges, check_judges, evaluate_run
-    from detoxrl.trainer import Trainer
+    from detoxrl.trainer import Trainer, check_trackers, prepare_output_dir
 
     t_start = time.perf_counter()
     if not args.output_dir:
@@ -390,6 +393,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cfg = _config_from_args(args, demo=True)
     if args.num_samples:
         cfg.evaluation.num_samples = args.num_samples
+    check_trackers(cfg.run.log_with)
+    prepare_output_dir(cfg, resume=False, clear=False)  # the Trainer does it again; this one comes before any scorer loads
     _preflight(cfg)
     check_judges(cfg)
     sel = cfg.data.min_dialogue_toxicity
@@ -472,7 +477,7 @@ def cmd_make_tiny(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="detoxrl",
         description="Fine-tune summarization models with PPO + LoRA so they write less toxic summaries without writing worse ones.",
         epilog=EPILOG,
@@ -575,8 +580,20 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout = open(os.devnull, "w")  # no second error when Python flushes stdout at exit
         return 1
     except KeyboardInterrupt:
-        print("interrupted: checkpoints and evaluation records written so far are kept; rerun with --resume", file=sys.stderr)
+        print(_interrupted(args), file=sys.stderr)
         return 130
+
+
+def _interrupted(args: argparse.Namespace) -> str:
+    """What Ctrl-C leaves behind and how to go on, per command: only train has a --resume flag."""
+    if args.command == "train":
+        return "interrupted: checkpoints written so far are kept; rerun the same command with --resume to continue from the latest"
+    if args.command == "evaluate":
+        return "interrupted: evaluation records written so far are kept; rerun the same command to continue from them (--fresh starts over)"
+    if args.command == "demo":
+        return (f"interrupted: the demo does not resume; rerun detoxrl demo to start again, or continue its training with "
+                f"detoxrl train --resume --output-dir {args.output_dir}")
+    return "interrupted"
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ type is checked here, before any model is loaded, and a mistake is one line nami
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import difflib
 import math
@@ -59,6 +60,7 @@ class DataConfig:
     test_fraction: float = 0.2  # unshuffled split: the last test_fraction of the filtered rows
     max_prompt_tokens: int = 512  # a longer prompt is an error (raise max_chars filter or this)
     max_rows: int | None = None  # read at most this many filtered rows (quick experiments)
+    encoding: str = "utf-8"  # text encoding of local .csv/.jsonl/.json files (e.g. latin-1, cp1252)
     shuffle: bool = True  # visit train prompts in a seeded random order each epoch (False: file order)
     # Challenging prompts: keep only dialogues whose own toxicity is >= this (None: keep all). Applied
     # after the unshuffled split, within each part, so held-out prompts stay held out.
@@ -383,7 +385,17 @@ def load_config(
         if not p.is_file():
             raise ConfigError(f"config file '{path}' does not exist; pass an existing YAML file to --config")
         try:
-            file_mapping = yaml.safe_load(p.read_text()) or {}
+            text = p.read_bytes().decode("utf-8")
+        except OSError as e:
+            raise ConfigError(f"config file '{path}' cannot be read ({e.strerror}); check its permissions") from e
+        except UnicodeDecodeError as e:
+            # A binary file or another encoding: YAML files are UTF-8 (a traceback would say nothing more).
+            raise ConfigError(
+                f"config file '{path}' is not UTF-8 text (byte 0x{e.object[e.start]:02x} at position {e.start}); "
+                "pass a YAML file, saved as UTF-8, to --config"
+            ) from None
+        try:
+            file_mapping = yaml.safe_load(text) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"config file '{path}' is not valid YAML ({str(e).splitlines()[0]}); fix its syntax") from e
         if not isinstance(file_mapping, dict):
@@ -455,6 +467,10 @@ def validate(cfg: DetoxConfig) -> None:
         raise ConfigError(
             f"data.min_dialogue_toxicity is a probability threshold in [0, 1] (or none: no selection), got {d.min_dialogue_toxicity}"
         )
+    try:
+        codecs.lookup(d.encoding)
+    except LookupError:
+        raise ConfigError(f"unknown data.encoding '{d.encoding}'; use a Python codec name such as utf-8, latin-1 or cp1252") from None
     if not d.selection_scorer.strip():
         raise ConfigError("data.selection_scorer is empty; use reward, judge, max or a scorer such as packaged:hatesonar")
     if pol.architecture not in ("auto", "seq2seq", "causal"):
@@ -472,10 +488,15 @@ def validate(cfg: DetoxConfig) -> None:
             f"unknown reward.transform '{r.transform}'{_did_you_mean(r.transform, list(REWARD_TRANSFORMS))}; "
             f"choose one of: {', '.join(REWARD_TRANSFORMS)}"
         )
-    if not math.isfinite(r.logit_ceiling):
-        raise ConfigError(f"reward.logit_ceiling must be a finite number (the logit above which clean text earns no more), got {r.logit_ceiling}")
-    if not 0.0 <= r.faithfulness_weight < math.inf:
+    if r.weight < 0:
+        raise ConfigError(f"reward.weight must be >= 0 (a negative weight rewards toxicity), got {r.weight}")
+    if r.faithfulness_weight < 0:
         raise ConfigError(f"reward.faithfulness_weight must be a finite number >= 0 (0: off), got {r.faithfulness_weight}")
+    if r.missing_eos_penalty is not None and r.missing_eos_penalty < 0:
+        raise ConfigError(
+            f"reward.missing_eos_penalty must be >= 0 or none (a negative penalty pays for summaries that never end), "
+            f"got {r.missing_eos_penalty}"
+        )
     if r.input not in ("response", "query+response"):
         raise ConfigError(f"reward.input must be 'response' or 'query+response', got '{r.input}'")
     if g.max_new_tokens <= 0 or g.min_new_tokens < 0 or g.min_new_tokens > g.max_new_tokens:
@@ -501,6 +522,10 @@ def validate(cfg: DetoxConfig) -> None:
     for name in ("clip_ratio", "clip_value", "target_kl", "kl_horizon"):
         if getattr(p, name) <= 0:
             raise ConfigError(f"ppo.{name} must be positive, got {getattr(p, name)}")
+    if p.clip_ratio >= 1:
+        raise ConfigError(
+            f"ppo.clip_ratio must lie in (0, 1): the ratio is clipped to [1 - clip_ratio, 1 + clip_ratio]; got {p.clip_ratio}, e.g. 0.2"
+        )
     for name in ("vf_coef", "init_kl_coef"):
         if getattr(p, name) < 0:
             raise ConfigError(f"ppo.{name} must be >= 0, got {getattr(p, name)}")
@@ -517,6 +542,9 @@ def validate(cfg: DetoxConfig) -> None:
         raise ConfigError(f"run.keep_checkpoints must be >= 0 (0 keeps all), got {run.keep_checkpoints}")
     if run.num_threads is not None and run.num_threads <= 0:
         raise ConfigError(f"run.num_threads must be positive or none (all cores), got {run.num_threads}")
+    for where, seed in (("run.seed", run.seed), ("evaluation.seed", e.seed)):
+        if not 0 <= seed < 2**63:  # torch.manual_seed overflows beyond 64 bits; step seeds add offsets to it
+            raise ConfigError(f"{where} must be an integer in [0, 2**63), got {seed}; e.g. --set {where}=1234")
     if e.samples_per_prompt < 0:
         raise ConfigError(f"evaluation.samples_per_prompt must be >= 1 (0: no sampled evaluation), got {e.samples_per_prompt}")
     for spec in e.judge_model or []:
@@ -529,6 +557,23 @@ def validate(cfg: DetoxConfig) -> None:
             f"evaluation.split must be 'test' (the held-out part of data.split) or 'train', got '{e.split}'; "
             "to read another file of the data set, set data.split"
         )
+    _check_finite(cfg)
+
+
+def _check_finite(cfg: DetoxConfig) -> None:
+    """Every float setting must be a finite number.
+
+    inf passes checks such as ``> 0`` above, and then, e.g. as ppo.vf_coef, makes every minibatch's
+    loss infinite: each is skipped, and the run would end "successfully" having learned nothing.
+    The ranges themselves are checked above, key by key; this is the catch-all for the rest.
+    """
+    for section, cls in _SECTION_CLASSES.items():
+        values = getattr(cfg, section)
+        for f in dataclasses.fields(cls):
+            value = getattr(values, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                default = "none" if f.default is None else f.default
+                raise ConfigError(f"{section}.{f.name} must be a finite number, got {value}; e.g. --set {section}.{f.name}={default}")
 
 
 def _largest_divisor(n: int, at_most: int) -> int:

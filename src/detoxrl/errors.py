@@ -20,3 +20,7 @@ class DataError(DetoxError):
 
 class ModelLoadError(DetoxError):
     """A model, adapter, classifier or checkpoint that cannot be loaded."""
+
+
+class TrainingError(DetoxError):
+    """A run that stopped learning (every minibatch of a PPO step skipped): never reported as success."""

@@ -138,6 +138,12 @@ def read_model_config(source: str, role: Role) -> dict[str, Any]:
             ) from None
     if not isinstance(config, dict):
         raise ModelLoadError(f"the config.json of {role.name} '{source}' is not a JSON object; re-save the model with save_pretrained")
+    if not config.get("model_type"):
+        # transformers picks the architecture by model_type: without it AutoConfig fails only when the model loads.
+        raise ModelLoadError(
+            f"{role.name} '{source}' has a config.json without model_type, so transformers cannot tell its architecture; "
+            'add it (e.g. "model_type": "t5" or "llama") or re-save the model with save_pretrained'
+        )
     return config
 
 

@@ -355,7 +355,7 @@ def _policy_config(cfg: PolicyConfig, source: str):
 
     try:
         return AutoConfig.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
-    except OSError as e:
+    except (OSError, ValueError) as e:  # ValueError: a config transformers cannot map to a model class
         raise ModelLoadError(
             f"could not load policy '{cfg.model}' ({_first_line(e)}); pass a local model folder or a reachable hub id to --policy"
         ) from e

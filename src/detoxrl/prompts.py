@@ -232,7 +232,7 @@ def _read_file(path: Path, cfg: DataConfig) -> dict[str, list]:
             import pandas as pd
 
             # Everything as text, and no "NA"/"None" strings turned into NaN: dialogues stay verbatim.
-            df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+            df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, encoding=cfg.encoding)
             return {str(c): df[c].tolist() for c in df.columns}
         if ext == ".parquet":
             import pyarrow.parquet as pq
@@ -243,8 +243,14 @@ def _read_file(path: Path, cfg: DataConfig) -> dict[str, list]:
                 return {name: [] for name in names}  # the caller names the missing column
             table = pq.read_table(path, columns=list(dict.fromkeys(wanted)))
             return {name: table.column(name).to_pylist() for name in table.column_names}
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
+        text = path.read_text(encoding=cfg.encoding)
+    except UnicodeDecodeError as e:
+        # Say which byte and how to fix it: most such files are Latin-1 / Windows-1252 exports.
+        raise DataError(
+            f"'{path}' is not {cfg.encoding} text (byte 0x{e.object[e.start]:02x} at position {e.start} cannot be decoded); "
+            f"re-save it as UTF-8, or name its encoding with --set data.encoding=latin-1 (or cp1252, ...)"
+        ) from None
+    except OSError as e:
         raise DataError(f"could not read '{path}' ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); check the file") from e
     except Exception as e:  # pandas / pyarrow parse errors
         first = str(e).splitlines()[0] if str(e) else ""
@@ -283,11 +289,36 @@ def _read_local(paths: list[Path], cfg: DataConfig, where: str) -> list[dict]:
     return rows
 
 
+def _hub_unreachable() -> str | None:
+    """Why the Hugging Face hub cannot be reached, or None when it answers.
+
+    One request, no retries, 5 s at most: without network, ``datasets.load_dataset`` retries for
+    about half a minute before it fails with the same news.
+    """
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    try:
+        get_session().head(constants.ENDPOINT, timeout=5)
+    except Exception as e:  # DNS, refused connection, timeout, proxy...
+        return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else 'no answer'}"
+    return None
+
+
 def _read_hub(cfg: DataConfig) -> list[dict]:
     try:
         import datasets
     except ImportError as e:
         raise DataError(f"loading '{cfg.source}' from the hub needs the datasets package; run: pip install datasets") from e
+    # HF_HUB_OFFLINE (or HF_DATASETS_OFFLINE): datasets reads its cache and never the network.
+    offline = bool(datasets.config.HF_HUB_OFFLINE)
+    if not offline:
+        reason = _hub_unreachable()
+        if reason:
+            raise DataError(
+                f"cannot reach the Hugging Face hub to load '{cfg.source}' ({reason}); pass a local folder or file with --data, "
+                "or set HF_HUB_OFFLINE=1 to use a copy already in the Hugging Face cache"
+            )
     try:
         ds = datasets.load_dataset(cfg.source, split=cfg.split)
     except Exception as e:  # network, missing repo, missing split, ...
@@ -295,6 +326,11 @@ def _read_hub(cfg: DataConfig) -> list[dict]:
         if isinstance(e, ValueError) and "split" in detail.lower():
             raise DataError(
                 f"'{cfg.source}' on the hub has no split '{cfg.split}' ({detail}); choose one with --set data.split=NAME"
+            ) from e
+        if offline:
+            raise DataError(
+                f"HF_HUB_OFFLINE is set and '{cfg.source}' is not in the Hugging Face cache [{type(e).__name__}: {detail}]; "
+                "pass a local folder or file with --data, or unset HF_HUB_OFFLINE once to download it"
             ) from e
         raise DataError(
             f"could not load '{cfg.source}' from the hub (no network?); pass a local folder or file with --data "
@@ -511,6 +547,8 @@ def split_and_select(
     mistake (an empty filter, no train row, a selection that empties a part) is a one-line error.
     """
     rows = load_dialogue_rows(cfg) if rows is None else rows
+    if not rows:  # e.g. a CSV with a header only: no filter setting would help
+        raise DataError(f"'{cfg.source}' holds no rows (a header only?); add dialogues to it, or pass another source with --data")
     kept = filter_rows(rows, cfg.min_chars, cfg.max_chars)
     if not kept:
         raise DataError(

@@ -183,6 +183,8 @@ def check_reward_labels(
     Returns the resolved ``(reward_label, toxic_label)``. ``toxic_label=None`` means: for a 2-label
     model the other label; for a packaged classifier its toxic label; otherwise an error asking for it.
     """
+    if model.startswith(PYTHON_PREFIX):
+        load_function(model)  # imported now: a missing module or function is reported before any model loads
     labels = model_labels(model, trust_remote_code, role)
     shown = ", ".join(labels)
     _, default_label, default_toxic = PACKAGED_LABELS.get(model, (labels, None, None))
@@ -634,7 +636,14 @@ class FunctionScorer:
         with tqdm(total=len(texts), disable=not progress, desc=f"scoring {self.name}", unit="text") as bar:
             for start in range(0, len(texts), step):
                 chunk = texts[start : start + step]
-                out = self.fn(chunk)
+                try:
+                    out = self.fn(chunk)
+                except Exception as e:  # the user's code: one line naming it, not a traceback mid-run
+                    detail = (str(e).strip().splitlines() or [""])[0][:200]
+                    raise ConfigError(
+                        f"reward function {self.name} raised {type(e).__name__}: {detail} (on a batch of {len(chunk)} texts); "
+                        f"fix the function, and try it with: detoxrl score --reward-model {self.name} TEXT"
+                    ) from e
                 try:
                     out = [float(v) for v in (out.tolist() if hasattr(out, "tolist") else out)]
                 except (TypeError, ValueError):
@@ -665,10 +674,15 @@ def load_function(spec: str) -> Callable[[list[str]], Sequence[float]]:
         obj = importlib.import_module(module_name)
     except ImportError as e:
         raise ConfigError(f"cannot import '{module_name}' for reward '{spec}' ({e}); put it on PYTHONPATH") from None
+    except Exception as e:  # the module itself fails while importing (SyntaxError, an error at top level)
+        detail = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ConfigError(f"importing '{module_name}' for reward '{spec}' raised {type(e).__name__}: {detail}; fix the module") from None
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise ConfigError(f"module '{module_name}' has no '{attr}' (reward '{spec}')")
         obj = getattr(obj, part)
+    if not callable(obj):
+        raise ConfigError(f"'{attr}' of module '{module_name}' is not a function (got {type(obj).__name__}); name a function in reward '{spec}'")
     return obj
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import shutil
 import time
@@ -21,10 +22,10 @@ from tqdm.auto import tqdm
 
 from detoxrl import checkpoint as ckpt_lib
 from detoxrl.advantages import AdaptiveKLController, FixedKLController, gae, kl_k3, masked_mean, masked_whiten, token_rewards
-from detoxrl.config import DetoxConfig
-from detoxrl.errors import DataError, DetoxError
-from detoxrl.policy import Policy, check_adapter_source, check_policy_source, load_policy
-from detoxrl.prompts import PromptExample, build_prompts, check_data_source, load_dialogue_rows, split_and_select
+from detoxrl.config import DetoxConfig, validate
+from detoxrl.errors import DataError, DetoxError, ModelLoadError, TrainingError
+from detoxrl.policy import Policy, check_adapter_source, check_policy_source, load_policy, load_tokenizer
+from detoxrl.prompts import PromptExample, PromptSplits, build_prompts, check_data_source, load_dialogue_rows, split_and_select
 from detoxrl.rewards import Scorer, check_reward_labels, scorer_from_config, shape_rewards, texts_for_scoring
 from detoxrl.selection import dialogue_toxicity_for
 from detoxrl import runtime
@@ -52,8 +53,10 @@ def prepare_output_dir(cfg: DetoxConfig, resume: bool, *, clear: bool = True) ->
     loaded, so that a run which cannot even start does not cost the user the previous one.
     """
     out = Path(cfg.run.output_dir)
+    check_writable_dir(out, "--output-dir")
     if resume:
-        ckpt_lib.require_checkpoint(out)
+        # trainer_state.json is read now, so that a corrupt one is an error before any model loads.
+        ckpt_lib.read_state(ckpt_lib.require_checkpoint(out))
         return out
     existing = [name for name in MANAGED if (out / name).exists()]
     if existing and not cfg.run.overwrite:
@@ -64,6 +67,35 @@ def prepare_output_dir(cfg: DetoxConfig, resume: bool, *, clear: bool = True) ->
     if clear:
         clear_output_dir(out)
     return out
+
+
+def check_writable_dir(path: str | Path, option: str) -> None:
+    """Refuse a folder that cannot be created or written: a file there, or no write permission.
+
+    mkdir would otherwise fail only once the models have loaded (minutes in), with a traceback.
+    Nothing is created here: the nearest existing ancestor is where the folder would be made.
+    """
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise DetoxError(f"{option} '{path}' is a file, not a folder; pass a folder to {option}")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise DetoxError(f"{option} '{path}' lies under '{existing}', which is a file; pass a folder to {option}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise DetoxError(f"{option} '{path}' is not writable (no write permission in '{existing}'); pass a folder you can write to {option}")
+
+
+def check_trackers(log_with: list[str]) -> None:
+    """A tracker whose package is missing: accelerate would drop it with a log line only."""
+    from accelerate.utils import is_tensorboard_available, is_wandb_available
+
+    available = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available}
+    install = {"tensorboard": "pip install tensorboard==2.21.0", "wandb": "pip install wandb"}
+    for tracker in log_with:
+        if tracker in available and not available[tracker]():  # unknown names: config.validate's message
+            raise DetoxError(f"--log-with {tracker}: {tracker} is not installed; run: {install[tracker]} (or leave --log-with {tracker} out)")
 
 
 def clear_output_dir(out: Path) -> None:
@@ -84,6 +116,7 @@ def preflight(cfg: DetoxConfig, *, check_reward: bool = True, require_train: boo
     a threshold that empties a split is an error before the policy loads (the selection's scores
     are cached: building the prompts afterwards does not score again).
     """
+    validate(cfg)  # a library caller may have edited the config after load_config
     check_data_source(cfg.data)
     check_policy_source(cfg.policy)
     check_adapter_source(cfg.policy.adapter)
@@ -95,6 +128,16 @@ def preflight(cfg: DetoxConfig, *, check_reward: bool = True, require_train: boo
     rows = load_dialogue_rows(cfg.data)
     split_and_select(cfg.data, rows, dialogue_toxicity_for(cfg), require_train=require_train)
     return rows
+
+
+def tokenize_prompts(cfg: DetoxConfig, rows: list[dict], *, tokenizer: Any = None, require_train: bool = True) -> PromptSplits:
+    """The prompts of ``rows``, tokenized by the policy's tokenizer alone (loaded unless given).
+
+    Called before the policy's weights load: a prompt above data.max_prompt_tokens is an error in
+    seconds, not after minutes of loading.
+    """
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.policy)
+    return build_prompts(cfg.data, tokenizer, dialogue_toxicity_for(cfg), rows=rows, require_train=require_train)
 
 
 class Trainer:
@@ -112,8 +155,10 @@ class Trainer:
             runtime.return_freed_memory()
         if cfg.run.num_threads:
             torch.set_num_threads(cfg.run.num_threads)
-        rows = preflight(cfg, check_reward=scorer is None)
+        check_trackers(cfg.run.log_with)
         self.run_dir = prepare_output_dir(cfg, resume, clear=False)  # refuse now, clear once models load
+        rows = preflight(cfg, check_reward=scorer is None)
+        self.prompts = tokenize_prompts(cfg, rows, tokenizer=policy.tokenizer if policy else None)
         seed_everything(cfg.run.seed)
         self.accelerator = Accelerator(
             cpu=not torch.cuda.is_available(),
@@ -121,7 +166,6 @@ class Trainer:
             project_dir=str(self.run_dir),
         )
         self.policy = policy or load_policy(cfg.policy, device=self.accelerator.device)
-        self.prompts = build_prompts(cfg.data, self.policy.tokenizer, dialogue_toxicity_for(cfg), rows=rows)
         self.scorer = scorer or scorer_from_config(cfg.reward, device=self.accelerator.device)
         self.faithfulness = None
         if cfg.reward.faithfulness_weight:
@@ -136,9 +180,16 @@ class Trainer:
         self.kl_ctl = AdaptiveKLController(p.init_kl_coef, p.target_kl, p.kl_horizon) if p.adaptive_kl else FixedKLController(p.init_kl_coef)
         self.step_idx = 0
         if resume:
-            state = ckpt_lib.load_checkpoint(ckpt_lib.require_checkpoint(self.run_dir), self.policy, self.optimizer)
-            self.step_idx = int(state["step"])
-            self.kl_ctl.load_state_dict(state["kl_controller"])
+            ckpt = ckpt_lib.require_checkpoint(self.run_dir)
+            state = ckpt_lib.load_checkpoint(ckpt, self.policy, self.optimizer)
+            self.step_idx = state["step"]
+            try:
+                self.kl_ctl.load_state_dict(state["kl_controller"])
+            except KeyError as e:  # an adaptive controller resumed from a fixed one's state
+                raise ModelLoadError(
+                    f"checkpoint '{ckpt}' has no KL controller {e} in {ckpt_lib.STATE_FILE} (written with another ppo.adaptive_kl?); "
+                    f"resume with the run's own config ({self.run_dir / 'config.yaml'})"
+                ) from None
             self._truncate_metrics(self.step_idx)
         else:
             cfg.save_yaml(self.run_dir / "config.yaml")
@@ -247,6 +298,16 @@ class Trainer:
         self.step_idx += 1
         self._log(metrics)
         self.last_rollout = rollout
+        if update_stats["ppo/applied_minibatches"] == 0:
+            # Nothing was applied, so the adapter did not move. The usual causes (weights or losses
+            # gone non-finite) skip every later step too: the run stops here instead of ending with
+            # "trained N steps" and an unchanged adapter. This also covers a run that skipped every
+            # minibatch overall. The metrics line above is kept; no checkpoint is written for this step.
+            raise TrainingError(
+                f"PPO step {step + 1} skipped all {update_stats['ppo/skipped_minibatches']} of its minibatches (non-finite loss or "
+                f"gradient, or a mean ratio outside [1/{p.ratio_threshold:g}, {p.ratio_threshold:g}]), so the adapter did not change; "
+                f"lower ppo.learning_rate or check the reward and ppo settings (metrics: {self.run_dir / 'metrics.jsonl'})"
+            )
         return metrics
 
     # ------------------------------------------------------------------ the loop
