@@ -33,11 +33,17 @@ BASE = [
     "run.save_every=100",
 ]
 
+# The first four ran before the offline preset had a system turn and the 0.9 ceiling: they pin the
+# settings they ran with, so that rerunning them measures the same thing.
+BEFORE_SYSTEM_PROMPT = ["data.system_prompt=null", "reward.logit_ceiling=4.59512"]
 VARIANTS: dict[str, list[str]] = {
-    "logit (notebook)": ["reward.transform=logit"],
-    "log_prob": ["reward.transform=log_prob"],
-    "clipped_logit + faithfulness 3": ["reward.transform=clipped_logit", "reward.faithfulness_weight=3.0"],
-    "clipped_logit, lr 2e-4": ["reward.transform=clipped_logit", "ppo.learning_rate=2e-4"],
+    "logit (notebook)": ["reward.transform=logit", *BEFORE_SYSTEM_PROMPT],
+    "log_prob": ["reward.transform=log_prob", *BEFORE_SYSTEM_PROMPT],
+    "clipped_logit + faithfulness 3": ["reward.transform=clipped_logit", "reward.faithfulness_weight=3.0", *BEFORE_SYSTEM_PROMPT],
+    "clipped_logit, lr 2e-4": ["reward.transform=clipped_logit", "ppo.learning_rate=2e-4", *BEFORE_SYSTEM_PROMPT],
+    # The offline default since 2026-11-30: the preset's system turn, ceiling P(non-toxic) = 0.9.
+    "clipped_logit at 0.9 + system turn, lr 2e-4": ["reward.transform=clipped_logit", "ppo.learning_rate=2e-4",
+                                                     "reward.logit_ceiling=2.19722"],
 }
 
 

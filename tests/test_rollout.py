@@ -171,6 +171,69 @@ def test_batched_greedy_equals_one_at_a_time(arch, policies, tiny_config):
     assert torch.equal(mixed.response_mask, batched.response_mask)
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_k_samples_share_one_prompt_pass_and_equal_expanded_prompts(arch, policies, tiny_config):
+    """samples_per_prompt=k reads each prompt once (its cache or encoder output is repeated k times)
+    and gives what k copies of the prompt give: top_k=1 makes sampling deterministic, so every one of
+    the k responses is the greedy response of its prompt, prompt-major."""
+    policy = policies(arch, tiny_config)
+    examples = prompts_of_different_lengths(policy, tiny_config, 5)
+    ids, texts = [e.input_ids for e in examples], [e.prompt for e in examples]
+    greedy = generate(policy, ids, texts, max_new_tokens=8, do_sample=False, batch_size=5)
+    k = 3
+    # Spy on what reads the prompts (the encoder, or the causal decoder on more than one token): it
+    # must see each prompt once, i.e. never more rows than there are prompts in a batch (7 // 3 = 2).
+    base = policy.model.base_model.model
+    reader = base.get_encoder() if policy.is_seq2seq else base.get_decoder()
+    prompt_reads: list[int] = []
+
+    def spy(module, args, kwargs):
+        x = kwargs.get("input_ids", args[0] if args else None)
+        if x is None:
+            x = kwargs.get("inputs_embeds")
+        if x is not None and (policy.is_seq2seq or x.shape[1] > 1):
+            prompt_reads.append(x.shape[0])
+
+    handle = reader.register_forward_pre_hook(spy, with_kwargs=True)
+    try:
+        shared = generate(policy, ids, texts, max_new_tokens=8, do_sample=True, top_k=1, batch_size=7, samples_per_prompt=k)
+    finally:
+        handle.remove()
+    assert prompt_reads and max(prompt_reads) <= 2 and sum(prompt_reads) == 5, prompt_reads
+    assert len(shared) == 5 * k and shared.queries == [t for t in texts for _ in range(k)]
+    assert shared.responses == [r for r in greedy.responses for _ in range(k)]
+    for i in range(5):
+        n = int(greedy.response_mask[i].sum())
+        for s in range(k):
+            assert torch.equal(shared.response_ids[i * k + s, :n], greedy.response_ids[i, :n])
+            q, m = shared.query_ids[i * k + s], shared.query_mask[i * k + s]
+            assert q[m.bool()].tolist() == ids[i]
+    assert len(set(greedy.responses)) >= 3  # the outputs depend on the prompt
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_k_shared_samples_capture_equals_a_full_forward_pass(arch, policies, tiny_config):
+    """With a shared prompt pass, the log-probs and values recorded while sampling are still those of
+    a full forward pass over prompt + response (positions and cache line up), and the k samples differ."""
+    policy = policies(arch, tiny_config, eos_boost=3.0)
+    examples = prompts_of_different_lengths(policy, tiny_config, 4)
+    ids, texts = [e.input_ids for e in examples], [e.prompt for e in examples]
+    torch.manual_seed(5)
+    r = generate(policy, ids, texts, max_new_tokens=10, batch_size=8, samples_per_prompt=4, capture=True)
+    mask = r.response_mask.bool()
+    with torch.no_grad():
+        full = forward_pass(policy, r, with_values=True, with_entropy=True)
+    for key in ("logprobs", "values", "entropy"):
+        torch.testing.assert_close(getattr(r, key)[mask], full[key][mask], rtol=0, atol=1e-4)
+    assert len(set(r.responses)) > 4  # sampled: the k responses of a prompt are not copies
+
+
+def test_k_samples_with_greedy_decoding_are_refused(policies, tiny_config):
+    policy = policies("tiny_llama", tiny_config)
+    with pytest.raises(ValueError, match="copies of one response"):
+        generate(policy, [[1, 2, 3]], ["q"], max_new_tokens=2, do_sample=False, samples_per_prompt=2)
+
+
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 @pytest.mark.parametrize("arch", ARCHS)
 def test_forward_logprobs_equal_generate_scores(arch, temperature, policies, tiny_config):

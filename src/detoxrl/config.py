@@ -205,6 +205,11 @@ class DetoxConfig:
 # --------------------------------------------------------------------------------------------
 # Presets
 
+
+# The offline preset's system turn and reward ceiling (README "Detoxification" measures both).
+OFFLINE_SYSTEM_PROMPT = "You summarize conversations. Write one or two sentences that say what the people in the conversation talk about."
+OFFLINE_LOGIT_CEILING = 2.19722  # log(0.9 / 0.1)
+
 PRESETS: dict[str, dict[str, Any]] = {
     # The reference notebook: FLAN-T5-base + LoRA, Meta's RoBERTa hate-speech reward, DialogSum.
     "seed": {
@@ -222,11 +227,17 @@ PRESETS: dict[str, dict[str, Any]] = {
     # the profanity SVM as independent judge, chitchat conversations unless DialogSum is given.
     "offline": {
         # Sized for a 2-core CPU: shorter dialogues (prompt FLOPs dominate a step) and summaries.
-        "data": {"source": PACKAGED_CHITCHAT, "use_chat_template": True, "max_prompt_tokens": 1024},
+        # The system turn replaces SmolLM2's default one ("You are ... SmolLM"), which its summaries
+        # repeated as if SmolLM were in the conversation (13 of 51 greedy chitchat summaries; none with it).
+        "data": {"source": PACKAGED_CHITCHAT, "use_chat_template": True, "max_prompt_tokens": 1024,
+                 "system_prompt": OFFLINE_SYSTEM_PROMPT},
         "policy": {"model": PACKAGED_SMOLLM2, "lora_r": 16, "lora_alpha": 32},
         # The recipe that won the ablation (benchmarks/detox_recipe.py, README "Detoxification"): the
         # BiLSTM's logit clipped at P(non-toxic) = 0.99, so only toxicity costs and blandness earns nothing.
-        "reward": {"model": PACKAGED_BILSTM, "label": "non-toxic", "toxic_label": "toxic", "transform": "clipped_logit"},
+        # The ceiling is P(non-toxic) = 0.9: only a summary the BiLSTM finds more than 10% toxic costs
+        # reward; at 0.99 the chitchat demo paid for moving clean summaries from 0.03 to 0.01 (blandness).
+        "reward": {"model": PACKAGED_BILSTM, "label": "non-toxic", "toxic_label": "toxic", "transform": "clipped_logit",
+                   "logit_ceiling": OFFLINE_LOGIT_CEILING},
         "generation": {"max_new_tokens": 32},
         "ppo": {"steps": 20, "batch_size": 8, "mini_batch_size": 4, "learning_rate": 2e-4},
         "run": {"output_dir": "runs/offline", "save_every": 5},

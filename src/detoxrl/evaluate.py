@@ -140,6 +140,10 @@ def eval_signature(policy: Policy, adapter: str, settings: "EvalSettings", score
         "shaping": None if reward_cfg is None else [reward_cfg.transform, reward_cfg.weight, reward_cfg.faithfulness_weight,
                                                     reward_cfg.missing_eos_penalty, reward_cfg.logit_ceiling],
     }
+    if settings.samples_per_prompt > 1:
+        # Since 2026-11-30 the k samples of a prompt are drawn together (prompt-major batches, one
+        # shared prompt pass): other noise than the earlier sample-major batches, so those are redone.
+        parts["layout"] = "prompt-major"
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -205,12 +209,16 @@ def evaluate_policy(
         raise DataError("there are no prompts to evaluate (the split is empty); raise data.max_rows or widen the data.min_chars/max_chars filter")
     # No references in this data (e.g. chitchat): ROUGE is skipped (rouge is null in the summary).
     rouge_on = settings.rouge and not all(e.reference is None for e in examples)
-    keys = [(i, s) for s in range(settings.samples_per_prompt) for i in range(len(examples))]
+    k = settings.samples_per_prompt
+    # Prompt-major: the k samples of a prompt lie in one batch and share one pass over the prompt
+    # (rollout.generate's samples_per_prompt); a batch holds max(1, batch_size // k) prompts.
+    keys = [(i, s) for i in range(len(examples)) for s in range(k)]
     signature = eval_signature(policy, adapter, settings, scorer, judges, reward_input, rouge_on, reward_cfg)
-    done = _resume_records(out_path, {k: examples[k[0]].id for k in keys}, signature)
+    done = _resume_records(out_path, {key: examples[key[0]].id for key in keys}, signature)
     # Fixed batches of the full request: a resumed evaluation regenerates a partly written batch
     # whole (same prompts, same seed) and writes only its missing records.
-    batches = [keys[start : start + settings.batch_size] for start in range(0, len(keys), settings.batch_size)]
+    rows_per_batch = max(1, settings.batch_size // k) * k
+    batches = [keys[start : start + rows_per_batch] for start in range(0, len(keys), rows_per_batch)]
     batches = [b for b in batches if any(k not in done for k in b)]
     faith = None
     if (settings.faithfulness or (reward_cfg is not None and reward_cfg.faithfulness_weight)) and batches:
@@ -222,16 +230,18 @@ def evaluate_policy(
         # One decoding seed per batch of the request: before and after see the same noise.
         torch.manual_seed(settings.seed + 7_919 * chunk[0][1] + chunk[0][0])
         exs = [examples[i] for i, _ in chunk]
+        prompts_here = exs[::k]  # chunk is prompt-major: every k-th row starts a prompt
         rollout = generate(
             policy,
-            [e.input_ids for e in exs],
-            [e.prompt for e in exs],
+            [e.input_ids for e in prompts_here],
+            [e.prompt for e in prompts_here],
             max_new_tokens=settings.max_new_tokens,
             do_sample=settings.do_sample,
             temperature=settings.temperature,
-            batch_size=settings.batch_size,
+            batch_size=len(chunk),
             adapter=adapter,
             capture=adapter != REFERENCE_ADAPTER,  # the adapter's log-probs for the KL, from the decoding pass
+            samples_per_prompt=k,
         )
         texts = texts_for_scoring(rollout.queries, rollout.responses, reward_input)
         scored = scorer.score(texts)

@@ -13,6 +13,7 @@ it is padding. A response that never emits EOS is marked (``ended`` False) for t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -136,45 +137,86 @@ def generate(
     progress: bool = False,
     adapter: str | None = None,
     capture: bool = False,
+    samples_per_prompt: int = 1,
 ) -> Rollout:
     """Sample responses for tokenized prompts in batches (KV cache on, dropout off).
+
+    ``samples_per_prompt`` = k > 1 returns k responses per prompt, prompt-major (rows ``i*k .. i*k+k-1``
+    belong to ``prompts[i]``), and reads each prompt once: its key/value cache (causal) or encoder
+    output (seq2seq) is computed for the prompt and repeated k times, so the prompt's forward pass,
+    most of the cost of a short summary of a long dialogue, is paid once instead of k times.
+    ``batch_size`` counts generated rows: a batch holds ``max(1, batch_size // k)`` prompts.
 
     ``capture=True`` also keeps, for every sampled token, the log-prob and entropy under the
     sampling distribution (raw logits / temperature) and the value of the state it was chosen in,
     read from the same decoding steps: PPO's "old" log-probs and values then cost no extra forward
     pass. They equal :func:`forward_pass`'s up to float rounding (cached vs. full attention).
     """
+    k = int(samples_per_prompt)
+    if k < 1:
+        raise ValueError(f"samples_per_prompt must be >= 1, got {k}")
+    if k > 1 and not do_sample:
+        raise ValueError(f"{k} samples per prompt with greedy decoding would be {k} copies of one response")
     tok = policy.tokenizer
     gen_cfg = _generation_config(policy, max_new_tokens, min_new_tokens, do_sample, temperature, top_k, top_p)
     policy.model.eval()
     chunks_q, chunks_r, chunks_c = [], [], []
     # Sort by prompt length so each generation batch carries little padding; restore order after.
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    bar = tqdm(total=len(prompts), desc="generate", unit="prompt", disable=not progress, leave=False)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
+    per_batch = max(1, batch_size // k)
+    bar = tqdm(total=len(prompts) * k, desc="generate", unit="response", disable=not progress, leave=False)
+    for start in range(0, len(order), per_batch):
+        idx = order[start : start + per_batch]
+        rows = [i * k + s for i in idx for s in range(k)]
         enc = tok.pad({"input_ids": [prompts[i] for i in idx]}, return_tensors="pt").to(policy.device)
         ctx = policy.use_adapter(adapter) if adapter else _null()
-        with ctx, _DecodingCapture(policy, capture, temperature) as captured:
-            out = policy.model.generate(
-                input_ids=enc["input_ids"],
-                attention_mask=enc["attention_mask"],
-                generation_config=gen_cfg,
-            )
+        with ctx:
+            # Outside the capture: the shared prompt pass is not a decoding step.
+            shared = _shared_prompt_pass(policy, enc["input_ids"], enc["attention_mask"], k) if k > 1 else {}
+            input_ids, attention_mask = enc["input_ids"].repeat_interleave(k, 0), enc["attention_mask"].repeat_interleave(k, 0)
+            with _DecodingCapture(policy, capture, temperature) as captured:
+                out = policy.model.generate(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    generation_config=gen_cfg,
+                    **shared,
+                )
         seqs = out.sequences
-        resp = seqs[:, 1:] if policy.is_seq2seq else seqs[:, enc["input_ids"].shape[1] :]
-        chunks_q.append((idx, enc["input_ids"], enc["attention_mask"]))
+        resp = seqs[:, 1:] if policy.is_seq2seq else seqs[:, input_ids.shape[1] :]
+        chunks_q.append((rows, input_ids, attention_mask))
         chunks_r.append(resp)
         if capture:
             chunks_c.append(captured.stats(policy, resp))
-        bar.update(len(idx))
+        bar.update(len(rows))
     bar.close()
-    rollout = _assemble(policy, chunks_q, chunks_r, len(prompts), queries)
+    rollout = _assemble(policy, chunks_q, chunks_r, len(prompts) * k, [q for q in queries for _ in range(k)])
     if capture:
         rollout.logprobs, rollout.values, rollout.entropy = (
             _scatter_rows([c[k] for c in chunks_c], [q[0] for q in chunks_q], rollout.response_ids.shape) for k in range(3)
         )
     return rollout
+
+
+def _shared_prompt_pass(policy: Policy, input_ids: torch.Tensor, attention_mask: torch.Tensor, k: int) -> dict[str, Any]:
+    """``generate`` keyword arguments that let k samples of each prompt share one pass over it.
+
+    Causal: the key/value cache of every prompt token but the last (generate feeds the last one to
+    start decoding), with the position ids generate itself would use for left padding, repeated k
+    times. Seq2seq: the encoder's output, repeated k times. ``{}`` (no sharing) for a one-token prompt.
+    """
+    model = policy.model
+    if policy.is_seq2seq:
+        encoder_outputs = model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
+        encoder_outputs["last_hidden_state"] = encoder_outputs.last_hidden_state.repeat_interleave(k, 0)
+        return {"encoder_outputs": encoder_outputs}
+    if input_ids.shape[1] < 2:
+        return {}
+    head_ids, head_mask = input_ids[:, :-1], attention_mask[:, :-1]
+    position_ids = (head_mask.long().cumsum(-1) - 1).masked_fill(head_mask == 0, 1)
+    out = model(input_ids=head_ids, attention_mask=head_mask, position_ids=position_ids, use_cache=True, logits_to_keep=1)
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(k)
+    return {"past_key_values": cache}
 
 
 class _DecodingCapture:
