@@ -252,9 +252,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 # What `detoxrl demo` adds to the preset (before the user's own flags): it trains and evaluates on
 # challenging prompts, the dialogues whose own toxicity is >= 0.3, where there is toxicity to remove.
-# Sized to end within ~20 minutes on a 2-core AVX2 machine (fp32): 12 PPO steps, and 16 held-out
-# prompts evaluated greedy and with 8 samples each, summaries of at most 32 tokens as in training.
-DEMO_OVERRIDES = ["data.min_dialogue_toxicity=0.3", "ppo.steps=12", "evaluation.num_samples=16", "evaluation.max_new_tokens=32"]
+# 12 PPO steps, then up to 64 held-out prompts (all 51 of chitchat's challenging ones) greedy and
+# with 8 samples each, summaries of at most 32 tokens as in training: with 16 prompts no change was
+# significant (README "Detoxification"); 51 x 8 samples give the intervals room to exclude 0.
+DEMO_OVERRIDES = ["data.min_dialogue_toxicity=0.3", "ppo.steps=12", "evaluation.num_samples=64", "evaluation.max_new_tokens=32"]
 
 _SECTION_CLASSES = {
     "data": DataConfig,
