@@ -67,7 +67,7 @@ def test_roundtrip_restores_adapter_value_head_and_optimizer(trained, tiny_confi
     assert not torch.equal(other.value_head.weight, policy.value_head.weight)
     other_opt = torch.optim.Adam(other.trainable_parameters(), lr=1e-2)
     state = ck.load_checkpoint(path, other, other_opt)
-    assert state == {**STATE, "step": 3}
+    assert {k: v for k, v in state.items() if k != "files"} == {**STATE, "step": 3}
 
     mine, theirs = _lora(policy), _lora(other)
     assert mine.keys() == theirs.keys()
@@ -150,7 +150,7 @@ def test_trainer_state_that_is_empty_or_of_the_wrong_type(content, trained, tiny
     with pytest.raises(ModelLoadError) as e:
         ck.read_state(path)
     message = str(e.value)
-    assert "\n" not in message and str(path) in message and ck.STATE_FILE in message and "delete that folder" in message
+    assert "\n" not in message and str(path) in message and ck.STATE_FILE in message and "--resume-from latest-valid" in message
     with pytest.raises(ModelLoadError):
         prepare_output_dir(tiny_config(output_dir=run), resume=True, clear=False)
     other = _policy(tiny_config, tiny_llama, seed=1)
@@ -179,7 +179,7 @@ def test_malicious_optimizer_file_gets_the_projects_message(trained, tiny_config
         ck.load_checkpoint(path, other, torch.optim.Adam(other.trainable_parameters(), lr=1e-2))
     message = str(e.value)
     assert "\n" not in message and str(path) in message
-    assert "holds more than tensors" in message and "could run code" in message and "delete that folder" in message
+    assert "holds more than tensors" in message and "could run code" in message and "--resume-from latest-valid" in message
     assert "weights_only" not in message and "Re-running" not in message
     assert not marker.exists()
 
@@ -187,18 +187,33 @@ def test_malicious_optimizer_file_gets_the_projects_message(trained, tiny_config
 def test_tmp_and_incomplete_folders_are_ignored(trained):
     policy, optimizer, _, run, path = trained
     ck.save_checkpoint(run, 5, policy, optimizer, STATE, keep=10)
-    # A crash during a later save leaves step-000010.tmp (even complete-looking); a hand-made folder
-    # without trainer_state.json is not a checkpoint either.
+    # A crash during a later save leaves step-000010.tmp (even complete-looking): not a checkpoint, and
+    # neither are folders that a resume set aside.
     tmp = run / "checkpoints" / "step-000010.tmp"
     tmp.mkdir()
     (tmp / ck.STATE_FILE).write_text(json.dumps({**STATE, "step": 10}))
-    (run / "checkpoints" / "step-000012").mkdir()
+    for name in ("step-000011.corrupt", "step-000011.abandoned", "notes"):
+        (run / "checkpoints" / name).mkdir()
     assert ck.latest_checkpoint(run) == ck.checkpoint_dir(run, 5)
     assert [p.name for p in ck.list_checkpoints(run)] == ["step-000003", "step-000005"]
     assert ck.require_checkpoint(run) == ck.checkpoint_dir(run, 5)
     # Saving step 10 for real replaces the stale .tmp.
     ck.save_checkpoint(run, 10, policy, optimizer, STATE, keep=10)
     assert ck.latest_checkpoint(run) == ck.checkpoint_dir(run, 10) and not tmp.exists()
+
+
+def test_latest_checkpoint_folder_without_trainer_state_is_not_passed_over(trained):
+    """Saves are atomic, so a step-N folder without trainer_state.json was damaged afterwards: it used to
+    be skipped, and the run silently resumed from an older checkpoint. Now it is the latest, and refused."""
+    _, _, _, run, path = trained
+    damaged = run / "checkpoints" / "step-000012"
+    damaged.mkdir()
+    assert ck.latest_checkpoint(run) == damaged
+    with pytest.raises(ModelLoadError) as e:
+        ck.select_checkpoint(run, "auto")
+    assert f"checkpoint '{damaged}' has no {ck.STATE_FILE}" in str(e.value) and "--resume-from latest-valid" in str(e.value)
+    point = ck.select_checkpoint(run, "latest-valid")
+    assert point.ckpt == path and [(p, why.split(":")[0]) for p, why in point.newer] == [(damaged, "corrupt")]
 
 
 def test_no_checkpoint(tmp_path):
@@ -232,3 +247,129 @@ def test_save_final_is_a_peft_folder(trained, tiny_llama):
     for n, p in loaded.named_parameters():
         if "lora_" in n:
             assert torch.equal(p, dict(policy.model.named_parameters())[n]), n
+
+
+# --------------------------------------------------------------------------------------------
+# Integrity: checksums, step and folder, which checkpoint to resume from (issue 9, item 5)
+
+
+def test_checkpoint_records_the_size_and_sha256_of_each_file(trained):
+    import hashlib
+
+    _, _, _, _, path = trained
+    files = ck.read_state(path)["files"]
+    assert set(ck.CHECKPOINT_FILES) <= set(files) and ck.STATE_FILE not in files
+    for name, entry in files.items():
+        data = (path / name).read_bytes()
+        assert entry == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}, name
+    assert ck.verify_checkpoint(path)["step"] == 3
+
+
+def _flip_last_byte(path):
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage, fragment", [
+    ("flip", "(its sha256 differs from the one recorded when it was saved)"),
+    ("truncate", "bytes, {size} when it was saved)"),
+    ("append", "bytes, {size} when it was saved)"),
+    ("delete", "has no {name}"),
+])
+@pytest.mark.parametrize("name", ck.CHECKPOINT_FILES)
+def test_damaged_checkpoint_file_fails_its_checksum_before_anything_loads(name, damage, fragment, trained, no_weights_loaded):
+    """A file changed after the save (same size or not) is found by its recorded size and sha256,
+    without loading the policy; ``torch.load`` or safetensors would otherwise meet it, if at all."""
+    _, _, _, _, path = trained
+    target = path / name
+    size = target.stat().st_size
+    if damage == "flip":
+        _flip_last_byte(target)
+    elif damage == "truncate":
+        _truncate(target)
+    elif damage == "append":
+        target.write_bytes(target.read_bytes() + b"\0")
+    else:
+        target.unlink()
+    with pytest.raises(ModelLoadError) as e:
+        ck.verify_checkpoint(path)
+    message = str(e.value)
+    assert "\n" not in message and f"checkpoint '{path}'" in message and name in message
+    assert fragment.format(size=size, name=name) in message and "--resume-from latest-valid" in message
+
+
+def test_checkpoint_whose_step_does_not_match_its_folder(trained):
+    """A folder copied or renamed by hand: step-000007 holding step 3's state would resume at step 3
+    under the name of step 7."""
+    _, _, _, run, path = trained
+    moved = path.rename(path.with_name("step-000007"))
+    with pytest.raises(ModelLoadError) as e:
+        ck.verify_checkpoint(moved)
+    assert "says step 3 in trainer_state.json but its folder name says step 7" in str(e.value)
+    with pytest.raises(ModelLoadError, match="folder name says step 7"):
+        ck.select_checkpoint(run, "auto")
+
+
+def test_checkpoint_without_checksums_from_an_earlier_version(trained):
+    """Checkpoints written before the checksums (no ``files``) still resume; their files must be there."""
+    _, _, _, _, path = trained
+    state = json.loads((path / ck.STATE_FILE).read_text())
+    del state["files"]
+    (path / ck.STATE_FILE).write_text(json.dumps(state))
+    assert ck.verify_checkpoint(path)["step"] == 3
+    (path / "value_head.safetensors").unlink()
+    with pytest.raises(ModelLoadError, match="has no value_head.safetensors"):
+        ck.verify_checkpoint(path)
+
+
+@pytest.mark.parametrize("files", ['"x"', '{"optimizer.pt": {"size": -1, "sha256": "00"}}', '{"optimizer.pt": {"size": 1}}'])
+def test_trainer_state_with_a_malformed_files_list(files, trained):
+    _, _, _, _, path = trained
+    text = (path / ck.STATE_FILE).read_text()
+    state = json.loads(text)
+    state["files"] = json.loads(files)
+    (path / ck.STATE_FILE).write_text(json.dumps(state))
+    with pytest.raises(ModelLoadError, match="no valid 'files' list"):
+        ck.verify_checkpoint(path)
+
+
+def test_resume_from_latest_valid_skips_corrupt_checkpoints(trained):
+    policy, optimizer, _, run, path = trained
+    for step in (5, 7):
+        ck.save_checkpoint(run, step, policy, optimizer, STATE, keep=10)
+    _flip_last_byte(ck.checkpoint_dir(run, 7) / "optimizer.pt")
+    (ck.checkpoint_dir(run, 5) / ck.STATE_FILE).write_text("{")
+    with pytest.raises(ModelLoadError) as e:
+        ck.select_checkpoint(run, "auto")
+    assert "step-000007' has a damaged optimizer.pt" in str(e.value) and "--resume-from latest-valid" in str(e.value)
+    point = ck.select_checkpoint(run, "latest-valid")
+    assert point.ckpt == path and point.state["step"] == 3
+    assert [(p.name, why.split(":")[0]) for p, why in point.newer] == [("step-000005", "corrupt"), ("step-000007", "corrupt")]
+    lines = ck.set_aside(point.newer)
+    assert len(lines) == 2 and "set aside step-000007 (corrupt: has a damaged optimizer.pt" in lines[1]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000003", "step-000005.corrupt", "step-000007.corrupt"]
+    assert ck.select_checkpoint(run, "auto").ckpt == path  # a later --resume no longer meets them
+    # None valid at all: one line listing each, and the fix.
+    _flip_last_byte(path / "adapter_config.json")
+    with pytest.raises(ModelLoadError) as e:
+        ck.select_checkpoint(run, "latest-valid")
+    assert "none of the 1 checkpoints" in str(e.value) and "step-000003: has a damaged adapter_config.json" in str(e.value)
+    assert "--overwrite" in str(e.value)
+
+
+def test_resume_from_a_named_checkpoint(trained, tmp_path):
+    policy, optimizer, _, run, path = trained
+    ck.save_checkpoint(run, 5, policy, optimizer, STATE, keep=10)
+    for given in ("step-000003", str(path)):  # by name, or by path
+        point = ck.select_checkpoint(run, given)
+        assert point.ckpt == path and [(p.name, why) for p, why in point.newer] == [("step-000005", "abandoned")]
+    for given, fragment in (("step-000004", "'step-000004' does not exist"),
+                            (str(tmp_path), "is not a checkpoint of the run"),
+                            (str(run / "checkpoints"), "is not a checkpoint of the run")):
+        with pytest.raises(DetoxError) as e:
+            ck.select_checkpoint(run, given)
+        assert fragment in str(e.value) and "step-000003, step-000005" in str(e.value), given
+    _flip_last_byte(path / "value_head.safetensors")
+    with pytest.raises(ModelLoadError, match="pass another checkpoint of this run to --resume-from"):
+        ck.select_checkpoint(run, "step-000003")

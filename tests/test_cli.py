@@ -107,7 +107,8 @@ def test_entry_point_help_in_a_subprocess():
     [
         ("prepare", ["--data", "--policy", "--set", "--json", "--preset"]),
         ("score", ["TEXT", "--reward-model", "--reward-label", "--toxic-label", "--json"]),
-        ("train", ["--steps", "--batch-size", "--mini-batch-size", "--output-dir", "--resume", "--overwrite", "--max-new-tokens", "--config"]),
+        ("train", ["--steps", "--batch-size", "--mini-batch-size", "--output-dir", "--resume", "--overwrite", "--max-new-tokens", "--config",
+                   "--resume-from", "latest-valid", "--allow-config-change", "--trust-remote-code"]),
         ("evaluate", ["--run", "--num-samples", "--samples-per-prompt", "--sample", "--judge-model", "--no-rouge", "--no-faithfulness", "--fresh", "--json"]),
         ("compare", ["--run", "--before", "--after", "--json"]),
         ("report", ["RUN_DIR"]),
@@ -280,6 +281,117 @@ def test_resume_continues_to_the_new_step_count(tiny_run):
     assert [m["step"] for m in lines] == [1, 2, 3]
     assert lines[:2] == [json.loads(x) for x in tiny_run["metrics_after_first"]]  # earlier steps kept as they were
     assert (tiny_run["dir"] / "final" / "adapter_model.safetensors").read_bytes() != tiny_run["final_after_first"]
+
+
+def test_resume_with_a_changed_learning_rate_is_refused(tiny_run, no_model_loads):
+    """--resume --set ppo.learning_rate=... went ahead while config.yaml kept the old rate."""
+    before = (tiny_run["dir"] / "config.yaml").read_bytes()
+    rc, _, err = cli("train", "--output-dir", tiny_run["dir"], "--resume", "--steps", 3, "--no-progress",
+                     "--set", "ppo.learning_rate=0.001", "--seed", 5)
+    line = one_line_error(rc, err)
+    assert "these settings differ from those of checkpoint" in line and "step-000003" in line
+    assert "ppo.learning_rate 1.41e-05 -> 0.001, run.seed 0 -> 5" in line and "--allow-config-change" in line
+    assert (tiny_run["dir"] / "config.yaml").read_bytes() == before
+
+
+def test_allow_config_change_without_resume(tiny, tmp_path, no_model_loads):
+    rc, _, err = cli(*tiny_train_args(tiny, tmp_path / "run"), "--allow-config-change")
+    assert "--allow-config-change only applies to --resume" in one_line_error(rc, err)
+
+
+def test_resume_together_with_overwrite(tiny, tmp_path, no_model_loads):
+    rc, _, err = cli(*tiny_train_args(tiny, tmp_path / "run"), "--resume", "--overwrite")
+    assert "--resume continues the run in --output-dir and --overwrite replaces it; pass one of them" in one_line_error(rc, err)
+
+
+def test_resume_from_a_folder_that_is_not_a_checkpoint_of_the_run(tiny_run, tmp_path, no_model_loads):
+    rc, _, err = cli("train", "--output-dir", tiny_run["dir"], "--resume-from", tmp_path, "--no-progress")
+    line = one_line_error(rc, err)
+    assert f"--resume-from '{tmp_path}' is not a checkpoint of the run" in line and "latest-valid" in line
+    rc, _, err = cli("train", "--output-dir", tiny_run["dir"], "--resume-from", "step-000009", "--no-progress")
+    assert "--resume-from 'step-000009' does not exist" in one_line_error(rc, err)
+
+
+def _tree_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@needs_data
+def test_corrupt_latest_checkpoint_then_resume_from_latest_valid(tiny, tmp_path):
+    """Fault: the latest checkpoint is damaged (one byte of its optimizer state). --resume refuses it,
+    naming --resume-from latest-valid, which continues from the checkpoint before it and ends where
+    the undamaged run ended."""
+    from safetensors.torch import load_file
+
+    run_dir = tmp_path / "run"
+    args = [*tiny_train_args(tiny, run_dir, steps=4), "--set", "run.save_every=2", "--set", "run.keep_checkpoints=5"]
+    rc, _, err = cli(*args)
+    assert rc == 0, err
+    metrics = [{k: v for k, v in json.loads(x).items() if not k.startswith("time/")} for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    final = load_file(str(run_dir / "final" / "adapter_model.safetensors"))
+    optimizer = run_dir / "checkpoints" / "step-000004" / "optimizer.pt"
+    data = bytearray(optimizer.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    optimizer.write_bytes(bytes(data))
+
+    rc, _, err = cli("train", "--output-dir", run_dir, "--resume", "--no-progress")
+    line = one_line_error(rc, err)
+    assert "step-000004' has a damaged optimizer.pt (its sha256 differs" in line and "--resume-from latest-valid" in line
+    rc, out, err = cli("train", "--output-dir", run_dir, "--resume-from", "latest-valid", "--no-progress")
+    assert rc == 0, err
+    assert "trained 4 steps" in out
+    assert "note: set aside step-000004 (corrupt: has a damaged optimizer.pt" in err
+    again = [{k: v for k, v in json.loads(x).items() if not k.startswith("time/")} for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert again == metrics  # steps 3 and 4 recomputed from step 2, exactly
+    resumed = load_file(str(run_dir / "final" / "adapter_model.safetensors"))
+    assert resumed.keys() == final.keys() and all(torch.equal(resumed[k], final[k]) for k in final)
+    assert (run_dir / "checkpoints" / "step-000004.corrupt").is_dir()
+    assert [p.name for p in sorted((run_dir / "checkpoints").glob("step-??????"))] == ["step-000002", "step-000004"]
+
+
+@needs_data
+def test_failing_overwrite_leaves_the_old_run_byte_identical(tiny, tmp_path, monkeypatch):
+    """Fault: --overwrite with a python: reward that raises at step 1. The earlier run (metrics.jsonl,
+    final/, checkpoints, config) is byte for byte as it was; the message says so."""
+    run_dir = tmp_path / "run"
+    rc, _, err = cli(*tiny_train_args(tiny, run_dir, steps=1))
+    assert rc == 0, err
+    before = _tree_bytes(run_dir)
+    assert "metrics.jsonl" in before and "final/adapter_model.safetensors" in before
+    (tmp_path / "raising_reward.py").write_text("def reward(texts):\n    raise RuntimeError('the reward service is down')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    rc, _, err = cli(*tiny_train_args(tiny, run_dir, steps=2), "--overwrite",
+                     "--reward-model", "python:raising_reward:reward", "--reward-label", "reward")
+    line = one_line_error(rc, err)
+    assert "reward function python:raising_reward:reward raised RuntimeError: the reward service is down" in line
+    assert f"--overwrite: the earlier run in '{run_dir}' is unchanged" in line
+    assert {k: v for k, v in _tree_bytes(run_dir).items() if not k.startswith("new-run.incomplete/")} == before
+    # The next run cleans up what the failed one left, and says so.
+    rc, out, err = cli("train", "--output-dir", run_dir, "--resume", "--steps", 2, "--no-progress")
+    assert rc == 0, err
+    assert "note: removed" in err and not (run_dir / "new-run.incomplete").exists()
+
+
+@needs_data
+def test_train_interrupted_before_the_first_checkpoint_of_an_overwrite(tiny, tmp_path, monkeypatch):
+    """Ctrl-C said 'rerun with --resume': that would continue the earlier run, not the interrupted one."""
+    import detoxrl.trainer
+
+    run_dir = tmp_path / "run"
+    rc, _, err = cli(*tiny_train_args(tiny, run_dir, steps=1))
+    assert rc == 0, err
+    before = _tree_bytes(run_dir)
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(detoxrl.trainer.Trainer, "step", interrupted)
+    rc, _, err = cli(*tiny_train_args(tiny, run_dir, steps=2), "--overwrite")
+    assert rc == 130 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("interrupted before the first checkpoint of the new run: --overwrite: the earlier run in")
+    assert "rerun with --overwrite to start again" in err
+    assert {k: v for k, v in _tree_bytes(run_dir).items() if not k.startswith("new-run.incomplete/")} == before
+
 
 
 # --------------------------------------------------------------------------------------------

@@ -463,3 +463,28 @@ def test_trust_remote_code_is_allowed_per_model():
     assert load_config("seed", trust_remote_code=["policy", "reward"]).reward.trust_remote_code is True
     with pytest.raises(ConfigError, match="--trust-remote-code takes policy, reward, judge .*got 'everything'"):
         load_config("seed", trust_remote_code=["everything"])
+
+
+def test_changed_settings_leave_out_those_that_do_not_affect_the_result():
+    """What train --resume compares: a changed hyper-parameter or seed counts, progress bars, logging,
+    checkpoint spacing, step count and evaluation settings do not (RESUME_FREE_SETTINGS)."""
+    from detoxrl.config import RESUME_FREE_SETTINGS, changed_settings
+
+    old = load_config("seed").to_dict()
+    same_result = load_config("seed", overrides=[
+        "run.progress=false", "run.log_with=tensorboard", "run.save_every=1", "run.keep_checkpoints=9", "ppo.steps=99",
+        "run.num_threads=1", "run.output_dir=elsewhere", "evaluation.num_samples=3", "run.release_memory=false",
+    ]).to_dict()
+    assert changed_settings(old, same_result) == {}
+    other = load_config("seed", overrides=["ppo.learning_rate=1e-3", "run.seed=4", "ppo.target_kl=3", "policy.lora_target_modules=q,k",
+                                           "evaluation.judge_model=x"]).to_dict()
+    assert changed_settings(old, other) == {
+        "evaluation.judge_model": (["facebook/roberta-hate-speech-dynabench-r4-target"], ["x"]),  # can select training prompts
+        "policy.lora_target_modules": (None, ["q", "k"]),
+        "ppo.learning_rate": (1.41e-5, 1e-3),
+        "ppo.target_kl": (6.0, 3.0),
+        "run.seed": (0, 4),
+    }
+    # Every free setting exists (a renamed key would silently become free otherwise).
+    keys = {f"{section}.{key}" for section, values in old.items() if isinstance(values, dict) for key in values} | {"preset"}
+    assert RESUME_FREE_SETTINGS <= keys

@@ -3,19 +3,22 @@
 import collections
 import json
 import math
+import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from detoxrl.errors import ConfigError, DataError, DetoxError, TrainingError
+from detoxrl import checkpoint as ck
+from detoxrl.errors import ConfigError, DataError, DetoxError, ModelLoadError, TrainingError
 from detoxrl.policy import Policy, load_policy
 from detoxrl.prompts import build_prompts
 from detoxrl.rewards import FunctionScorer
 from detoxrl.rollout import forward_pass, generate
-from detoxrl.trainer import Trainer
+from detoxrl.trainer import NEW_RUN_DIR, OLD_RUN_DIR, Trainer
 from conftest import assert_close_for_dtype
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -242,12 +245,15 @@ def test_existing_run_is_protected(tiny_config, tmp_path):
     with pytest.raises(DetoxError):
         Trainer(tiny_config("run.overwrite=true", policy=weightless, output_dir=out, steps=1))
     assert _snapshot_tree(out) == before
-    # --overwrite replaces the run's own files and leaves the user's alone.
-    trainer = Trainer(tiny_config("run.overwrite=true", output_dir=out, steps=1))
-    assert not (out / "metrics.jsonl").exists() and not (out / "checkpoints").exists() and not (out / "final").exists()
-    assert (out / "notes.txt").read_text() == "mine"
-    trainer.train()
-    assert len(read_metrics(out)) == 1
+    # --overwrite replaces the run's own files and leaves the user's alone; until its first checkpoint the
+    # new run writes beside the earlier one, which stays as it was.
+    trainer = Trainer(tiny_config("run.overwrite=true", output_dir=out, steps=2))
+    assert trainer.run_dir == out / NEW_RUN_DIR and (trainer.run_dir / "config.yaml").is_file()
+    assert {k: v for k, v in _snapshot_tree(out).items() if not k.startswith(NEW_RUN_DIR)} == before
+    final = trainer.train()
+    assert final == out / "final" and trainer.run_dir == out and trainer.staging_dir is None
+    assert len(read_metrics(out)) == 2 and (out / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "config.yaml", "final", "metrics.jsonl", "notes.txt"]
 
 
 def test_resume_without_checkpoint_is_an_error(tiny_config, tmp_path):
@@ -379,3 +385,305 @@ def test_tensorboard_tracker_logs_through_accelerate(tiny_config, tmp_path):
     assert events, "no tensorboard event file written"
     assert sum(e.stat().st_size for e in events) > 0
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+# --------------------------------------------------------------------------------------------
+# Faults: a killed run, a failing --overwrite, a resume with other settings (issue 9, items 4 and 5)
+
+KILL_HOOK = '''"""Imported by the training subprocess of the kill tests: hang at a chosen point, for a kill -9."""
+import os
+import pathlib
+import time
+
+import torch
+
+import detoxrl.trainer
+
+_kind, _n = os.environ["DETOXRL_TEST_HANG"].split(":")
+_calls = [0]
+
+
+def _hang():
+    pathlib.Path(os.environ["DETOXRL_TEST_HANG_MARKER"]).write_text(str(os.getpid()))
+    time.sleep(600)
+
+
+if _kind == "step":  # the N-th PPO step of this process, after sampling and scoring, before the update
+    _real_score_rollout = detoxrl.trainer.score_rollout
+
+    def _score_rollout(*args, **kwargs):
+        _calls[0] += 1
+        if _calls[0] == int(_n):
+            _hang()
+        return _real_score_rollout(*args, **kwargs)
+
+    detoxrl.trainer.score_rollout = _score_rollout
+else:  # "checkpoint": the N-th checkpoint of this process, half written (optimizer.pt in step-N.tmp)
+    _real_save = torch.save
+
+    def _save(obj, f, *args, **kwargs):
+        _real_save(obj, f, *args, **kwargs)
+        if str(f).endswith("optimizer.pt"):
+            _calls[0] += 1
+            if _calls[0] == int(_n):
+                _hang()
+
+    torch.save = _save
+'''
+
+RUN_CLI = "import sys; sys.path.insert(0, sys.argv.pop(1)); import os; os.environ.get('DETOXRL_TEST_HANG') and __import__('kill_hook'); " \
+          "from detoxrl.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
+def _train_subprocess(tmp_path, argv, hang=None):
+    """``detoxrl train argv...`` in a subprocess (one thread); with ``hang=(kind, n)`` it hangs there."""
+    import subprocess
+    import sys
+
+    (tmp_path / "kill_hook.py").write_text(KILL_HOOK)
+    marker = tmp_path / "hanging"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "DETOXRL_TEST_HANG_MARKER": str(marker)}
+    env.pop("DETOXRL_TEST_HANG", None)
+    if hang:
+        env["DETOXRL_TEST_HANG"] = f"{hang[0]}:{hang[1]}"
+    log = open(tmp_path / "subprocess.log", "a")
+    return subprocess.Popen([sys.executable, "-c", RUN_CLI, str(tmp_path), "train", *map(str, argv)], env=env,
+                            stdout=log, stderr=subprocess.STDOUT), marker
+
+
+def _kill_when_hanging(proc, marker, log):
+    import signal
+
+    deadline = time.time() + 300
+    while not marker.exists():
+        assert proc.poll() is None, f"the run ended (rc {proc.returncode}) before the kill point:\n{log.read_text()[-3000:]}"
+        assert time.time() < deadline, "the run never reached the kill point"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    marker.unlink()
+    assert proc.returncode == -signal.SIGKILL
+
+
+@pytest.mark.slow  # four processes that each import torch and load the tiny models (about 20 s)
+def test_kill_9_at_two_seeded_points_then_resume_equals_uninterrupted(uninterrupted, tiny_config, tmp_path):
+    """``kill -9`` of a training subprocess, twice, at points drawn with a fixed seed among: during step 3
+    (after sampling, before the update), during step 4, and while step 4's checkpoint is half written;
+    then ``--resume`` to the end. Metrics and adapter are those of the run that never stopped (the
+    ``uninterrupted`` fixture above), and each resume starts from the latest complete checkpoint."""
+    import random
+
+    metrics, adapter, head = uninterrupted
+    out = tmp_path / "run"
+    cfg = _resume_config(tiny_config, out)
+    cfg.save_yaml(tmp_path / "config.yaml")
+    events = [("step", 3), ("step", 4), ("checkpoint", 4)]
+    chosen = [events[i] for i in sorted(random.Random(9).sample(range(len(events)), 2))]
+    save_every = cfg.run.save_every
+    log = tmp_path / "subprocess.log"
+    for i, (kind, step) in enumerate(chosen):
+        start = int(ck.latest_checkpoint(out).name.split("-")[1]) if ck.latest_checkpoint(out) else 0
+        n = step - start if kind == "step" else (step - start) // save_every  # counted within the new process
+        argv = ["--config", tmp_path / "config.yaml", "--no-progress"] if i == 0 else ["--output-dir", out, "--resume", "--no-progress"]
+        proc, marker = _train_subprocess(tmp_path, argv, hang=(kind, n))
+        _kill_when_hanging(proc, marker, log)
+        assert ck.latest_checkpoint(out).name == "step-000002", (chosen, i)  # step 4's checkpoint never completed
+        assert not (out / "final").exists()
+    proc, _ = _train_subprocess(tmp_path, ["--output-dir", out, "--resume", "--no-progress"])
+    assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
+    assert "trained 4 steps" in log.read_text()
+    assert without_time(read_metrics(out)) == without_time(metrics)
+    assert_same_tensors(adapter_tensors(out / "final"), adapter)
+    assert_same_tensors(load_file(str(out / "final" / "value_head.safetensors")), head)
+    assert [p.name for p in ck.list_checkpoints(out)] == ["step-000002", "step-000004"]
+    assert not list((out / "checkpoints").glob("*.tmp"))
+
+
+def _raising_reward(texts):
+    raise RuntimeError("the reward service is down")
+
+
+def test_overwrite_that_fails_before_its_first_checkpoint_keeps_the_earlier_run(tiny_config, tmp_path, capsys):
+    """--overwrite deleted the earlier run once the new one's models had loaded: a new run whose reward
+    raised at step 1 had cost the user the previous one. The new run now writes into
+    RUN/new-run.incomplete and replaces the earlier run only at its first checkpoint."""
+    out = tmp_path / "run"
+    Trainer(tiny_config(output_dir=out, steps=2, batch_size=4, mini_batch_size=2, max_new_tokens=6)).train()
+    before = _snapshot_tree(out)
+    trainer = Trainer(tiny_config("run.overwrite=true", output_dir=out, steps=2, batch_size=4, mini_batch_size=2, max_new_tokens=6),
+                      scorer=FunctionScorer(_raising_reward))
+    with pytest.raises(ConfigError) as e:
+        trainer.train()
+    message = str(e.value)
+    assert "\n" not in message and "raised RuntimeError: the reward service is down" in message
+    assert f"--overwrite: the earlier run in '{out}' is unchanged" in message and str(out / NEW_RUN_DIR) in message
+    assert {k: v for k, v in _snapshot_tree(out).items() if not k.startswith(NEW_RUN_DIR + "/")} == before
+    assert (out / NEW_RUN_DIR / "config.yaml").is_file()  # the name says what it is
+    # The next run in the folder removes what the failed one left, and says so.
+    capsys.readouterr()
+    Trainer(tiny_config(output_dir=out, steps=3, batch_size=4, mini_batch_size=2, max_new_tokens=6), resume=True)
+    assert not (out / NEW_RUN_DIR).exists()
+    err = capsys.readouterr().err
+    assert f"note: removed '{out / NEW_RUN_DIR}', left by an --overwrite run that stopped before its first checkpoint" in err
+
+
+def test_overwrite_killed_while_moving_into_place_is_finished_by_the_next_run(tiny_config, tmp_path, capsys):
+    """A kill between the renames of the swap leaves the earlier run's files half in
+    RUN/old-run.being-replaced: the next train finishes the move (the new run had its checkpoint)."""
+    from detoxrl.trainer import _ALL_MOVED, recover_overwrite
+
+    out = tmp_path / "run"
+    Trainer(tiny_config(output_dir=out, steps=1, batch_size=4, mini_batch_size=2, max_new_tokens=6)).train()
+    new_run = tmp_path / "new"
+    Trainer(tiny_config("run.seed=7", output_dir=new_run, steps=2, batch_size=4, mini_batch_size=2, max_new_tokens=6)).train()
+    wanted = _snapshot_tree(new_run)
+    for half_done in ("first half", "second half", "cleanup"):
+        shutil.rmtree(out / NEW_RUN_DIR, ignore_errors=True)
+        shutil.copytree(new_run, out / NEW_RUN_DIR)
+        old = out / OLD_RUN_DIR
+        old.mkdir()
+        (out / "metrics.jsonl").rename(old / "metrics.jsonl")  # killed during step 1 of the swap ...
+        if half_done != "first half":  # ... or during step 2: the earlier run all moved, some of the new one too
+            for name in ("checkpoints", "config.yaml", "final"):
+                (out / name).rename(old / name)
+            (old / _ALL_MOVED).touch()
+            (out / NEW_RUN_DIR / "metrics.jsonl").rename(out / "metrics.jsonl")
+        if half_done == "cleanup":  # ... or during step 3: only the earlier run's files left to delete
+            for item in (out / NEW_RUN_DIR).iterdir():
+                item.rename(out / item.name)
+            (out / NEW_RUN_DIR).rmdir()
+        lines = recover_overwrite(out)
+        assert len(lines) == 1 and "finished the move" in lines[0], half_done
+        assert _snapshot_tree(out) == wanted, half_done
+        assert not (out / OLD_RUN_DIR).exists() and not (out / NEW_RUN_DIR).exists()
+        resumed = Trainer(tiny_config("run.seed=7", output_dir=out, steps=3, batch_size=4, mini_batch_size=2, max_new_tokens=6),
+                          resume=True)
+        assert resumed.step_idx == 2  # the new run's checkpoint
+        # back to the earlier run for the next round
+        shutil.rmtree(out)
+        Trainer(tiny_config(output_dir=out, steps=1, batch_size=4, mini_batch_size=2, max_new_tokens=6)).train()
+
+
+def _short(build, out, *extra, steps=4):
+    return build("run.save_every=2", "run.keep_checkpoints=5", *extra, output_dir=out, steps=steps, batch_size=4, mini_batch_size=2,
+                 max_new_tokens=6)
+
+
+@pytest.fixture
+def two_checkpoints(tiny_config, tmp_path):
+    """A finished 4-step run with checkpoints at steps 2 and 4 (adaptive KL)."""
+    out = tmp_path / "run"
+    Trainer(_short(tiny_config, out)).train()
+    return out
+
+
+def test_resume_with_changed_settings_is_refused_before_any_model_loads(two_checkpoints, tiny_config, monkeypatch):
+    """--resume with another learning rate, seed or KL target went ahead silently while config.yaml
+    showed the old values. Now: one line naming each changed key, old -> new, before anything loads."""
+    _refuse_policy_weights(monkeypatch)
+    out = two_checkpoints
+    with pytest.raises(ConfigError) as e:
+        Trainer(_short(tiny_config, out, "ppo.learning_rate=5e-4", "run.seed=3", "ppo.target_kl=2.5"), resume=True)
+    message = str(e.value)
+    assert "\n" not in message
+    assert f"these settings differ from those of checkpoint '{out / 'checkpoints' / 'step-000004'}'" in message
+    assert "ppo.learning_rate 1.41e-05 -> 0.0005, ppo.target_kl 6.0 -> 2.5, run.seed 0 -> 3" in message
+    assert "--allow-config-change" in message and "config-changes.jsonl" in message
+    assert not (out / "config-changes.jsonl").exists()
+
+
+def test_resume_may_change_settings_that_do_not_affect_the_result(two_checkpoints, tiny_config):
+    """More steps, other checkpoint spacing, logging and threads: no --allow-config-change needed;
+    config.yaml follows the new step count."""
+    import yaml
+
+    out = two_checkpoints
+    trainer = Trainer(_short(tiny_config, out, "run.save_every=3", "run.keep_checkpoints=1", "run.progress=true",
+                             "run.num_threads=1", "evaluation.num_samples=5", steps=5), resume=True)
+    assert trainer.step_idx == 4 and trainer.resume_plan.changes == {}
+    assert not (out / "config-changes.jsonl").exists()
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["ppo"]["steps"] == 5 and saved["run"]["save_every"] == 3
+
+
+def test_resume_with_allow_config_change_records_the_change(two_checkpoints, tiny_config):
+    import yaml
+
+    out = two_checkpoints
+    trainer = Trainer(_short(tiny_config, out, "ppo.learning_rate=5e-4", "run.seed=3", steps=5), resume=True, allow_config_change=True)
+    assert all(group["lr"] == 5e-4 for group in trainer.optimizer.param_groups)  # not the checkpoint's rate
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["ppo"]["learning_rate"] == 5e-4 and saved["run"]["seed"] == 3
+    (line,) = (out / "config-changes.jsonl").read_text().splitlines()
+    record = json.loads(line)
+    assert record["step"] == 4 and record["checkpoint"] == "checkpoints/step-000004"
+    assert record["changes"] == {"ppo.learning_rate": {"old": 1.41e-5, "new": 5e-4}, "run.seed": {"old": 0, "new": 3}}
+    trainer.train()
+    state = ck.read_state(out / "checkpoints" / "step-000005")
+    assert state["config"]["ppo"]["learning_rate"] == 5e-4 and state["seed"] == 3
+    # Resuming again with the new settings is no change any more.
+    assert Trainer(_short(tiny_config, out, "ppo.learning_rate=5e-4", "run.seed=3", steps=5), resume=True).resume_plan.changes == {}
+
+
+def test_resume_with_a_new_target_kl_takes_effect(two_checkpoints, tiny_config):
+    """load_state_dict restored the checkpoint's target and horizon over --set ppo.target_kl: the new
+    KL settings now apply, from the coefficient the run had reached."""
+    out = two_checkpoints
+    reached = ck.read_state(out / "checkpoints" / "step-000004")["kl_controller"]
+    assert reached["value"] != 0.2  # the adaptive coefficient moved from init_kl_coef
+    trainer = Trainer(_short(tiny_config, out, "ppo.target_kl=2.5", "ppo.kl_horizon=500"), resume=True, allow_config_change=True)
+    assert trainer.kl_ctl.state_dict() == {"value": reached["value"], "target": 2.5, "horizon": 500.0}
+    record = json.loads((out / "config-changes.jsonl").read_text())
+    assert record["kl_controller"] == {"old": reached, "new": {"value": reached["value"], "target": 2.5, "horizon": 500.0}}
+    trainer.train(steps=5)
+    assert read_metrics(out)[-1]["objective/kl_coef"] == reached["value"]
+    assert ck.read_state(out / "checkpoints" / "step-000005")["kl_controller"]["target"] == 2.5
+    # A new ppo.init_kl_coef restarts the coefficient there.
+    trainer = Trainer(_short(tiny_config, out, "ppo.target_kl=2.5", "ppo.kl_horizon=500", "ppo.init_kl_coef=0.05"), resume=True,
+                      allow_config_change=True)
+    assert trainer.kl_ctl.value == 0.05
+
+
+def test_resume_switching_fixed_to_adaptive_kl(tiny_config, tmp_path):
+    """A fixed controller's state has no target: switching to adaptive on resume raised KeyError('target')."""
+    from detoxrl.advantages import AdaptiveKLController, FixedKLController
+
+    out = tmp_path / "run"
+    Trainer(_short(tiny_config, out, "ppo.adaptive_kl=false", "ppo.init_kl_coef=0.1", steps=2)).train()
+    with pytest.raises(ConfigError, match=r"ppo.adaptive_kl false -> true"):
+        Trainer(_short(tiny_config, out, steps=3), resume=True)
+    trainer = Trainer(_short(tiny_config, out, "ppo.init_kl_coef=0.1", steps=3), resume=True, allow_config_change=True)
+    assert isinstance(trainer.kl_ctl, AdaptiveKLController) and trainer.kl_ctl.state_dict() == {"value": 0.1, "target": 6.0, "horizon": 10000.0}
+    trainer.train()
+    # and back: a fixed coefficient is its setting
+    trainer = Trainer(_short(tiny_config, out, "ppo.adaptive_kl=false", "ppo.init_kl_coef=0.1", steps=4), resume=True,
+                      allow_config_change=True)
+    assert isinstance(trainer.kl_ctl, FixedKLController) and trainer.kl_ctl.value == 0.1
+
+
+def test_damaged_checkpoint_is_refused_before_the_policy_loads(two_checkpoints, tiny_config, monkeypatch):
+    out = two_checkpoints
+    adapter = out / "checkpoints" / "step-000004" / "adapter_model.safetensors"
+    data = bytearray(adapter.read_bytes())
+    data[-1] ^= 0xFF  # same size, one bit pattern changed: only the checksum can tell
+    adapter.write_bytes(bytes(data))
+    _refuse_policy_weights(monkeypatch)
+    with pytest.raises(ModelLoadError) as e:
+        Trainer(_short(tiny_config, out), resume=True)
+    message = str(e.value)
+    assert "\n" not in message and "has a damaged adapter_model.safetensors (its sha256 differs" in message
+    assert "--resume-from latest-valid" in message
+
+
+def test_resume_from_an_older_checkpoint_sets_the_newer_ones_aside(two_checkpoints, tiny_config, capsys):
+    """Resuming from step 2 while step 4 exists: step 4 is renamed step-000004.abandoned, so that a later
+    --resume cannot pick it up and mix the two branches of the run."""
+    out = two_checkpoints
+    full = without_time(read_metrics(out))
+    trainer = Trainer(_short(tiny_config, out), resume=True, resume_from="step-000002")
+    assert trainer.step_idx == 2 and [r["step"] for r in read_metrics(out)] == [1, 2]
+    assert (out / "checkpoints" / "step-000004.abandoned").is_dir() and not (out / "checkpoints" / "step-000004").exists()
+    assert "set aside step-000004 (abandoned)" in capsys.readouterr().err
+    trainer.train()
+    assert without_time(read_metrics(out)) == full  # the same steps again
+    assert [p.name for p in ck.list_checkpoints(out)] == ["step-000002", "step-000004"]

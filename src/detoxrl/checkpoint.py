@@ -10,15 +10,23 @@ Layout of a run folder::
 
 Randomness is derived from (seed, step), so a checkpoint needs no RNG state to resume exactly.
 Optimizer state is a plain tensor dict, loaded with ``weights_only=True``.
+
+``trainer_state.json`` is written last, inside the same temporary folder as the other files, and
+records the size and sha256 of each of them (``files``) and the configuration the checkpoint was
+trained with (``config``). :func:`verify_checkpoint` checks all of it (and that ``step`` matches the
+folder name) before anything heavy loads; :func:`select_checkpoint` picks the checkpoint that
+``--resume-from auto|latest-valid|DIR`` asks for.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import pickle
 import re
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +36,27 @@ from detoxrl.errors import DetoxError, ModelLoadError
 from detoxrl.policy import Policy, _first_line, load_value_head, save_value_head
 
 STATE_FILE = "trainer_state.json"
+#: What a checkpoint folder holds besides trainer_state.json (each one listed with size and sha256).
+CHECKPOINT_FILES = ("adapter_model.safetensors", "adapter_config.json", "value_head.safetensors", "optimizer.pt")
+#: The fix named by every message about a checkpoint that cannot be used.
+FALLBACK_FIX = "pass --resume-from latest-valid to resume from the newest checkpoint before it that passes its checks"
+STEP_FOLDER = re.compile(r"step-(\d+)")
+#: Suffixes of checkpoints that a resume from an older one set aside (no longer candidates).
+CORRUPT_SUFFIX, ABANDONED_SUFFIX = ".corrupt", ".abandoned"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
     return run_dir / "checkpoints" / f"step-{step:06d}"
+
+
+def file_digest(path: Path) -> dict[str, Any]:
+    """``{"size": bytes, "sha256": hex}`` of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return {"size": path.stat().st_size, "sha256": h.hexdigest()}
 
 
 def save_checkpoint(run_dir: Path, step: int, policy: Policy, optimizer: torch.optim.Optimizer, state: dict, keep: int = 2) -> Path:
@@ -43,7 +68,10 @@ def save_checkpoint(run_dir: Path, step: int, policy: Policy, optimizer: torch.o
     policy.save_adapter(tmp)
     save_value_head(policy.value_head, tmp / "value_head.safetensors")
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=2))
+    # The checksums of everything written so far, in the state file, written last: a folder whose
+    # files do not match them was damaged after the save (the rename below makes the save atomic).
+    files = {p.name: file_digest(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+    (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step, "files": files}, indent=2))
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     _prune(run_dir, keep)
@@ -57,11 +85,22 @@ def _prune(run_dir: Path, keep: int) -> None:
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
+    """The run's checkpoint folders ``checkpoints/step-N``, oldest first, valid or not.
+
+    A save in progress (``step-N.tmp``) and folders set aside (``.corrupt``, ``.abandoned``) are not
+    checkpoints. A ``step-N`` folder without its trainer_state.json is listed: saves are atomic, so
+    it was damaged afterwards, and :func:`verify_checkpoint` says so instead of passing over it.
+    """
     root = run_dir / "checkpoints"
     if not root.is_dir():
         return []
-    done = [p for p in root.glob("step-*") if not p.name.endswith(".tmp") and (p / STATE_FILE).is_file()]
-    return sorted(done, key=lambda p: int(p.name.split("-")[1]))
+    done = [p for p in root.iterdir() if p.is_dir() and STEP_FOLDER.fullmatch(p.name)]
+    return sorted(done, key=folder_step)
+
+
+def folder_step(ckpt: Path) -> int:
+    """The step that a checkpoint folder's name says (``step-000005`` -> 5)."""
+    return int(STEP_FOLDER.fullmatch(ckpt.name).group(1))
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -76,11 +115,11 @@ def require_checkpoint(run_dir: Path) -> Path:
     return ckpt
 
 
-def read_state(ckpt: Path) -> dict[str, Any]:
+def read_state(ckpt: Path, fix: str = FALLBACK_FIX) -> dict[str, Any]:
     """The trainer state of a checkpoint, checked: ``step`` a whole number >= 0, ``kl_controller`` a
-    mapping of finite numbers with a ``value``. Anything else is one line naming the file."""
+    mapping of finite numbers with a ``value``; ``files`` and ``config``, when present, of the right
+    shape. Anything else is one line naming the file and ``fix``."""
     path = ckpt / STATE_FILE
-    fix = "delete that folder to resume from the one before"
     try:
         state = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -95,7 +134,149 @@ def read_state(ckpt: Path) -> dict[str, Any]:
         raise ModelLoadError(
             f"checkpoint '{ckpt}' has no valid kl_controller in {STATE_FILE} (need finite numbers with a 'value', got {kl!r}); {fix}"
         )
+    files = state.get("files")
+    if files is not None and not (
+        isinstance(files, dict)
+        and all(isinstance(v, dict) and _is_size(v.get("size")) and isinstance(v.get("sha256"), str) and _SHA256.fullmatch(v["sha256"])
+                for v in files.values())
+    ):
+        raise ModelLoadError(f"checkpoint '{ckpt}' has no valid 'files' list in {STATE_FILE} (need a size and a sha256 per file); {fix}")
+    if "config" in state and not isinstance(state["config"], dict):
+        raise ModelLoadError(f"checkpoint '{ckpt}' has a 'config' in {STATE_FILE} that is not a mapping; {fix}")
     return state
+
+
+def _is_size(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def verify_checkpoint(ckpt: Path, fix: str = FALLBACK_FIX) -> dict[str, Any]:
+    """Everything about a checkpoint that can be checked without loading it; returns its state.
+
+    :func:`read_state`'s checks, then: the ``step`` it records is the step of its folder name, and
+    every file has the size and sha256 recorded when it was written (a checkpoint from before the
+    checksums, without ``files``, is checked for the presence of its files only). Hashing reads
+    each file once: seconds for a LoRA adapter and its Adam state, no model needed.
+    """
+    if not ckpt.is_dir():
+        raise ModelLoadError(f"checkpoint '{ckpt}' does not exist or is not a folder; {fix}")
+    if not (ckpt / STATE_FILE).is_file():
+        raise ModelLoadError(f"checkpoint '{ckpt}' has no {STATE_FILE} (the folder was damaged after it was saved); {fix}")
+    state = read_state(ckpt, fix)
+    named = STEP_FOLDER.fullmatch(ckpt.name)
+    if named and int(named.group(1)) != state["step"]:
+        raise ModelLoadError(
+            f"checkpoint '{ckpt}' says step {state['step']} in {STATE_FILE} but its folder name says step {int(named.group(1))} "
+            f"(a folder renamed or copied by hand); {fix}"
+        )
+    files = state.get("files")
+    for name in CHECKPOINT_FILES:
+        if not (ckpt / name).is_file():
+            raise ModelLoadError(f"checkpoint '{ckpt}' has no {name}; {fix}")
+        if files is not None and name not in files:
+            raise ModelLoadError(f"checkpoint '{ckpt}' records no checksum of its {name} in {STATE_FILE}; {fix}")
+    for name, want in (files or {}).items():
+        path = ckpt / name
+        if not path.is_file():
+            raise ModelLoadError(f"checkpoint '{ckpt}' has no {name}, which its {STATE_FILE} lists; {fix}")
+        size = path.stat().st_size
+        if size != want["size"]:
+            raise ModelLoadError(
+                f"checkpoint '{ckpt}' has a damaged {name} ({size} bytes, {want['size']} when it was saved); {fix}"
+            )
+        if file_digest(path)["sha256"] != want["sha256"]:
+            raise ModelLoadError(f"checkpoint '{ckpt}' has a damaged {name} (its sha256 differs from the one recorded when it was saved); {fix}")
+    return state
+
+
+@dataclass
+class ResumePoint:
+    """The checkpoint a resume continues from, its verified state, and the newer checkpoint folders
+    that resuming from it sets aside: ``(folder, why)``, ``why`` being ``corrupt: ...`` or ``abandoned``."""
+
+    ckpt: Path
+    state: dict[str, Any]
+    newer: list[tuple[Path, str]] = field(default_factory=list)
+
+
+RESUME_MODES = ("auto", "latest-valid")
+
+
+def select_checkpoint(run_dir: Path, resume_from: str = "auto") -> ResumePoint:
+    """The checkpoint of ``run_dir`` that ``--resume-from`` names, verified (:func:`verify_checkpoint`).
+
+    - ``auto``: the latest; one that fails its checks is an error naming ``--resume-from latest-valid``.
+    - ``latest-valid``: the newest that passes its checks; the newer ones are reported as corrupt.
+    - anything else: a checkpoint folder of this run, by path or by name (``step-000010``); the
+      newer ones are reported as abandoned (or corrupt).
+    """
+    ckpts = list_checkpoints(run_dir)
+    if resume_from == "auto":
+        ckpt = require_checkpoint(run_dir)
+        return ResumePoint(ckpt, verify_checkpoint(ckpt))
+    if resume_from == "latest-valid":
+        if not ckpts:
+            require_checkpoint(run_dir)
+        bad: list[tuple[Path, str]] = []
+        for ckpt in reversed(ckpts):
+            try:
+                return ResumePoint(ckpt, verify_checkpoint(ckpt), newer=bad[::-1])
+            except ModelLoadError as e:
+                bad.append((ckpt, "corrupt: " + _reason(e, ckpt)))
+        found = ", ".join(f"{path.name}: {why.removeprefix('corrupt: ')}" for path, why in bad[::-1])
+        raise ModelLoadError(
+            f"--resume-from latest-valid: none of the {len(ckpts)} checkpoints of '{run_dir}' passes its checks ({found}); "
+            "start again with --overwrite"
+        )
+    ckpt = _named_checkpoint(run_dir, resume_from)
+    state = verify_checkpoint(ckpt, fix="pass another checkpoint of this run to --resume-from, or --resume-from latest-valid")
+    newer = []
+    for other in ckpts:
+        if folder_step(other) > state["step"]:
+            try:
+                verify_checkpoint(other)
+                newer.append((other, "abandoned"))
+            except ModelLoadError as e:
+                newer.append((other, "corrupt: " + _reason(e, other)))
+    return ResumePoint(ckpt, state, newer)
+
+
+def _named_checkpoint(run_dir: Path, given: str) -> Path:
+    root = run_dir / "checkpoints"
+    path = Path(given).expanduser()
+    if not path.exists() and not path.is_absolute() and (root / given).exists():
+        path = root / given
+    names = ", ".join(p.name for p in list_checkpoints(run_dir)) or "none"
+    usage = f"pass auto, latest-valid or one of this run's checkpoints ({names})"
+    if not path.exists():
+        raise DetoxError(f"--resume-from '{given}' does not exist; {usage}")
+    if path.resolve().parent != root.resolve() or not STEP_FOLDER.fullmatch(path.name):
+        raise DetoxError(f"--resume-from '{given}' is not a checkpoint of the run in '{run_dir}' (a folder {root}/step-N); {usage}")
+    return path
+
+
+def _reason(error: Exception, ckpt: Path) -> str:
+    """The middle of a checkpoint message: what is wrong, without the folder and the fix."""
+    text = str(error)
+    text = text.replace(f"checkpoint '{ckpt}' ", "", 1)
+    return text.split("; ")[0]
+
+
+def set_aside(newer: list[tuple[Path, str]]) -> list[str]:
+    """Rename checkpoints newer than the one a run resumes from, so that they are no longer candidates
+    (a later ``--resume`` would otherwise pick a checkpoint of the abandoned or corrupt branch).
+    Returns one line per folder, for the user."""
+    lines = []
+    for path, why in newer:
+        suffix = CORRUPT_SUFFIX if why.startswith("corrupt") else ABANDONED_SUFFIX
+        target = path.with_name(path.name + suffix)
+        n = 1
+        while target.exists():
+            n += 1
+            target = path.with_name(f"{path.name}{suffix}{n}")
+        path.rename(target)
+        lines.append(f"set aside {path.name} ({why}) as {target}")
+    return lines
 
 
 def _is_finite_number(x: Any) -> bool:
@@ -107,7 +288,7 @@ def load_checkpoint(ckpt: Path, policy: Policy, optimizer: torch.optim.Optimizer
     state = read_state(ckpt)
     policy.load_adapter_weights(ckpt)
     load_value_head(policy.value_head, ckpt / "value_head.safetensors")
-    fix = "delete that folder to resume from the one before"
+    fix = FALLBACK_FIX
     try:
         saved = torch.load(ckpt / "optimizer.pt", weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as e:

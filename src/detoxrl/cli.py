@@ -209,16 +209,29 @@ def cmd_score(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from detoxrl.trainer import Trainer
 
+    resume = args.resume or args.resume_from is not None  # --resume-from implies --resume
+    if resume and args.overwrite:
+        raise DetoxError("--resume continues the run in --output-dir and --overwrite replaces it; pass one of them")
+    if args.allow_config_change and not resume:
+        raise DetoxError("--allow-config-change only applies to --resume (a new run takes any settings); leave it out or add --resume")
     base_file = None
-    if args.resume and args.output_dir and not args.config:
+    if resume and args.output_dir and not args.config:
         candidate = Path(args.output_dir) / "config.yaml"
         base_file = str(candidate) if candidate.is_file() else None  # resume with the run's own config
     cfg = _config_from_args(args, base_file=base_file)
     if args.adapter:
         cfg.policy.adapter = args.adapter
-    trainer = Trainer(cfg, resume=args.resume)
-    t0 = time.perf_counter()
-    final = trainer.train()
+    trainer = None
+    try:
+        trainer = Trainer(cfg, resume=resume, resume_from=args.resume_from or "auto", allow_config_change=args.allow_config_change)
+        t0 = time.perf_counter()
+        final = trainer.train()
+    except KeyboardInterrupt:
+        if trainer is None:  # still loading: no step ran, and an earlier run in the folder is as it was
+            args.interrupted = "interrupted while the run was starting, before its first step; rerun the same command"
+        elif trainer.staging_dir is not None:  # --resume would continue the earlier run, not this one
+            args.interrupted = f"interrupted before the first checkpoint of the new run: {trainer.earlier_run_kept()}; rerun with --overwrite to start again"
+        raise
     print(f"trained {trainer.step_idx} steps in {time.perf_counter() - t0:.0f} s; adapter: {final}; metrics: {trainer.run_dir / 'metrics.jsonl'}")
     return 0
 
@@ -413,10 +426,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"[{next(phase)}] {text}", flush=True)
 
     k = cfg.evaluation.samples_per_prompt
-    evaluate_run(trainer.policy, examples, trainer.scorer, judges, eval_dir, cfg=cfg, settings=settings, with_after=False,
-                 on_phase=lambda text: say("toxicity of the " + text))
-    say(f"PPO: {cfg.ppo.steps} steps of {cfg.ppo.batch_size} challenging prompts")
-    trainer.train()
+    try:
+        evaluate_run(trainer.policy, examples, trainer.scorer, judges, eval_dir, cfg=cfg, settings=settings, with_after=False,
+                     on_phase=lambda text: say("toxicity of the " + text))
+        say(f"PPO: {cfg.ppo.steps} steps of {cfg.ppo.batch_size} challenging prompts")
+        trainer.train()
+    except DetoxError as e:  # train() names the earlier run itself; the evaluation before it does not
+        if trainer.staging_dir is None or "--overwrite: the earlier run" in str(e):
+            raise
+        raise type(e)(f"{e}; {trainer.earlier_run_kept()}") from e
+    except KeyboardInterrupt:
+        if trainer.staging_dir is not None:
+            args.interrupted = f"interrupted before the first checkpoint of the demo's run: {trainer.earlier_run_kept()}"
+        raise
+    eval_dir = trainer.run_dir / "eval"  # an --overwrite run has moved into place by now
     done = evaluate_run(trainer.policy, examples, trainer.scorer, judges, eval_dir, cfg=cfg, settings=settings,
                         on_phase=lambda text: say("toxicity of the " + text))
     head = done["comparison"]
@@ -504,6 +527,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="PPO fine-tuning of a LoRA adapter against the reward model",
                        description="PPO with a LoRA adapter, a value head and the frozen starting adapter as reference. Writes RUN/config.yaml, RUN/metrics.jsonl (one line per step), RUN/checkpoints/step-N/ and RUN/final/ (adapter_model.safetensors + adapter_config.json, loadable with PeftModel.from_pretrained).")
     _add_config_options(p, training=True)
+    r = p.add_argument_group("resume")
+    r.add_argument("--resume-from", metavar="auto|latest-valid|DIR",
+                   help="which checkpoint --resume continues from (implies --resume): auto, the latest (an error if it fails "
+                        "its checks; the default); latest-valid, the newest that passes them (newer ones are set aside as "
+                        "step-N.corrupt); or a checkpoint of this run, by path or name (step-000010; newer ones are set "
+                        "aside as step-N.abandoned)")
+    r.add_argument("--allow-config-change", action="store_true",
+                   help="with --resume: continue with settings that differ from the checkpoint's (learning rate, seed, KL "
+                        "settings...), instead of refusing; the change goes into RUN/config.yaml and RUN/config-changes.jsonl")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="toxicity (reward model and judge) and quality of summaries on the held-out split",
@@ -586,6 +618,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _interrupted(args: argparse.Namespace) -> str:
     """What Ctrl-C leaves behind and how to go on, per command: only train has a --resume flag."""
+    if getattr(args, "interrupted", None):
+        return args.interrupted
     if args.command == "train":
         return "interrupted: checkpoints written so far are kept; rerun the same command with --resume to continue from the latest"
     if args.command == "evaluate":

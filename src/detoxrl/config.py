@@ -203,6 +203,56 @@ class DetoxConfig:
 
 
 # --------------------------------------------------------------------------------------------
+# What a resumed run may change
+
+#: Settings that do not change what a run computes, so ``train --resume`` takes new values of them
+#: freely (everything else needs --allow-config-change): where and how often it writes and logs, how
+#: many steps it runs in all (the first N steps do not depend on the total: there is no schedule),
+#: whose code may run (consent is given per command), and the evaluation settings (training never
+#: reads them). Not here, though they look harmless: ``evaluation.judge_model`` and
+#: ``judge_toxic_label`` (data.selection_scorer=judge/max selects the training prompts with the first
+#: judge) and ``policy.dtype``. ``run.num_threads`` changes no operation, only how a sum is split
+#: over cores (float rounding can differ in the last bits, as on another machine).
+RESUME_FREE_SETTINGS = frozenset({
+    "preset",  # a name: its values are compared one by one
+    "run.output_dir", "run.overwrite", "run.progress", "run.log_with", "run.num_threads", "run.release_memory",
+    "run.save_every", "run.keep_checkpoints",
+    "ppo.steps",
+    "policy.trust_remote_code", "reward.trust_remote_code", "evaluation.judge_trust_remote_code",
+    "evaluation.split", "evaluation.num_samples", "evaluation.batch_size", "evaluation.max_new_tokens",
+    "evaluation.do_sample", "evaluation.seed", "evaluation.samples_per_prompt",
+})
+
+
+def flat_settings(mapping: dict[str, Any]) -> dict[str, Any]:
+    """``{"ppo": {"learning_rate": 1e-5}}`` -> ``{"ppo.learning_rate": 1e-5}``, values as YAML gives them back."""
+    mapping = yaml.safe_load(yaml.safe_dump(mapping))  # tuples -> lists, as a saved config.yaml reads
+    out: dict[str, Any] = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            out.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            out[key] = value
+    return out
+
+
+def changed_settings(old: dict[str, Any], new: dict[str, Any], *, free: Collection[str] = RESUME_FREE_SETTINGS) -> dict[str, tuple[Any, Any]]:
+    """The settings (``section.key``) whose values differ between two config mappings, as ``(old, new)``,
+    leaving out those in ``free``. A key missing on one side (a config from another detoxrl version)
+    counts as changed only if the other side differs from its default."""
+    a, b = flat_settings(old), flat_settings(new)
+    defaults = flat_settings(DetoxConfig().to_dict())
+    changes = {}
+    for key in sorted(set(a) | set(b)):
+        if key in free:
+            continue
+        before, after = a.get(key, defaults.get(key)), b.get(key, defaults.get(key))
+        if before != after:
+            changes[key] = (before, after)
+    return changes
+
+
+# --------------------------------------------------------------------------------------------
 # Presets
 
 

@@ -3,6 +3,17 @@
 It holds no RL math of its own (that lives in :mod:`detoxrl.advantages` and :mod:`detoxrl.losses`).
 Everything random is derived from ``(seed, step)``, so a run stopped after step k and resumed from
 its checkpoint produces the same metrics and adapter weights as a run that never stopped.
+
+The run folder is never lost to a run that fails:
+
+- ``--overwrite`` of an earlier run writes the new one into ``RUN/new-run.incomplete/`` and moves it
+  into place (the earlier run's files out, through ``RUN/old-run.being-replaced/``) only once it has
+  written its first checkpoint, or finished. A run that fails or is killed before that leaves the
+  earlier run as it was; the next ``train`` in the folder removes what it left, or finishes a move
+  that a kill interrupted (:func:`recover_overwrite`).
+- ``--resume`` continues from a checkpoint that passes its checks (:mod:`detoxrl.checkpoint`), with
+  the settings it was trained with: a change that affects the result is refused unless allowed, and
+  then recorded in ``config.yaml`` and ``config-changes.jsonl`` (:func:`prepare_resume`).
 """
 
 from __future__ import annotations
@@ -12,7 +23,9 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +35,8 @@ from tqdm.auto import tqdm
 
 from detoxrl import checkpoint as ckpt_lib
 from detoxrl.advantages import AdaptiveKLController, FixedKLController, gae, kl_k3, masked_mean, masked_whiten, token_rewards
-from detoxrl.config import DetoxConfig, validate
-from detoxrl.errors import DataError, DetoxError, ModelLoadError, TrainingError
+from detoxrl.config import DetoxConfig, changed_settings, validate
+from detoxrl.errors import ConfigError, DataError, DetoxError, ModelLoadError, TrainingError
 from detoxrl.policy import Policy, check_adapter_source, check_policy_source, load_policy, load_tokenizer
 from detoxrl.prompts import PromptExample, PromptSplits, build_prompts, check_data_source, load_dialogue_rows, split_and_select
 from detoxrl.rewards import Scorer, check_reward_labels, scorer_from_config, shape_rewards, texts_for_scoring
@@ -32,7 +45,14 @@ from detoxrl import runtime
 from detoxrl.rollout import generate, score_rollout
 from detoxrl.update import UpdateBatch, ppo_update
 
-MANAGED = ("metrics.jsonl", "checkpoints", "final", "eval", "report", "config.yaml", "detoxrl")  # detoxrl/: tracker logs
+MANAGED = ("metrics.jsonl", "checkpoints", "final", "eval", "report", "config.yaml", "config-changes.jsonl",
+           "detoxrl")  # detoxrl/: tracker logs
+#: Inside the run folder: an --overwrite run until its first checkpoint, and the earlier run's files
+#: while the new run moves into place.
+NEW_RUN_DIR, OLD_RUN_DIR = "new-run.incomplete", "old-run.being-replaced"
+_ALL_MOVED = "ALL-FILES-OF-THE-EARLIER-RUN-MOVED-HERE"  # in OLD_RUN_DIR: the first half of the move is done
+CONFIG_CHANGES = "config-changes.jsonl"
+KL_SETTINGS = ("ppo.init_kl_coef", "ppo.adaptive_kl", "ppo.target_kl", "ppo.kl_horizon")
 
 
 def seed_everything(seed: int) -> None:
@@ -49,24 +69,184 @@ def step_seed(seed: int, step: int) -> int:
 def prepare_output_dir(cfg: DetoxConfig, resume: bool, *, clear: bool = True) -> Path:
     """Refuse to clobber an earlier run unless asked; say how to resume or overwrite.
 
-    ``clear=False`` only checks: the trainer clears an overwritten run once its models have
-    loaded, so that a run which cannot even start does not cost the user the previous one.
+    ``clear=False`` only checks: the trainer never clears an overwritten run itself, it writes the
+    new run beside it and swaps once the new run has a checkpoint (:meth:`Trainer.train`), so that a
+    run which fails early does not cost the user the previous one. With ``resume`` the latest
+    checkpoint is checked (:func:`find_resume_point`: trainer_state.json, step, checksums); the
+    settings are compared by the trainer, once the preflight has resolved the reward labels.
     """
     out = Path(cfg.run.output_dir)
     check_writable_dir(out, "--output-dir")
     if resume:
-        # trainer_state.json is read now, so that a corrupt one is an error before any model loads.
-        ckpt_lib.read_state(ckpt_lib.require_checkpoint(out))
+        find_resume_point(cfg)
         return out
-    existing = [name for name in MANAGED if (out / name).exists()]
+    existing = existing_run(out)
     if existing and not cfg.run.overwrite:
         raise DetoxError(
             f"output dir '{out}' already holds a run ({', '.join(existing)}); pass --resume to continue it, "
             "--overwrite to replace it, or choose another --output-dir"
         )
+    for line in recover_overwrite(out):
+        _note(line)
     if clear:
         clear_output_dir(out)
     return out
+
+
+def existing_run(out: Path) -> list[str]:
+    """What of an earlier run ``out`` holds (including an --overwrite run in progress or stopped)."""
+    return [name for name in (*MANAGED, NEW_RUN_DIR, OLD_RUN_DIR) if (out / name).exists()]
+
+
+def _note(line: str) -> None:
+    print(f"note: {line}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# --overwrite: the new run moves into place only once it has a checkpoint
+
+
+def recover_overwrite(out: Path) -> list[str]:
+    """Clean up after an --overwrite run that stopped (an error, Ctrl-C or a kill) in ``out``.
+
+    - Only ``new-run.incomplete/``: the new run stopped before its first checkpoint, and the earlier
+      run was never touched. The folder (the new run's config.yaml and first metrics) is removed.
+    - ``old-run.being-replaced/`` too: the new run had a checkpoint and was being moved into place
+      when it stopped. The move is finished (as it would have been), then the earlier run is deleted.
+
+    Returns a line per thing done, for the user.
+    """
+    new, old = out / NEW_RUN_DIR, out / OLD_RUN_DIR
+    if old.is_dir():
+        if not (old / _ALL_MOVED).exists() and not new.is_dir():  # not a state this code leaves; undo it
+            for item in old.iterdir():
+                if not (out / item.name).exists():
+                    item.rename(out / item.name)
+            shutil.rmtree(old)
+            return [f"found '{old}' without the new run it was making room for; moved the earlier run's files back into '{out}'"]
+        _swap_in(out, new, old)
+        return [f"an --overwrite run in '{out}' was stopped while it moved into place (after its first checkpoint): "
+                "finished the move; the folder holds the new run, resume it with --resume"]
+    if new.is_dir():
+        shutil.rmtree(new)
+        return [f"removed '{new}', left by an --overwrite run that stopped before its first checkpoint; "
+                f"the run in '{out}' is the earlier one, unchanged"]
+    return []
+
+
+def _swap_in(out: Path, new: Path, old: Path) -> None:
+    """Replace the run files of ``out`` by those of ``new``; each step can be redone after a kill.
+
+    1. every run file of ``out`` moves into ``old`` (then a marker says so);
+    2. every file of ``new`` moves into ``out``, and ``new`` goes;
+    3. ``old`` goes.
+    """
+    old.mkdir(exist_ok=True)
+    if not (old / _ALL_MOVED).exists():
+        for name in MANAGED:
+            if (out / name).exists() or (out / name).is_symlink():
+                (out / name).rename(old / name)
+        (old / _ALL_MOVED).touch()
+    if new.is_dir():
+        for item in sorted(new.iterdir()):
+            item.rename(out / item.name)
+        new.rmdir()
+    shutil.rmtree(old)
+
+
+# --------------------------------------------------------------------------------------------
+# --resume: which checkpoint, with which settings
+
+
+@dataclass
+class ResumePlan:
+    """What ``--resume`` continues from: the checkpoint (verified), the settings it was trained with
+    (``old_config``, None if unknown), the changed settings that affect the result (``changes``,
+    allowed by the caller) and the newer checkpoints to set aside."""
+
+    point: ckpt_lib.ResumePoint
+    old_config: dict[str, Any] | None
+    changes: dict[str, tuple[Any, Any]]
+
+    @property
+    def ckpt(self) -> Path:
+        return self.point.ckpt
+
+    @property
+    def step(self) -> int:
+        return self.point.state["step"]
+
+
+def prepare_resume(cfg: DetoxConfig, *, resume_from: str = "auto", allow_config_change: bool = False) -> ResumePlan:
+    """Every check of ``--resume`` that needs no model: :func:`find_resume_point`, then
+    :func:`check_resume_settings`. Changes nothing in the run folder but the overwrite clean-up."""
+    return check_resume_settings(cfg, find_resume_point(cfg, resume_from), allow_config_change=allow_config_change)
+
+
+def find_resume_point(cfg: DetoxConfig, resume_from: str = "auto") -> ckpt_lib.ResumePoint:
+    """The folder (and what a stopped --overwrite run left in it), then the checkpoint that
+    ``resume_from`` names, with its checksums (:func:`detoxrl.checkpoint.select_checkpoint`)."""
+    out = Path(cfg.run.output_dir)
+    check_writable_dir(out, "--output-dir")
+    for line in recover_overwrite(out):
+        _note(line)
+    return ckpt_lib.select_checkpoint(out, resume_from)
+
+
+def check_resume_settings(cfg: DetoxConfig, point: ckpt_lib.ResumePoint, *, allow_config_change: bool = False) -> ResumePlan:
+    """Compare ``cfg`` with the settings the checkpoint was trained with (its own record, or the run's
+    config.yaml for a checkpoint from before detoxrl kept one). A difference in a setting that affects
+    the result (any but :data:`detoxrl.config.RESUME_FREE_SETTINGS`) is an error naming each
+    ``key old -> new``, unless ``allow_config_change``."""
+    out = Path(cfg.run.output_dir)
+    old = point.state.get("config")
+    source = f"checkpoint '{point.ckpt}'"
+    if old is None:
+        old, source = _read_run_config(out), f"'{out / 'config.yaml'}'"
+    if old is None:
+        if not allow_config_change:
+            raise ConfigError(
+                f"--resume: neither checkpoint '{point.ckpt}' nor '{out / 'config.yaml'}' records the settings the run was "
+                f"trained with, so a change cannot be ruled out; restore config.yaml, or pass --allow-config-change to "
+                f"continue with the settings given now"
+            )
+        return ResumePlan(point, None, {})
+    changes = changed_settings(old, cfg.to_dict())
+    if changes and not allow_config_change:
+        shown = ", ".join(f"{key} {_show(a)} -> {_show(b)}" for key, (a, b) in changes.items())
+        raise ConfigError(
+            f"--resume: these settings differ from those of {source}: {shown}; resume with the run's own settings "
+            f"(leave those flags out), or pass --allow-config-change to continue with the new ones "
+            f"(recorded in {out / CONFIG_CHANGES})"
+        )
+    return ResumePlan(point, old, changes)
+
+
+def _read_run_config(out: Path) -> dict[str, Any] | None:
+    import yaml
+
+    try:
+        data = yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _show(value: Any) -> str:
+    """A setting's value as --set takes it (none, true, 0.0002); strings and lists quoted."""
+    return "none" if value is None else json.dumps(value) if isinstance(value, (bool, str, list, dict)) else str(value)
+
+
+def _yaml(cfg: DetoxConfig) -> str:
+    import yaml
+
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def check_writable_dir(path: str | Path, option: str) -> None:
@@ -144,10 +324,16 @@ class Trainer:
     """PPO with a LoRA policy, a frozen reference adapter and a value head.
 
     ``scorer`` replaces the configured reward model (any object with ``score(texts)``, e.g. a
-    :class:`detoxrl.rewards.FunctionScorer` wrapping a Python function).
+    :class:`detoxrl.rewards.FunctionScorer` wrapping a Python function). With ``resume``,
+    ``resume_from`` names the checkpoint (``auto``, ``latest-valid`` or a folder) and
+    ``allow_config_change`` lets settings that affect the result differ from the checkpoint's.
+
+    ``run_dir`` is where the run writes: ``out_dir`` itself, or ``out_dir/new-run.incomplete`` while an
+    --overwrite run has not yet replaced the earlier one (``staging_dir`` is then that folder).
     """
 
-    def __init__(self, cfg: DetoxConfig, *, resume: bool = False, scorer: Scorer | None = None, policy: Policy | None = None):
+    def __init__(self, cfg: DetoxConfig, *, resume: bool = False, scorer: Scorer | None = None, policy: Policy | None = None,
+                 resume_from: str = "auto", allow_config_change: bool = False):
         from accelerate import Accelerator
 
         self.cfg = cfg
@@ -156,8 +342,15 @@ class Trainer:
         if cfg.run.num_threads:
             torch.set_num_threads(cfg.run.num_threads)
         check_trackers(cfg.run.log_with)
-        self.run_dir = prepare_output_dir(cfg, resume, clear=False)  # refuse now, clear once models load
+        # Before any model loads: the folder; with resume the checkpoint (its checksums), and the settings
+        # once the preflight has resolved the reward labels (as they were when the checkpoint was saved).
+        point = find_resume_point(cfg, resume_from) if resume else None
+        self.out_dir = Path(cfg.run.output_dir) if resume else prepare_output_dir(cfg, False, clear=False)
         rows = preflight(cfg, check_reward=scorer is None)
+        self.resume_plan = check_resume_settings(cfg, point, allow_config_change=allow_config_change) if resume else None
+        # An earlier run in the folder is replaced only once this one has a checkpoint (see train()).
+        self.staging_dir = self.out_dir / NEW_RUN_DIR if not resume and existing_run(self.out_dir) else None
+        self.run_dir = self.staging_dir or self.out_dir
         self.prompts = tokenize_prompts(cfg, rows, tokenizer=policy.tokenizer if policy else None)
         seed_everything(cfg.run.seed)
         self.accelerator = Accelerator(
@@ -172,29 +365,59 @@ class Trainer:
             from detoxrl.quality import FaithfulnessScorer
 
             self.faithfulness = FaithfulnessScorer()
-        if not resume:
-            clear_output_dir(self.run_dir)  # --overwrite: only now that the new run's models have loaded
         torch.manual_seed(cfg.run.seed)  # the value head was initialised above; re-seed for the optimizer path
         self.optimizer = torch.optim.Adam(self.policy.trainable_parameters(), lr=cfg.ppo.learning_rate)
         p = cfg.ppo
         self.kl_ctl = AdaptiveKLController(p.init_kl_coef, p.target_kl, p.kl_horizon) if p.adaptive_kl else FixedKLController(p.init_kl_coef)
         self.step_idx = 0
         if resume:
-            ckpt = ckpt_lib.require_checkpoint(self.run_dir)
-            state = ckpt_lib.load_checkpoint(ckpt, self.policy, self.optimizer)
-            self.step_idx = state["step"]
-            try:
-                self.kl_ctl.load_state_dict(state["kl_controller"])
-            except KeyError as e:  # an adaptive controller resumed from a fixed one's state
-                raise ModelLoadError(
-                    f"checkpoint '{ckpt}' has no KL controller {e} in {ckpt_lib.STATE_FILE} (written with another ppo.adaptive_kl?); "
-                    f"resume with the run's own config ({self.run_dir / 'config.yaml'})"
-                ) from None
-            self._truncate_metrics(self.step_idx)
+            self._resume(self.resume_plan)
         else:
-            cfg.save_yaml(self.run_dir / "config.yaml")
+            # Only now that the new run's models have loaded does it write anything: into the staging
+            # folder when an earlier run is there (--overwrite), which stays as it is until train() swaps.
+            if self.staging_dir is not None:
+                shutil.rmtree(self.staging_dir, ignore_errors=True)
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            _atomic_write(self.run_dir / "config.yaml", _yaml(cfg))
         if cfg.run.log_with:
             self.accelerator.init_trackers("detoxrl", config=_flat(cfg.to_dict()))
+
+    def _resume(self, plan: ResumePlan) -> None:
+        """Load the checkpoint; set newer ones aside; apply and record allowed changes of settings."""
+        ckpt = plan.ckpt
+        state = ckpt_lib.load_checkpoint(ckpt, self.policy, self.optimizer)
+        self.step_idx = state["step"]
+        for line in ckpt_lib.set_aside(plan.point.newer):
+            _note(line)
+        kl_state = state["kl_controller"]
+        kl_changed = plan.old_config is None or any(key in plan.changes for key in KL_SETTINGS)
+        if not kl_changed:
+            try:
+                self.kl_ctl.load_state_dict(kl_state)
+            except KeyError as e:  # a hand-edited state: an adaptive controller without its target
+                raise ModelLoadError(
+                    f"checkpoint '{ckpt}' has no KL controller {e} in {ckpt_lib.STATE_FILE} (written with another ppo.adaptive_kl?); "
+                    f"resume with the run's own config ({self.out_dir / 'config.yaml'}), or {ckpt_lib.FALLBACK_FIX}"
+                ) from None
+        elif self.cfg.ppo.adaptive_kl and "ppo.init_kl_coef" not in plan.changes:
+            # The new KL settings (target, horizon, fixed -> adaptive) take effect from the coefficient reached
+            # so far; a new ppo.init_kl_coef restarts it there, and a fixed coefficient is its setting.
+            self.kl_ctl.value = float(kl_state["value"])
+        for group in self.optimizer.param_groups:  # the optimizer's state came with the checkpoint's learning rate
+            group["lr"] = self.cfg.ppo.learning_rate
+        self._truncate_metrics(self.step_idx)
+        if plan.changes or plan.old_config is None:
+            record = {
+                "step": self.step_idx,
+                "checkpoint": str(ckpt.relative_to(self.out_dir)) if ckpt.is_relative_to(self.out_dir) else str(ckpt),
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "changes": {key: {"old": a, "new": b} for key, (a, b) in plan.changes.items()} if plan.old_config is not None else None,
+                "kl_controller": {"old": kl_state, "new": self.kl_ctl.state_dict()},
+            }
+            with open(self.out_dir / CONFIG_CHANGES, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        # config.yaml says what the run trains with from here on (new step count, allowed changes).
+        _atomic_write(self.out_dir / "config.yaml", _yaml(self.cfg))
 
     # ------------------------------------------------------------------ data order
     def batch_examples(self, step: int) -> list[PromptExample]:
@@ -312,23 +535,47 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def train(self, steps: int | None = None) -> Path:
-        """Run until ``cfg.ppo.steps`` (or ``steps``), checkpointing; return the ``final/`` folder."""
+        """Run until ``cfg.ppo.steps`` (or ``steps``), checkpointing; return the ``final/`` folder.
+
+        An --overwrite run moves into the output folder, replacing the earlier run, right after its
+        first checkpoint (or at the end). An error before that says the earlier run is unchanged.
+        """
         total = steps if steps is not None else self.cfg.ppo.steps
         bar = tqdm(total=total, initial=self.step_idx, desc="ppo", unit="step", disable=not self.cfg.run.progress)
-        while self.step_idx < total:
-            m = self.step()
-            bar.update(1)
-            bar.set_postfix(reward=f"{m['env/reward_mean']:.3f}", kl=f"{m['objective/kl']:.3f}", s=f"{m['time/step_s']:.1f}")
-            if self.step_idx % self.cfg.run.save_every == 0 or self.step_idx == total:
-                self.save_checkpoint()
-        bar.close()
-        final = ckpt_lib.save_final(self.run_dir, self.policy)
+        try:
+            while self.step_idx < total:
+                m = self.step()
+                bar.update(1)
+                bar.set_postfix(reward=f"{m['env/reward_mean']:.3f}", kl=f"{m['objective/kl']:.3f}", s=f"{m['time/step_s']:.1f}")
+                if self.step_idx % self.cfg.run.save_every == 0 or self.step_idx == total:
+                    self.save_checkpoint()
+                    self._replace_earlier_run()
+            bar.close()
+            final = ckpt_lib.save_final(self.run_dir, self.policy)
+            self._replace_earlier_run()
+        except DetoxError as e:
+            if self.staging_dir is None:
+                raise
+            raise type(e)(f"{e}; {self.earlier_run_kept()}") from e
         if self.cfg.run.log_with:
             self.accelerator.end_training()
-        return final
+        return self.run_dir / final.name
+
+    def earlier_run_kept(self) -> str:
+        """What a stop before the first checkpoint of an --overwrite run leaves (one clause, for messages)."""
+        return (f"--overwrite: the earlier run in '{self.out_dir}' is unchanged (a new run replaces it only at its first "
+                f"checkpoint); this run's partial output is in '{self.staging_dir}', which the next train in that folder removes")
+
+    def _replace_earlier_run(self) -> None:
+        """--overwrite: the new run has a checkpoint (or has finished), so it takes the earlier run's place."""
+        if self.staging_dir is None:
+            return
+        _swap_in(self.out_dir, self.staging_dir, self.out_dir / OLD_RUN_DIR)
+        self.staging_dir, self.run_dir = None, self.out_dir
 
     def save_checkpoint(self) -> Path:
-        state = {"kl_controller": self.kl_ctl.state_dict(), "seed": self.cfg.run.seed}
+        # The settings trained with so far go with the checkpoint: a resume compares against them.
+        state = {"kl_controller": self.kl_ctl.state_dict(), "seed": self.cfg.run.seed, "config": self.cfg.to_dict()}
         return ckpt_lib.save_checkpoint(self.run_dir, self.step_idx, self.policy, self.optimizer, state, keep=self.cfg.run.keep_checkpoints)
 
     # ------------------------------------------------------------------ logging
@@ -351,7 +598,7 @@ class Trainer:
                 continue
             if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= upto_step:
                 kept.append(line)
-        path.write_text("".join(line + "\n" for line in kept))
+        _atomic_write(path, "".join(line + "\n" for line in kept))  # a kill now must not cost the earlier lines
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
