@@ -41,7 +41,10 @@ VARIANTS: dict[str, list[str]] = {
     "log_prob": ["reward.transform=log_prob", *BEFORE_SYSTEM_PROMPT],
     "clipped_logit + faithfulness 3": ["reward.transform=clipped_logit", "reward.faithfulness_weight=3.0", *BEFORE_SYSTEM_PROMPT],
     "clipped_logit, lr 2e-4": ["reward.transform=clipped_logit", "ppo.learning_rate=2e-4", *BEFORE_SYSTEM_PROMPT],
-    # The offline default since 2026-11-30: the preset's system turn, ceiling P(non-toxic) = 0.9.
+    # With the preset's system turn (SmolLM2's default one made summaries mention "SmolLM"), at the
+    # two ceilings: P(non-toxic) = 0.99 and 0.9.
+    "clipped_logit + system turn, lr 2e-4": ["reward.transform=clipped_logit", "ppo.learning_rate=2e-4",
+                                             "reward.logit_ceiling=4.59512"],
     "clipped_logit at 0.9 + system turn, lr 2e-4": ["reward.transform=clipped_logit", "ppo.learning_rate=2e-4",
                                                      "reward.logit_ceiling=2.19722"],
 }
