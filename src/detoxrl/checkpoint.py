@@ -293,7 +293,7 @@ def load_checkpoint(ckpt: Path, policy: Policy, optimizer: torch.optim.Optimizer
         saved = torch.load(ckpt / "optimizer.pt", weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as e:
         # The weights_only loader refused a global: the file holds more than tensors, which loading
-        # could execute. PyTorch's own message suggests weights_only=False; that is never the fix.
+        # could execute. PyTorch's own message suggests turning the safe loader off; that is never the fix.
         named = re.search(r"GLOBAL (\S+)", str(e))
         what = f" (it names {named.group(1)})" if named else ""
         raise ModelLoadError(
