@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from detoxrl.advantages import (
+    leave_one_out_baseline,
     AdaptiveKLController,
     FixedKLController,
     gae,
@@ -353,3 +354,29 @@ def test_controllers_resume_exactly_from_state_dict():
     other = FixedKLController(0.3)
     other.load_state_dict(fixed.state_dict())
     assert other.value == 0.1
+
+
+# --------------------------------------------------------------------------------------------
+# Leave-one-out (RLOO) baseline
+
+
+def test_leave_one_out_baseline_by_hand():
+    # Group 1 (k = 3): 1, 2, 6 -> others' means 4, 3.5, 1.5 -> -3, -1.5, 4.5. Group 2: all 0.5 -> 0.
+    out = leave_one_out_baseline(torch.tensor([1.0, 2.0, 6.0, 0.5, 0.5, 0.5]), 3)
+    assert out.dtype == torch.float32
+    assert torch.allclose(out, torch.tensor([-3.0, -1.5, 4.5, 0.0, 0.0, 0.0]))
+    # = k / (k - 1) * (s - group mean); each group sums to 0.
+    assert torch.allclose(out[:3], 1.5 * (torch.tensor([1.0, 2.0, 6.0]) - 3.0))
+
+
+def test_leave_one_out_baseline_pairs_and_bf16():
+    # k = 2: each score minus the other one.
+    out = leave_one_out_baseline(torch.tensor([0.25, -1.0, 3.0, 3.0], dtype=torch.bfloat16), 2)
+    assert out.dtype == torch.float32
+    assert torch.equal(out, torch.tensor([1.25, -1.25, 0.0, 0.0]))
+
+
+@pytest.mark.parametrize("scores,k,fragment", [(torch.zeros(6), 1, ">= 2"), (torch.zeros(5), 2, "groups of 2"), (torch.zeros(2, 2), 2, "groups")])
+def test_leave_one_out_baseline_rejects_bad_groups(scores, k, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        leave_one_out_baseline(scores, k)

@@ -329,6 +329,11 @@ def test_bad_tracker():
         (["data.min_dialogue_toxicity=2"], "data.min_dialogue_toxicity is a probability threshold in [0, 1]"),
         (["data.selection_scorer= "], "data.selection_scorer is empty"),
         (["evaluation.judge_model=packaged:hatesonar#"], "evaluation.judge_model has an empty entry"),
+        (["ppo.batch_size=8", "ppo.samples_per_prompt=3"], "ppo.samples_per_prompt (3) must be >= 1 and divide ppo.batch_size (8)"),
+        (["ppo.samples_per_prompt=0"], "ppo.samples_per_prompt (0) must be >= 1"),
+        (["ppo.samples_per_prompt=4", "generation.do_sample=false"], "needs generation.do_sample=true"),
+        (["ppo.reward_baseline=mean"], "ppo.reward_baseline must be 'none' or 'group'"),
+        (["ppo.reward_baseline=group"], "needs ppo.samples_per_prompt >= 2"),
     ],
 )
 def test_bad_values_are_one_line_config_errors(overrides, fragment):

@@ -375,6 +375,43 @@ def test_prompt_order(tiny_config, tmp_path):
     assert [e.id for e in in_order.batch_examples(step)] == expected
 
 
+def test_samples_per_prompt_reads_batch_over_k_prompts_and_groups_rows(tiny_config, tmp_path):
+    """ppo.samples_per_prompt = k: a step reads batch_size / k prompts, each sampled k times, rows
+    prompt-major; the group metrics are logged."""
+    cfg = tiny_config("ppo.batch_size=8", "ppo.mini_batch_size=4", "ppo.samples_per_prompt=4", "ppo.reward_baseline=group",
+                      output_dir=tmp_path / "g", steps=1)
+    trainer = Trainer(cfg, scorer=FunctionScorer(lambda texts: [len(t) / 10 for t in texts]))
+    examples = trainer.batch_examples(0)
+    assert len(examples) == 2
+    plain = Trainer(tiny_config("ppo.batch_size=2", "ppo.mini_batch_size=2", output_dir=tmp_path / "p", steps=1))
+    assert [e.id for e in examples] == [e.id for e in plain.batch_examples(0)]  # the same prompt order, k times fewer per step
+    metrics = trainer.step()
+    queries = trainer.last_rollout.queries
+    assert queries == [e.prompt for e in examples for _ in range(4)]
+    responses = trainer.last_rollout.responses
+    rewards = torch.tensor([len(t) / 10 for t in responses]).reshape(2, 4)
+    assert metrics["env/group_reward_std"] == pytest.approx(float(rewards.std(dim=1, unbiased=False).mean()), rel=1e-5)
+    assert metrics["env/uniform_group_fraction"] == float((rewards.amax(1) == rewards.amin(1)).float().mean())
+
+
+def test_group_baseline_removes_a_constant_reward(tiny_config, tmp_path):
+    """Under ppo.reward_baseline=group a reward that is the same for every response carries no signal:
+    training with reward 5 gives the very adapter that training with reward 0 gives."""
+    def run(value, name):
+        cfg = tiny_config("ppo.batch_size=4", "ppo.mini_batch_size=4", "ppo.samples_per_prompt=2", "ppo.reward_baseline=group",
+                          "ppo.learning_rate=1e-2", output_dir=tmp_path / name, steps=2)
+        out = Trainer(cfg, scorer=FunctionScorer(lambda texts: [value] * len(texts))).train()
+        return adapter_tensors(out), read_metrics(cfg.run.output_dir)
+
+    five, m5 = run(5.0, "five")
+    zero, m0 = run(0.0, "zero")
+    assert [r["env/reward_mean"] for r in m5] == [5.0, 5.0] and [r["env/uniform_group_fraction"] for r in m5] == [1.0, 1.0]
+    assert_same_tensors(five, zero)
+    without = Trainer(tiny_config("ppo.batch_size=4", "ppo.mini_batch_size=4", "ppo.samples_per_prompt=2", "ppo.learning_rate=1e-2",
+                                  output_dir=tmp_path / "none", steps=2), scorer=FunctionScorer(lambda texts: [5.0] * len(texts))).train()
+    assert any(not torch.equal(five[n], t) for n, t in adapter_tensors(without).items())  # without the baseline, the constant matters
+
+
 def test_tensorboard_tracker_logs_through_accelerate(tiny_config, tmp_path):
     """--log-with tensorboard writes event files beside metrics.jsonl (accelerate's tracker)."""
     pytest.importorskip("tensorboard")

@@ -130,6 +130,26 @@ def token_rewards(
     return rewards, kl
 
 
+def leave_one_out_baseline(scores: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Each score minus the mean of the other ``group_size - 1`` scores of its group (RLOO).
+
+    scores: [B], grouped consecutively (rows ``i*k .. i*k+k-1`` are the k responses to prompt i),
+    B divisible by k = group_size >= 2. Returns float32 [B]: s_j - (sum_g - s_j) / (k - 1), which
+    equals k / (k - 1) * (s_j - mean_g). A group whose scores are all equal gives 0 to every one of
+    its rows: no prompt-level difficulty (a dialogue that is easy or hard to summarize cleanly) reaches
+    the advantage, only the differences between summaries of the same dialogue. Ahmadian et al. 2024,
+    "Back to Basics: Revisiting REINFORCE Style Optimization for RLHF" (arXiv:2402.14740).
+    """
+    k = int(group_size)
+    if k < 2:
+        raise ValueError(f"leave_one_out_baseline needs groups of >= 2 responses, got {k}")
+    if scores.dim() != 1 or scores.shape[0] % k:
+        raise ValueError(f"leave_one_out_baseline: {tuple(scores.shape)} scores do not form groups of {k}")
+    grouped = scores.float().reshape(-1, k)
+    others = (grouped.sum(dim=1, keepdim=True) - grouped) / (k - 1)
+    return (grouped - others).reshape(-1)
+
+
 # --------------------------------------------------------------------------------------------
 # Generalized advantage estimation
 # --------------------------------------------------------------------------------------------

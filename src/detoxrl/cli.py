@@ -58,7 +58,7 @@ def _add_config_options(p: argparse.ArgumentParser, *, training: bool = False) -
     if training:
         t = p.add_argument_group("training")
         t.add_argument("--steps", type=int, help="PPO steps (ppo.steps)")
-        t.add_argument("--batch-size", type=int, help="prompts per PPO step (ppo.batch_size)")
+        t.add_argument("--batch-size", type=int, help="responses per PPO step (ppo.batch_size): prompts, times ppo.samples_per_prompt when that is > 1")
         t.add_argument("--mini-batch-size", type=int, help="prompts per gradient step; must divide --batch-size")
         t.add_argument("--max-new-tokens", type=int, help="longest sampled summary in tokens (generation.max_new_tokens)")
         t.add_argument("--output-dir", metavar="DIR", help="run folder: config, metrics.jsonl, checkpoints, final adapter")

@@ -145,6 +145,12 @@ class PPOConfig:
     ratio_threshold: float = 10.0  # skip a minibatch whose mean ratio leaves [1/t, t]
     score_clip: float | None = None
     group_by_length: bool = True  # minibatches of similar-length rows: less padding, same rows per epoch
+    # k responses sampled per prompt; batch_size counts responses, so a step reads batch_size / k
+    # prompts. With k >= 2, reward_baseline "group" compares each response with the other k - 1 of
+    # its prompt (RLOO, Ahmadian et al. 2024): the reward says which summary of this dialogue was
+    # less toxic, not which dialogue was easier.
+    samples_per_prompt: int = 1
+    reward_baseline: str = "none"  # none | group
 
 
 @dataclass
@@ -574,6 +580,23 @@ def validate(cfg: DetoxConfig) -> None:
         raise ConfigError(
             f"ppo.mini_batch_size ({p.mini_batch_size}) must divide ppo.batch_size ({p.batch_size}); "
             f"e.g. --mini-batch-size {_largest_divisor(p.batch_size, p.mini_batch_size)}"
+        )
+    if p.samples_per_prompt < 1 or p.batch_size % p.samples_per_prompt != 0:
+        raise ConfigError(
+            f"ppo.samples_per_prompt ({p.samples_per_prompt}) must be >= 1 and divide ppo.batch_size ({p.batch_size}): "
+            f"a step reads batch_size / samples_per_prompt prompts; e.g. --set ppo.samples_per_prompt={_largest_divisor(p.batch_size, max(1, p.samples_per_prompt))}"
+        )
+    if p.samples_per_prompt > 1 and not g.do_sample:
+        raise ConfigError(
+            f"ppo.samples_per_prompt={p.samples_per_prompt} needs generation.do_sample=true: greedy decoding would give "
+            f"{p.samples_per_prompt} copies of one summary"
+        )
+    if p.reward_baseline not in ("none", "group"):
+        raise ConfigError(f"ppo.reward_baseline must be 'none' or 'group', got '{p.reward_baseline}'")
+    if p.reward_baseline == "group" and p.samples_per_prompt < 2:
+        raise ConfigError(
+            "ppo.reward_baseline=group compares the samples of one prompt and needs ppo.samples_per_prompt >= 2; "
+            "e.g. --set ppo.samples_per_prompt=4"
         )
     if not 0 < p.learning_rate < math.inf:
         raise ConfigError(f"ppo.learning_rate must be a positive number, got {p.learning_rate}")

@@ -34,7 +34,16 @@ import torch
 from tqdm.auto import tqdm
 
 from detoxrl import checkpoint as ckpt_lib
-from detoxrl.advantages import AdaptiveKLController, FixedKLController, gae, kl_k3, masked_mean, masked_whiten, token_rewards
+from detoxrl.advantages import (
+    AdaptiveKLController,
+    FixedKLController,
+    gae,
+    kl_k3,
+    leave_one_out_baseline,
+    masked_mean,
+    masked_whiten,
+    token_rewards,
+)
 from detoxrl.config import DetoxConfig, changed_settings, validate
 from detoxrl.errors import ConfigError, DataError, DetoxError, ModelLoadError, TrainingError
 from detoxrl.policy import Policy, check_adapter_source, check_policy_source, load_policy, load_tokenizer
@@ -421,9 +430,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ data order
     def batch_examples(self, step: int) -> list[PromptExample]:
-        """The prompts of ``step``: consecutive slices of per-epoch seeded permutations."""
+        """The prompts of ``step``: consecutive slices of per-epoch seeded permutations.
+
+        A step reads ``batch_size / samples_per_prompt`` prompts (each then sampled k times)."""
         train = self.prompts.train
-        n, bsz = len(train), self.cfg.ppo.batch_size
+        n, bsz = len(train), self.cfg.ppo.batch_size // self.cfg.ppo.samples_per_prompt
         out = []
         for pos in range(step * bsz, (step + 1) * bsz):
             epoch, within = divmod(pos, n)
@@ -454,15 +465,21 @@ class Trainer:
             batch_size=p.batch_size,
             progress=cfg.run.progress,
             capture=True,  # old log-probs and values from the sampling pass itself
+            samples_per_prompt=p.samples_per_prompt,  # rows prompt-major: i*k .. i*k+k-1 answer prompt i
         )
         t1 = time.perf_counter()
         texts = texts_for_scoring(rollout.queries, rollout.responses, cfg.reward.input)
         scored = self.scorer.score(texts)
-        faithful = self.faithfulness.score(rollout.responses, [e.dialogue for e in examples]) if self.faithfulness else None
+        k = p.samples_per_prompt
+        dialogues = [e.dialogue for e in examples for _ in range(k)]
+        faithful = self.faithfulness.score(rollout.responses, dialogues) if self.faithfulness else None
         shaped = shape_rewards(
             scored, cfg.reward, reward_label=self.scorer.reward_label, ended=rollout.ended, faithfulness=faithful, score_clip=p.score_clip
         )
-        scores = shaped.to(rollout.response_ids.device)
+        # The baseline is variance reduction for the gradient, not part of the reward: evaluation and
+        # the logged env/reward_* keep the shaped reward itself.
+        scores = leave_one_out_baseline(shaped, k) if p.reward_baseline == "group" else shaped
+        scores = scores.to(rollout.response_ids.device)
         t2 = time.perf_counter()
 
         # No-grad passes in minibatch-sized chunks, as the update: a [B, T, vocab] logits tensor of
@@ -508,6 +525,7 @@ class Trainer:
             **update_stats,
             "env/reward_mean": float(raw.mean()),
             "env/reward_std": float(raw.std(unbiased=False)) if len(raw) > 1 else 0.0,
+            **(_group_metrics(raw, k) if k > 1 else {}),
             "env/toxicity_mean": float(scored.toxicity.float().mean()),
             "env/score_logit_mean": float(scored.reward.float().mean()),  # the classifier's raw logit, before shaping
             **({"env/faithfulness_mean": float(np.mean(faithful))} if faithful is not None else {}),
@@ -599,6 +617,19 @@ class Trainer:
             if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= upto_step:
                 kept.append(line)
         _atomic_write(path, "".join(line + "\n" for line in kept))  # a kill now must not cost the earlier lines
+
+
+def _group_metrics(rewards: torch.Tensor, k: int) -> dict[str, float]:
+    """How much the k samples of a prompt differ in reward: the signal a group baseline keeps.
+
+    ``env/group_reward_std``: the mean over prompts of the within-prompt standard deviation;
+    ``env/uniform_group_fraction``: the share of prompts whose k rewards are all equal (e.g. all at
+    the reward's ceiling), which give no toxicity signal under ``ppo.reward_baseline=group``."""
+    grouped = rewards.float().reshape(-1, k)
+    return {
+        "env/group_reward_std": float(grouped.std(dim=1, unbiased=False).mean()),
+        "env/uniform_group_fraction": float((grouped.amax(dim=1) - grouped.amin(dim=1) == 0).float().mean()),
+    }
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
