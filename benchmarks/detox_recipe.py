@@ -47,6 +47,11 @@ VARIANTS: dict[str, list[str]] = {
                                              "reward.logit_ceiling=4.59512"],
     "clipped_logit at 0.9 + system turn, lr 2e-4": ["reward.transform=clipped_logit", "ppo.learning_rate=2e-4",
                                                      "reward.logit_ceiling=2.19722"],
+    # 4 samples of each of 4 prompts per step, each reward compared with its 3 siblings' (RLOO): the
+    # gradient says which summary of a dialogue was less toxic, not which dialogue was easier.
+    "clipped_logit, lr 2e-4, 4 samples per prompt + group baseline": [
+        "reward.transform=clipped_logit", "ppo.learning_rate=2e-4", "ppo.batch_size=16", "ppo.samples_per_prompt=4",
+        "ppo.reward_baseline=group", *BEFORE_SYSTEM_PROMPT],
 }
 
 
