@@ -741,3 +741,28 @@ def test_evaluate_an_adapter_on_every_row_of_a_file(tiny_run, tiny, tmp_path):
     # train refuses a split without train rows
     rc, _, err = cli(*tiny_train_args(tiny, tmp_path / "run"), "--data", talks, "--set", "data.test_fraction=1")
     assert "data.test_fraction=1" in one_line_error(rc, err)
+
+
+def test_evaluate_accepts_a_bin_adapter(tiny_run, tiny, tmp_path):
+    """The notebook's adapter is adapter_model.bin: evaluate --adapter reads it (weights_only=True, the
+    loader train --adapter uses) and gets the numbers of the same adapter in safetensors."""
+    from safetensors.torch import load_file
+
+    final = tiny_run["dir"] / "final"
+    bin_dir = tmp_path / "bin-adapter"
+    bin_dir.mkdir()
+    (bin_dir / "adapter_config.json").write_text((final / "adapter_config.json").read_text())
+    torch.save(load_file(str(final / "adapter_model.safetensors")), bin_dir / "adapter_model.bin")
+    results = []
+    for adapter, out in ((final, tmp_path / "eval-st"), (bin_dir, tmp_path / "eval-bin")):
+        rc, stdout, err = cli(
+            "evaluate", "--preset", "seed", "--policy", tiny["t5"], "--reward-model", tiny["reward"], "--reward-label", "nothate",
+            "--adapter", adapter, "--data", DATA, "--num-samples", 4, "--greedy-only", "--no-rouge", "--no-faithfulness",
+            "--judge-model", "none", "--output", out, "--no-progress", "--json", *TINY, "--set", "evaluation.max_new_tokens=6",
+        )
+        assert rc == 0, err
+        results.append(json.loads(stdout))
+    assert results[1]["n"] == 4
+    assert results[1]["toxicity"] == results[0]["toxicity"] and results[1]["comparison"]["toxicity"] == results[0]["comparison"]["toxicity"]
+    assert [json.loads(line)["response"] for line in (tmp_path / "eval-bin" / "after.jsonl").read_text().splitlines()] == [
+        json.loads(line)["response"] for line in (tmp_path / "eval-st" / "after.jsonl").read_text().splitlines()]

@@ -331,3 +331,84 @@ def test_policy_with_code_of_its_own_needs_policy_trust_remote_code(tiny_llama, 
     assert "\n" not in message and "runs Python code of its own" in message
     assert "policy.trust_remote_code is false" in message and "--trust-remote-code policy" in message
     assert not marker.exists()
+
+
+# --------------------------------------------------------------------------------------------
+# Adapters in either format: one loader (detoxrl.policy.read_adapter_state)
+
+
+def _as_bin(adapter_dir, out):
+    """The same adapter in the older pickle format (``adapter_model.bin``, as the notebook's checkpoint)."""
+    from safetensors.torch import load_file
+
+    out.mkdir()
+    shutil.copy(adapter_dir / "adapter_config.json", out / "adapter_config.json")
+    torch.save(load_file(str(adapter_dir / "adapter_model.safetensors")), out / "adapter_model.bin")
+    return out
+
+
+def test_bin_adapter_loads_like_safetensors_on_every_path(tiny_llama, tiny_config, tmp_path):
+    """train --adapter (load_policy) and evaluate --adapter / resume (load_adapter_weights) read the same
+    weights from adapter_model.bin as from adapter_model.safetensors."""
+    first, adapter_dir = _save_trained_adapter(tiny_config, tiny_llama, tmp_path / "sft")
+    saved = _lora(first, POLICY_ADAPTER)
+    bin_dir = _as_bin(adapter_dir, tmp_path / "sft-bin")
+    policy = load_policy(_policy_cfg(tiny_config, tiny_llama, adapter=str(bin_dir)))
+    for adapter in (POLICY_ADAPTER, REFERENCE_ADAPTER):
+        loaded = _lora(policy, adapter)
+        assert loaded.keys() == saved.keys() and all(torch.equal(loaded[n], saved[n]) for n in saved), adapter
+    fresh = load_policy(_policy_cfg(tiny_config, tiny_llama))
+    fresh.load_adapter_weights(bin_dir)
+    loaded = _lora(fresh, POLICY_ADAPTER)
+    assert all(torch.equal(loaded[n], saved[n]) for n in saved)
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_bin_adapter_that_holds_code_is_refused_with_the_projects_message(tiny_llama, tiny_config, tmp_path):
+    """A .bin adapter is read with weights_only=True only: a pickle that names a function is refused,
+    never loaded, and the message is detoxrl's (not PyTorch's advice to turn the safe loader off)."""
+    _, adapter_dir = _save_trained_adapter(tiny_config, tiny_llama, tmp_path / "sft")
+    bad = _as_bin(adapter_dir, tmp_path / "bad")
+    marker = tmp_path / "pwned"
+    torch.save({"base_model.model.x.lora_A.weight": _RunsCode(marker)}, bad / "adapter_model.bin")
+    policy = load_policy(_policy_cfg(tiny_config, tiny_llama))
+    for attempt in (lambda: load_policy(_policy_cfg(tiny_config, tiny_llama, adapter=str(bad))),
+                    lambda: policy.load_adapter_weights(bad)):
+        with pytest.raises(ModelLoadError) as e:
+            attempt()
+        message = str(e.value)
+        assert "\n" not in message and str(bad / "adapter_model.bin") in message
+        assert "holds more than tensors" in message and "could run code" in message and "weights_only" not in message
+    assert not marker.exists()
+
+
+def test_adapter_folder_without_weights_is_refused_before_the_base_loads(tiny_llama, tiny_config, tmp_path, monkeypatch):
+    import transformers
+
+    _, adapter_dir = _save_trained_adapter(tiny_config, tiny_llama, tmp_path / "sft")
+    (adapter_dir / "adapter_model.safetensors").unlink()
+
+    def must_not_load(*a, **k):
+        raise AssertionError("weights were loaded before the adapter folder was checked")
+
+    monkeypatch.setattr(transformers.PreTrainedModel, "from_pretrained", classmethod(must_not_load))
+    with pytest.raises(ModelLoadError, match="has adapter_config.json but no weights"):
+        load_policy(_policy_cfg(tiny_config, tiny_llama, adapter=str(adapter_dir)))
+
+
+def test_saved_adapter_names_its_base_by_absolute_path(tiny_llama, tiny_config, tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.chdir(tiny_llama.parent)
+    policy = load_policy(_policy_cfg(tiny_config, tiny_llama.name))  # a relative path, as typed
+    policy.save_adapter(tmp_path / "a")
+    assert json.loads((tmp_path / "a" / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tiny_llama.resolve())

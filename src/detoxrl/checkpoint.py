@@ -23,17 +23,16 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import pickle
 import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from detoxrl.errors import DetoxError, ModelLoadError
-from detoxrl.policy import Policy, _first_line, load_value_head, save_value_head
+from detoxrl.policy import Policy, _first_line, load_tensor_file, load_value_head, save_value_head
 
 STATE_FILE = "trainer_state.json"
 #: What a checkpoint folder holds besides trainer_state.json (each one listed with size and sha256).
@@ -290,16 +289,12 @@ def load_checkpoint(ckpt: Path, policy: Policy, optimizer: torch.optim.Optimizer
     load_value_head(policy.value_head, ckpt / "value_head.safetensors")
     fix = FALLBACK_FIX
     try:
-        saved = torch.load(ckpt / "optimizer.pt", weights_only=True, map_location="cpu")
-    except pickle.UnpicklingError as e:
-        # The weights_only loader refused a global: the file holds more than tensors, which loading
-        # could execute. PyTorch's own message suggests turning the safe loader off; that is never the fix.
-        named = re.search(r"GLOBAL (\S+)", str(e))
-        what = f" (it names {named.group(1)})" if named else ""
-        raise ModelLoadError(
-            f"checkpoint '{ckpt}' has an optimizer.pt that holds more than tensors{what}: it was not written by detoxrl and "
-            f"loading it could run code, so it is refused; {fix}"
-        ) from None
+        # weights_only: a file that names anything but tensors is refused with detoxrl's message (PyTorch's
+        # own suggests turning the safe loader off; that is never the fix).
+        saved = load_tensor_file(ckpt / "optimizer.pt", f"checkpoint '{ckpt}' has an optimizer.pt that", fix,
+                                 origin="it was not written by detoxrl and ")
+    except ModelLoadError:
+        raise
     except Exception as e:  # missing, truncated, not a torch file
         raise ModelLoadError(f"checkpoint '{ckpt}' has a missing or corrupt optimizer.pt ({type(e).__name__}: {_first_line(e)}); {fix}") from e
     try:
@@ -312,13 +307,18 @@ def load_checkpoint(ckpt: Path, policy: Policy, optimizer: torch.optim.Optimizer
     return state
 
 
-def save_final(run_dir: Path, policy: Policy) -> Path:
+def save_final(run_dir: Path, policy: Policy, card: Callable[[Path], str] | None = None) -> Path:
+    """``RUN/final/``: the adapter (its ``adapter_config.json`` naming the base model portably), the value
+    head and, given ``card`` (the adapter folder -> its model card), ``README.md`` in place of peft's
+    blank template. Written into ``final.tmp/`` and renamed: never half a folder."""
     final = run_dir / "final"
     tmp = run_dir / "final.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     policy.save_adapter(tmp)
     save_value_head(policy.value_head, tmp / "value_head.safetensors")
+    if card is not None:
+        (tmp / "README.md").write_text(card(tmp), encoding="utf-8")
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     return final

@@ -255,13 +255,7 @@ def _apply_eval_flags(args, cfg) -> None:
     Applied before validation ends (the config is not changed after the checks that follow)."""
     from detoxrl.config import validate
 
-    if args.judge_model:
-        # New judges do not inherit the toxic label of the preset's judge; "none" turns judging off.
-        judges = [j.strip() for j in args.judge_model.split(",") if j.strip()]
-        cfg.evaluation.judge_model = None if [j.lower() for j in judges] in (["none"], ["null"]) else judges
-        cfg.evaluation.judge_toxic_label = None
-    if args.judge_toxic_label:
-        cfg.evaluation.judge_toxic_label = args.judge_toxic_label
+    _apply_judge_flags(args, cfg)
     if args.samples_per_prompt is not None:
         if args.samples_per_prompt < 1:
             raise DetoxError(f"--samples-per-prompt must be >= 1, got {args.samples_per_prompt}; use --greedy-only to skip the sampled pass")
@@ -272,6 +266,24 @@ def _apply_eval_flags(args, cfg) -> None:
         cfg.data.test_fraction = 1.0  # the whole file is held out
         cfg.evaluation.split = "test"
     validate(cfg)
+
+
+def _apply_judge_flags(args, cfg) -> None:
+    """--judge-model, --judge-toxic-label -> cfg.evaluation (evaluate, summarize --score)."""
+    if args.judge_model:
+        # New judges do not inherit the toxic label of the preset's judge; "none" turns judging off.
+        judges = [j.strip() for j in args.judge_model.split(",") if j.strip()]
+        cfg.evaluation.judge_model = None if [j.lower() for j in judges] in (["none"], ["null"]) else judges
+        cfg.evaluation.judge_toxic_label = None
+    if args.judge_toxic_label:
+        cfg.evaluation.judge_toxic_label = args.judge_toxic_label
+
+
+def _add_judge_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--judge-model", metavar="SRC[,SRC...]",
+                   help="independent toxicity judges, comma-separated: hub id, folder, packaged:profanity-check, packaged:hatesonar; "
+                        "MODEL#LABEL names the toxic label (e.g. packaged:hatesonar#hate_speech); none: no judge (default: the preset's)")
+    p.add_argument("--judge-toxic-label", metavar="L", help="toxic label of judges given without #LABEL")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -290,6 +302,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     cfg = _config_from_args(args, base_file=base_file)
     _apply_eval_flags(args, cfg)
     adapter_dir = str(run_dir / "final") if run_dir else args.adapter
+    if run_dir and not args.policy:
+        from detoxrl.export import base_model_of
+
+        # A policy folder given by a relative path resolves from where the run was trained; final/ names it absolutely.
+        cfg.policy.model = base_model_of(run_dir / "final", cfg.policy.model)
     settings = _eval_settings(args, cfg)
     settings.validate()
     if args.all_rows and cfg.evaluation.split != "test":
@@ -324,6 +341,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         b, a = result["before"]["toxicity"], first["toxicity"]
         result["improvement"] = percentage_improvement(b["mean"], a["mean"], b["std"], a["std"])  # the notebook's measure
     result["output"] = str(out_dir)
+    if run_dir and adapter_dir and out_dir.resolve() == (run_dir / "eval").resolve():
+        _refresh_model_card(run_dir)  # final/README.md now shows this evaluation
     if args.json:
         _print_json(result)
     else:
@@ -443,6 +462,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     done = evaluate_run(trainer.policy, examples, trainer.scorer, judges, eval_dir, cfg=cfg, settings=settings,
                         on_phase=lambda text: say("toxicity of the " + text))
     head = done["comparison"]
+    _refresh_model_card(trainer.run_dir)
     say("report")
     from detoxrl.report import write_report
 
@@ -478,6 +498,125 @@ def _print_side_by_side(rows: list[dict], n: int = 3) -> None:
 def _clip(text: str, n: int) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def _refresh_model_card(run_dir: Path) -> None:
+    """RUN/final/README.md again, now with the run's evaluation (detoxrl.modelcard)."""
+    from detoxrl.modelcard import write_model_card
+
+    if (run_dir / "final" / "adapter_config.json").is_file():
+        try:
+            write_model_card(run_dir / "final", run_dir=run_dir)
+        except (OSError, ValueError) as e:  # the evaluation itself is written and complete
+            print(f"note: could not update {run_dir / 'final' / 'README.md'} ({type(e).__name__}: {e})", file=sys.stderr)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """A run's final/ (or an adapter folder) as a portable adapter or, with --merge, a plain transformers model."""
+    from detoxrl.export import base_model_of, check_output, check_repo_id, export, push_to_hub, resolve_source
+    from detoxrl.policy import check_policy_source
+
+    source = resolve_source(args.source)
+    if args.push_to_hub:
+        check_repo_id(args.push_to_hub)
+    check_output(args.output, source, overwrite=args.overwrite)
+    run_config = source.run_dir / "config.yaml" if source.run_dir else None
+    cfg = _config_from_args(args, base_file=str(run_config) if run_config else None)
+    cfg.policy.model = base_model_of(source.adapter_dir, args.policy or (cfg.policy.model if run_config else None))
+    if args.merge:
+        check_policy_source(cfg.policy)  # before any weights load
+    out = export(source, args.output, policy_cfg=cfg.policy, merge=args.merge, dtype=args.dtype, overwrite=args.overwrite,
+                 run_config_text=run_config.read_text(encoding="utf-8") if run_config else None)
+    what = f"merged model ({args.dtype})" if args.merge else "adapter"
+    print(f"exported the {what} of {source.adapter_dir} to {out}")
+    if args.push_to_hub:
+        print(f"pushed to {push_to_hub(out, args.push_to_hub, private=args.private)}")
+        base = json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] if not args.merge else None
+        if base and Path(base).is_absolute():
+            print(f"note: the adapter's base model is the local folder {base}, which others do not have; "
+                  "push the base model too, or export with --merge")
+    return 0
+
+
+def cmd_summarize(args: argparse.Namespace) -> int:
+    """Summaries of the dialogues of a file or stdin, as JSON Lines or CSV (stdout or --output)."""
+    from detoxrl.evaluate import build_judges, check_judges
+    from detoxrl.export import RUN_CONFIG, base_model_of
+    from detoxrl.modelcard import find_run
+    from detoxrl.policy import check_adapter_source, check_policy_source, load_policy, load_tokenizer
+    from detoxrl.prompts import prompt_examples
+    from detoxrl.rewards import check_reward_labels, scorer_from_config
+    from detoxrl.summarize import Decoding, RecordWriter, finish_output, open_output, output_format, read_input, summarize
+
+    if args.model and args.adapter:
+        raise DetoxError("--model is an exported (merged) model and --adapter an adapter for a base model; pass one of them")
+    if args.input and args.data:
+        raise DetoxError(f"the dialogues come from FILE or --data, not both (got '{args.input}' and '{args.data}')")
+    source = args.input or args.data
+    # The settings the weights were trained with (their prompt template): an export's detoxrl_config.yaml,
+    # or the config.yaml of the run an adapter belongs to.
+    base_file = None
+    if args.model:
+        if not (Path(args.model) / "config.json").is_file():
+            raise DetoxError(f"--model '{args.model}' is not a model folder (no config.json); pass a folder written by "
+                             "detoxrl export --merge, or an adapter with --adapter")
+        base_file = Path(args.model) / RUN_CONFIG
+    elif args.adapter:
+        check_adapter_source(args.adapter)
+        run = find_run(args.adapter)
+        base_file = Path(args.adapter) / RUN_CONFIG if (Path(args.adapter) / RUN_CONFIG).is_file() else (run / "config.yaml" if run else None)
+    base_file = str(base_file) if base_file is not None and base_file.is_file() else None
+    cfg = _config_from_args(args, base_file=base_file)
+    if args.column:
+        cfg.data.dialogue_column = args.column
+    _apply_judge_flags(args, cfg)
+    if args.model:
+        cfg.policy.model, cfg.policy.adapter = args.model, None
+    elif args.adapter:
+        configured = args.policy or (cfg.policy.model if base_file or args.config else None)
+        cfg.policy.model, cfg.policy.adapter = base_model_of(args.adapter, configured), args.adapter
+    decoding = Decoding(
+        max_new_tokens=args.gen_max_new_tokens or cfg.evaluation.max_new_tokens,
+        do_sample=args.do_sample,
+        temperature=1.0 if args.temperature is None else args.temperature,
+        top_k=0 if args.top_k is None else args.top_k,
+        top_p=1.0 if args.top_p is None else args.top_p,
+        seed=cfg.run.seed,
+        batch_size=args.gen_batch_size or cfg.evaluation.batch_size,
+    )
+    decoding.validate()
+    fmt = output_format(args.output, args.format)
+    if args.output not in (None, "-"):
+        from detoxrl.summarize import check_output_file
+
+        check_output_file(Path(args.output).expanduser(), overwrite=args.overwrite)
+    rows = read_input(source, cfg.data)
+    check_policy_source(cfg.policy)
+    check_adapter_source(cfg.policy.adapter)
+    if args.score:
+        cfg.reward.label, cfg.reward.toxic_label = check_reward_labels(cfg.reward.model, cfg.reward.label, cfg.reward.toxic_label,
+                                                                       cfg.reward.trust_remote_code)
+        check_judges(cfg)
+    # Prompts from the tokenizer alone: a dialogue above data.max_prompt_tokens fails before the weights load.
+    examples = prompt_examples(rows, cfg.data, load_tokenizer(cfg.policy),
+                               fix="shorten that dialogue, or raise the limit with --set data.max_prompt_tokens=N")
+    policy = load_policy(cfg.policy)
+    scorer = scorer_from_config(cfg.reward) if args.score else None
+    judges = build_judges(cfg) if args.score else {}
+    stream, partial = open_output(args.output, overwrite=args.overwrite)
+    writer = RecordWriter(stream, fmt)
+    try:
+        for record in summarize(policy, examples, decoding, scorer=scorer, judges=judges, progress=not args.no_progress):
+            writer.write(record)
+    except BaseException:
+        if partial is not None:
+            stream.close()
+            partial.unlink(missing_ok=True)
+        raise
+    finish_output(stream, partial, args.output)
+    if partial is not None:
+        print(f"wrote {len(examples)} summaries to {args.output}", file=sys.stderr)
+    return 0
 
 
 def cmd_make_tiny(args: argparse.Namespace) -> int:
@@ -550,10 +689,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample", action="store_true", help="sample the first pass too, instead of greedy decoding")
     p.add_argument("--all-rows", action="store_true",
                    help="hold out every row of --data (no train split): evaluate an adapter on a whole CSV/JSONL of dialogues")
-    p.add_argument("--judge-model", metavar="SRC[,SRC...]",
-                   help="independent toxicity judges, comma-separated: hub id, folder, packaged:profanity-check, packaged:hatesonar; "
-                        "MODEL#LABEL names the toxic label (e.g. packaged:hatesonar#hate_speech); none: no judge (default: the preset's)")
-    p.add_argument("--judge-toxic-label", metavar="L", help="toxic label of judges given without #LABEL")
+    _add_judge_options(p)
     p.add_argument("--no-rouge", action="store_true", help="skip ROUGE (data without reference summaries)")
     p.add_argument("--no-faithfulness", action="store_true", help="skip the MiniLM faithfulness score")
     p.add_argument("--output", metavar="DIR", help="where before/after records go (default: RUN/eval or run.output_dir/eval)")
@@ -581,6 +717,50 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(p, training=True)
     p.add_argument("--num-samples", type=int, help="held-out prompts evaluated before and after")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("export", help="a run's final adapter as a portable adapter or, with --merge, a plain transformers model",
+                       description="Export RUN_OR_ADAPTER (a train run folder: its final/; or an adapter folder) to --output: without "
+                                   "--merge, a PEFT adapter whose adapter_config.json names the base model by hub id or absolute path; "
+                                   "with --merge, the base model with the adapter merged in (safetensors, config, generation config, "
+                                   "tokenizer) that AutoModelForSeq2SeqLM/AutoModelForCausalLM.from_pretrained loads without peft. "
+                                   "Both get a model card (README.md) with the run's settings and evaluation.")
+    p.add_argument("source", metavar="RUN_OR_ADAPTER")
+    p.add_argument("--output", required=True, metavar="DIR", help="folder to write (built beside it, then renamed into place)")
+    p.add_argument("--merge", action="store_true", help="merge the adapter into the base model (drops the value head and peft)")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="dtype of the written weights (default fp32)")
+    p.add_argument("--overwrite", action="store_true", help="replace --output if it exists and is not empty")
+    p.add_argument("--push-to-hub", metavar="REPO", help="then upload the folder to this hub model repo (USER/NAME; needs network and a token)")
+    p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
+    p.add_argument("--policy", metavar="SRC", help="the base model (default: the run's policy.model, else the adapter's base_model_name_or_path)")
+    p.add_argument("--trust-remote-code", metavar="MODELS", help="policy: let the base model run its own code (auto_map), for this command")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config value, e.g. --set policy.architecture=causal")
+    p.set_defaults(func=cmd_export, preset=None)
+
+    p = sub.add_parser("summarize", help="summaries of dialogues from a file or stdin, with the starting policy, an adapter or an exported model",
+                       description="Summarize every dialogue of FILE (CSV, JSONL, JSON or Parquet; the column --column) or of stdin "
+                                   "(JSON Lines: one object per line with the --column field, or one JSON string per line; otherwise "
+                                   "plain text, dialogues separated by a blank line). The prompts use the template the weights were "
+                                   "trained with (an export's detoxrl_config.yaml, or the adapter's run config.yaml; else the preset). "
+                                   "Writes one record per dialogue, in input order: id, dialogue, summary, ended (the summary ended "
+                                   "before --max-new-tokens), and with --score the toxicity by the reward model and each judge.")
+    _add_config_options(p)
+    p.add_argument("input", nargs="?", metavar="FILE", help="dialogues file (default: stdin; - is stdin too)")
+    p.add_argument("--model", metavar="DIR", help="a model folder written by detoxrl export --merge (or any plain model folder)")
+    p.add_argument("--column", metavar="NAME", help="the dialogue column or JSON field (data.dialogue_column; default dialogue)")
+    p.add_argument("--output", metavar="FILE", help="write here instead of stdout (.csv: CSV, else JSON Lines)")
+    p.add_argument("--format", choices=["jsonl", "csv"], help="output format (default: from --output's extension, else jsonl)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    p.add_argument("--batch-size", dest="gen_batch_size", type=int, metavar="N", help="dialogues per generation batch (default evaluation.batch_size)")
+    p.add_argument("--max-new-tokens", dest="gen_max_new_tokens", type=int, metavar="N",
+                   help="longest summary in tokens (default evaluation.max_new_tokens)")
+    p.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding (seeded by --seed)")
+    p.add_argument("--temperature", type=float, help="with --do-sample (default 1.0)")
+    p.add_argument("--top-p", type=float, help="with --do-sample: nucleus sampling (default 1.0: off)")
+    p.add_argument("--top-k", type=int, help="with --do-sample: the k most likely tokens only (default 0: off)")
+    p.add_argument("--score", action="store_true", help="add the toxicity of each summary by the reward model and every judge")
+    _add_judge_options(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.set_defaults(func=cmd_summarize)
 
     p = sub.add_parser("make-tiny", help="write a tiny random T5, RoBERTa classifier or Llama to a folder (for trying the CLI)",
                        description="Tiny randomly initialised models of the real architectures, loadable by path with --policy / --reward-model.")

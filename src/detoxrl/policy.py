@@ -13,12 +13,15 @@ starting adapter, so the KL starts at exactly zero.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
+import pickle
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -89,6 +92,7 @@ def check_policy_source(cfg: PolicyConfig) -> None:
 
 
 def check_adapter_source(adapter: str | None) -> None:
+    """A PEFT adapter folder: adapter_config.json and a weights file (:data:`ADAPTER_WEIGHTS`), before anything loads."""
     if adapter is None:
         return
     path = Path(adapter).expanduser()
@@ -96,6 +100,105 @@ def check_adapter_source(adapter: str | None) -> None:
         raise ModelLoadError(
             f"adapter '{adapter}' is not a PEFT adapter folder (no adapter_config.json); pass the folder that save_pretrained wrote"
         )
+    if adapter_weights_file(path) is None:
+        raise ModelLoadError(
+            f"adapter '{adapter}' has adapter_config.json but no weights ({' or '.join(ADAPTER_WEIGHTS)}); "
+            "pass the whole folder that save_pretrained wrote"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Adapter folders: the one loader of adapter weights, and where an adapter's base model is
+
+#: An adapter's weights, in the order they are looked for: safetensors, else the older pickle format
+#: (the notebook's checkpoint), which is read with ``torch.load(weights_only=True)`` only.
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+
+
+def adapter_weights_file(folder: str | Path) -> Path | None:
+    """The adapter's weights file (:data:`ADAPTER_WEIGHTS`), or None."""
+    for name in ADAPTER_WEIGHTS:
+        if (Path(folder) / name).is_file():
+            return Path(folder) / name
+    return None
+
+
+def load_tensor_file(path: str | Path, subject: str, fix: str, *, origin: str = "") -> Any:
+    """``torch.load(path, weights_only=True)``: tensors and plain containers only.
+
+    A file that names anything else (a class, a function: code that unpickling would run) is refused
+    with detoxrl's one-line message, ``"{subject} holds more than tensors (it names X): {origin}loading it
+    could run code, so it is refused; {fix}"``, never PyTorch's advice to turn the safe loader off.
+    Other errors (a missing or truncated file) propagate to the caller, which names its own fix.
+    """
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as e:
+        named = re.search(r"GLOBAL (\S+)", str(e))
+        what = f" (it names {named.group(1)})" if named else ""
+        raise ModelLoadError(f"{subject} holds more than tensors{what}: {origin}loading it could run code, so it is refused; {fix}") from None
+
+
+def read_adapter_state(folder: str | Path) -> dict[str, torch.Tensor]:
+    """The weights of the PEFT adapter in ``folder``, from ``adapter_model.safetensors`` or ``adapter_model.bin``.
+
+    The one loader of adapter weights: ``train --adapter``, ``evaluate --adapter``, checkpoint resume,
+    ``export`` and ``summarize`` all read adapters through it. A damaged file is one line naming it.
+    """
+    path = adapter_weights_file(folder)
+    if path is None:
+        raise ModelLoadError(
+            f"'{folder}' has no {' or '.join(ADAPTER_WEIGHTS)}; pass a folder written by detoxrl or PeftModel.save_pretrained"
+        )
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = load_tensor_file(path, f"adapter file '{path}'", "re-save the adapter with PeftModel.save_pretrained(..., "
+                                     "safe_serialization=True), or pass a folder with adapter_model.safetensors")
+    except ModelLoadError:
+        raise
+    except Exception as e:  # safetensors and torch raise their own error types on truncated files
+        raise ModelLoadError(
+            f"adapter file '{path}' is corrupt ({type(e).__name__}: {_first_line(e)}); use an earlier checkpoint or save the adapter again"
+        ) from e
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise ModelLoadError(f"adapter file '{path}' does not hold a mapping of names to tensors; pass a folder written by PeftModel.save_pretrained")
+    return state
+
+
+def read_adapter_config(folder: str | Path):
+    """The adapter's ``peft`` config (a LoraConfig for detoxrl's adapters); a broken file is one line."""
+    from peft import PeftConfig
+
+    try:
+        return PeftConfig.from_pretrained(str(folder))
+    except Exception as e:  # a broken adapter_config.json, an unknown peft_type
+        raise ModelLoadError(
+            f"could not load adapter '{folder}' ({type(e).__name__}: {_first_line(e)}); "
+            "its adapter_config.json is damaged: pass a folder written by PeftModel.save_pretrained"
+        ) from e
+
+
+def portable_base(source: str) -> str:
+    """What an adapter's ``base_model_name_or_path`` should say: a hub id as it is, a local folder as its
+    absolute path (a relative one resolves only from the folder it was typed in)."""
+    from detoxrl.modelcheck import is_local_source
+
+    return str(Path(source).expanduser().resolve()) if is_local_source(source) else source
+
+
+def make_adapter_portable(folder: str | Path, base: str) -> None:
+    """Rewrite ``folder/adapter_config.json`` so that its ``base_model_name_or_path`` is :func:`portable_base`
+    of ``base``: ``AutoPeftModelFor*.from_pretrained(folder)`` then works from any working directory."""
+    path = Path(folder) / "adapter_config.json"
+    config = json.loads(path.read_text())
+    config["base_model_name_or_path"] = portable_base(base)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
 
 
 def convert_packaged_smollm2() -> Path:
@@ -187,28 +290,15 @@ class Policy:
                 p.requires_grad_(False)
 
     def save_adapter(self, folder: str | Path) -> None:
-        """Write the trainable adapter as ``adapter_model.safetensors`` + ``adapter_config.json``."""
+        """Write the trainable adapter as ``adapter_model.safetensors`` + ``adapter_config.json``, whose
+        ``base_model_name_or_path`` is a hub id or an absolute path (:func:`portable_base`)."""
         self.model.save_pretrained(str(folder), selected_adapters=[POLICY_ADAPTER], safe_serialization=True)
+        make_adapter_portable(folder, self.source)
 
     def load_adapter_weights(self, folder: str | Path, adapter: str = POLICY_ADAPTER) -> None:
-        """Overwrite an adapter's weights from a saved folder (checkpoint resume, evaluation)."""
-        from peft.utils import set_peft_model_state_dict
-        from safetensors.torch import load_file
-
-        path = Path(folder) / "adapter_model.safetensors"
-        if not path.is_file():
-            raise ModelLoadError(f"'{folder}' has no adapter_model.safetensors; pass a folder written by detoxrl or PeftModel.save_pretrained")
-        try:
-            state = load_file(str(path))
-        except Exception as e:  # safetensors raises its own error types on truncated files
-            raise ModelLoadError(f"adapter file '{path}' is corrupt ({e}); delete it and use an earlier checkpoint") from e
-        result = set_peft_model_state_dict(self.model, state, adapter_name=adapter)
-        unexpected = getattr(result, "unexpected_keys", [])
-        if unexpected:
-            raise ModelLoadError(
-                f"adapter '{folder}' does not fit this policy ({len(unexpected)} unexpected keys, e.g. {unexpected[0]}); "
-                "use the same --policy and LoRA settings it was trained with"
-            )
+        """Overwrite an adapter's weights from a saved folder (checkpoint resume, evaluation), in
+        either format (:func:`read_adapter_state`)."""
+        _set_adapter_state(self.model, read_adapter_state(folder), adapter, folder)
         self._freeze_reference() if adapter == REFERENCE_ADAPTER else None
 
     def adapters_identical(self, a: str = POLICY_ADAPTER, b: str = REFERENCE_ADAPTER) -> bool:
@@ -230,6 +320,25 @@ class Policy:
                     params[name.replace(f".{src}.", f".{dst}.")].copy_(p)
 
 
+def _set_adapter_state(model, state: dict[str, torch.Tensor], adapter: str, folder: str | Path) -> None:
+    """Load an adapter's weights into adapter ``adapter`` of a PeftModel; keys that do not fit are an error."""
+    from peft.utils import set_peft_model_state_dict
+
+    try:
+        result = set_peft_model_state_dict(model, state, adapter_name=adapter)
+    except Exception as e:  # wrong shapes
+        raise ModelLoadError(
+            f"could not load adapter '{folder}' ({type(e).__name__}: {_first_line(e)}); "
+            "pass a folder written by PeftModel.save_pretrained for this --policy"
+        ) from e
+    unexpected = getattr(result, "unexpected_keys", [])
+    if unexpected:
+        raise ModelLoadError(
+            f"adapter '{folder}' does not fit this policy ({len(unexpected)} unexpected keys, e.g. {unexpected[0]}); "
+            "use the same --policy and LoRA settings it was trained with"
+        )
+
+
 def detect_seq2seq(model_config, architecture: str) -> bool:
     if architecture == "seq2seq":
         return True
@@ -240,7 +349,7 @@ def detect_seq2seq(model_config, architecture: str) -> bool:
 
 def load_policy(cfg: PolicyConfig, device: str | torch.device = "cpu") -> Policy:
     """Load base model, attach the trainable and reference adapters and a fresh value head."""
-    from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+    from peft import LoraConfig, TaskType, get_peft_model
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     from detoxrl.modelcheck import POLICY, check_load_report
@@ -269,14 +378,21 @@ def load_policy(cfg: PolicyConfig, device: str | torch.device = "cpu") -> Policy
     base.to(device)
 
     if cfg.adapter:
+        # The adapter's own LoRA settings, its weights through the one loader (either format) into both
+        # the trainable adapter and the frozen reference.
+        adapter_cfg = read_adapter_config(cfg.adapter)
+        adapter_cfg.inference_mode = False
+        state = read_adapter_state(cfg.adapter)
         try:
-            model = PeftModel.from_pretrained(base, cfg.adapter, adapter_name=POLICY_ADAPTER, is_trainable=True)
-            model.load_adapter(cfg.adapter, adapter_name=REFERENCE_ADAPTER, is_trainable=False)
-        except Exception as e:  # a truncated adapter_model.safetensors, a broken adapter_config.json, wrong shapes
+            model = get_peft_model(base, copy.deepcopy(adapter_cfg), adapter_name=POLICY_ADAPTER)
+            model.add_adapter(REFERENCE_ADAPTER, copy.deepcopy(adapter_cfg))
+        except Exception as e:  # target modules this base lacks, an unknown peft_type
             raise ModelLoadError(
                 f"could not load adapter '{cfg.adapter}' ({type(e).__name__}: {_first_line(e)}); "
                 "pass a folder written by PeftModel.save_pretrained for this --policy"
             ) from e
+        for name in (POLICY_ADAPTER, REFERENCE_ADAPTER):
+            _set_adapter_state(model, state, name, cfg.adapter)
         lora_cfg = model.peft_config[POLICY_ADAPTER]
     else:
         lora_cfg = LoraConfig(

@@ -589,20 +589,26 @@ def build_prompts(
     train_rows, test_rows, n_rows, n_kept, counts = split_and_select(
         cfg, rows, dialogue_toxicity, require_train=require_train
     )
-    selected = train_rows + test_rows
-    prompts, chat = _render_all([r["dialogue"] for r in selected], cfg, tokenizer)
+    examples = prompt_examples(train_rows + test_rows, cfg, tokenizer)
+    train, test = examples[: len(train_rows)], examples[len(train_rows) :]
+    return PromptSplits(train=train, test=test, source=cfg.source, n_rows=n_rows, n_filtered=n_kept, selection=counts)
+
+
+def prompt_examples(rows: list[dict], cfg: DataConfig, tokenizer: Any, *, fix: str = "lower data.max_chars or raise data.max_prompt_tokens") -> list[PromptExample]:
+    """Rows ``{"id", "dialogue", "summary"}`` as prompts: the template (and chat template), tokenized
+    in batches. A prompt above ``cfg.max_prompt_tokens`` is an error naming the row and ``fix``.
+
+    Every prompt detoxrl feeds a policy (training, evaluation, ``summarize``) is made here."""
+    prompts, chat = _render_all([r["dialogue"] for r in rows], cfg, tokenizer)
     ids = _tokenize(prompts, tokenizer, chat)
     too_long = [i for i, x in enumerate(ids) if len(x) > cfg.max_prompt_tokens]
     if too_long:
         i = too_long[0]
         raise DataError(
-            f"the prompt of row '{selected[i]['id']}' has {len(ids[i])} tokens, above data.max_prompt_tokens="
-            f"{cfg.max_prompt_tokens} ({len(too_long)} of {len(ids)} prompts are too long); "
-            f"lower data.max_chars or raise data.max_prompt_tokens"
+            f"the prompt of row '{rows[i]['id']}' has {len(ids[i])} tokens, above data.max_prompt_tokens="
+            f"{cfg.max_prompt_tokens} ({len(too_long)} of {len(ids)} prompts are too long); {fix}"
         )
-    examples = [
-        PromptExample(id=r["id"], dialogue=r["dialogue"], reference=r["summary"], prompt=p, input_ids=x)
-        for r, p, x in zip(selected, prompts, ids)
+    return [
+        PromptExample(id=r["id"], dialogue=r["dialogue"], reference=r.get("summary"), prompt=p, input_ids=x)
+        for r, p, x in zip(rows, prompts, ids)
     ]
-    train, test = examples[: len(train_rows)], examples[len(train_rows) :]
-    return PromptSplits(train=train, test=test, source=cfg.source, n_rows=n_rows, n_filtered=n_kept, selection=counts)

@@ -509,7 +509,11 @@ def _config_rows(cfg: dict[str, Any] | None, evaluated_prompts: int | None = Non
         policy += f" ({', '.join(extras)})"
     if g("policy.adapter"):
         policy += f"; starting adapter {g('policy.adapter')}"
-    reward = f"{_short_model(g('reward.model'))}; reward = logit of label '{g('reward.label')}'"
+    transform = g("reward.transform") or "logit"
+    ceiling = f" (ceiling {_cfg(g('reward.logit_ceiling'))})" if transform == "clipped_logit" else ""
+    reward = f"{_short_model(g('reward.model'))}; reward = {transform}{ceiling} of label '{g('reward.label')}'"
+    if g("reward.faithfulness_weight"):
+        reward += f" + {_cfg(g('reward.faithfulness_weight'))} × faithfulness"
     if g("reward.toxic_label"):
         reward += f"; toxicity = P('{g('reward.toxic_label')}')"
     if g("reward.input"):
@@ -524,6 +528,8 @@ def _config_rows(cfg: dict[str, Any] | None, evaluated_prompts: int | None = Non
         ("chars in", f"({g('data.min_chars')}, {g('data.max_chars')}]" if g("data.max_chars") is not None else None),
         ("test fraction", g("data.test_fraction")),
         ("max rows", g("data.max_rows")),
+        ("challenging prompts: dialogue toxicity ≥", g("data.min_dialogue_toxicity")),
+        ("scored by", g("data.selection_scorer") if g("data.min_dialogue_toxicity") is not None else None),
     )
     gen = join(
         ("do_sample", g("generation.do_sample")),
@@ -1208,15 +1214,30 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
 
 def _render_md(c: Content) -> str:
     out: list[str] = [f"# detoxrl report: {_md(c.run_name)}", "", f"_generated {_md(c.generated)}_", ""]
-    out += ["## Verdict", "", f"**{_md(c.verdict.text)}**", ""]
+    out += ["## Verdict", ""] + _md_verdict(c)
+    out += ["", "## Configuration", ""] + _md_config(c)
+    out += ["", "## Training", ""] + _md_training(c)
+    out += ["", "## Toxicity before vs after", ""] + _md_toxicity(c)
+    out += ["", "## Summary quality", ""] + _md_quality(c)
+    out += ["", "## Examples", ""] + _md_examples(c)
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _md_verdict(c: Content) -> list[str]:
+    out = [f"**{_md(c.verdict.text)}**", ""]
     out += [f"- {_md(k)}" for k in c.verdict.keynums]
     out += [f"- ⚠ {_md(n)}" for n in c.notes]
-    out += ["", "## Configuration", ""]
+    return out
+
+
+def _md_config(c: Content) -> list[str]:
     if c.config_rows:
-        out.append(_md_table(["setting", "value"], [list(r) for r in c.config_rows]))
-    else:
-        out.append("config.yaml not found: the settings of this run are unknown.")
-    out += ["", "## Training", ""]
+        return [_md_table(["setting", "value"], [list(r) for r in c.config_rows])]
+    return ["config.yaml not found: the settings of this run are unknown."]
+
+
+def _md_training(c: Content) -> list[str]:
+    out: list[str] = []
     if c.has_metrics:
         planned = f" of {_fmt(c.steps_planned)} planned" if c.steps_planned is not None else ""
         out += [f"{c.steps_logged} PPO step(s) logged{planned}.", ""]
@@ -1232,7 +1253,11 @@ def _render_md(c: Content) -> str:
             out += ["### Training summary", "", _md_table(["metric", "first", "last", "min", "max"], c.train_rows)]
     else:
         out.append("No metrics.jsonl in this run folder: no training curves.")
-    out += ["", "## Toxicity before vs after", ""]
+    return out
+
+
+def _md_toxicity(c: Content) -> list[str]:
+    out: list[str] = []
     if c.sides:
         tables = [("Greedy summaries" if c.sampled_sides else "", c.sides, c.tox_rows)]
         if c.sampled_sides:
@@ -1261,12 +1286,17 @@ def _render_md(c: Content) -> str:
             out += ["", f"![{PLOT_TITLES[TOXICITY_PLOT]}]({c.plots[TOXICITY_PLOT].name})"]
     else:
         out.append("Not evaluated: no toxicity numbers.")
-    out += ["", "## Summary quality", ""]
+    return out
+
+
+def _md_quality(c: Content) -> list[str]:
     if c.quality:
-        out.append(_md_table(QUALITY_HEADER, c.quality))
-    else:
-        out.append("No quality measures (no ROUGE, faithfulness or length in the evaluation).")
-    out += ["", "## Examples", ""]
+        return [_md_table(QUALITY_HEADER, c.quality)]
+    return ["No quality measures (no ROUGE, faithfulness or length in the evaluation)."]
+
+
+def _md_examples(c: Content) -> list[str]:
+    out: list[str] = []
     if c.top or c.worst:
         out += [f"_{_md(c.examples_source)}_", ""]
         for title, rows in (("Most improved (largest reward gain)", c.top), ("Most worsened (largest reward loss)", c.worst)):
@@ -1288,7 +1318,7 @@ def _render_md(c: Content) -> str:
             out += [_md_table(hdr, table) if table else "none", ""]
     else:
         out.append("No paired before/after summaries to show.")
-    return "\n".join(out).rstrip() + "\n"
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -1307,8 +1337,31 @@ def write_report(run_dir: str | Path) -> dict[str, Path]:
     data = load_run(run_dir)
     out_dir = data.run_dir / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
-    notes = list(data.notes)
+    plots, missing = _write_plots(data, out_dir)
+    content = _content(data, plots, missing)
+    html_path = out_dir / "report.html"
+    md_path = out_dir / "report.md"
+    html_path.write_text(_render_html(content), encoding="utf-8")
+    md_path.write_text(_render_md(content), encoding="utf-8")
+    return {"html": html_path, "markdown": md_path, **plots}
 
+
+def markdown_sections(run_dir: str | Path) -> dict[str, str]:
+    """Sections of ``report.md`` as Markdown, without plots, for other documents (the model card of
+    :mod:`detoxrl.modelcard`): ``verdict``, ``configuration``, ``toxicity`` and ``quality`` (each without
+    its heading; toxicity and quality are the tables with the intervals of ``eval/compare.json``).
+    Raises :class:`DetoxError` if ``run_dir`` is not a run folder."""
+    c = _content(load_run(run_dir), {}, [])
+    return {"verdict": _md_lines(_md_verdict(c)), "configuration": _md_lines(_md_config(c)),
+            "toxicity": _md_lines(_md_toxicity(c)), "quality": _md_lines(_md_quality(c))}
+
+
+def _md_lines(lines: list[str]) -> str:
+    return "\n".join(lines).strip() + "\n"
+
+
+def _write_plots(data: RunData, out_dir: Path) -> tuple[dict[str, Path], list[str]]:
+    """The report's PNG plots into ``out_dir``: ``({name: path}, titles of the plots with nothing to plot)``."""
     plots: dict[str, Path] = {}
     missing: list[str] = []
     if data.metrics:
@@ -1327,12 +1380,6 @@ def write_report(run_dir: str | Path) -> dict[str, Path]:
                 plots[name] = path
             else:
                 missing.append(PLOT_TITLES[name])
-
-    sides = _tox_sides(data)
-    sampled = data.compare.get("sampled") if isinstance(data.compare, dict) else None
-    sampled_sides = _tox_sides(data, sampled) if isinstance(sampled, dict) else []
-    sampled_title = (f"Sampled: {sampled.get('samples_per_prompt')} pure samples per prompt, {sampled.get('prompts')} prompts"
-                     if sampled_sides else "")
     if data.evaluated:
         reward_model = _short_model(_get(data.config, "reward.model"))
         judge_model = _short_model(_get(data.config, "evaluation.judge_model"))
@@ -1347,7 +1394,17 @@ def write_report(run_dir: str | Path) -> dict[str, Path]:
     for name in ALL_PLOTS:
         if name not in plots:
             (out_dir / f"{name}.png").unlink(missing_ok=True)
+    return plots, missing
 
+
+def _content(data: RunData, plots: dict[str, Path], missing: list[str]) -> Content:
+    """Everything the HTML and Markdown pages show, from the run's files and the plots written."""
+    notes = list(data.notes)
+    sides = _tox_sides(data)
+    sampled = data.compare.get("sampled") if isinstance(data.compare, dict) else None
+    sampled_sides = _tox_sides(data, sampled) if isinstance(sampled, dict) else []
+    sampled_title = (f"Sampled: {sampled.get('samples_per_prompt')} pure samples per prompt, {sampled.get('prompts')} prompts"
+                     if sampled_sides else "")
     reward_model, judge_model = _get(data.config, "reward.model"), _get(data.config, "evaluation.judge_model")
     judge_list = judge_model if isinstance(judge_model, (list, tuple)) else [judge_model]
     if reward_model and any(str(reward_model) == str(j).split("#")[0] for j in judge_list if j):
@@ -1389,7 +1446,7 @@ def write_report(run_dir: str | Path) -> dict[str, Path]:
         )
     else:
         tox_note = "Plain summaries of eval/before.jsonl and eval/after.jsonl: no confidence intervals."
-    content = Content(
+    return Content(
         run_name=data.run_dir.resolve().name,
         generated=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         verdict=_verdict(data, sides, quality, ci),
@@ -1416,11 +1473,6 @@ def write_report(run_dir: str | Path) -> dict[str, Path]:
         steps_planned=steps_planned,
         steps_logged=len(data.metrics),
     )
-    html_path = out_dir / "report.html"
-    md_path = out_dir / "report.md"
-    html_path.write_text(_render_html(content), encoding="utf-8")
-    md_path.write_text(_render_md(content), encoding="utf-8")
-    return {"html": html_path, "markdown": md_path, **plots}
 
 
 def main(argv: list[str] | None = None) -> int:

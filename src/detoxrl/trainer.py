@@ -569,7 +569,7 @@ class Trainer:
                     self.save_checkpoint()
                     self._replace_earlier_run()
             bar.close()
-            final = ckpt_lib.save_final(self.run_dir, self.policy)
+            final = ckpt_lib.save_final(self.run_dir, self.policy, card=self._model_card)
             self._replace_earlier_run()
         except DetoxError as e:
             if self.staging_dir is None:
@@ -578,6 +578,18 @@ class Trainer:
         if self.cfg.run.log_with:
             self.accelerator.end_training()
         return self.run_dir / final.name
+
+    def _model_card(self, folder: Path) -> str:
+        """The model card of the final adapter (:mod:`detoxrl.modelcard`); a card that cannot be written
+        costs the run nothing but its card."""
+        from detoxrl.modelcard import model_card
+
+        try:
+            return model_card(folder, run_dir=self.run_dir, final=True)
+        except Exception as e:  # noqa: BLE001 - the adapter matters more than its README
+            _note(f"the model card of {self.run_dir / 'final'} could not be written ({type(e).__name__}: {e}); "
+                  f"detoxrl export writes it again")
+            return f"# detoxrl adapter\n\nThe model card could not be written ({type(e).__name__}).\n"
 
     def earlier_run_kept(self) -> str:
         """What a stop before the first checkpoint of an --overwrite run leaves (one clause, for messages)."""

