@@ -392,3 +392,26 @@ def test_killed_two_process_run_resumes_to_the_same_result(two_processes, tmp_pa
     for name in ("adapter_model.safetensors", "value_head.safetensors"):
         resumed, uninterrupted = load_file(str(out / "final" / name)), load_file(str(run / "final" / name))
         assert all(torch.equal(resumed[key], uninterrupted[key]) for key in uninterrupted), name
+
+
+@pytest.mark.slow
+def test_two_process_run_resumes_on_one_process(two_processes, tmp_path):
+    """The run's config.yaml records 2 rollout shards, so one process resuming it from the checkpoint of
+    step 2 runs step 3 as the two processes did: the same metrics and weights."""
+    import shutil
+
+    from detoxrl.config import load_config
+
+    run, _, _ = two_processes
+    out = tmp_path / "run"
+    shutil.copytree(run, out)
+    cfg = load_config(path=out / "config.yaml", overrides=[f"run.output_dir={out}"])
+    assert cfg.ppo.rollout_shards == 2
+    trainer = Trainer(cfg, resume=True, resume_from="step-000002")
+    assert trainer.step_idx == 2 and trainer.local_shards == [0, 1]
+    final = trainer.train()
+    assert without_time(read_metrics(out)) == without_time(read_metrics(run))
+    for name in ("adapter_model.safetensors", "value_head.safetensors"):
+        one, two = load_file(str(final / name)), load_file(str(run / "final" / name))
+        for key in two:
+            torch.testing.assert_close(one[key], two[key], **WEIGHT_TOLERANCE)
