@@ -69,6 +69,39 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) 
     return torch.where(mask.bool(), whitened, 0.0)
 
 
+def masked_moments(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``(count, sum, sum of squares)`` of the masked elements of ``x``, as a float64 tensor [3].
+
+    Moments of several shards add up (an all-reduce sum across processes, or a plain sum of the shards
+    of one process) to the moments of all their elements together: :func:`whiten_with_moments` then
+    whitens each shard with the statistics of the whole batch. float64, so that the one-pass variance
+    below loses nothing to the sum of squares (float32 would keep 7 digits of it).
+    """
+    keep = mask.bool()
+    x = torch.where(keep, x.double(), 0.0)
+    return torch.stack([keep.sum().double(), x.sum(), (x * x).sum()])
+
+
+def whiten_with_moments(x: torch.Tensor, mask: torch.Tensor, moments: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """:func:`masked_whiten` of one shard with the statistics of the whole batch.
+
+    ``moments`` = (n, S1, S2): the count, sum and sum of squares of the masked elements of every shard
+    (:func:`masked_moments`, summed over shards). Mean m = S1 / n, unbiased variance
+    (S2 - n m^2) / (n - 1), as :func:`masked_var`; whitened = (x - m) / sqrt(var + 1e-8). Whitening the
+    shards of a batch one by one with their summed moments equals whitening the concatenated batch
+    (up to float rounding). Returns float32, 0 where mask == 0.
+    """
+    n, s1, s2 = (float(v) for v in moments)
+    if n < 2:
+        raise ValueError(f"whiten_with_moments needs at least 2 unmasked elements over all shards, got {n:g}")
+    mean = s1 / n
+    variance = max((s2 - n * mean * mean) / (n - 1), 0.0)  # max: rounding can leave a constant batch at -1e-17
+    whitened = (x.double() - mean) / math.sqrt(variance + 1e-8)
+    if not shift_mean:
+        whitened = whitened + mean
+    return torch.where(mask.bool(), whitened.float(), 0.0)
+
+
 # --------------------------------------------------------------------------------------------
 # KL estimators (per token; the caller masks)
 # --------------------------------------------------------------------------------------------

@@ -232,7 +232,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         elif trainer.staging_dir is not None:  # --resume would continue the earlier run, not this one
             args.interrupted = f"interrupted before the first checkpoint of the new run: {trainer.earlier_run_kept()}; rerun with --overwrite to start again"
         raise
-    print(f"trained {trainer.step_idx} steps in {time.perf_counter() - t0:.0f} s; adapter: {final}; metrics: {trainer.run_dir / 'metrics.jsonl'}")
+    if trainer.state.is_main_process:  # one line for a run of several processes
+        print(f"trained {trainer.step_idx} steps in {time.perf_counter() - t0:.0f} s; adapter: {final}; metrics: {trainer.run_dir / 'metrics.jsonl'}")
     return 0
 
 
@@ -286,7 +287,15 @@ def _add_judge_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--judge-toxic-label", metavar="L", help="toxic label of judges given without #LABEL")
 
 
+def _one_process(command: str) -> None:
+    """Only train runs as several processes (README "More devices"); the others would each write the same files."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise DetoxError(f"detoxrl {command} runs in one process; start it without torchrun or accelerate launch "
+                         f"(train with several processes, then evaluate its run in one)")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    _one_process("evaluate")
     from detoxrl.evaluate import build_judges, check_judges, evaluate_run
     from detoxrl.policy import load_policy, match_adapter_config
     from detoxrl.rewards import check_reward_labels, scorer_from_config
@@ -415,6 +424,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Offline default end to end on challenging prompts: toxicity before, PPO, toxicity after, report."""
+    _one_process("demo")
     from detoxrl.compare import comparison_table, format_headline, load_eval_records, pair_records
     from detoxrl.evaluate import EvalSettings, build_judges, check_judges, evaluate_run
     from detoxrl.trainer import Trainer, check_trackers, prepare_output_dir
@@ -786,7 +796,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except DetoxError as e:
-        print("error: " + " ".join(str(e).split()), file=sys.stderr)  # always one line
+        if not e.quiet:  # another process of the same run reports it
+            print("error: " + " ".join(str(e).split()), file=sys.stderr)  # always one line
         return 2
     except BrokenPipeError:  # e.g. `detoxrl compare --json | head`: not an error of ours
         sys.stdout = open(os.devnull, "w")  # no second error when Python flushes stdout at exit

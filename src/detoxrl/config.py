@@ -151,6 +151,12 @@ class PPOConfig:
     # less toxic, not which dialogue was easier.
     samples_per_prompt: int = 1
     reward_baseline: str = "none"  # none | group
+    # How a step's batch is split: S shards of batch_size / S responses (whole prompts, so a group of k
+    # never spans two), each sampled with its own seed (run.seed, step, shard) and its own minibatches of
+    # mini_batch_size / S rows; a gradient step averages the S shards' losses, as DDP averages gradients.
+    # None: one shard per process (a run records the number it used). Several shards on fewer processes
+    # (a multiple) run one after another, with the result of one shard per process.
+    rollout_shards: int | None = None
 
 
 @dataclass
@@ -591,6 +597,8 @@ def validate(cfg: DetoxConfig) -> None:
             f"ppo.samples_per_prompt={p.samples_per_prompt} needs generation.do_sample=true: greedy decoding would give "
             f"{p.samples_per_prompt} copies of one summary"
         )
+    if p.rollout_shards is not None:
+        check_rollout_shards(p.batch_size, p.mini_batch_size, p.samples_per_prompt, p.rollout_shards)
     if p.reward_baseline not in ("none", "group"):
         raise ConfigError(f"ppo.reward_baseline must be 'none' or 'group', got '{p.reward_baseline}'")
     if p.reward_baseline == "group" and p.samples_per_prompt < 2:
@@ -643,6 +651,50 @@ def validate(cfg: DetoxConfig) -> None:
             "to read another file of the data set, set data.split"
         )
     _check_finite(cfg)
+
+
+def check_rollout_shards(batch_size: int, mini_batch_size: int, samples_per_prompt: int, shards: int, *, why: str = "ppo.rollout_shards") -> None:
+    """A step's batch must split into ``shards`` equal shards of whole prompts, and each gradient step's
+    ``mini_batch_size`` rows into ``shards`` equal parts (``why`` says where the number comes from)."""
+    if shards < 1:
+        raise ConfigError(f"ppo.rollout_shards must be >= 1 (or none: one per process), got {shards}")
+    prompts = batch_size // samples_per_prompt
+    if prompts % shards:
+        good = -(-prompts // shards) * shards * samples_per_prompt
+        raise ConfigError(
+            f"ppo.batch_size {batch_size} is {prompts} prompts of {samples_per_prompt} sample(s) per step, which do not split "
+            f"into {shards} rollout shards ({why}): each shard samples whole prompts; use a batch whose prompts divide by "
+            f"{shards}, e.g. --batch-size {good}"
+        )
+    if mini_batch_size % shards:
+        raise ConfigError(
+            f"ppo.mini_batch_size ({mini_batch_size}) must split into {shards} rollout shards ({why}): each shard takes "
+            f"mini_batch_size / {shards} of its rows per gradient step; e.g. --mini-batch-size {_shard_mini_batch(batch_size, mini_batch_size, shards)}"
+        )
+
+
+def _shard_mini_batch(batch_size: int, mini_batch_size: int, shards: int) -> int:
+    """The multiple of ``shards`` nearest ``mini_batch_size`` that divides ``batch_size`` (below it first)."""
+    fits = [m for m in range(shards, batch_size + 1, shards) if batch_size % m == 0]
+    below = [m for m in fits if m <= mini_batch_size]
+    return below[-1] if below else (fits[0] if fits else shards)
+
+
+def resolve_rollout_shards(cfg: DetoxConfig, num_processes: int) -> int:
+    """Set ``ppo.rollout_shards`` for a run on ``num_processes`` processes (none: one shard per process)
+    and check it: the shards must divide the batch and be spread evenly over the processes."""
+    p = cfg.ppo
+    given = p.rollout_shards is not None
+    shards = p.rollout_shards if given else num_processes
+    why = "ppo.rollout_shards" if given else f"one per process: {num_processes} processes"
+    check_rollout_shards(p.batch_size, p.mini_batch_size, p.samples_per_prompt, shards, why=why)
+    if shards % num_processes:
+        raise ConfigError(
+            f"ppo.rollout_shards ({shards}) must be a multiple of the number of processes ({num_processes}): each process "
+            f"runs the same number of shards; run on a number of processes that divides {shards}, or --set ppo.rollout_shards={num_processes}"
+        )
+    p.rollout_shards = shards
+    return shards
 
 
 def _check_finite(cfg: DetoxConfig) -> None:

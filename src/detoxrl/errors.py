@@ -7,7 +7,12 @@ and how to fix it. The CLI prints it without a traceback and exits with status 2
 
 
 class DetoxError(Exception):
-    """A problem the user can fix; the message says what is wrong and how to fix it."""
+    """A problem the user can fix; the message says what is wrong and how to fix it.
+
+    ``quiet``: set on the copies that the other processes of a multi-process run raise of an error that
+    the main process reports (the command line prints it once, not once per process)."""
+
+    quiet = False
 
 
 class ConfigError(DetoxError):

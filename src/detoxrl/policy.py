@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import json
 import os
 import pickle
@@ -245,6 +246,28 @@ def _is_plain_model_folder(folder: Path) -> bool:
     return (folder / "model.safetensors").is_file() and "quantization_config" not in config
 
 
+class PolicyModule(nn.Module):
+    """The PEFT model and the value head as one module: what ``accelerate.prepare`` wraps (DDP, DeepSpeed).
+
+    Its forward is :func:`detoxrl.rollout.forward_pass` (log-probs and values of a rollout), so the
+    update's passes through the wrapped module are the ones whose gradients DDP averages, the value
+    head's included. Generation, the capture hooks and the reference adapter's passes use the plain
+    modules (``Policy.model``, ``Policy.value_head``: the same objects, ``accelerator.unwrap_model`` of
+    the wrapper is this module), which share the weights without synchronising anything.
+    """
+
+    def __init__(self, model: nn.Module, value_head: nn.Linear, is_seq2seq: bool):
+        super().__init__()
+        self.model = model
+        self.value_head = value_head
+        self.is_seq2seq = is_seq2seq
+
+    def forward(self, rollout, **kwargs) -> dict[str, torch.Tensor]:
+        from detoxrl.rollout import forward_pass
+
+        return forward_pass(self, rollout, **kwargs)
+
+
 @dataclass
 class Policy:
     """A base model carrying the trainable and reference LoRA adapters, plus a value head."""
@@ -255,6 +278,14 @@ class Policy:
     is_seq2seq: bool
     source: str
     target_modules: list[str]
+    # Parameters partitioned across processes (DeepSpeed ZeRO-3): a process's own tensors are then not
+    # the weights, and adapters_identical cannot compare them (it says False: the reference pass runs).
+    partitioned: bool = False
+
+    @functools.cached_property
+    def module(self) -> PolicyModule:
+        """The model and the value head as one module, for ``accelerate.prepare`` (:class:`PolicyModule`)."""
+        return PolicyModule(self.model, self.value_head, self.is_seq2seq)
 
     @property
     def device(self) -> torch.device:
@@ -307,6 +338,8 @@ class Policy:
         Cheap next to a forward pass (LoRA weights are ~1% of the model), and it lets the rollout
         skip the reference pass, whose log-probs would then equal the policy's.
         """
+        if self.partitioned:
+            return False
         params = dict(self.model.named_parameters())
         pairs = [(p, params.get(n.replace(f".{a}.", f".{b}."))) for n, p in params.items() if "lora_" in n and f".{a}." in n]
         return bool(pairs) and all(q is not None and torch.equal(p, q) for p, q in pairs)

@@ -138,6 +138,7 @@ def generate(
     adapter: str | None = None,
     capture: bool = False,
     samples_per_prompt: int = 1,
+    synced_gpus: bool = False,
 ) -> Rollout:
     """Sample responses for tokenized prompts in batches (KV cache on, dropout off).
 
@@ -151,7 +152,13 @@ def generate(
     sampling distribution (raw logits / temperature) and the value of the state it was chosen in,
     read from the same decoding steps: PPO's "old" log-probs and values then cost no extra forward
     pass. They equal :func:`forward_pass`'s up to float rounding (cached vs. full attention).
+
+    ``synced_gpus=True`` (DeepSpeed ZeRO-3, where each process holds a slice of the weights and every
+    forward pass gathers them from all processes) keeps a process that has finished decoding running
+    forward passes until all have; it needs ``capture=False`` (those extra passes are not decoding steps).
     """
+    if synced_gpus and capture:
+        raise ValueError("generate: synced_gpus runs extra forward passes after a batch has ended; use capture=False with it")
     k = int(samples_per_prompt)
     if k < 1:
         raise ValueError(f"samples_per_prompt must be >= 1, got {k}")
@@ -180,6 +187,7 @@ def generate(
                     attention_mask=attention_mask,
                     generation_config=gen_cfg,
                     **shared,
+                    **({"synced_gpus": True} if synced_gpus else {}),
                 )
         seqs = out.sequences
         resp = seqs[:, 1:] if policy.is_seq2seq else seqs[:, input_ids.shape[1] :]
@@ -287,8 +295,15 @@ class _DecodingCapture:
                 f"capture saw {len(self.hidden)} decoder calls and {len(self.entropy)} output-layer calls for {T} tokens; "
                 "this model's generate does not run one decoder call per token: use capture=False"
             )
-        values = policy.value_head(torch.stack(self.hidden, dim=1)).squeeze(-1)
+        values = value_of(policy, torch.stack(self.hidden, dim=1))
         return torch.stack(self.logprobs, dim=1), values, torch.stack(self.entropy, dim=1)
+
+
+def value_of(policy, hidden: torch.Tensor) -> torch.Tensor:
+    """The value head on hidden states [B, T, H] -> float32 [B, T], in the head's own dtype (float32 as
+    loaded; bf16 if an engine such as DeepSpeed's has cast the whole module)."""
+    head = policy.value_head
+    return head(hidden.to(head.weight.dtype)).float().squeeze(-1)
 
 
 def _scatter_rows(parts: list[torch.Tensor], rows: list[list[int]], shape) -> torch.Tensor:
@@ -380,7 +395,7 @@ def forward_pass(
         logits = logits / temperature
     result = {"logprobs": logprobs_from_logits(logits, resp)}
     if with_values:
-        result["values"] = policy.value_head(hidden.float()).squeeze(-1)
+        result["values"] = value_of(policy, hidden)
     if with_entropy:
         result["entropy"] = entropy_from_logits(logits)
     return result

@@ -18,6 +18,7 @@ The run folder is never lost to a run that fails:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -41,10 +42,12 @@ from detoxrl.advantages import (
     kl_k3,
     leave_one_out_baseline,
     masked_mean,
+    masked_moments,
     masked_whiten,
     token_rewards,
+    whiten_with_moments,
 )
-from detoxrl.config import DetoxConfig, changed_settings, validate
+from detoxrl.config import DetoxConfig, changed_settings, resolve_rollout_shards, validate
 from detoxrl.errors import ConfigError, DataError, DetoxError, ModelLoadError, TrainingError
 from detoxrl.policy import Policy, check_adapter_source, check_policy_source, load_policy, load_tokenizer
 from detoxrl.prompts import PromptExample, PromptSplits, build_prompts, check_data_source, load_dialogue_rows, split_and_select
@@ -54,8 +57,10 @@ from detoxrl import runtime
 from detoxrl.rollout import generate, score_rollout
 from detoxrl.update import UpdateBatch, ppo_update
 
+#: With several rollout shards: per step, the prompts of each shard and the process that ran it.
+SHARDS_LOG = "shards.jsonl"
 MANAGED = ("metrics.jsonl", "checkpoints", "final", "eval", "report", "config.yaml", "config-changes.jsonl",
-           "detoxrl")  # detoxrl/: tracker logs
+           "detoxrl", SHARDS_LOG)  # detoxrl/: tracker logs
 #: Inside the run folder: an --overwrite run until its first checkpoint, and the earlier run's files
 #: while the new run moves into place.
 NEW_RUN_DIR, OLD_RUN_DIR = "new-run.incomplete", "old-run.being-replaced"
@@ -73,6 +78,24 @@ def seed_everything(seed: int) -> None:
 def step_seed(seed: int, step: int) -> int:
     """A distinct, reproducible seed per step (so resume needs no saved RNG state)."""
     return (seed * 1_000_003 + step * 7_919 + 17) % (2**63 - 1)
+
+
+def rollout_seed(seed: int, step: int, shard: int) -> int:
+    """The sampling seed of rollout shard ``shard`` of ``step`` (its minibatch order uses this + 1): the
+    same whichever process runs the shard. Shard 0's is :func:`step_seed`, so a one-shard run samples
+    as runs did before there were shards."""
+    return (step_seed(seed, step) + shard * 1_000_000_007) % (2**63 - 1)
+
+
+def check_launch(cfg: DetoxConfig, num_processes: int, *, deepspeed: bool = False, resume: bool = False) -> None:
+    """What this launch's processes can run, before any model loads: ``ppo.rollout_shards`` resolved for
+    ``num_processes`` (:func:`detoxrl.config.resolve_rollout_shards`), and no --resume under DeepSpeed."""
+    if resume and deepspeed:
+        raise ConfigError(
+            "--resume is not supported under DeepSpeed: its optimizer state is partitioned across the processes and a "
+            "checkpoint holds the main process's part only; start a new run, or train without DeepSpeed (DDP) to resume"
+        )
+    resolve_rollout_shards(cfg, num_processes)
 
 
 def prepare_output_dir(cfg: DetoxConfig, resume: bool, *, clear: bool = True) -> Path:
@@ -220,6 +243,9 @@ def check_resume_settings(cfg: DetoxConfig, point: ckpt_lib.ResumePoint, *, allo
                 f"continue with the settings given now"
             )
         return ResumePlan(point, None, {})
+    ppo = old.get("ppo") if isinstance(old.get("ppo"), dict) else {}
+    if ppo.get("rollout_shards") is None:  # a run from before rollout shards sampled each batch as one
+        old = {**old, "ppo": {**ppo, "rollout_shards": 1}}
     changes = changed_settings(old, cfg.to_dict())
     if changes and not allow_config_change:
         shown = ", ".join(f"{key} {_show(a)} -> {_show(b)}" for key, (a, b) in changes.items())
@@ -329,6 +355,23 @@ def tokenize_prompts(cfg: DetoxConfig, rows: list[dict], *, tokenizer: Any = Non
     return build_prompts(cfg.data, tokenizer, dialogue_toxicity_for(cfg), rows=rows, require_train=require_train)
 
 
+@dataclass
+class _Shard:
+    """One rollout shard of a step, up to its (not yet whitened) advantages."""
+
+    shard: int
+    examples: list[PromptExample]
+    rollout: Any
+    scored: Any
+    shaped: torch.Tensor
+    faithful: list[float] | None
+    fw: dict[str, torch.Tensor]
+    mask: torch.Tensor
+    kl: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+
+
 class Trainer:
     """PPO with a LoRA policy, a frozen reference adapter and a value head.
 
@@ -339,55 +382,91 @@ class Trainer:
 
     ``run_dir`` is where the run writes: ``out_dir`` itself, or ``out_dir/new-run.incomplete`` while an
     --overwrite run has not yet replaced the earlier one (``staging_dir`` is then that folder).
+
+    Several processes (``torchrun``, ``accelerate launch``) train one model: each samples and scores its
+    rollout shards of the global batch (``ppo.batch_size``, split into ``ppo.rollout_shards``, one per
+    process by default), DDP averages the gradients of the update, and what PPO needs of the whole batch
+    (advantage whitening, the KL fed to the controller, every logged metric) is reduced across processes.
+    Only the main process writes into the run folder and shows progress bars.
     """
 
     def __init__(self, cfg: DetoxConfig, *, resume: bool = False, scorer: Scorer | None = None, policy: Policy | None = None,
                  resume_from: str = "auto", allow_config_change: bool = False):
-        from accelerate import Accelerator
+        from accelerate import Accelerator, PartialState
+        from accelerate.utils import DistributedType
 
         self.cfg = cfg
         if cfg.run.release_memory:
             runtime.return_freed_memory()
+        # The processes first (no model yet): the checks below need their number and must agree.
+        self.state = PartialState(cpu=not torch.cuda.is_available())
         if cfg.run.num_threads:
             torch.set_num_threads(cfg.run.num_threads)
-        check_trackers(cfg.run.log_with)
-        # Before any model loads: the folder; with resume the checkpoint (its checksums), and the settings
-        # once the preflight has resolved the reward labels (as they were when the checkpoint was saved).
-        point = find_resume_point(cfg, resume_from) if resume else None
-        self.out_dir = Path(cfg.run.output_dir) if resume else prepare_output_dir(cfg, False, clear=False)
-        rows = preflight(cfg, check_reward=scorer is None)
-        self.resume_plan = check_resume_settings(cfg, point, allow_config_change=allow_config_change) if resume else None
-        # An earlier run in the folder is replaced only once this one has a checkpoint (see train()).
-        self.staging_dir = self.out_dir / NEW_RUN_DIR if not resume and existing_run(self.out_dir) else None
+        deepspeed = self.state.distributed_type == DistributedType.DEEPSPEED
+
+        def checks():
+            check_trackers(cfg.run.log_with)
+            check_launch(cfg, self.state.num_processes, deepspeed=deepspeed, resume=resume)
+            # Before any model loads: the folder; with resume the checkpoint (its checksums), and the settings
+            # once the preflight has resolved the reward labels (as they were when the checkpoint was saved).
+            point = find_resume_point(cfg, resume_from) if resume else None
+            out_dir = Path(cfg.run.output_dir) if resume else prepare_output_dir(cfg, False, clear=False)
+            rows = preflight(cfg, check_reward=scorer is None)
+            plan = check_resume_settings(cfg, point, allow_config_change=allow_config_change) if resume else None
+            # An earlier run in the folder is replaced only once this one has a checkpoint (see train()).
+            staging = out_dir / NEW_RUN_DIR if not resume and existing_run(out_dir) else None
+            prompts = tokenize_prompts(cfg, rows, tokenizer=policy.tokenizer if policy else None)
+            return out_dir, plan, staging, prompts
+
+        # The main process first: it alone tidies the folder (a stopped --overwrite run) and fills caches.
+        self.out_dir, self.resume_plan, self.staging_dir, self.prompts = main_process_first(self.state, checks)
         self.run_dir = self.staging_dir or self.out_dir
-        self.prompts = tokenize_prompts(cfg, rows, tokenizer=policy.tokenizer if policy else None)
+        self.shards = cfg.ppo.rollout_shards
+        per_process = self.shards // self.state.num_processes
+        self.local_shards = list(range(self.state.process_index * per_process, (self.state.process_index + 1) * per_process))
+        self.progress = cfg.run.progress and self.state.is_main_process
         seed_everything(cfg.run.seed)
         self.accelerator = Accelerator(
             cpu=not torch.cuda.is_available(),
             log_with=cfg.run.log_with or None,
             project_dir=str(self.run_dir),
         )
-        self.policy = policy or load_policy(cfg.policy, device=self.accelerator.device)
-        self.scorer = scorer or scorer_from_config(cfg.reward, device=self.accelerator.device)
-        self.faithfulness = None
-        if cfg.reward.faithfulness_weight:
-            from detoxrl.quality import FaithfulnessScorer
+        plugin = self.accelerator.state.deepspeed_plugin if deepspeed else None
+        self.zero_stage = plugin.zero_stage if plugin is not None else None
 
-            self.faithfulness = FaithfulnessScorer()
+        def load():
+            pol = policy or load_policy(cfg.policy, device=self.accelerator.device)
+            sc = scorer or scorer_from_config(cfg.reward, device=self.accelerator.device)
+            faith = None
+            if cfg.reward.faithfulness_weight:
+                from detoxrl.quality import FaithfulnessScorer
+
+                faith = FaithfulnessScorer()
+            return pol, sc, faith
+
+        self.policy, self.scorer, self.faithfulness = main_process_first(self.state, load)
         torch.manual_seed(cfg.run.seed)  # the value head was initialised above; re-seed for the optimizer path
         self.optimizer = torch.optim.Adam(self.policy.trainable_parameters(), lr=cfg.ppo.learning_rate)
         p = cfg.ppo
         self.kl_ctl = AdaptiveKLController(p.init_kl_coef, p.target_kl, p.kl_horizon) if p.adaptive_kl else FixedKLController(p.init_kl_coef)
         self.step_idx = 0
+        self.state.wait_for_everyone()  # every process has checked the folder before the main one writes into it
         if resume:
-            self._resume(self.resume_plan)
-        else:
+            self._resume(self.resume_plan)  # every process loads the same checkpoint; the main one writes
+        elif self.state.is_main_process:
             # Only now that the new run's models have loaded does it write anything: into the staging
             # folder when an earlier run is there (--overwrite), which stays as it is until train() swaps.
             if self.staging_dir is not None:
                 shutil.rmtree(self.staging_dir, ignore_errors=True)
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            _atomic_write(self.run_dir / "config.yaml", _yaml(cfg))
+            _atomic_write(self.run_dir / "config.yaml", _yaml(cfg))  # with the rollout shards it runs with
+        # DDP (or DeepSpeed) around the trainable module: the update's passes go through it, so that its
+        # backward averages the gradients of all processes. The checkpoint (if any) is loaded first.
+        if plugin is not None and plugin.is_auto("train_micro_batch_size_per_gpu"):
+            plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = p.mini_batch_size // self.shards
+        self.prepared_model, self.optimizer = self.accelerator.prepare(self.policy.module, self.optimizer)
+        self.policy.partitioned = self.zero_stage == 3
+        self.state.wait_for_everyone()
         if cfg.run.log_with:
             self.accelerator.init_trackers("detoxrl", config=_flat(cfg.to_dict()))
 
@@ -396,7 +475,8 @@ class Trainer:
         ckpt = plan.ckpt
         state = ckpt_lib.load_checkpoint(ckpt, self.policy, self.optimizer)
         self.step_idx = state["step"]
-        for line in ckpt_lib.set_aside(plan.point.newer):
+        main = self.state.is_main_process
+        for line in ckpt_lib.set_aside(plan.point.newer) if main else []:
             _note(line)
         kl_state = state["kl_controller"]
         kl_changed = plan.old_config is None or any(key in plan.changes for key in KL_SETTINGS)
@@ -414,7 +494,9 @@ class Trainer:
             self.kl_ctl.value = float(kl_state["value"])
         for group in self.optimizer.param_groups:  # the optimizer's state came with the checkpoint's learning rate
             group["lr"] = self.cfg.ppo.learning_rate
-        self._truncate_metrics(self.step_idx)
+        if not main:
+            return
+        self._truncate_logs(self.step_idx)
         if plan.changes or plan.old_config is None:
             record = {
                 "step": self.step_idx,
@@ -432,7 +514,8 @@ class Trainer:
     def batch_examples(self, step: int) -> list[PromptExample]:
         """The prompts of ``step``: consecutive slices of per-epoch seeded permutations.
 
-        A step reads ``batch_size / samples_per_prompt`` prompts (each then sampled k times)."""
+        A step reads ``batch_size / samples_per_prompt`` prompts (each then sampled k times). Rollout
+        shard s takes the s-th of ``ppo.rollout_shards`` equal consecutive slices (:meth:`shard_examples`)."""
         train = self.prompts.train
         n, bsz = len(train), self.cfg.ppo.batch_size // self.cfg.ppo.samples_per_prompt
         out = []
@@ -445,13 +528,23 @@ class Trainer:
             out.append(train[int(perm[within])])
         return out
 
-    # ------------------------------------------------------------------ one PPO step
-    def step(self) -> dict[str, Any]:
-        cfg, g, p = self.cfg, self.cfg.generation, self.cfg.ppo
-        step = self.step_idx
-        t0 = time.perf_counter()
+    def shard_examples(self, step: int, shard: int) -> list[PromptExample]:
+        """The prompts of rollout shard ``shard`` of ``step``: disjoint, whole prompts (a group of k samples
+        never spans two shards), the same whichever process runs the shard."""
         examples = self.batch_examples(step)
-        torch.manual_seed(step_seed(cfg.run.seed, step))
+        size = len(examples) // self.shards
+        return examples[shard * size : (shard + 1) * size]
+
+    # ------------------------------------------------------------------ one PPO step
+    def _sample_shard(self, step: int, shard: int) -> tuple[_Shard, float, float, float]:
+        """Sample, score and evaluate one rollout shard, exactly as a process of its own would (its seed,
+        its batch shapes); returns it with its generation, scoring and no-grad pass times."""
+        cfg, g, p = self.cfg, self.cfg.generation, self.cfg.ppo
+        k = p.samples_per_prompt
+        examples = self.shard_examples(step, shard)
+        t0 = time.perf_counter()
+        torch.manual_seed(rollout_seed(cfg.run.seed, step, shard))
+        zero3 = self.zero_stage == 3
         rollout = generate(
             self.policy,
             [e.input_ids for e in examples],
@@ -462,15 +555,17 @@ class Trainer:
             temperature=g.temperature,
             top_k=g.top_k,
             top_p=g.top_p,
-            batch_size=p.batch_size,
-            progress=cfg.run.progress,
-            capture=True,  # old log-probs and values from the sampling pass itself
-            samples_per_prompt=p.samples_per_prompt,  # rows prompt-major: i*k .. i*k+k-1 answer prompt i
+            batch_size=p.batch_size // self.shards,
+            progress=self.progress,
+            # Old log-probs and values from the sampling pass itself (not under ZeRO-3, whose synced
+            # generation runs extra passes: score_rollout computes them instead).
+            capture=not zero3,
+            samples_per_prompt=k,  # rows prompt-major: i*k .. i*k+k-1 answer prompt i
+            synced_gpus=zero3,
         )
         t1 = time.perf_counter()
         texts = texts_for_scoring(rollout.queries, rollout.responses, cfg.reward.input)
         scored = self.scorer.score(texts)
-        k = p.samples_per_prompt
         dialogues = [e.dialogue for e in examples for _ in range(k)]
         faithful = self.faithfulness.score(rollout.responses, dialogues) if self.faithfulness else None
         shaped = shape_rewards(
@@ -484,72 +579,171 @@ class Trainer:
 
         # No-grad passes in minibatch-sized chunks, as the update: a [B, T, vocab] logits tensor of
         # the whole batch would set the step's peak memory.
-        fw = score_rollout(self.policy, rollout, temperature=g.temperature, batch_size=p.mini_batch_size)
+        fw = score_rollout(self.policy, rollout, temperature=g.temperature, batch_size=p.mini_batch_size // self.shards)
         mask = rollout.response_mask.float()
         rewards, kl = token_rewards(scores, fw["logprobs"], fw["ref_logprobs"], mask, self.kl_ctl.value)
         advantages, returns = gae(rewards, fw["values"], mask, p.gamma, p.lam)
+        part = _Shard(shard, examples, rollout, scored, shaped, faithful, fw, mask, kl, advantages, returns)
+        return part, t1 - t0, t2 - t1, time.perf_counter() - t2
+
+    def step(self) -> dict[str, Any]:
+        cfg, g, p = self.cfg, self.cfg.generation, self.cfg.ppo
+        step = self.step_idx
+        t0 = time.perf_counter()
+        parts, t_generate, t_score, t_passes = [], 0.0, 0.0, 0.0
+        for shard in self.local_shards:
+            part, t_gen, t_sc, t_fw = self._sample_shard(step, shard)
+            parts.append(part)
+            t_generate, t_score, t_passes = t_generate + t_gen, t_score + t_sc, t_passes + t_fw
+        t2 = time.perf_counter()
+
         if p.whiten_advantages:
-            advantages = masked_whiten(advantages, mask)
+            if self.shards == 1:
+                parts[0].advantages = masked_whiten(parts[0].advantages, parts[0].mask)
+            else:
+                # Over all real tokens of the whole batch: every shard's (count, sum, sum of squares), added up.
+                moments = self._sum_over_processes(sum(masked_moments(sh.advantages, sh.mask) for sh in parts))
+                for sh in parts:
+                    sh.advantages = whiten_with_moments(sh.advantages, sh.mask, moments)
         update_stats = ppo_update(
             self.policy,
             self.optimizer,
-            UpdateBatch(rollout, fw["logprobs"], fw["values"], advantages, returns),
+            [UpdateBatch(sh.rollout, sh.fw["logprobs"], sh.fw["values"], sh.advantages, sh.returns) for sh in parts],
             epochs=p.ppo_epochs,
-            mini_batch_size=p.mini_batch_size,
+            mini_batch_size=p.mini_batch_size // self.shards,
             clip_ratio=p.clip_ratio,
             clip_value=p.clip_value,
             vf_coef=p.vf_coef,
             max_grad_norm=p.max_grad_norm,
             ratio_threshold=p.ratio_threshold,
             temperature=g.temperature,
-            generator=torch.Generator().manual_seed(step_seed(cfg.run.seed, step) + 1),
+            generator=[torch.Generator().manual_seed(rollout_seed(cfg.run.seed, step, sh.shard) + 1) for sh in parts],
             group_by_length=p.group_by_length,
             backward=self.accelerator.backward,
             clip_grad_norm=self.accelerator.clip_grad_norm_,
+            forward=lambda sub: self.prepared_model(sub, temperature=g.temperature, with_values=True),  # through DDP
+            no_sync=lambda: self.accelerator.no_sync(self.prepared_model),
+            all_agree=self._all_agree,
         )
-        kl_seq = (kl * mask).sum(1)
-        kl_k3_seq = torch.where(mask.bool(), kl_k3(fw["logprobs"], fw["ref_logprobs"]), 0.0).sum(1)
+        # What the processes hold of the batch, in shard order: every statistic is of the whole batch.
+        kl_seq = self._rows(parts, lambda sh: (sh.kl * sh.mask).sum(1))
+        kl_k3_seq = self._rows(parts, lambda sh: torch.where(sh.mask.bool(), kl_k3(sh.fw["logprobs"], sh.fw["ref_logprobs"]), 0.0).sum(1))
         kl_coef_used = self.kl_ctl.value
         self.kl_ctl.update(float(kl_seq.mean()), p.batch_size)
         t3 = time.perf_counter()
 
-        raw = shaped
+        k = p.samples_per_prompt
+        raw = self._rows(parts, lambda sh: sh.shaped)
+        faithful = self._gather_lists([sh.faithful for sh in parts]) if self.faithfulness else None
+        times = self._max_over_processes({"time/generate_s": t_generate, "time/score_s": t_score, "time/update_s": t_passes + t3 - t2,
+                                          "time/step_s": t3 - t0})
         metrics = {
             "step": step + 1,
             "objective/kl": float(kl_seq.mean()),
             "objective/kl_k3": float(kl_k3_seq.mean()),
             "objective/kl_coef": kl_coef_used,
-            "objective/entropy": float(masked_mean(fw["entropy"], mask)),
-            "ppo/returns/mean": float(masked_mean(returns, mask)),
-            "ppo/policy/advantages_mean": float(masked_mean(advantages, mask)),
-            **update_stats,
+            "objective/entropy": self._token_mean(parts, lambda sh: sh.fw["entropy"]),
+            "ppo/returns/mean": self._token_mean(parts, lambda sh: sh.returns),
+            "ppo/policy/advantages_mean": self._token_mean(parts, lambda sh: sh.advantages),
+            **self._mean_over_processes(update_stats),
             "env/reward_mean": float(raw.mean()),
             "env/reward_std": float(raw.std(unbiased=False)) if len(raw) > 1 else 0.0,
             **(_group_metrics(raw, k) if k > 1 else {}),
-            "env/toxicity_mean": float(scored.toxicity.float().mean()),
-            "env/score_logit_mean": float(scored.reward.float().mean()),  # the classifier's raw logit, before shaping
+            "env/toxicity_mean": float(self._rows(parts, lambda sh: sh.scored.toxicity.float()).mean()),
+            # the classifier's raw logit, before shaping
+            "env/score_logit_mean": float(self._rows(parts, lambda sh: sh.scored.reward.float()).mean()),
             **({"env/faithfulness_mean": float(np.mean(faithful))} if faithful is not None else {}),
-            "env/response_length_mean": float(mask.sum(1).mean()),
-            "env/ended_fraction": float(rollout.ended.float().mean()),
-            "time/generate_s": t1 - t0,
-            "time/score_s": t2 - t1,
-            "time/update_s": t3 - t2,
-            "time/step_s": t3 - t0,
+            "env/response_length_mean": float(self._rows(parts, lambda sh: sh.mask.sum(1)).mean()),
+            "env/ended_fraction": float(self._rows(parts, lambda sh: sh.rollout.ended.float()).mean()),
+            **times,
         }
         self.step_idx += 1
-        self._log(metrics)
-        self.last_rollout = rollout
+        shards = self._gather_lists([[(sh.shard, self.state.process_index, [e.id for e in sh.examples])] for sh in parts])
+        self._log(metrics, shards)
+        self.last_rollout = parts[-1].rollout
+        self.last_shards = parts
         if update_stats["ppo/applied_minibatches"] == 0:
             # Nothing was applied, so the adapter did not move. The usual causes (weights or losses
             # gone non-finite) skip every later step too: the run stops here instead of ending with
             # "trained N steps" and an unchanged adapter. This also covers a run that skipped every
             # minibatch overall. The metrics line above is kept; no checkpoint is written for this step.
-            raise TrainingError(
+            # (Every process stops here: the decision to skip was taken by all of them together.)
+            raise self._said_once(TrainingError(
                 f"PPO step {step + 1} skipped all {update_stats['ppo/skipped_minibatches']} of its minibatches (non-finite loss or "
                 f"gradient, or a mean ratio outside [1/{p.ratio_threshold:g}, {p.ratio_threshold:g}]), so the adapter did not change; "
                 f"lower ppo.learning_rate or check the reward and ppo settings (metrics: {self.run_dir / 'metrics.jsonl'})"
-            )
+            ))
         return metrics
+
+    # ------------------------------------------------------------------ across processes
+    # With one process each of these is the plain computation (bit for bit what it was before there were
+    # several); with several, accelerate's gather and reduce make it one of the whole batch.
+    def _rows(self, parts: list[_Shard], per_row) -> torch.Tensor:
+        """A per-row quantity of the whole batch, in shard order (the processes' rows gathered)."""
+        rows = torch.cat([per_row(sh) for sh in parts])
+        if self.state.num_processes == 1:
+            return rows
+        from accelerate.utils import gather
+
+        return gather(rows.to(self.accelerator.device))
+
+    def _token_mean(self, parts: list[_Shard], per_token) -> float:
+        """The masked mean of a per-token quantity over all real tokens of the whole batch."""
+        if self.shards == 1:
+            return float(masked_mean(per_token(parts[0]), parts[0].mask))
+        sums = sum(torch.stack([torch.where(sh.mask.bool(), per_token(sh).double(), 0.0).sum(), sh.mask.double().sum()]) for sh in parts)
+        total, count = self._sum_over_processes(sums).tolist()
+        return total / count
+
+    def _sum_over_processes(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.state.num_processes == 1:
+            return tensor
+        from accelerate.utils import reduce
+
+        return reduce(tensor.to(self.accelerator.device), reduction="sum").cpu()
+
+    def _mean_over_processes(self, stats: dict[str, float]) -> dict[str, float]:
+        """Update statistics: each process has the mean over its shards; this is the mean over all shards.
+        (The applied and skipped counts are the same everywhere: every process takes every decision.)"""
+        keys = [key for key, value in stats.items() if isinstance(value, float)]
+        if self.state.num_processes == 1 or not keys:
+            return stats
+        from accelerate.utils import reduce
+
+        means = reduce(torch.tensor([stats[key] for key in keys], dtype=torch.float64, device=self.accelerator.device), reduction="mean")
+        return {**stats, **dict(zip(keys, means.tolist()))}
+
+    def _max_over_processes(self, times: dict[str, float]) -> dict[str, float]:
+        """Times: a step takes as long as its slowest process."""
+        if self.state.num_processes == 1:
+            return times
+        import torch.distributed as dist
+
+        values = torch.tensor(list(times.values()), dtype=torch.float64, device=self.accelerator.device)
+        dist.all_reduce(values, op=dist.ReduceOp.MAX)
+        return dict(zip(times, values.tolist()))
+
+    def _gather_lists(self, local: list[list]) -> list:
+        """The concatenation, in shard order, of every process's lists (Python objects)."""
+        mine = [item for part in local for item in part]
+        if self.state.num_processes == 1:
+            return mine
+        from accelerate.utils import gather_object
+
+        return gather_object(mine)
+
+    def _all_agree(self, ok: bool) -> bool:
+        """True when every process says ``ok``: a minibatch is skipped by all or by none."""
+        if self.state.num_processes == 1:
+            return ok
+        from accelerate.utils import reduce
+
+        return float(reduce(torch.tensor([0.0 if ok else 1.0], device=self.accelerator.device), reduction="sum")) == 0.0
+
+    def _said_once(self, error: DetoxError) -> DetoxError:
+        """An error that every process raises: the main one says it, the others stop quietly."""
+        error.quiet = not self.state.is_main_process
+        return error
 
     # ------------------------------------------------------------------ the loop
     def train(self, steps: int | None = None) -> Path:
@@ -559,7 +753,7 @@ class Trainer:
         first checkpoint (or at the end). An error before that says the earlier run is unchanged.
         """
         total = steps if steps is not None else self.cfg.ppo.steps
-        bar = tqdm(total=total, initial=self.step_idx, desc="ppo", unit="step", disable=not self.cfg.run.progress)
+        bar = tqdm(total=total, initial=self.step_idx, desc="ppo", unit="step", disable=not self.progress)
         try:
             while self.step_idx < total:
                 m = self.step()
@@ -569,12 +763,12 @@ class Trainer:
                     self.save_checkpoint()
                     self._replace_earlier_run()
             bar.close()
-            final = ckpt_lib.save_final(self.run_dir, self.policy, card=self._model_card)
+            final = self.save_final()
             self._replace_earlier_run()
         except DetoxError as e:
             if self.staging_dir is None:
                 raise
-            raise type(e)(f"{e}; {self.earlier_run_kept()}") from e
+            raise self._said_once(type(e)(f"{e}; {self.earlier_run_kept()}")) from e
         if self.cfg.run.log_with:
             self.accelerator.end_training()
         return self.run_dir / final.name
@@ -600,35 +794,94 @@ class Trainer:
         """--overwrite: the new run has a checkpoint (or has finished), so it takes the earlier run's place."""
         if self.staging_dir is None:
             return
-        _swap_in(self.out_dir, self.staging_dir, self.out_dir / OLD_RUN_DIR)
+        if self.state.is_main_process:
+            _swap_in(self.out_dir, self.staging_dir, self.out_dir / OLD_RUN_DIR)
         self.staging_dir, self.run_dir = None, self.out_dir
+        self.state.wait_for_everyone()
 
     def save_checkpoint(self) -> Path:
         # The settings trained with so far go with the checkpoint: a resume compares against them.
         state = {"kl_controller": self.kl_ctl.state_dict(), "seed": self.cfg.run.seed, "config": self.cfg.to_dict()}
-        return ckpt_lib.save_checkpoint(self.run_dir, self.step_idx, self.policy, self.optimizer, state, keep=self.cfg.run.keep_checkpoints)
+        with self._whole_weights():
+            if self.state.is_main_process:
+                ckpt_lib.save_checkpoint(self.run_dir, self.step_idx, self.policy, self.optimizer, state, keep=self.cfg.run.keep_checkpoints)
+        self.state.wait_for_everyone()
+        return ckpt_lib.checkpoint_dir(self.run_dir, self.step_idx)
+
+    def save_final(self) -> Path:
+        with self._whole_weights():
+            if self.state.is_main_process:
+                ckpt_lib.save_final(self.run_dir, self.policy, card=self._model_card)
+        self.state.wait_for_everyone()
+        return self.run_dir / "final"
+
+    def _whole_weights(self):
+        """While saving: the trainable weights whole on every process (DeepSpeed ZeRO-3 partitions them;
+        gathering them is collective, so every process enters this, and the main one writes)."""
+        if self.zero_stage != 3:
+            return contextlib.nullcontext()
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(self.policy.trainable_parameters(), modifier_rank=None)
 
     # ------------------------------------------------------------------ logging
-    def _log(self, metrics: dict[str, Any]) -> None:
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(_jsonable(metrics)) + "\n")
+    def _log(self, metrics: dict[str, Any], shards: list) -> None:
+        """One metrics line per step (and, with several rollout shards, which prompts each shard and
+        process took: ``shards.jsonl``), written by the main process only."""
+        if self.state.is_main_process:
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(_jsonable(metrics)) + "\n")
+            if self.shards > 1:
+                record = {"step": metrics["step"], "shards": [{"shard": s, "process": r, "prompts": ids} for s, r, ids in shards]}
+                with open(self.run_dir / SHARDS_LOG, "a") as f:
+                    f.write(json.dumps(record) + "\n")
         if self.cfg.run.log_with:
             self.accelerator.log({k: v for k, v in metrics.items() if k != "step"}, step=metrics["step"])
 
-    def _truncate_metrics(self, upto_step: int) -> None:
-        """A resumed run drops metrics of steps after its checkpoint (they will be recomputed)."""
-        path = self.run_dir / "metrics.jsonl"
-        if not path.is_file():
-            return
-        kept = []
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:  # a line cut short by the crash that stopped the run
+    def _truncate_logs(self, upto_step: int) -> None:
+        """A resumed run drops the lines of steps after its checkpoint (they will be recomputed)."""
+        for name in ("metrics.jsonl", SHARDS_LOG):
+            path = self.run_dir / name
+            if not path.is_file():
                 continue
-            if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= upto_step:
-                kept.append(line)
-        _atomic_write(path, "".join(line + "\n" for line in kept))  # a kill now must not cost the earlier lines
+            kept = []
+            for line in path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:  # a line cut short by the crash that stopped the run
+                    continue
+                if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= upto_step:
+                    kept.append(line)
+            _atomic_write(path, "".join(line + "\n" for line in kept))  # a kill now must not cost the earlier lines
+
+
+def main_process_first(state, fn):
+    """``fn()`` on the main process, then on the others (which then find what it wrote: the tidied run
+    folder, filled caches). A :class:`DetoxError` on the main process is raised by every process (the
+    others quietly: the main one says it), so that none of them waits for it for ever."""
+    if state.num_processes == 1:
+        return fn()
+    from accelerate.utils import broadcast_object_list
+
+    if state.is_main_process:
+        try:
+            result = fn()
+        except DetoxError as e:
+            broadcast_object_list([(type(e), str(e))])
+            raise
+        except BaseException as e:
+            broadcast_object_list([(DetoxError, f"the main process failed ({type(e).__name__}: {e})")])
+            raise
+        broadcast_object_list([None])
+        return result
+    failure = [None]
+    broadcast_object_list(failure)
+    if failure[0] is not None:
+        kind, message = failure[0]
+        error = kind(message)
+        error.quiet = True
+        raise error
+    return fn()
 
 
 def _group_metrics(rewards: torch.Tensor, k: int) -> dict[str, float]:

@@ -7,7 +7,9 @@ the whole batch on ratio; here only the offending minibatch is).
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from typing import Callable, ContextManager, Sequence
 
 import torch
 
@@ -31,7 +33,7 @@ class UpdateBatch:
 def ppo_update(
     policy: Policy,
     optimizer: torch.optim.Optimizer,
-    batch: UpdateBatch,
+    batch: UpdateBatch | Sequence[UpdateBatch],
     *,
     epochs: int,
     mini_batch_size: int,
@@ -41,57 +43,91 @@ def ppo_update(
     max_grad_norm: float | None,
     ratio_threshold: float,
     temperature: float,
-    generator: torch.Generator,
+    generator: torch.Generator | Sequence[torch.Generator],
     group_by_length: bool = False,
-    backward=None,
-    clip_grad_norm=None,
+    backward: Callable[[torch.Tensor], None] | None = None,
+    clip_grad_norm: Callable | None = None,
+    forward: Callable[[Rollout], dict[str, torch.Tensor]] | None = None,
+    no_sync: Callable[[], ContextManager] | None = None,
+    all_agree: Callable[[bool], bool] | None = None,
 ) -> dict[str, float]:
     """Run ``epochs`` passes of shuffled minibatches; return mean statistics over applied minibatches.
 
     Each minibatch's forward pass is cut to its own padding; ``group_by_length`` puts rows of
     similar length together so that little padding is left (see :func:`minibatch_indices`).
     ``backward`` and ``clip_grad_norm`` default to plain torch; the trainer passes accelerate's.
+
+    Rollout shards (``ppo.rollout_shards``): ``batch`` may be a list of shards, the rows of each shard
+    with its own ``generator`` for its minibatches, ``mini_batch_size`` then counting rows of one shard.
+    A gradient step takes minibatch j of every shard and minimises the mean of the shards' losses (each
+    a masked mean over its own tokens). With one shard per process, DDP averaging the processes'
+    gradients computes exactly that over all shards of the batch, so one process running the shards one
+    after another and W processes running one each take the same steps. The hooks for that:
+
+    - ``forward(sub_rollout)``: the update's pass (default :func:`forward_pass` of ``policy``); the
+      trainer passes the model that accelerate prepared, whose forward DDP synchronises.
+    - ``no_sync()``: a context for the passes of every shard but the last of this process, so that DDP
+      averages once per step (accelerate's ``no_sync``); the step then runs one backward of their mean.
+    - ``all_agree(ok)``: True when every process may apply the step (default: ``ok``). A step whose loss,
+      ratio or gradient norm fails the guard on any shard is skipped by every process, so none waits.
+
+    ``clip_grad_norm`` may return None (DeepSpeed clips and steps inside its backward): the norm is
+    then not checked here and is logged as NaN.
     """
+    shards = [batch] if isinstance(batch, UpdateBatch) else list(batch)
+    generators = [generator] if isinstance(generator, torch.Generator) else list(generator)
+    if len(generators) != len(shards):
+        raise ValueError(f"ppo_update: {len(shards)} shards but {len(generators)} generators")
     backward = backward or (lambda loss: loss.backward())
     clip_grad_norm = clip_grad_norm or torch.nn.utils.clip_grad_norm_
+    forward = forward or (lambda sub: forward_pass(policy, sub, temperature=temperature, with_values=True))
+    no_sync = no_sync or contextlib.nullcontext
+    all_agree = all_agree or (lambda ok: ok)
     params = policy.trainable_parameters()
-    n = len(batch.rollout)
     sums: dict[str, float] = {}
     applied = skipped = 0
-    lengths = (batch.rollout.query_mask.sum(1) + batch.rollout.response_mask.sum(1)).cpu()
+    lengths = [(b.rollout.query_mask.sum(1) + b.rollout.response_mask.sum(1)).cpu() for b in shards]
     for _ in range(epochs):
-        for idx in minibatch_indices(lengths, mini_batch_size, generator, group_by_length):
-            sub = batch.rollout.select(idx).trimmed(policy.is_seq2seq)
-            T = sub.response_ids.shape[1]
-            mask = sub.response_mask.float()
-            out = forward_pass(policy, sub, temperature=temperature, with_values=True)
-            pg_loss, pg_stats = policy_loss(out["logprobs"], batch.old_logprobs[idx, :T], batch.advantages[idx, :T], mask, clip_ratio)
-            vf_loss, vf_stats = value_loss(out["values"], batch.old_values[idx, :T], batch.returns[idx, :T], mask, clip_value)
-            loss = pg_loss + vf_coef * vf_loss
-            if not is_finite_and_sane(loss, pg_stats["ratio_mean"], ratio_threshold):
-                skipped += 1
-                optimizer.zero_grad(set_to_none=True)
-                continue
+        plans = [minibatch_indices(n, mini_batch_size, g, group_by_length) for n, g in zip(lengths, generators)]
+        if len({len(plan) for plan in plans}) > 1:
+            raise ValueError(f"ppo_update: shards of {[len(n) for n in lengths]} rows give different numbers of minibatches")
+        for step_rows in zip(*plans):  # minibatch j of every shard
+            losses, parts, ok = [], [], True
+            for s, (b, idx) in enumerate(zip(shards, step_rows)):
+                with no_sync() if s < len(shards) - 1 else contextlib.nullcontext():
+                    sub = b.rollout.select(idx).trimmed(policy.is_seq2seq)
+                    T = sub.response_ids.shape[1]
+                    mask = sub.response_mask.float()
+                    out = forward(sub)
+                    pg_loss, pg_stats = policy_loss(out["logprobs"], b.old_logprobs[idx, :T], b.advantages[idx, :T], mask, clip_ratio)
+                    vf_loss, vf_stats = value_loss(out["values"], b.old_values[idx, :T], b.returns[idx, :T], mask, clip_value)
+                    loss = pg_loss + vf_coef * vf_loss
+                ok = ok and is_finite_and_sane(loss, pg_stats["ratio_mean"], ratio_threshold)
+                losses.append(loss)
+                parts.append((pg_loss, vf_loss, loss, pg_stats, vf_stats, float(masked_mean(out["values"].detach(), mask))))
             optimizer.zero_grad(set_to_none=True)
-            backward(loss)
+            if not all_agree(ok):
+                skipped += 1
+                continue
+            backward(_mean(losses))
             grad_norm = clip_grad_norm(params, max_grad_norm) if max_grad_norm else _grad_norm(params)
-            if not torch.isfinite(torch.as_tensor(grad_norm)):
+            if not all_agree(grad_norm is None or bool(torch.isfinite(torch.as_tensor(grad_norm)))):
                 skipped += 1
                 optimizer.zero_grad(set_to_none=True)
                 continue
             optimizer.step()
             applied += 1
             stats = {
-                "ppo/loss/policy": float(pg_loss.detach()),
-                "ppo/loss/value": float(vf_loss.detach()),
-                "ppo/loss/total": float(loss.detach()),
-                "ppo/policy/clipfrac": pg_stats["clipfrac"],
-                "ppo/policy/approxkl": pg_stats["approxkl"],
-                "ppo/policy/ratio_mean": pg_stats["ratio_mean"],
-                "ppo/val/clipfrac": vf_stats["vf_clipfrac"],
-                "ppo/val/error": vf_stats["value_error"],
-                "ppo/val/mean": float(masked_mean(out["values"].detach(), mask)),
-                "ppo/grad_norm": float(grad_norm),
+                "ppo/loss/policy": _mean([float(pg.detach()) for pg, *_ in parts]),
+                "ppo/loss/value": _mean([float(vf.detach()) for _, vf, *_ in parts]),
+                "ppo/loss/total": _mean([float(total.detach()) for _, _, total, *_ in parts]),
+                "ppo/policy/clipfrac": _mean([p[3]["clipfrac"] for p in parts]),
+                "ppo/policy/approxkl": _mean([p[3]["approxkl"] for p in parts]),
+                "ppo/policy/ratio_mean": _mean([p[3]["ratio_mean"] for p in parts]),
+                "ppo/val/clipfrac": _mean([p[4]["vf_clipfrac"] for p in parts]),
+                "ppo/val/error": _mean([p[4]["value_error"] for p in parts]),
+                "ppo/val/mean": _mean([p[5] for p in parts]),
+                "ppo/grad_norm": float("nan") if grad_norm is None else float(grad_norm),
             }
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + v
@@ -99,6 +135,11 @@ def ppo_update(
     result["ppo/applied_minibatches"] = applied
     result["ppo/skipped_minibatches"] = skipped
     return result
+
+
+def _mean(values: list):
+    """The mean of one shard's value is that value itself, bit for bit (no division by 1)."""
+    return values[0] if len(values) == 1 else sum(values) / len(values)
 
 
 def minibatch_indices(lengths: torch.Tensor, mini_batch_size: int, generator: torch.Generator, group_by_length: bool) -> list[torch.Tensor]:
