@@ -93,10 +93,11 @@ def write_csv(path: Path, n: int = 30, *, summary=True, empty=(), dialogsum=None
 # The loss: summary tokens only
 
 
-def test_causal_loss_is_on_the_summary_tokens_only(tiny_llama, dialogsum_dir, tmp_path):
+@pytest.mark.parametrize("arch", ["tiny_llama", "tiny_gpt2"])  # rotary and absolute positions
+def test_causal_loss_is_on_the_summary_tokens_only(arch, request, dialogsum_dir, tmp_path):
     """Hand check: the SFT loss of a causal model is -log p(summary | prompt), with prompt and padding
     out of it; it equals transformers' loss with labels -100 on the prompt (and on padding)."""
-    cfg = sft_config(tiny_llama, dialogsum_dir, tmp_path / "run")
+    cfg = sft_config(request.getfixturevalue(arch), dialogsum_dir, tmp_path / "run")
     policy = load_policy(cfg.policy)
     model = policy.model
     tok = policy.tokenizer
@@ -271,6 +272,22 @@ def test_resume_with_another_learning_rate_is_refused(tiny_llama, dialogsum_dir,
     request.getfixturevalue("no_weights_loaded")  # from here on, loading weights fails the test
     line = one_line_error(*cli("sft", "--output-dir", out, "--resume", "--learning-rate", "1e-2", "--no-progress")[::2])
     assert "sft.learning_rate 0.001 -> 0.01" in line and "--allow-config-change" in line
+
+
+def test_step_with_a_non_finite_loss_stops_the_run(tiny_llama, dialogsum_dir, tmp_path, monkeypatch):
+    """Not applied, its metrics line written, then one TrainingError naming the fix; no checkpoint."""
+    import detoxrl.sft
+    from detoxrl.errors import TrainingError
+
+    trainer = SupervisedTrainer(sft_config(tiny_llama, dialogsum_dir, tmp_path / "run"))
+    start = {k: v.detach().clone() for k, v in zip(range(len(trainer.params)), trainer.params)}
+    monkeypatch.setattr(detoxrl.sft, "target_nll", lambda policy, pairs: torch.tensor(float("nan"), requires_grad=True))
+    with pytest.raises(TrainingError, match="SFT step 1 had a non-finite loss or gradient.*lower sft.learning_rate"):
+        trainer.train()
+    rows = read_metrics(tmp_path / "run")
+    assert [r["step"] for r in rows] == [1] and rows[0]["sft/loss"] is None  # NaN is written as null
+    assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "final").exists()
+    assert all(torch.equal(start[i], p) for i, p in enumerate(trainer.params))
 
 
 # --------------------------------------------------------------------------------------------
