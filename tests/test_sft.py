@@ -306,6 +306,11 @@ def test_sft_then_train_adapter(arch, request, dialogsum_dir, tiny_roberta, tmp_
     assert f"detoxrl train --adapter {sft_dir / 'final'}" in out
     sft_weights = adapter_tensors(sft_dir / "final")
     assert any("lora_B" in k and v.abs().max() > 0 for k, v in sft_weights.items())  # it learned something
+    # final/ is portable (the base by absolute path) and its model card says what the adapter is.
+    assert Path(json.loads((sft_dir / "final" / "adapter_config.json").read_text())["base_model_name_or_path"]).is_absolute()
+    card = (sft_dir / "final" / "README.md").read_text()
+    assert "fine-tuned on reference summaries with detoxrl sft" in card and "detoxrl train --adapter THIS_FOLDER" in card
+    assert "| steps trained | 3 (of 3) |" in card and "PPO so that" not in card and "## Reward model" not in card
     rc, _, err = cli("train", "--preset", "seed", "--policy", policy_dir, "--adapter", sft_dir / "final",
                      "--reward-model", tiny_roberta, "--reward-label", "nothate", "--data", dialogsum_dir, *TINY,
                      "--set", "policy.lora_r=16",  # the adapter's settings win over the preset's and flags'
@@ -314,6 +319,7 @@ def test_sft_then_train_adapter(arch, request, dialogsum_dir, tiny_roberta, tmp_
     assert rc == 0, err
     rows = read_metrics(ppo_dir)
     assert [r["step"] for r in rows] == [1, 2] and rows[0]["objective/kl"] == 0.0
+    assert f"training started from the adapter `{sft_dir / 'final'}`, which was also the frozen reference" in (ppo_dir / "final" / "README.md").read_text()
     saved = load_config(path=ppo_dir / "config.yaml")
     assert (saved.policy.lora_r, saved.policy.lora_alpha) == (4, 8)  # config.yaml: the LoRA that was trained
     # The reference of the PPO run is the SFT adapter, frozen, and the trained adapter starts from it.
