@@ -116,8 +116,9 @@ def require_checkpoint(run_dir: Path) -> Path:
 
 def read_state(ckpt: Path, fix: str = FALLBACK_FIX) -> dict[str, Any]:
     """The trainer state of a checkpoint, checked: ``step`` a whole number >= 0, ``kl_controller`` a
-    mapping of finite numbers with a ``value``; ``files`` and ``config``, when present, of the right
-    shape. Anything else is one line naming the file and ``fix``."""
+    mapping of finite numbers with a ``value`` (PPO checkpoints; those of ``detoxrl sft``, ``"kind":
+    "sft"``, have none); ``files`` and ``config``, when present, of the right shape. Anything else is
+    one line naming the file and ``fix``."""
     path = ckpt / STATE_FILE
     try:
         state = json.loads(path.read_text())
@@ -129,7 +130,10 @@ def read_state(ckpt: Path, fix: str = FALLBACK_FIX) -> dict[str, Any]:
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise ModelLoadError(f"checkpoint '{ckpt}' has no valid step in {STATE_FILE} (need a whole number >= 0, got {step!r}); {fix}")
     kl = state.get("kl_controller")
-    if not isinstance(kl, dict) or "value" not in kl or not all(_is_finite_number(v) for v in kl.values()):
+    kind = state.get("kind", "ppo")  # "sft": written by detoxrl sft, which has no KL controller
+    if kind not in ("ppo", "sft"):
+        raise ModelLoadError(f"checkpoint '{ckpt}' has an unknown kind {kind!r} in {STATE_FILE} (need ppo or sft); {fix}")
+    if kind == "ppo" and (not isinstance(kl, dict) or "value" not in kl or not all(_is_finite_number(v) for v in kl.values())):
         raise ModelLoadError(
             f"checkpoint '{ckpt}' has no valid kl_controller in {STATE_FILE} (need finite numbers with a 'value', got {kl!r}); {fix}"
         )

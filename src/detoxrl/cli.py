@@ -237,6 +237,44 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sft(args: argparse.Namespace) -> int:
+    """Supervised LoRA fine-tuning on the train split's (prompt, reference summary) pairs: the adapter
+    that ``train --adapter RUN/final`` starts from. Flags and run folder as train's (detoxrl.sft)."""
+    from detoxrl.sft import SupervisedTrainer
+
+    resume = args.resume or args.resume_from is not None
+    if resume and args.overwrite:
+        raise DetoxError("--resume continues the run in --output-dir and --overwrite replaces it; pass one of them")
+    if args.allow_config_change and not resume:
+        raise DetoxError("--allow-config-change only applies to --resume (a new run takes any settings); leave it out or add --resume")
+    if not args.output_dir and not args.config and not any(x.strip().startswith("run.output_dir=") for x in args.set):
+        args.output_dir = "runs/sft"  # not the preset's run.output_dir, which is PPO's
+    candidate = Path(args.output_dir or "") / "config.yaml"
+    base_file = str(candidate) if resume and args.output_dir and not args.config and candidate.is_file() else None
+    flags = {"sft.steps": args.sft_steps, "sft.epochs": args.epochs, "sft.batch_size": args.sft_batch_size,
+             "sft.learning_rate": args.learning_rate, "sft.max_target_tokens": args.max_target_tokens}
+    args.set[:0] = [f"{key}={value}" for key, value in flags.items() if value is not None]  # --set still wins
+    cfg = _config_from_args(args, base_file=base_file)
+    if args.adapter:
+        cfg.policy.adapter = args.adapter
+    trainer = None
+    try:
+        trainer = SupervisedTrainer(cfg, resume=resume, resume_from=args.resume_from or "auto", allow_config_change=args.allow_config_change)
+        t0 = time.perf_counter()
+        final = trainer.train()
+    except KeyboardInterrupt:
+        if trainer is None:
+            args.interrupted = "interrupted while the run was starting, before its first step; rerun the same command"
+        elif trainer.staging_dir is not None:
+            args.interrupted = f"interrupted before the first checkpoint of the new run: {trainer.earlier_run_kept()}; rerun with --overwrite to start again"
+        else:
+            args.interrupted = "interrupted: checkpoints written so far are kept; rerun the same command with --resume to continue from the latest"
+        raise
+    print(f"fine-tuned {trainer.step_idx} steps on {len(trainer.pairs)} pairs in {time.perf_counter() - t0:.0f} s; adapter: {final} "
+          f"(continue with PPO: detoxrl train --adapter {final}); metrics: {trainer.run_dir / 'metrics.jsonl'}")
+    return 0
+
+
 def _eval_settings(args, cfg):
     from detoxrl.evaluate import EvalSettings
 
@@ -686,6 +724,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --resume: continue with settings that differ from the checkpoint's (learning rate, seed, KL "
                         "settings...), instead of refusing; the change goes into RUN/config.yaml and RUN/config-changes.jsonl")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sft", help="supervised LoRA fine-tuning on dialogue -> reference summary pairs (the adapter PPO starts from)",
+                       description="Supervised fine-tuning of a LoRA adapter on the train split's reference summaries (data.summary_column), "
+                                   "with the prompts, template and split that train uses; for causal models the loss is on the summary "
+                                   "tokens only. Writes RUN/config.yaml, RUN/metrics.jsonl, RUN/checkpoints/step-N/ and RUN/final/, the "
+                                   "adapter that 'detoxrl train --adapter RUN/final' continues from and keeps as its PPO reference.")
+    _add_config_options(p)
+    t = p.add_argument_group("supervised fine-tuning")
+    t.add_argument("--steps", dest="sft_steps", type=int, help="optimizer steps (sft.steps; default: --epochs decides)")
+    t.add_argument("--epochs", type=float, help="passes over the train split when --steps is not given (sft.epochs, default 1)")
+    t.add_argument("--batch-size", dest="sft_batch_size", type=int, help="pairs per optimizer step (sft.batch_size)")
+    t.add_argument("--learning-rate", type=float, help="peak learning rate (sft.learning_rate)")
+    t.add_argument("--max-target-tokens", type=int, help="longest reference summary allowed, in tokens with EOS (sft.max_target_tokens)")
+    t.add_argument("--output-dir", metavar="DIR", help="run folder (default runs/sft): config, metrics.jsonl, checkpoints, final adapter")
+    t.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its latest checkpoint")
+    t.add_argument("--resume-from", metavar="auto|latest-valid|DIR", help="which checkpoint --resume continues from (implies --resume), as for train")
+    t.add_argument("--allow-config-change", action="store_true", help="with --resume: continue with settings that differ from the checkpoint's")
+    t.add_argument("--overwrite", action="store_true", help="replace an earlier run in --output-dir (kept until the new one has a checkpoint)")
+    t.add_argument("--log-with", action="append", choices=["tensorboard", "wandb"], help="also log to a tracker (via accelerate)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_sft)
 
     p = sub.add_parser("evaluate", help="toxicity (reward model and judge) and quality of summaries on the held-out split",
                        description="Generate summaries for the first --num-samples held-out prompts with the starting policy and, given --adapter or --run, with the trained adapter on the same prompts; score toxicity with the reward model and the independent judge, ROUGE against references, faithfulness (MiniLM), length and KL to the reference. Records are written incrementally (an interrupted evaluation resumes).")

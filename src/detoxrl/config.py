@@ -197,6 +197,27 @@ class EvalConfig:
 
 
 @dataclass
+class SFTConfig:
+    """Supervised fine-tuning (``detoxrl sft``): the LoRA adapter learns the reference summaries of the
+    train split (the same prompts as PPO), the starting adapter and reference of a later ``train --adapter``."""
+
+    steps: int | None = None  # optimizer steps in all; None: sft.epochs decides
+    epochs: float = 1.0  # passes over the train split, when sft.steps is none (a fraction is allowed)
+    batch_size: int = 8  # dialogue -> summary pairs per optimizer step
+    micro_batch_size: int | None = None  # pairs per forward/backward pass (gradient accumulation); must divide batch_size; none: all
+    learning_rate: float = 1e-3  # the reference lab's LoRA SFT of FLAN-T5 on DialogSum
+    lr_schedule: str = "linear"  # linear: decays to 0 over the run (transformers' default); constant
+    warmup_steps: int = 0  # linear warm-up from 0 over the first N steps
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay
+    max_grad_norm: float | None = 1.0
+    max_target_tokens: int = 256  # a reference summary longer than this (in tokens, with EOS) is an error
+
+
+#: sft.lr_schedule values.
+SFT_SCHEDULES = ("linear", "constant")
+
+
+@dataclass
 class DetoxConfig:
     preset: str = "offline"
     data: DataConfig = field(default_factory=DataConfig)
@@ -206,6 +227,7 @@ class DetoxConfig:
     ppo: PPOConfig = field(default_factory=PPOConfig)
     run: RunConfig = field(default_factory=RunConfig)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -233,7 +255,18 @@ RESUME_FREE_SETTINGS = frozenset({
     "policy.trust_remote_code", "reward.trust_remote_code", "evaluation.judge_trust_remote_code",
     "evaluation.split", "evaluation.num_samples", "evaluation.batch_size", "evaluation.max_new_tokens",
     "evaluation.do_sample", "evaluation.seed", "evaluation.samples_per_prompt",
+    # PPO never reads the sft section (detoxrl sft compares its own settings: SFT_RESUME_FREE_SETTINGS)
+    *(f"sft.{f.name}" for f in dataclasses.fields(SFTConfig)),
 })
+
+#: What ``sft --resume`` takes freely: the same as train's, except the sft settings themselves, and the
+#: PPO and sampling settings, which SFT never reads. ``sft.steps``/``sft.epochs`` are not free: the
+#: learning-rate schedule runs over the total.
+SFT_RESUME_FREE_SETTINGS = frozenset(
+    {key for key in RESUME_FREE_SETTINGS if not key.startswith("sft.")}
+    | {f"ppo.{f.name}" for f in dataclasses.fields(PPOConfig)}
+    | {f"generation.{f.name}" for f in dataclasses.fields(GenerationConfig)}
+)
 
 
 def flat_settings(mapping: dict[str, Any]) -> dict[str, Any]:
@@ -327,6 +360,7 @@ _SECTION_CLASSES = {
     "ppo": PPOConfig,
     "run": RunConfig,
     "evaluation": EvalConfig,
+    "sft": SFTConfig,
 }
 
 
@@ -650,6 +684,7 @@ def validate(cfg: DetoxConfig) -> None:
             f"evaluation.split must be 'test' (the held-out part of data.split) or 'train', got '{e.split}'; "
             "to read another file of the data set, set data.split"
         )
+    _validate_sft(cfg.sft)
     _check_finite(cfg)
 
 
@@ -695,6 +730,32 @@ def resolve_rollout_shards(cfg: DetoxConfig, num_processes: int) -> int:
         )
     p.rollout_shards = shards
     return shards
+
+
+def _validate_sft(s: SFTConfig) -> None:
+    if s.steps is not None and s.steps <= 0:
+        raise ConfigError(f"sft.steps must be a positive number of optimizer steps or none (sft.epochs decides), got {s.steps}")
+    if not 0 < s.epochs < math.inf:
+        raise ConfigError(f"sft.epochs must be a positive number of passes over the train split, got {s.epochs}")
+    for name in ("batch_size", "max_target_tokens"):
+        if getattr(s, name) <= 0:
+            raise ConfigError(f"sft.{name} must be positive, got {getattr(s, name)}")
+    if s.micro_batch_size is not None and (s.micro_batch_size <= 0 or s.batch_size % s.micro_batch_size != 0):
+        raise ConfigError(
+            f"sft.micro_batch_size ({s.micro_batch_size}) must divide sft.batch_size ({s.batch_size}); "
+            f"e.g. --set sft.micro_batch_size={_largest_divisor(s.batch_size, max(1, s.micro_batch_size))} (none: the whole batch in one pass)"
+        )
+    if not 0 < s.learning_rate < math.inf:
+        raise ConfigError(f"sft.learning_rate must be a positive number, got {s.learning_rate}")
+    if s.lr_schedule not in SFT_SCHEDULES:
+        raise ConfigError(f"unknown sft.lr_schedule '{s.lr_schedule}'{_did_you_mean(s.lr_schedule, list(SFT_SCHEDULES))}; "
+                          f"choose one of: {', '.join(SFT_SCHEDULES)}")
+    if s.warmup_steps < 0:
+        raise ConfigError(f"sft.warmup_steps must be >= 0, got {s.warmup_steps}")
+    if s.weight_decay < 0:
+        raise ConfigError(f"sft.weight_decay must be >= 0, got {s.weight_decay}")
+    if s.max_grad_norm is not None and s.max_grad_norm <= 0:
+        raise ConfigError(f"sft.max_grad_norm must be positive or none (off), got {s.max_grad_norm}")
 
 
 def _check_finite(cfg: DetoxConfig) -> None:

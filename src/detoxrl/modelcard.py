@@ -66,6 +66,44 @@ def evaluation_of(run: Path, adapter_dir: Path, *, final: bool | None = None, la
     return True, ""
 
 
+def run_kind(run: Path | None) -> str:
+    """``sft`` for a run of ``detoxrl sft`` (its metrics lines have ``sft/loss``), else ``ppo``."""
+    try:
+        for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
+            row = json.loads(line) if line.strip() else None
+            if isinstance(row, dict):
+                return "sft" if "sft/loss" in row else "ppo"
+    except (OSError, TypeError, UnicodeDecodeError, json.JSONDecodeError):
+        pass
+    return "ppo"
+
+
+def _sft_configuration(cfg: dict[str, Any], run: Path) -> str:
+    """The training table of an SFT run (its config.yaml's ``sft`` section and what its metrics say)."""
+    rows = []
+    try:
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        pass
+    losses = [r["sft/loss"] for r in rows if isinstance(r, dict) and isinstance(r.get("sft/loss"), (int, float))]
+    sft = lambda key: _get(cfg, f"sft.{key}")  # noqa: E731
+    lines = ["| setting | value |", "|---|---|",
+             f"| policy | {_get(cfg, 'policy.model')} ({_get(cfg, 'policy.dtype')}) |",
+             f"| LoRA | r {_get(cfg, 'policy.lora_r')}, alpha {_get(cfg, 'policy.lora_alpha')}, dropout {_get(cfg, 'policy.lora_dropout')}, "
+             f"targets {_get(cfg, 'policy.lora_target_modules') or 'default'} |",
+             f"| steps trained | {len(rows)}" + (f" (of {sft('steps')})" if sft("steps") else f" ({sft('epochs')} epoch(s))") + " |",
+             f"| batch | {sft('batch_size')} pairs per step" + (f", micro-batches of {sft('micro_batch_size')}" if sft("micro_batch_size") else "") + " |",
+             f"| optimizer | AdamW, learning rate {sft('learning_rate')} ({sft('lr_schedule')} schedule, {sft('warmup_steps')} warm-up steps), "
+             f"weight decay {sft('weight_decay')}, gradient clipping {sft('max_grad_norm')} |",
+             f"| longest summary allowed | {sft('max_target_tokens')} tokens |",
+             f"| seed | {_get(cfg, 'run.seed')} |"]
+    if losses:
+        head, tail = losses[:5], losses[-5:]
+        lines.append(f"| loss (nats per summary token) | {sum(head) / len(head):.3f} over the first {len(head)} steps, "
+                     f"{sum(tail) / len(tail):.3f} over the last {len(tail)} |")
+    return "\n".join(lines) + "\n"
+
+
 def _read_config(run: Path | None) -> dict[str, Any] | None:
     if run is None:
         return None
@@ -123,21 +161,29 @@ def model_card(
     targets = ", ".join(sorted(targets)) if isinstance(targets, list) else str(targets)
     lora = f"LoRA r={adapter.get('r')}, alpha={adapter.get('lora_alpha')}, dropout={adapter.get('lora_dropout')}, on {targets}"
 
+    sft = cfg is not None and run_kind(run) == "sft"
     out: list[str] = ["---", f"library_name: {'transformers' if merged else 'peft'}"]
     if hub_base:
         out.append(f"base_model: {hub_base}")
     out += [f"pipeline_tag: {'summarization' if seq2seq else 'text-generation'}",
-            "tags:", "- detoxrl", "- ppo", "- lora", "- detoxification", "- summarization", "---", ""]
+            "tags:", "- detoxrl", *(["- sft"] if sft else ["- ppo"]), "- lora", *([] if sft else ["- detoxification"]),
+            "- summarization", "---", ""]
     name = PACKAGED_NAMES.get(spec) or Path(str(spec or base)).name
-    out += [f"# {name}, detoxified with detoxrl", ""]
+    out += [f"# {name}, fine-tuned on reference summaries with detoxrl sft" if sft else f"# {name}, detoxified with detoxrl", ""]
     if merged:
         out.append(f"A plain transformers model: {_code(base)} with a LoRA adapter ({lora}) merged into its weights"
                    + (f", saved in {dtype}" if dtype else "") + ". It loads without peft and without detoxrl.")
     else:
         out.append(f"A LoRA adapter ({lora}) for {_code(base)}.")
-    out += ["", "detoxrl fine-tuned it with PPO so that its summaries of dialogues are less toxic without being worse "
-            "summaries: the reward comes from a toxicity classifier, a KL penalty keeps it near the starting policy, "
-            "and only the LoRA weights were trained.", ""]
+    if sft:
+        out += ["", "detoxrl fine-tuned it by supervised learning (`detoxrl sft`): its LoRA weights learned the reference "
+                "summaries of the train split's dialogues, the loss on the summary tokens only, each summary ending with EOS. "
+                "It is the adapter that PPO starts from: `detoxrl train --adapter THIS_FOLDER` trains it further and keeps a "
+                "frozen copy of it as the reference of the KL penalty.", ""]
+    else:
+        out += ["", "detoxrl fine-tuned it with PPO so that its summaries of dialogues are less toxic without being worse "
+                "summaries: the reward comes from a toxicity classifier, a KL penalty keeps it near the starting policy, "
+                "and only the LoRA weights were trained.", ""]
 
     out += ["## How to use it", "", "```python"]
     if merged:
@@ -170,14 +216,18 @@ def model_card(
         out.append(f"- configured as {_code(spec)}" + (f": {PACKAGED_BASES[spec]}" if spec in PACKAGED_BASES else ""))
     out.append(f"- {'encoder-decoder (seq2seq)' if seq2seq else 'decoder-only (causal)'}; adapter: {lora}")
     if _get(cfg, "policy.adapter"):
-        out.append(f"- training started from the adapter {_code(_get(cfg, 'policy.adapter'))}, which was also the frozen "
-                   "reference of the KL penalty")
+        out.append(f"- training started from the adapter {_code(_get(cfg, 'policy.adapter'))}"
+                   + ("" if sft else ", which was also the frozen reference of the KL penalty"))
     out.append("")
 
     if cfg is None:
         out += ["## Training", "", "No detoxrl run found beside this adapter (a run folder holds config.yaml and "
                 "metrics.jsonl, the adapter being its final/ or checkpoints/step-N/): the reward model, the data, the "
                 "training settings and the evaluation are unknown.", ""]
+        return "\n".join(out).rstrip() + "\n"
+
+    if sft:
+        out += _sft_sections(cfg, run, adapter_dir, final, merged)
         return "\n".join(out).rstrip() + "\n"
 
     out += ["## Reward model and judges", ""]
@@ -228,6 +278,39 @@ def model_card(
         toxicity = "\n".join("#" + line if line.startswith("### ") else line for line in sections["toxicity"].splitlines())
         out += ["### Verdict", "", sections["verdict"], "### Toxicity", "", toxicity, "", "### Summary quality", "", sections["quality"]]
     return "\n".join(out).rstrip() + "\n"
+
+
+def _sft_sections(cfg: dict[str, Any], run: Path, adapter_dir: Path, final: bool | None, merged: bool) -> list[str]:
+    """The data, training and evaluation sections of the card of an SFT run's adapter."""
+    out = ["## Data", ""]
+    out.append(f"- dialogues: {_code(_get(cfg, 'data.source'))}, split {_code(_get(cfg, 'data.split'))}, column "
+               f"{_code(_get(cfg, 'data.dialogue_column'))}; kept when {_get(cfg, 'data.min_chars')} < characters ≤ "
+               f"{_get(cfg, 'data.max_chars')}" + (f", first {_get(cfg, 'data.max_rows')} kept rows" if _get(cfg, "data.max_rows") else ""))
+    out.append(f"- targets: the reference summaries of column {_code(_get(cfg, 'data.summary_column'))}")
+    out.append(f"- trained on the train part of the unshuffled split; the last {_get(cfg, 'data.test_fraction')} of the kept rows "
+               "is held out for evaluation, as in PPO")
+    if _get(cfg, "data.min_dialogue_toxicity") is not None:
+        out.append(f"- challenging dialogues only: toxicity ≥ {_get(cfg, 'data.min_dialogue_toxicity')} by "
+                   f"{_code(_get(cfg, 'data.selection_scorer'))}, within each part of the split")
+    out += ["", "## Training configuration", "", _sft_configuration(cfg, run), "## Evaluation", ""]
+    from detoxrl.errors import DetoxError
+    from detoxrl.report import markdown_sections
+
+    evaluated, why = evaluation_of(run, adapter_dir, final=final, label=_get(cfg, "run.output_dir"))
+    sections = None
+    if evaluated:
+        try:
+            sections = markdown_sections(run)
+        except DetoxError:
+            why = "the run's evaluation could not be read"
+    if sections is None:
+        out += [why[:1].upper() + why[1:] + "." if why else "The run's evaluation could not be read.", ""]
+        return out
+    out += ["Held-out dialogues, the base model without an adapter (before) against this adapter (after) on the same prompts"
+            + (" (the merged model's outputs equal the adapter's: see detoxrl export)" if merged else "")
+            + "; from the run's eval/compare.json.", "", "### Summary quality", "", sections["quality"],
+            "### Toxicity", "", "\n".join("#" + line if line.startswith("### ") else line for line in sections["toxicity"].splitlines())]
+    return out
 
 
 def _is_hub_id(source: str) -> bool:

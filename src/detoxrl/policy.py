@@ -299,10 +299,13 @@ class Policy:
     def eos_token_id(self) -> int:
         return self.tokenizer.eos_token_id
 
+    def adapter_parameters(self) -> list[nn.Parameter]:
+        """The policy adapter's LoRA weights (what ``detoxrl sft`` trains)."""
+        return [p for n, p in self.model.named_parameters() if "lora_" in n and f".{POLICY_ADAPTER}." in n]
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The policy adapter's LoRA weights and the value head (never the reference)."""
-        params = [p for n, p in self.model.named_parameters() if "lora_" in n and f".{POLICY_ADAPTER}." in n]
-        return params + list(self.value_head.parameters())
+        return self.adapter_parameters() + list(self.value_head.parameters())
 
     @contextlib.contextmanager
     def use_adapter(self, name: str) -> Iterator[None]:

@@ -47,9 +47,9 @@ from detoxrl.advantages import (
     token_rewards,
     whiten_with_moments,
 )
-from detoxrl.config import DetoxConfig, changed_settings, resolve_rollout_shards, validate
+from detoxrl.config import RESUME_FREE_SETTINGS, DetoxConfig, changed_settings, resolve_rollout_shards, validate
 from detoxrl.errors import ConfigError, DataError, DetoxError, ModelLoadError, TrainingError
-from detoxrl.policy import Policy, check_adapter_source, check_policy_source, load_policy, load_tokenizer
+from detoxrl.policy import Policy, check_adapter_source, check_policy_source, load_policy, load_tokenizer, match_adapter_config
 from detoxrl.prompts import PromptExample, PromptSplits, build_prompts, check_data_source, load_dialogue_rows, split_and_select
 from detoxrl.rewards import Scorer, check_reward_labels, scorer_from_config, shape_rewards, texts_for_scoring
 from detoxrl.selection import dialogue_toxicity_for
@@ -96,6 +96,22 @@ def check_launch(cfg: DetoxConfig, num_processes: int, *, deepspeed: bool = Fals
             "checkpoint holds the main process's part only; start a new run, or train without DeepSpeed (DDP) to resume"
         )
     resolve_rollout_shards(cfg, num_processes)
+
+
+def batch_at(items: list, step: int, batch_size: int, seed: int, shuffle: bool = True) -> list:
+    """The items of ``step``: consecutive slices of per-epoch seeded permutations (file order without
+    ``shuffle``); an epoch boundary may fall inside a batch. A function of (seed, step) alone, so a
+    resumed run visits the same items as one that never stopped (PPO prompts, SFT pairs)."""
+    n, out, perms = len(items), [], {}
+    for pos in range(step * batch_size, (step + 1) * batch_size):
+        epoch, within = divmod(pos, n)
+        if not shuffle:
+            out.append(items[within])
+            continue
+        if epoch not in perms:
+            perms[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 104_729 * epoch))
+        out.append(items[int(perms[epoch][within])])
+    return out
 
 
 def prepare_output_dir(cfg: DetoxConfig, resume: bool, *, clear: bool = True) -> Path:
@@ -215,21 +231,31 @@ def prepare_resume(cfg: DetoxConfig, *, resume_from: str = "auto", allow_config_
     return check_resume_settings(cfg, find_resume_point(cfg, resume_from), allow_config_change=allow_config_change)
 
 
-def find_resume_point(cfg: DetoxConfig, resume_from: str = "auto") -> ckpt_lib.ResumePoint:
+def find_resume_point(cfg: DetoxConfig, resume_from: str = "auto", *, kind: str = "ppo") -> ckpt_lib.ResumePoint:
     """The folder (and what a stopped --overwrite run left in it), then the checkpoint that
-    ``resume_from`` names, with its checksums (:func:`detoxrl.checkpoint.select_checkpoint`)."""
+    ``resume_from`` names, with its checksums (:func:`detoxrl.checkpoint.select_checkpoint`), and
+    that it was written by the same command (``kind``: ppo for train, sft for sft)."""
     out = Path(cfg.run.output_dir)
     check_writable_dir(out, "--output-dir")
     for line in recover_overwrite(out):
         _note(line)
-    return ckpt_lib.select_checkpoint(out, resume_from)
+    point = ckpt_lib.select_checkpoint(out, resume_from)
+    found = point.state.get("kind", "ppo")
+    if found != kind:
+        command = {"ppo": "train", "sft": "sft"}
+        raise DetoxError(
+            f"--resume: checkpoint '{point.ckpt}' was written by detoxrl {command.get(found, found)}, not by detoxrl "
+            f"{command.get(kind, kind)}; continue it with detoxrl {command.get(found, found)} --resume, or pass another --output-dir"
+        )
+    return point
 
 
-def check_resume_settings(cfg: DetoxConfig, point: ckpt_lib.ResumePoint, *, allow_config_change: bool = False) -> ResumePlan:
+def check_resume_settings(cfg: DetoxConfig, point: ckpt_lib.ResumePoint, *, allow_config_change: bool = False,
+                          free=RESUME_FREE_SETTINGS) -> ResumePlan:
     """Compare ``cfg`` with the settings the checkpoint was trained with (its own record, or the run's
     config.yaml for a checkpoint from before detoxrl kept one). A difference in a setting that affects
-    the result (any but :data:`detoxrl.config.RESUME_FREE_SETTINGS`) is an error naming each
-    ``key old -> new``, unless ``allow_config_change``."""
+    the result (any but ``free``, :data:`detoxrl.config.RESUME_FREE_SETTINGS` for PPO) is an error naming
+    each ``key old -> new``, unless ``allow_config_change``."""
     out = Path(cfg.run.output_dir)
     old = point.state.get("config")
     source = f"checkpoint '{point.ckpt}'"
@@ -246,7 +272,7 @@ def check_resume_settings(cfg: DetoxConfig, point: ckpt_lib.ResumePoint, *, allo
     ppo = old.get("ppo") if isinstance(old.get("ppo"), dict) else {}
     if ppo.get("rollout_shards") is None:  # a run from before rollout shards sampled each batch as one
         old = {**old, "ppo": {**ppo, "rollout_shards": 1}}
-    changes = changed_settings(old, cfg.to_dict())
+    changes = changed_settings(old, cfg.to_dict(), free=free)
     if changes and not allow_config_change:
         shown = ", ".join(f"{key} {_show(a)} -> {_show(b)}" for key, (a, b) in changes.items())
         raise ConfigError(
@@ -335,6 +361,8 @@ def preflight(cfg: DetoxConfig, *, check_reward: bool = True, require_train: boo
     check_data_source(cfg.data)
     check_policy_source(cfg.policy)
     check_adapter_source(cfg.policy.adapter)
+    if cfg.policy.adapter:  # the LoRA settings are the adapter's (an SFT adapter's r, alpha, targets): config.yaml says so
+        match_adapter_config(cfg.policy, cfg.policy.adapter)
     if check_reward:
         label, toxic = check_reward_labels(cfg.reward.model, cfg.reward.label, cfg.reward.toxic_label, cfg.reward.trust_remote_code)
         cfg.reward.label, cfg.reward.toxic_label = label, toxic
@@ -355,6 +383,68 @@ def tokenize_prompts(cfg: DetoxConfig, rows: list[dict], *, tokenizer: Any = Non
     return build_prompts(cfg.data, tokenizer, dialogue_toxicity_for(cfg), rows=rows, require_train=require_train)
 
 
+class RunFolder:
+    """What a training command does with its run folder, shared by PPO (:class:`Trainer`) and SFT
+    (:class:`detoxrl.sft.SupervisedTrainer`): the metrics lines (main process only), their truncation
+    on resume, and the --overwrite swap. Needs ``cfg``, ``state`` (accelerate's PartialState),
+    ``shards``, ``accelerator``, ``out_dir``, ``staging_dir`` and ``run_dir``."""
+
+    def earlier_run_kept(self) -> str:
+        """What a stop before the first checkpoint of an --overwrite run leaves (one clause, for messages)."""
+        return (f"--overwrite: the earlier run in '{self.out_dir}' is unchanged (a new run replaces it only at its first "
+                f"checkpoint); this run's partial output is in '{self.staging_dir}', which the next train in that folder removes")
+
+    def _replace_earlier_run(self) -> None:
+        """--overwrite: the new run has a checkpoint (or has finished), so it takes the earlier run's place."""
+        if self.staging_dir is None:
+            return
+        if self.state.is_main_process:
+            _swap_in(self.out_dir, self.staging_dir, self.out_dir / OLD_RUN_DIR)
+        self.staging_dir, self.run_dir = None, self.out_dir
+        self.state.wait_for_everyone()
+
+    def _model_card(self, folder: Path) -> str:
+        """The model card of the final adapter (:mod:`detoxrl.modelcard`); a card that cannot be written
+        costs the run nothing but its card."""
+        from detoxrl.modelcard import model_card
+
+        try:
+            return model_card(folder, run_dir=self.run_dir, final=True)
+        except Exception as e:  # noqa: BLE001 - the adapter matters more than its README
+            _note(f"the model card of {self.run_dir / 'final'} could not be written ({type(e).__name__}: {e}); "
+                  f"detoxrl export writes it again")
+            return f"# detoxrl adapter\n\nThe model card could not be written ({type(e).__name__}).\n"
+
+    def _log(self, metrics: dict[str, Any], shards: list = ()) -> None:
+        """One metrics line per step (and, with several rollout shards, which prompts each shard and
+        process took: ``shards.jsonl``), written by the main process only."""
+        if self.state.is_main_process:
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(_jsonable(metrics)) + "\n")
+            if self.shards > 1:
+                record = {"step": metrics["step"], "shards": [{"shard": s, "process": r, "prompts": ids} for s, r, ids in shards]}
+                with open(self.run_dir / SHARDS_LOG, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+        if self.cfg.run.log_with:
+            self.accelerator.log({k: v for k, v in metrics.items() if k != "step"}, step=metrics["step"])
+
+    def _truncate_logs(self, upto_step: int) -> None:
+        """A resumed run drops the lines of steps after its checkpoint (they will be recomputed)."""
+        for name in ("metrics.jsonl", SHARDS_LOG):
+            path = self.run_dir / name
+            if not path.is_file():
+                continue
+            kept = []
+            for line in path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:  # a line cut short by the crash that stopped the run
+                    continue
+                if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= upto_step:
+                    kept.append(line)
+            _atomic_write(path, "".join(line + "\n" for line in kept))  # a kill now must not cost the earlier lines
+
+
 @dataclass
 class _Shard:
     """One rollout shard of a step, up to its (not yet whitened) advantages."""
@@ -372,7 +462,7 @@ class _Shard:
     returns: torch.Tensor
 
 
-class Trainer:
+class Trainer(RunFolder):
     """PPO with a LoRA policy, a frozen reference adapter and a value head.
 
     ``scorer`` replaces the configured reward model (any object with ``score(texts)``, e.g. a
@@ -516,17 +606,8 @@ class Trainer:
 
         A step reads ``batch_size / samples_per_prompt`` prompts (each then sampled k times). Rollout
         shard s takes the s-th of ``ppo.rollout_shards`` equal consecutive slices (:meth:`shard_examples`)."""
-        train = self.prompts.train
-        n, bsz = len(train), self.cfg.ppo.batch_size // self.cfg.ppo.samples_per_prompt
-        out = []
-        for pos in range(step * bsz, (step + 1) * bsz):
-            epoch, within = divmod(pos, n)
-            if not self.cfg.data.shuffle:
-                out.append(train[within])
-                continue
-            perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.run.seed + 104_729 * epoch))
-            out.append(train[int(perm[within])])
-        return out
+        bsz = self.cfg.ppo.batch_size // self.cfg.ppo.samples_per_prompt
+        return batch_at(self.prompts.train, step, bsz, self.cfg.run.seed, self.cfg.data.shuffle)
 
     def shard_examples(self, step: int, shard: int) -> list[PromptExample]:
         """The prompts of rollout shard ``shard`` of ``step``: disjoint, whole prompts (a group of k samples
@@ -773,32 +854,6 @@ class Trainer:
             self.accelerator.end_training()
         return self.run_dir / final.name
 
-    def _model_card(self, folder: Path) -> str:
-        """The model card of the final adapter (:mod:`detoxrl.modelcard`); a card that cannot be written
-        costs the run nothing but its card."""
-        from detoxrl.modelcard import model_card
-
-        try:
-            return model_card(folder, run_dir=self.run_dir, final=True)
-        except Exception as e:  # noqa: BLE001 - the adapter matters more than its README
-            _note(f"the model card of {self.run_dir / 'final'} could not be written ({type(e).__name__}: {e}); "
-                  f"detoxrl export writes it again")
-            return f"# detoxrl adapter\n\nThe model card could not be written ({type(e).__name__}).\n"
-
-    def earlier_run_kept(self) -> str:
-        """What a stop before the first checkpoint of an --overwrite run leaves (one clause, for messages)."""
-        return (f"--overwrite: the earlier run in '{self.out_dir}' is unchanged (a new run replaces it only at its first "
-                f"checkpoint); this run's partial output is in '{self.staging_dir}', which the next train in that folder removes")
-
-    def _replace_earlier_run(self) -> None:
-        """--overwrite: the new run has a checkpoint (or has finished), so it takes the earlier run's place."""
-        if self.staging_dir is None:
-            return
-        if self.state.is_main_process:
-            _swap_in(self.out_dir, self.staging_dir, self.out_dir / OLD_RUN_DIR)
-        self.staging_dir, self.run_dir = None, self.out_dir
-        self.state.wait_for_everyone()
-
     def save_checkpoint(self) -> Path:
         # The settings trained with so far go with the checkpoint: a resume compares against them.
         state = {"kl_controller": self.kl_ctl.state_dict(), "seed": self.cfg.run.seed, "config": self.cfg.to_dict()}
@@ -823,36 +878,6 @@ class Trainer:
         import deepspeed
 
         return deepspeed.zero.GatheredParameters(self.policy.trainable_parameters(), modifier_rank=None)
-
-    # ------------------------------------------------------------------ logging
-    def _log(self, metrics: dict[str, Any], shards: list) -> None:
-        """One metrics line per step (and, with several rollout shards, which prompts each shard and
-        process took: ``shards.jsonl``), written by the main process only."""
-        if self.state.is_main_process:
-            with open(self.run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(_jsonable(metrics)) + "\n")
-            if self.shards > 1:
-                record = {"step": metrics["step"], "shards": [{"shard": s, "process": r, "prompts": ids} for s, r, ids in shards]}
-                with open(self.run_dir / SHARDS_LOG, "a") as f:
-                    f.write(json.dumps(record) + "\n")
-        if self.cfg.run.log_with:
-            self.accelerator.log({k: v for k, v in metrics.items() if k != "step"}, step=metrics["step"])
-
-    def _truncate_logs(self, upto_step: int) -> None:
-        """A resumed run drops the lines of steps after its checkpoint (they will be recomputed)."""
-        for name in ("metrics.jsonl", SHARDS_LOG):
-            path = self.run_dir / name
-            if not path.is_file():
-                continue
-            kept = []
-            for line in path.read_text().splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:  # a line cut short by the crash that stopped the run
-                    continue
-                if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= upto_step:
-                    kept.append(line)
-            _atomic_write(path, "".join(line + "\n" for line in kept))  # a kill now must not cost the earlier lines
 
 
 def main_process_first(state, fn):
