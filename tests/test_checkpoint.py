@@ -169,7 +169,7 @@ class _RunsCode:
 
 
 def test_malicious_optimizer_file_gets_the_projects_message(trained, tiny_config, tiny_llama, tmp_path):
-    """PyTorch's refusal advises retrying with weights_only=False (running the file's code): the
+    """PyTorch's refusal advises retrying with weights-only loading turned off (running the file's code): the
     message is detoxrl's own, and the code never runs."""
     _, _, _, _, path = trained
     marker = tmp_path / "pwned"
