@@ -496,7 +496,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     try:
         evaluate_run(trainer.policy, examples, trainer.scorer, judges, eval_dir, cfg=cfg, settings=settings, with_after=False,
                      on_phase=lambda text: say("toxicity of the " + text))
-        say(f"PPO: {cfg.ppo.steps} steps of {cfg.ppo.batch_size} challenging prompts")
+        k = cfg.ppo.samples_per_prompt
+        per_step = (f"{cfg.ppo.batch_size} challenging prompts" if k == 1 else
+                    f"{cfg.ppo.batch_size} summaries ({cfg.ppo.batch_size // k} challenging prompts x {k} samples)")
+        say(f"PPO: {cfg.ppo.steps} steps of {per_step}")
         trainer.train()
     except DetoxError as e:  # train() names the earlier run itself; the evaluation before it does not
         if trainer.staging_dir is None or "--overwrite: the earlier run" in str(e):
