@@ -317,10 +317,32 @@ def test_not_a_run_folder(tmp_path):
     msg = str(err.value)
     assert msg == f"'{tmp_path}' is not a detoxrl run folder (no metrics.jsonl); pass the --output-dir of a train run"
     assert "\n" not in msg
-    (tmp_path / "checkpoints" / "final").mkdir(parents=True)  # a run that lost its log still gets a report
+    (tmp_path / "final").mkdir(parents=True)  # a run that lost its log still gets a report
     paths = write_report(tmp_path)
     assert "No verdict" in paths["html"].read_text(encoding="utf-8")
     assert not (set(TRAINING_PLOTS) & set(paths))
+
+
+def test_run_without_metrics_found_by_the_final_adapter_checkpoint_writes(tmp_path):
+    """report looked for checkpoints/final, while checkpoint.save_final writes RUN/final/."""
+    import torch
+
+    from detoxrl.checkpoint import save_final
+
+    class _Policy:
+        value_head = torch.nn.Linear(2, 1)
+
+        def save_adapter(self, folder):
+            (Path(folder) / "adapter_config.json").write_text("{}")
+
+    final = save_final(tmp_path, _Policy())
+    assert final == tmp_path / "final" and not (tmp_path / "checkpoints" / "final").exists()
+    paths = write_report(tmp_path)  # no metrics.jsonl: the final adapter alone marks a run folder
+    assert "No verdict" in paths["html"].read_text(encoding="utf-8")
+    with pytest.raises(DetoxError, match="not a detoxrl run folder"):
+        shutil.rmtree(final)
+        (tmp_path / "checkpoints" / "final").mkdir(parents=True)  # not where detoxrl writes it
+        write_report(tmp_path)
 
 
 # --------------------------------------------------------------------------------------------

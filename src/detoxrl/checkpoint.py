@@ -32,6 +32,7 @@ from typing import Any, Callable
 import torch
 
 from detoxrl.errors import DetoxError, ModelLoadError
+from detoxrl.runfiles import RunPaths
 from detoxrl.policy import Policy, _first_line, load_tensor_file, load_value_head, save_value_head
 
 STATE_FILE = "trainer_state.json"
@@ -46,7 +47,7 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
-    return run_dir / "checkpoints" / f"step-{step:06d}"
+    return RunPaths(run_dir).checkpoints / f"step-{step:06d}"
 
 
 def file_digest(path: Path) -> dict[str, Any]:
@@ -90,7 +91,7 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     checkpoints. A ``step-N`` folder without its trainer_state.json is listed: saves are atomic, so
     it was damaged afterwards, and :func:`verify_checkpoint` says so instead of passing over it.
     """
-    root = run_dir / "checkpoints"
+    root = RunPaths(run_dir).checkpoints
     if not root.is_dir():
         return []
     done = [p for p in root.iterdir() if p.is_dir() and STEP_FOLDER.fullmatch(p.name)]
@@ -245,7 +246,7 @@ def select_checkpoint(run_dir: Path, resume_from: str = "auto") -> ResumePoint:
 
 
 def _named_checkpoint(run_dir: Path, given: str) -> Path:
-    root = run_dir / "checkpoints"
+    root = RunPaths(run_dir).checkpoints
     path = Path(given).expanduser()
     if not path.exists() and not path.is_absolute() and (root / given).exists():
         path = root / given
@@ -315,8 +316,8 @@ def save_final(run_dir: Path, policy: Policy, card: Callable[[Path], str] | None
     """``RUN/final/``: the adapter (its ``adapter_config.json`` naming the base model portably), the value
     head and, given ``card`` (the adapter folder -> its model card), ``README.md`` in place of peft's
     blank template. Written into ``final.tmp/`` and renamed: never half a folder."""
-    final = run_dir / "final"
-    tmp = run_dir / "final.tmp"
+    final = RunPaths(run_dir).final
+    tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     policy.save_adapter(tmp)

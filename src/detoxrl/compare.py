@@ -26,6 +26,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from . import runfiles
 from .errors import DataError
 from .stats import (
     TOXIC_THRESHOLD,
@@ -71,17 +72,15 @@ def load_eval_records(path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"no evaluation records at {path}: run the evaluation first (it writes RUN/eval/<name>.jsonl)")
-    lines = path.read_text(encoding="utf-8").splitlines()
-    numbered = [(i + 1, line) for i, line in enumerate(lines) if line.strip()]
+    lines = runfiles.read_jsonl(path)
     records = []
-    for pos, (lineno, line) in enumerate(numbered):
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            if pos == len(numbered) - 1:
+    for pos, line in enumerate(lines):
+        lineno, rec = line.lineno, line.value
+        if line.error is not None:
+            if pos == len(lines) - 1:
                 warnings.warn(f"{path}:{lineno}: incomplete last record (an interrupted evaluation?) skipped")
                 break
-            raise DataError(f"{path}:{lineno} is not valid JSON ({e.msg}): re-run the evaluation") from e
+            raise DataError(f"{path}:{lineno} is not valid JSON ({line.error.msg}): re-run the evaluation") from line.error
         if not isinstance(rec, dict):
             raise DataError(f"{path}:{lineno} is not a JSON object: re-run the evaluation")
         missing = [k for k in REQUIRED_KEYS if k not in rec]

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from detoxrl import runfiles
 from detoxrl.advantages import kl_k3
 from detoxrl.config import DetoxConfig, RewardConfig
 from detoxrl.errors import ConfigError, DataError
@@ -158,14 +159,14 @@ def _resume_records(path: Path, wanted: dict[tuple[int, int], str], signature: s
     if not path.is_file():
         return set()
     kept, done, stale = [], set(), 0
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        try:
-            r = json.loads(line)
-            key = (int(r["index"]), int(r["sample"]))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+    for line in runfiles.read_jsonl(path):
+        if not line.ok:
             continue  # a line cut by an interruption
+        r = line.value
+        try:
+            key = (int(r["index"]), int(r["sample"]))
+        except (KeyError, TypeError, ValueError):
+            continue
         if key in done:
             continue
         if wanted.get(key, None) != r.get("id") or r.get("signature") != signature:
@@ -175,7 +176,7 @@ def _resume_records(path: Path, wanted: dict[tuple[int, int], str], signature: s
         done.add(key)
     if stale:
         logger.warning("%s: %d earlier records were made with other settings, adapter or prompts; recomputing them", path, stale)
-    path.write_text("".join(line + "\n" for line in kept))
+    path.write_text(runfiles.lines_text(kept))
     return done
 
 
@@ -255,35 +256,36 @@ def evaluate_policy(
             rewards = scored.reward.tolist()
         kl = _kl_to_reference(policy, rollout, adapter, settings.temperature)
         lengths = rollout.response_mask.sum(1).tolist()
-        with open(out_path, "a") as f:
-            for j, (i, s) in enumerate(chunk):
-                if (i, s) in done:
-                    continue
-                e = exs[j]
-                rec = {
-                    "index": i,
-                    "id": e.id,
-                    "sample": s,
-                    "prompt": e.prompt,
-                    "dialogue": e.dialogue,
-                    "reference": e.reference,
-                    "response": rollout.responses[j],
-                    "length_tokens": int(lengths[j]),
-                    "decoding": "sampled" if settings.do_sample else "greedy",
-                    "reward": float(rewards[j]),
-                    "score_logit": float(scored.reward[j]),
-                    "toxicity": float(scored.toxicity[j]),
-                    "judge_toxicity": float(next(iter(judged.values()))[j]) if judged else None,
-                    "judges": {spec: float(values[j]) for spec, values in judged.items()},
-                    "rouge1": rouge[j]["rouge1"] if rouge[j] else None,
-                    "rouge2": rouge[j]["rouge2"] if rouge[j] else None,
-                    "rougeL": rouge[j]["rougeL"] if rouge[j] else None,
-                    "faithfulness": None if (faithful[j] is None or not settings.faithfulness) else float(faithful[j]),
-                    "kl_k1": float(kl[0][j]),
-                    "kl_k3": float(kl[1][j]),
-                    "signature": signature,
-                }
-                f.write(json.dumps(rec) + "\n")
+        records = []
+        for j, (i, s) in enumerate(chunk):
+            if (i, s) in done:
+                continue
+            e = exs[j]
+            rec = {
+                "index": i,
+                "id": e.id,
+                "sample": s,
+                "prompt": e.prompt,
+                "dialogue": e.dialogue,
+                "reference": e.reference,
+                "response": rollout.responses[j],
+                "length_tokens": int(lengths[j]),
+                "decoding": "sampled" if settings.do_sample else "greedy",
+                "reward": float(rewards[j]),
+                "score_logit": float(scored.reward[j]),
+                "toxicity": float(scored.toxicity[j]),
+                "judge_toxicity": float(next(iter(judged.values()))[j]) if judged else None,
+                "judges": {spec: float(values[j]) for spec, values in judged.items()},
+                "rouge1": rouge[j]["rouge1"] if rouge[j] else None,
+                "rouge2": rouge[j]["rouge2"] if rouge[j] else None,
+                "rougeL": rouge[j]["rougeL"] if rouge[j] else None,
+                "faithfulness": None if (faithful[j] is None or not settings.faithfulness) else float(faithful[j]),
+                "kl_k1": float(kl[0][j]),
+                "kl_k3": float(kl[1][j]),
+                "signature": signature,
+            }
+            records.append(rec)
+        runfiles.append_jsonl(out_path, records)
         bar.update(sum(k not in done for k in chunk))
     bar.close()
     summary = summarize_records(load_records(out_path), settings)
@@ -327,7 +329,8 @@ def _kl_to_reference(policy: Policy, rollout, adapter: str, temperature: float) 
 
 
 def load_records(path: str | Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """All records of an evaluation file; an unreadable line raises :class:`json.JSONDecodeError`."""
+    return runfiles.strict_values(runfiles.read_jsonl(path))
 
 
 def summarize_records(records: list[dict], settings: EvalSettings | None = None) -> dict[str, Any]:

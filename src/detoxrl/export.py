@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from detoxrl.errors import DetoxError, ModelLoadError
+from detoxrl.runfiles import RunPaths
 
 #: --dtype names -> torch dtypes.
 EXPORT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -58,12 +59,13 @@ def resolve_source(given: str | Path) -> ExportSource:
     if (path / "adapter_config.json").is_file():
         check_adapter_source(str(path))
         return ExportSource(path, find_run(path))
-    if (path / "config.yaml").is_file() and (path / "metrics.jsonl").is_file():
-        final = path / "final"
+    run = RunPaths(path)
+    if run.config.is_file() and run.metrics.is_file():
+        final = run.final
         if not (final / "adapter_config.json").is_file():
             raise DetoxError(
                 f"run '{given}' has no final/ adapter (it has not finished training); finish it with detoxrl train --resume "
-                f"--output-dir {given}, or export one of its checkpoints ({path / 'checkpoints'}/step-N)"
+                f"--output-dir {given}, or export one of its checkpoints ({run.checkpoints}/step-N)"
             )
         check_adapter_source(str(final))
         return ExportSource(final, path)
@@ -183,7 +185,7 @@ def export(
 
 
 def _is_final(source: ExportSource) -> bool:
-    return source.run_dir is not None and source.adapter_dir.resolve() == (source.run_dir / "final").resolve()
+    return source.run_dir is not None and source.adapter_dir.resolve() == RunPaths(source.run_dir).final.resolve()
 
 
 def _write_merged(source: ExportSource, folder: Path, policy_cfg, torch_dtype: torch.dtype) -> str:

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from detoxrl import runfiles
 from detoxrl.config import PACKAGED_SMOLLM2
 
 #: What a packaged base model is, for the card (the adapter config holds its converted local folder).
@@ -38,8 +39,9 @@ def find_run(folder: str | Path) -> Path | None:
     ``RUN/checkpoints/step-N`` (a folder with ``config.yaml`` and ``metrics.jsonl``), else None."""
     folder = Path(folder).resolve()
     for run in (folder.parent, folder.parent.parent):
-        if (run / "config.yaml").is_file() and (run / "metrics.jsonl").is_file():
-            if folder == run / "final" or folder.parent == run / "checkpoints":
+        paths = runfiles.RunPaths(run)
+        if paths.config.is_file() and paths.metrics.is_file():
+            if folder == paths.final or folder.parent == paths.checkpoints:
                 return run
     return None
 
@@ -51,11 +53,11 @@ def evaluation_of(run: Path, adapter_dir: Path, *, final: bool | None = None, la
     compare.json was written after it: not for a checkpoint, nor after a ``--resume`` that trained
     the adapter further. ``label`` names the run in the advice (default: its folder)."""
     label = label or str(run)
-    compare = run / "eval" / "compare.json"
+    compare = runfiles.RunPaths(run).compare
     if not compare.is_file():
         return False, (f"this run has not been evaluated (no eval/compare.json); `detoxrl evaluate --run {label}` "
                        "evaluates it and writes its numbers into the card of its final/ adapter")
-    final = adapter_dir.resolve() == (run / "final").resolve() if final is None else final
+    final = adapter_dir.resolve() == runfiles.RunPaths(run).final.resolve() if final is None else final
     if not final:
         return False, (f"the run's evaluation (eval/compare.json) is of its final adapter, not of {adapter_dir.name}: "
                        "not shown here")
@@ -69,11 +71,12 @@ def evaluation_of(run: Path, adapter_dir: Path, *, final: bool | None = None, la
 def run_kind(run: Path | None) -> str:
     """``sft`` for a run of ``detoxrl sft`` (its metrics lines have ``sft/loss``), else ``ppo``."""
     try:
-        for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
-            row = json.loads(line) if line.strip() else None
-            if isinstance(row, dict):
-                return "sft" if "sft/loss" in row else "ppo"
-    except (OSError, TypeError, UnicodeDecodeError, json.JSONDecodeError):
+        for line in runfiles.read_jsonl(runfiles.RunPaths(run).metrics):
+            if not line.ok:
+                break
+            if isinstance(line.value, dict):
+                return "sft" if "sft/loss" in line.value else "ppo"
+    except (OSError, TypeError, UnicodeDecodeError):
         pass
     return "ppo"
 
@@ -82,7 +85,7 @@ def _sft_configuration(cfg: dict[str, Any], run: Path) -> str:
     """The training table of an SFT run (its config.yaml's ``sft`` section and what its metrics say)."""
     rows = []
     try:
-        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+        rows = runfiles.strict_values(runfiles.read_jsonl(runfiles.RunPaths(run).metrics))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         pass
     losses = [r["sft/loss"] for r in rows if isinstance(r, dict) and isinstance(r.get("sft/loss"), (int, float))]
@@ -108,7 +111,7 @@ def _read_config(run: Path | None) -> dict[str, Any] | None:
     if run is None:
         return None
     try:
-        data = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+        data = yaml.safe_load(runfiles.RunPaths(run).config.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return None
     return data if isinstance(data, dict) else None

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from detoxrl import runfiles
 from detoxrl.config import PACKAGED_CHITCHAT, DataConfig
 from detoxrl.errors import ConfigError, DataError
 
@@ -215,12 +216,10 @@ def _records_to_columns(records: list, where: str) -> dict[str, list]:
 
 def _read_json_lines(text: str, path: Path) -> list:
     records = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path} line {n} is not valid JSON ({e.msg}); fix that line") from e
+    for line in runfiles.parse_jsonl(text):
+        if line.error is not None:
+            raise DataError(f"{path} line {line.lineno} is not valid JSON ({line.error.msg}); fix that line") from line.error
+        records.append(line.value)
     return records
 
 

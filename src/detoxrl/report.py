@@ -32,6 +32,7 @@ import numpy as np
 import yaml
 from matplotlib.figure import Figure
 
+from detoxrl import runfiles
 from detoxrl.errors import DetoxError
 
 TRAINING_PLOTS = (  # the order of the page: two per row, the three-panel losses plot full width
@@ -104,20 +105,11 @@ def _read_jsonl(path: Path, notes: list[str]) -> list[dict[str, Any]]:
     """Read JSON Lines; unreadable lines (a run killed mid-write) are skipped and counted."""
     rows: list[dict[str, Any]] = []
     bad = 0
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError:
-                bad += 1
-                continue
-            if isinstance(obj, dict):
-                rows.append(obj)
-            else:
-                bad += 1
+    for line in runfiles.read_jsonl(path):
+        if line.ok and isinstance(line.value, dict):
+            rows.append(line.value)
+        else:
+            bad += 1
     if bad:
         notes.append(f"{path.name}: {bad} unreadable line(s) skipped")
     return rows
@@ -136,13 +128,14 @@ def load_run(run_dir: str | Path) -> RunData:
     run = Path(run_dir)
     if not run.is_dir():
         raise DetoxError(f"'{run_dir}' does not exist or is not a folder; pass the --output-dir of a train run")
-    metrics_path = run / "metrics.jsonl"
-    if not metrics_path.is_file() and not (run / "checkpoints" / "final").exists():
+    paths = runfiles.RunPaths(run)
+    metrics_path = paths.metrics
+    if not metrics_path.is_file() and not paths.final.exists():
         raise DetoxError(
             f"'{run_dir}' is not a detoxrl run folder (no metrics.jsonl); pass the --output-dir of a train run"
         )
     data = RunData(run_dir=run)
-    cfg_path = run / "config.yaml"
+    cfg_path = paths.config
     if cfg_path.is_file():
         try:
             cfg = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
@@ -153,16 +146,16 @@ def load_run(run_dir: str | Path) -> RunData:
             data.notes.append(f"config.yaml could not be read ({type(exc).__name__}); settings are not shown")
     if metrics_path.is_file():
         data.metrics = _read_jsonl(metrics_path, data.notes)
-    ev = run / "eval"
+    ev = paths.eval
     for name in ("before", "after"):
-        p = ev / f"{name}.jsonl"
+        p = paths.eval_records(name)
         if p.is_file():
             setattr(data, name, _read_jsonl(p, data.notes))
-    if (ev / "compare.json").is_file():
-        obj = _read_json(ev / "compare.json", data.notes)
+    if paths.compare.is_file():
+        obj = _read_json(paths.compare, data.notes)
         data.compare = obj if isinstance(obj, dict) else None
-    if (ev / "comparison.json").is_file():
-        obj = _read_json(ev / "comparison.json", data.notes)
+    if (ev / runfiles.COMPARISON).is_file():
+        obj = _read_json(ev / runfiles.COMPARISON, data.notes)
         data.comparison = [r for r in obj if isinstance(r, dict)] if isinstance(obj, list) else None
     return data
 
@@ -1335,7 +1328,7 @@ def write_report(run_dir: str | Path) -> dict[str, Path]:
     not written (and the report says so). Raises :class:`DetoxError` if ``run_dir`` is not a run folder.
     """
     data = load_run(run_dir)
-    out_dir = data.run_dir / "report"
+    out_dir = runfiles.RunPaths(data.run_dir).report
     out_dir.mkdir(parents=True, exist_ok=True)
     plots, missing = _write_plots(data, out_dir)
     content = _content(data, plots, missing)

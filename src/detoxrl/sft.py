@@ -29,7 +29,6 @@ it is then PPO's frozen reference.
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import time
@@ -41,6 +40,7 @@ import torch
 from tqdm.auto import tqdm
 
 from detoxrl import checkpoint as ckpt_lib
+from detoxrl import runfiles
 from detoxrl import runtime
 from detoxrl.config import SFT_RESUME_FREE_SETTINGS, DetoxConfig, SFTConfig
 from detoxrl.errors import ConfigError, DataError, DetoxError, TrainingError
@@ -260,8 +260,7 @@ class SupervisedTrainer(RunFolder):
                 "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "changes": {key: {"old": a, "new": b} for key, (a, b) in plan.changes.items()} if plan.old_config is not None else None,
             }
-            with open(self.out_dir / CONFIG_CHANGES, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            runfiles.append_jsonl(self.out_dir / CONFIG_CHANGES, [record])
         _atomic_write(self.out_dir / "config.yaml", _yaml(self.cfg))
 
     def batch_pairs(self, step: int) -> list[SFTPair]:

@@ -23,6 +23,7 @@ from typing import IO, Any, Iterator
 import torch
 from tqdm.auto import tqdm
 
+from detoxrl import runfiles
 from detoxrl.errors import DataError, DetoxError
 from detoxrl.prompts import PromptExample
 
@@ -51,14 +52,8 @@ def parse_stdin(text: str, column: str = "dialogue") -> list[dict]:
     dialogues separated by blank lines (the turns of one dialogue are consecutive lines)."""
     lines = text.splitlines()
     first = next((line.strip() for line in lines if line.strip()), "")
-    if first[:1] in ("{", '"'):
-        try:
-            json.loads(first)
-            jsonl = True
-        except json.JSONDecodeError:
-            jsonl = False
-        if jsonl:
-            return _json_lines(lines, column)
+    if first[:1] in ("{", '"') and runfiles.parse_jsonl(first)[0].ok:
+        return _json_lines(lines, column)
     blocks, current = [], []
     for line in lines + [""]:
         if line.strip():
@@ -71,13 +66,10 @@ def parse_stdin(text: str, column: str = "dialogue") -> list[dict]:
 
 def _json_lines(lines: list[str], column: str) -> list[dict]:
     rows = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"stdin line {n} is not valid JSON ({e.msg}); send one JSON object or string per line") from None
+    for line in runfiles.parse_jsonl("\n".join(lines)):
+        n, value = line.lineno, line.value
+        if line.error is not None:
+            raise DataError(f"stdin line {n} is not valid JSON ({line.error.msg}); send one JSON object or string per line") from None
         if isinstance(value, str):
             dialogue, row_id = value, None
         elif isinstance(value, dict) and isinstance(value.get(column), str):

@@ -35,6 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from detoxrl import checkpoint as ckpt_lib
+from detoxrl import runfiles
 from detoxrl.advantages import (
     AdaptiveKLController,
     FixedKLController,
@@ -58,14 +59,14 @@ from detoxrl.rollout import generate, score_rollout
 from detoxrl.update import UpdateBatch, ppo_update
 
 #: With several rollout shards: per step, the prompts of each shard and the process that ran it.
-SHARDS_LOG = "shards.jsonl"
-MANAGED = ("metrics.jsonl", "checkpoints", "final", "eval", "report", "config.yaml", "config-changes.jsonl",
-           "detoxrl", SHARDS_LOG)  # detoxrl/: tracker logs
+SHARDS_LOG = runfiles.SHARDS
+MANAGED = (runfiles.METRICS, runfiles.CHECKPOINTS, runfiles.FINAL, runfiles.EVAL, runfiles.REPORT, runfiles.CONFIG,
+           runfiles.CONFIG_CHANGES, "detoxrl", SHARDS_LOG)  # detoxrl/: tracker logs
 #: Inside the run folder: an --overwrite run until its first checkpoint, and the earlier run's files
 #: while the new run moves into place.
 NEW_RUN_DIR, OLD_RUN_DIR = "new-run.incomplete", "old-run.being-replaced"
 _ALL_MOVED = "ALL-FILES-OF-THE-EARLIER-RUN-MOVED-HERE"  # in OLD_RUN_DIR: the first half of the move is done
-CONFIG_CHANGES = "config-changes.jsonl"
+CONFIG_CHANGES = runfiles.CONFIG_CHANGES
 KL_SETTINGS = ("ppo.init_kl_coef", "ppo.adaptive_kl", "ppo.target_kl", "ppo.kl_horizon")
 
 
@@ -419,12 +420,10 @@ class RunFolder:
         """One metrics line per step (and, with several rollout shards, which prompts each shard and
         process took: ``shards.jsonl``), written by the main process only."""
         if self.state.is_main_process:
-            with open(self.run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(_jsonable(metrics)) + "\n")
+            runfiles.append_jsonl(self.run_dir / runfiles.METRICS, [_jsonable(metrics)])
             if self.shards > 1:
                 record = {"step": metrics["step"], "shards": [{"shard": s, "process": r, "prompts": ids} for s, r, ids in shards]}
-                with open(self.run_dir / SHARDS_LOG, "a") as f:
-                    f.write(json.dumps(record) + "\n")
+                runfiles.append_jsonl(self.run_dir / SHARDS_LOG, [record])
         if self.cfg.run.log_with:
             self.accelerator.log({k: v for k, v in metrics.items() if k != "step"}, step=metrics["step"])
 
@@ -435,14 +434,11 @@ class RunFolder:
             if not path.is_file():
                 continue
             kept = []
-            for line in path.read_text().splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:  # a line cut short by the crash that stopped the run
-                    continue
-                if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= upto_step:
+            for line in runfiles.read_jsonl(path):  # an unreadable line: cut short by the crash that stopped the run
+                row = line.value
+                if line.ok and isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= upto_step:
                     kept.append(line)
-            _atomic_write(path, "".join(line + "\n" for line in kept))  # a kill now must not cost the earlier lines
+            _atomic_write(path, runfiles.lines_text(kept))  # a kill now must not cost the earlier lines
 
 
 @dataclass
@@ -595,8 +591,7 @@ class Trainer(RunFolder):
                 "changes": {key: {"old": a, "new": b} for key, (a, b) in plan.changes.items()} if plan.old_config is not None else None,
                 "kl_controller": {"old": kl_state, "new": self.kl_ctl.state_dict()},
             }
-            with open(self.out_dir / CONFIG_CHANGES, "a") as f:
-                f.write(json.dumps(record) + "\n")
+            runfiles.append_jsonl(self.out_dir / CONFIG_CHANGES, [record])
         # config.yaml says what the run trains with from here on (new step count, allowed changes).
         _atomic_write(self.out_dir / "config.yaml", _yaml(self.cfg))
 
