@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     memory = common.PhaseMemory()
     # Attribute the step's memory to its phases (the trainer times them itself; these wrappers
     # only label what the RSS sampler sees).
-    for name, phase in (("generate", "generate_s"), ("score_rollout", "update_s"), ("ppo_update", "update_s")):
+    for name, phase in (("generate", "generate_s"), ("logprobs_and_values", "update_s"), ("ppo_update", "update_s")):
         setattr(trainer_mod, name, _labelled(getattr(trainer_mod, name), phase))
 
     w = common.WORKLOADS[args.workload]

@@ -9,7 +9,7 @@ from detoxrl import checkpoint as ck
 from detoxrl.errors import DetoxError, ModelLoadError
 from detoxrl.policy import POLICY_ADAPTER, REFERENCE_ADAPTER, load_policy
 from detoxrl.prompts import build_prompts
-from detoxrl.rollout import forward_pass, generate, score_rollout
+from detoxrl.rollout import forward_pass, generate, logprobs_and_values
 from detoxrl.update import UpdateBatch, ppo_update
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -26,7 +26,7 @@ def _batch(policy, tiny_config, seed=0):
     examples = build_prompts(tiny_config().data, policy.tokenizer).train[:8]
     torch.manual_seed(seed)
     r = generate(policy, [e.input_ids for e in examples], [e.prompt for e in examples], max_new_tokens=6, batch_size=8)
-    fw = score_rollout(policy, r, batch_size=8)
+    fw = logprobs_and_values(policy, r, batch_size=8)
     adv = torch.randn(r.response_ids.shape, generator=torch.Generator().manual_seed(seed)) * r.response_mask
     return UpdateBatch(r, fw["logprobs"], fw["values"], adv, fw["values"] + adv)
 

@@ -258,10 +258,10 @@ WEIGHT_TOLERANCE = dict(atol=1e-5, rtol=1e-5)
 HANG_HOOK = '''import os, pathlib, sys, time
 import detoxrl.trainer
 
-_real, _calls = detoxrl.trainer.score_rollout, [0]
+_real, _calls = detoxrl.trainer.logprobs_and_values, [0]
 
 
-def _score_rollout(*args, **kwargs):  # the N-th call of this process: after sampling and scoring, before the update
+def _logprobs_and_values(*args, **kwargs):  # the N-th call of this process: after sampling and scoring, before the update
     _calls[0] += 1
     if _calls[0] == int(os.environ["DETOXRL_TEST_HANG_AT"]):
         pathlib.Path(os.environ["DETOXRL_TEST_HANG_MARKER"] + "." + os.environ["RANK"]).write_text(str(os.getpid()))
@@ -269,7 +269,7 @@ def _score_rollout(*args, **kwargs):  # the N-th call of this process: after sam
     return _real(*args, **kwargs)
 
 
-detoxrl.trainer.score_rollout = _score_rollout
+detoxrl.trainer.logprobs_and_values = _logprobs_and_values
 from detoxrl.cli import main
 
 sys.exit(main(sys.argv[1:]))

@@ -8,7 +8,7 @@ import torch
 
 from detoxrl.policy import load_policy
 from detoxrl.prompts import build_prompts
-from detoxrl.rollout import Rollout, forward_pass, generate, response_mask_from_eos, score_rollout
+from detoxrl.rollout import Rollout, forward_pass, generate, response_mask_from_eos, logprobs_and_values
 from conftest import assert_close_for_dtype
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -339,12 +339,12 @@ def test_forward_pass_does_not_depend_on_padding(arch, policies, tiny_config):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_score_rollout_batches_and_reference(arch, policies, tiny_config):
+def test_logprobs_and_values_batches_and_reference(arch, policies, tiny_config):
     policy = policies(arch, tiny_config)
     examples = prompts_of_different_lengths(policy, tiny_config, 6)
     torch.manual_seed(7)
     r = generate(policy, [e.input_ids for e in examples], [e.prompt for e in examples], max_new_tokens=6, batch_size=6)
-    scored = score_rollout(policy, r, batch_size=4)  # batches of 4 and 2
+    scored = logprobs_and_values(policy, r, batch_size=4)  # batches of 4 and 2
     with torch.no_grad():
         whole = forward_pass(policy, r, with_values=True, with_entropy=True)
     mask = r.response_mask.bool()
@@ -401,9 +401,9 @@ def test_capture_equals_a_full_forward_pass(arch, temperature, policies, tiny_co
         full = forward_pass(policy, r, temperature=temperature, with_values=True, with_entropy=True)
     for key in ("logprobs", "values", "entropy"):
         torch.testing.assert_close(getattr(r, key)[mask], full[key][mask], rtol=0, atol=1e-4)
-    # score_rollout reuses them: only the reference pass runs, and the result is the same.
-    scored = score_rollout(policy, r, temperature=temperature, batch_size=3)
-    rescored = score_rollout(policy, plain, temperature=temperature, batch_size=3)
+    # logprobs_and_values reuses them: only the reference pass runs, and the result is the same.
+    scored = logprobs_and_values(policy, r, temperature=temperature, batch_size=3)
+    rescored = logprobs_and_values(policy, plain, temperature=temperature, batch_size=3)
     for key in ("logprobs", "values", "entropy", "ref_logprobs"):
         torch.testing.assert_close(scored[key], rescored[key], rtol=0, atol=1e-4)
         assert (scored[key][~mask] == 0).all()
@@ -442,7 +442,7 @@ def test_reference_pass_runs_once_the_adapters_differ(arch, policies, tiny_confi
             for p in lora_b:  # the trainable adapter moves away from the reference
                 p.add_(torch.randn_like(p))
         assert not policy.adapters_identical()
-        scored = score_rollout(policy, r, batch_size=4)  # sorted, trimmed chunks of 4 and 2
+        scored = logprobs_and_values(policy, r, batch_size=4)  # sorted, trimmed chunks of 4 and 2
         with torch.no_grad(), policy.use_adapter("reference"):
             ref = forward_pass(policy, r, with_values=False)["logprobs"]
         mask = r.response_mask.bool()

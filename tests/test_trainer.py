@@ -446,15 +446,15 @@ def _hang():
 
 
 if _kind == "step":  # the N-th PPO step of this process, after sampling and scoring, before the update
-    _real_score_rollout = detoxrl.trainer.score_rollout
+    _real_logprobs_and_values = detoxrl.trainer.logprobs_and_values
 
-    def _score_rollout(*args, **kwargs):
+    def _logprobs_and_values(*args, **kwargs):
         _calls[0] += 1
         if _calls[0] == int(_n):
             _hang()
-        return _real_score_rollout(*args, **kwargs)
+        return _real_logprobs_and_values(*args, **kwargs)
 
-    detoxrl.trainer.score_rollout = _score_rollout
+    detoxrl.trainer.logprobs_and_values = _logprobs_and_values
 else:  # "checkpoint": the N-th checkpoint of this process, half written (optimizer.pt in step-N.tmp)
     _real_save = torch.save
 

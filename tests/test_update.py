@@ -7,7 +7,7 @@ import detoxrl.update as update_mod
 from detoxrl.advantages import gae, masked_whiten, token_rewards
 from detoxrl.policy import POLICY_ADAPTER, REFERENCE_ADAPTER, load_policy
 from detoxrl.prompts import build_prompts
-from detoxrl.rollout import forward_pass, generate, score_rollout
+from detoxrl.rollout import forward_pass, generate, logprobs_and_values
 from detoxrl.update import UpdateBatch, minibatch_indices, ppo_update
 from conftest import assert_close_for_dtype
 
@@ -27,7 +27,7 @@ def make_batch(policy, tiny_config, seed=0, kl_coef=0.1):
     examples = build_prompts(tiny_config().data, policy.tokenizer).train[:N]
     torch.manual_seed(seed)
     rollout = generate(policy, [e.input_ids for e in examples], [e.prompt for e in examples], max_new_tokens=8, batch_size=N)
-    fw = score_rollout(policy, rollout, batch_size=N)
+    fw = logprobs_and_values(policy, rollout, batch_size=N)
     mask = rollout.response_mask.float()
     scores = torch.randn(N, generator=torch.Generator().manual_seed(seed + 100))
     rewards, _ = token_rewards(scores, fw["logprobs"], fw["ref_logprobs"], mask, kl_coef)

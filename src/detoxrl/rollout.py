@@ -12,6 +12,7 @@ it is padding. A response that never emits EOS is marked (``ended`` False) for t
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -176,7 +177,7 @@ def generate(
         idx = order[start : start + per_batch]
         rows = [i * k + s for i in idx for s in range(k)]
         enc = tok.pad({"input_ids": [prompts[i] for i in idx]}, return_tensors="pt").to(policy.device)
-        ctx = policy.use_adapter(adapter) if adapter else _null()
+        ctx = policy.use_adapter(adapter) if adapter else contextlib.nullcontext()
         with ctx:
             # Outside the capture: the shared prompt pass is not a decoding step.
             shared = _shared_prompt_pass(policy, enc["input_ids"], enc["attention_mask"], k) if k > 1 else {}
@@ -313,14 +314,6 @@ def _scatter_rows(parts: list[torch.Tensor], rows: list[list[int]], shape) -> to
     return full
 
 
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
 def _assemble(policy: Policy, chunks_q, chunks_r, n: int, queries: list[str]) -> Rollout:
     pad = policy.pad_token_id
     P = max(q.shape[1] for _, q, _ in chunks_q)
@@ -402,7 +395,7 @@ def forward_pass(
 
 
 @torch.inference_mode()
-def score_rollout(
+def logprobs_and_values(
     policy: Policy,
     rollout: Rollout,
     *,

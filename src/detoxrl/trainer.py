@@ -55,7 +55,7 @@ from detoxrl.prompts import PromptExample, PromptSplits, build_prompts, check_da
 from detoxrl.rewards import Scorer, check_reward_labels, scorer_from_config, shape_rewards, texts_for_scoring
 from detoxrl.selection import dialogue_toxicity_for
 from detoxrl import runtime
-from detoxrl.rollout import generate, score_rollout
+from detoxrl.rollout import generate, logprobs_and_values
 from detoxrl.update import UpdateBatch, ppo_update
 
 #: With several rollout shards: per step, the prompts of each shard and the process that ran it.
@@ -634,7 +634,7 @@ class Trainer(RunFolder):
             batch_size=p.batch_size // self.shards,
             progress=self.progress,
             # Old log-probs and values from the sampling pass itself (not under ZeRO-3, whose synced
-            # generation runs extra passes: score_rollout computes them instead).
+            # generation runs extra passes: logprobs_and_values computes them instead).
             capture=not zero3,
             samples_per_prompt=k,  # rows prompt-major: i*k .. i*k+k-1 answer prompt i
             synced_gpus=zero3,
@@ -655,7 +655,7 @@ class Trainer(RunFolder):
 
         # No-grad passes in minibatch-sized chunks, as the update: a [B, T, vocab] logits tensor of
         # the whole batch would set the step's peak memory.
-        fw = score_rollout(self.policy, rollout, temperature=g.temperature, batch_size=p.mini_batch_size // self.shards)
+        fw = logprobs_and_values(self.policy, rollout, temperature=g.temperature, batch_size=p.mini_batch_size // self.shards)
         mask = rollout.response_mask.float()
         rewards, kl = token_rewards(scores, fw["logprobs"], fw["ref_logprobs"], mask, self.kl_ctl.value)
         advantages, returns = gae(rewards, fw["values"], mask, p.gamma, p.lam)
