@@ -241,6 +241,21 @@ class PhaseMemory:
         return {k: round(v, 1) for k, v in self.peaks.items()}
 
 
+
+def run_logged(cmd: list[str], log: Path, cwd: Path) -> float:
+    """Run one command line, appending it and its output to ``log``; its wall seconds. A failure ends the script."""
+    import subprocess
+
+    t0 = time.perf_counter()
+    with open(log, "a") as f:
+        f.write("$ " + " ".join(cmd) + "\n")
+        f.flush()
+        rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=cwd)
+    if rc != 0:
+        raise SystemExit(f"command failed ({rc}): {' '.join(cmd)}; see {log}")
+    return time.perf_counter() - t0
+
+
 def median(values: Iterable[float]) -> float:
     vals = list(values)
     return float(statistics.median(vals)) if vals else float("nan")

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DETOXRL = [sys.executable, "-m", "detoxrl.cli"]
@@ -60,14 +62,7 @@ def slug(name: str) -> str:
 
 
 def run(cmd: list[str], log: Path) -> float:
-    t0 = time.perf_counter()
-    with open(log, "a") as f:
-        f.write("$ " + " ".join(cmd) + "\n")
-        f.flush()
-        rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
-    if rc != 0:
-        raise SystemExit(f"command failed ({rc}): {' '.join(cmd)}; see {log}")
-    return time.perf_counter() - t0
+    return common.run_logged(cmd, log, cwd=ROOT)
 
 
 def pick(head: dict, judge: str | None, measure: str):
@@ -132,7 +127,7 @@ def main() -> int:
     rows = []
     runs = ROOT / args.runs
     runs.mkdir(parents=True, exist_ok=True)
-    common = BASE + [f"ppo.learning_rate={args.lr}"] + args.set
+    shared_sets = BASE + [f"ppo.learning_rate={args.lr}"] + args.set
     for name, extra in VARIANTS.items():
         if args.only and name not in args.only and slug(name) not in args.only:
             continue
@@ -140,7 +135,7 @@ def main() -> int:
         compare = out / "eval" / "compare.json"
         seconds = {}
         if args.fresh or not compare.is_file():
-            sets = [a for s in common + extra for a in ("--set", s)]
+            sets = [a for s in shared_sets + extra for a in ("--set", s)]
             log = runs / f"{slug(name)}.log"
             seconds["train"] = run(DETOXRL + ["train", "--data", args.data, "--steps", str(args.steps), "--batch-size", str(args.batch_size),
                                               "--output-dir", str(out), "--overwrite", "--no-progress", *sets], log)
@@ -159,7 +154,7 @@ def main() -> int:
         "date": time.strftime("%Y-%m-%d"),
         "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
         "settings": {"data": args.data, "steps": args.steps, "batch_size": args.batch_size, "learning_rate": args.lr,
-                     "prompts": args.prompts, "k": args.k, "common": common},
+                     "prompts": args.prompts, "k": args.k, "common": shared_sets},
         "variants": VARIANTS,
         "rows": rows,
         "note": "relative changes in % of the mean (negative = less toxic) with paired bootstrap 95% intervals over prompts",

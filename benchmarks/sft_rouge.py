@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DETOXRL = [sys.executable, "-m", "detoxrl.cli"]
@@ -30,14 +32,7 @@ NAMES = {"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L"}
 
 
 def run(cmd: list[str], log: Path) -> float:
-    t0 = time.perf_counter()
-    with open(log, "a") as f:
-        f.write("$ " + " ".join(cmd) + "\n")
-        f.flush()
-        rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=ROOT)
-    if rc != 0:
-        raise SystemExit(f"command failed ({rc}): {' '.join(cmd)}; see {log}")
-    return time.perf_counter() - t0
+    return common.run_logged(cmd, log, cwd=ROOT)
 
 
 def main() -> int:

@@ -221,9 +221,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = _config_from_args(args, base_file=base_file)
     if args.adapter:
         cfg.policy.adapter = args.adapter
+    trainer, final, seconds = _run_trainer(args, lambda: Trainer(
+        cfg, resume=resume, resume_from=args.resume_from or "auto", allow_config_change=args.allow_config_change))
+    if trainer.state.is_main_process:  # one line for a run of several processes
+        print(f"trained {trainer.step_idx} steps in {seconds:.0f} s; adapter: {final}; metrics: {trainer.run_dir / 'metrics.jsonl'}")
+    return 0
+
+
+def _run_trainer(args: argparse.Namespace, make_trainer) -> tuple[Any, Path, float]:
+    """Build a trainer (PPO or SFT) and train it: ``(trainer, final adapter, seconds)``. On Ctrl-C, say in
+    ``args.interrupted`` what the stop left behind when it differs from "checkpoints kept, --resume"."""
     trainer = None
     try:
-        trainer = Trainer(cfg, resume=resume, resume_from=args.resume_from or "auto", allow_config_change=args.allow_config_change)
+        trainer = make_trainer()
         t0 = time.perf_counter()
         final = trainer.train()
     except KeyboardInterrupt:
@@ -232,9 +242,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         elif trainer.staging_dir is not None:  # --resume would continue the earlier run, not this one
             args.interrupted = f"interrupted before the first checkpoint of the new run: {trainer.earlier_run_kept()}; rerun with --overwrite to start again"
         raise
-    if trainer.state.is_main_process:  # one line for a run of several processes
-        print(f"trained {trainer.step_idx} steps in {time.perf_counter() - t0:.0f} s; adapter: {final}; metrics: {trainer.run_dir / 'metrics.jsonl'}")
-    return 0
+    return trainer, final, time.perf_counter() - t0
 
 
 def cmd_sft(args: argparse.Namespace) -> int:
@@ -257,20 +265,9 @@ def cmd_sft(args: argparse.Namespace) -> int:
     cfg = _config_from_args(args, base_file=base_file)
     if args.adapter:
         cfg.policy.adapter = args.adapter
-    trainer = None
-    try:
-        trainer = SupervisedTrainer(cfg, resume=resume, resume_from=args.resume_from or "auto", allow_config_change=args.allow_config_change)
-        t0 = time.perf_counter()
-        final = trainer.train()
-    except KeyboardInterrupt:
-        if trainer is None:
-            args.interrupted = "interrupted while the run was starting, before its first step; rerun the same command"
-        elif trainer.staging_dir is not None:
-            args.interrupted = f"interrupted before the first checkpoint of the new run: {trainer.earlier_run_kept()}; rerun with --overwrite to start again"
-        else:
-            args.interrupted = "interrupted: checkpoints written so far are kept; rerun the same command with --resume to continue from the latest"
-        raise
-    print(f"fine-tuned {trainer.step_idx} steps on {len(trainer.pairs)} pairs in {time.perf_counter() - t0:.0f} s; adapter: {final} "
+    trainer, final, seconds = _run_trainer(args, lambda: SupervisedTrainer(
+        cfg, resume=resume, resume_from=args.resume_from or "auto", allow_config_change=args.allow_config_change))
+    print(f"fine-tuned {trainer.step_idx} steps on {len(trainer.pairs)} pairs in {seconds:.0f} s; adapter: {final} "
           f"(continue with PPO: detoxrl train --adapter {final}); metrics: {trainer.run_dir / 'metrics.jsonl'}")
     return 0
 
@@ -873,7 +870,7 @@ def _interrupted(args: argparse.Namespace) -> str:
     """What Ctrl-C leaves behind and how to go on, per command: only train has a --resume flag."""
     if getattr(args, "interrupted", None):
         return args.interrupted
-    if args.command == "train":
+    if args.command in ("train", "sft"):
         return "interrupted: checkpoints written so far are kept; rerun the same command with --resume to continue from the latest"
     if args.command == "evaluate":
         return "interrupted: evaluation records written so far are kept; rerun the same command to continue from them (--fresh starts over)"
