@@ -157,6 +157,12 @@ class PPOConfig:
     # None: one shard per process (a run records the number it used). Several shards on fewer processes
     # (a multiple) run one after another, with the result of one shard per process.
     rollout_shards: int | None = None
+    # Where the policy's old log-probs, values and entropy come from. "on": recorded while decoding
+    # (no extra pass). "off": a teacher-forced pass of the policy beside the reference pass, so the
+    # KL and the first ratio compare two results of the same computation. In bf16 the decoding pass
+    # (one token at a time, KV cache) rounds differently from a teacher-forced pass (log-probs apart
+    # by up to ~1e-2), which biases the KL to the reference; "auto" captures only in float32.
+    capture_logprobs: str = "auto"  # auto | on | off
 
 
 @dataclass
@@ -635,6 +641,8 @@ def validate(cfg: DetoxConfig) -> None:
         )
     if p.rollout_shards is not None:
         check_rollout_shards(p.batch_size, p.mini_batch_size, p.samples_per_prompt, p.rollout_shards)
+    if p.capture_logprobs not in ("auto", "on", "off"):
+        raise ConfigError(f"ppo.capture_logprobs must be auto, on or off, got '{p.capture_logprobs}'")
     if p.reward_baseline not in ("none", "group"):
         raise ConfigError(f"ppo.reward_baseline must be 'none' or 'group', got '{p.reward_baseline}'")
     if p.reward_baseline == "group" and p.samples_per_prompt < 2:

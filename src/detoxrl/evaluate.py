@@ -35,7 +35,7 @@ from detoxrl.errors import ConfigError, DataError
 from detoxrl.policy import POLICY_ADAPTER, REFERENCE_ADAPTER, Policy
 from detoxrl.prompts import PromptExample
 from detoxrl.rewards import Scorer, build_judge_scorer, check_judge, shape_rewards, texts_for_scoring
-from detoxrl.rollout import forward_pass, generate
+from detoxrl.rollout import capture_logprobs, forward_pass, generate
 from detoxrl.stats import expected_max, prob_any_toxic, summarize
 
 logger = logging.getLogger(__name__)
@@ -241,7 +241,8 @@ def evaluate_policy(
             temperature=settings.temperature,
             batch_size=len(chunk),
             adapter=adapter,
-            capture=adapter != REFERENCE_ADAPTER,  # the adapter's log-probs for the KL, from the decoding pass
+            # The adapter's log-probs for the KL, from the decoding pass where that is exact (float32).
+            capture=adapter != REFERENCE_ADAPTER and capture_logprobs("auto", policy.compute_dtype),
             samples_per_prompt=k,
         )
         texts = texts_for_scoring(rollout.queries, rollout.responses, reward_input)

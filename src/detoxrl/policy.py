@@ -292,6 +292,11 @@ class Policy:
         return next(self.model.parameters()).device
 
     @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype the model's matmuls run in (its output layer's weights): float32 or bfloat16."""
+        return self.model.base_model.model.get_output_embeddings().weight.dtype
+
+    @property
     def pad_token_id(self) -> int:
         return self.tokenizer.pad_token_id
 

@@ -55,7 +55,7 @@ from detoxrl.prompts import PromptExample, PromptSplits, build_prompts, check_da
 from detoxrl.rewards import Scorer, check_reward_labels, scorer_from_config, shape_rewards, texts_for_scoring
 from detoxrl.selection import dialogue_toxicity_for
 from detoxrl import runtime
-from detoxrl.rollout import generate, logprobs_and_values
+from detoxrl.rollout import capture_logprobs, generate, logprobs_and_values
 from detoxrl.update import UpdateBatch, ppo_update
 
 #: With several rollout shards: per step, the prompts of each shard and the process that ran it.
@@ -633,9 +633,10 @@ class Trainer(RunFolder):
             top_p=g.top_p,
             batch_size=p.batch_size // self.shards,
             progress=self.progress,
-            # Old log-probs and values from the sampling pass itself (not under ZeRO-3, whose synced
-            # generation runs extra passes: logprobs_and_values computes them instead).
-            capture=not zero3,
+            # Old log-probs and values from the sampling pass itself where that is exact (float32, see
+            # rollout.capture_logprobs), and not under ZeRO-3, whose synced generation runs extra
+            # passes: logprobs_and_values computes them instead.
+            capture=capture_logprobs(p.capture_logprobs, self.policy.compute_dtype) and not zero3,
             samples_per_prompt=k,  # rows prompt-major: i*k .. i*k+k-1 answer prompt i
             synced_gpus=zero3,
         )
