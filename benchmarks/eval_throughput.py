@@ -69,7 +69,7 @@ def detoxrl_side(args) -> dict:
                 "use_chat_template": w["chat_template"],
                 "shuffle": False,
             },
-            "policy": {"model": str(policy_dir), "dtype": "float32", "lora_r": w["lora"]["r"], "lora_alpha": w["lora"]["lora_alpha"],
+            "policy": {"model": str(policy_dir), "dtype": common.DTYPES[args.dtype], "lora_r": w["lora"]["r"], "lora_alpha": w["lora"]["lora_alpha"],
                        "lora_dropout": w["lora"]["lora_dropout"], "lora_target_modules": w["lora"]["target_modules"]},
             "reward": {"model": str(reward_dir), "label": common.REWARD_LABEL, "toxic_label": "hate", "input": "query+response", "batch_size": args.batch_size},
         },
@@ -110,7 +110,7 @@ def detoxrl_side(args) -> dict:
 
 def run_system(system: str, args, out: Path) -> dict:
     shared = ["--workload", args.workload, "--prompts", str(args.prompts), "--new-tokens", str(args.new_tokens),
-              "--cache", str(args.cache), "--threads", str(args.threads), "--seed", str(args.seed)]
+              "--cache", str(args.cache), "--threads", str(args.threads), "--seed", str(args.seed), "--dtype", args.dtype]
     if args.data:
         shared += ["--data", str(args.data)]
     if system == "notebook-loop":
@@ -139,12 +139,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", default=None)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=common.SEED)
+    ap.add_argument("--dtype", choices=sorted(common.DTYPES), default="fp32",
+                    help="the policy's dtype on both sides (the classifier stays fp32); bf16 only where native")
     ap.add_argument("--json-out", required=True)
     ap.add_argument("--side", choices=["detoxrl", "detoxrl+kl"], help=argparse.SUPPRESS)  # internal: one system, in-process
     args = ap.parse_args(argv)
 
     if args.side:
         Path(args.json_out).write_text(json.dumps(detoxrl_side(args), indent=2))
+        return 0
+    if args.dtype == "bf16" and not common.native_bf16():
+        print(f"evaluation throughput, workload {args.workload}, bf16: not supported on this CPU (no AVX512-BF16 or AMX)")
+        doc = {"workload": args.workload, "dtype": args.dtype, "supported": False, "cpu_flags": common.cpu_flags()}
+        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_out).write_text(json.dumps(doc, indent=2))
         return 0
     if not common.cache_ready(args.workload, args.cache):
         common.build_cache(args.workload, args.cache, args.data)
@@ -154,14 +162,15 @@ def main(argv: list[str] | None = None) -> int:
         for system in systems:
             results[system] = run_system(system, args, Path(tmp) / f"{system}.json")
     base = results.get("notebook-loop", {}).get("summaries_per_s")
-    print(f"\nevaluation throughput, workload {args.workload}: {args.prompts} prompts, <= {args.new_tokens} sampled tokens, toxicity of query + summary\n")
+    print(f"\nevaluation throughput, workload {args.workload}, policy in {args.dtype} (CPU flags: {' '.join(common.cpu_flags())}): {args.prompts} prompts, <= {args.new_tokens} sampled tokens, toxicity of query + summary\n")
     print("| system | summaries/s | wall (s) | mean new tokens | peak RSS (MB) | vs notebook loop |")
     print("| --- | --- | --- | --- | --- | --- |")
     for name, r in results.items():
         ratio = f"{r['summaries_per_s'] / base:.1f}x" if base else ""
         tokens = r.get("mean_new_tokens")
         print(f"| {name} | {r['summaries_per_s']:.3f} | {r['wall_s']:.1f} | {tokens if tokens is None else round(tokens, 1)} | {r['peak_rss_mb']:.0f} | {ratio} |")
-    doc = {"workload": args.workload, "prompts": args.prompts, "new_tokens": args.new_tokens, "batch_size": args.batch_size, "systems": results}
+    doc = {"workload": args.workload, "dtype": args.dtype, "supported": True, "cpu_flags": common.cpu_flags(),
+           "date": time.strftime("%Y-%m-%d"), "prompts": args.prompts, "new_tokens": args.new_tokens, "batch_size": args.batch_size, "systems": results}
     if base:
         doc["speedup_vs_notebook_loop"] = {k: v["summaries_per_s"] / base for k, v in results.items()}
     Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)

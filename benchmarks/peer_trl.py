@@ -44,6 +44,7 @@ def parse_args(argv=None):
     ap.add_argument("--data", default=None, help="DialogSum train.csv (default: shared/ beside the repo)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=common.SEED)
+    ap.add_argument("--dtype", choices=sorted(common.DTYPES), default="fp32", help="the policy's dtype (the reward stays fp32)")
     ap.add_argument("--json-out", default=None)
     return ap.parse_args(argv)
 
@@ -91,17 +92,18 @@ def main(argv=None) -> int:
         **wl["lora"], bias="none", task_type=TaskType.SEQ_2_SEQ_LM if seq2seq else TaskType.CAUSAL_LM
     )
     # As in the notebook: base model -> PEFT model -> trl value-head wrapper -> reference copy.
+    dtype = getattr(torch, common.DTYPES[args.dtype])  # the notebook loads its models in bf16
     if seq2seq:
-        base = AutoModelForSeq2SeqLM.from_pretrained(policy_dir, torch_dtype=torch.float32)
+        base = AutoModelForSeq2SeqLM.from_pretrained(policy_dir, torch_dtype=dtype)
         peft_model = get_peft_model(base, lora_config)
         ppo_model = AutoModelForSeq2SeqLMWithValueHead.from_pretrained(
-            peft_model, torch_dtype=torch.float32, is_trainable=True
+            peft_model, torch_dtype=dtype, is_trainable=True
         )
     else:
-        base = AutoModelForCausalLM.from_pretrained(policy_dir, torch_dtype=torch.float32)
+        base = AutoModelForCausalLM.from_pretrained(policy_dir, torch_dtype=dtype)
         peft_model = get_peft_model(base, lora_config)
         ppo_model = AutoModelForCausalLMWithValueHead.from_pretrained(
-            peft_model, torch_dtype=torch.float32, is_trainable=True
+            peft_model, torch_dtype=dtype, is_trainable=True
         )
     ref_model = create_reference_model(ppo_model)
     trainable = sum(p.numel() for p in ppo_model.parameters() if p.requires_grad)
@@ -186,6 +188,7 @@ def main(argv=None) -> int:
         "system": SYSTEM_NAMES[args.mode],
         "workload": args.workload,
         "mode": args.mode,
+        "dtype": args.dtype,
         "steps": args.steps,
         "warmup_steps": 1,
         "new_tokens": n,

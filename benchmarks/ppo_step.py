@@ -1,6 +1,7 @@
 """One PPO step, detoxrl against trl 0.11.4 on identical work (issue 4).
 
     python benchmarks/ppo_step.py --workload w1 --steps 3 --json-out benchmarks/results/w1.json
+    python benchmarks/ppo_step.py --workload w1 --dtype bf16 --json-out benchmarks/results/w1-bf16.json
     python benchmarks/ppo_step.py --workload w2 --steps 3 --systems detoxrl,trl-batched
 
 Run it with the main venv (.venv): it builds the model cache once (benchmarks/.cache, gitignored),
@@ -11,7 +12,9 @@ order on every repetition, and prints a table and writes JSON:
     {"workload": "w1",
      "systems": {"detoxrl": {"step_s", "generate_s", "score_s", "update_s", "peak_rss_mb", ...},
                  "trl-notebook-loop": {...}, "trl-batched": {...}},
-     "matmul_peak_gflops": float,      # GFLOP/s, 2048x2048 fp32 matmul, 2 threads, best of 10
+     "dtype": "fp32" | "bf16",         # the policies' dtype (every system the same; reward fp32)
+     "cpu_flags": [...], "supported": bool,   # bf16 only where native; else every system "not supported"
+     "matmul_peak_gflops": float,      # GFLOP/s, 2048x2048 matmul in that dtype, 2 threads, best of 10
      "update_gflops": float}           # GFLOP of one update phase (median over the measured steps)
 
 Every time is the median over the steps after the first (warm-up) step of a run, then the median
@@ -54,6 +57,7 @@ def system_command(system: str, args, json_out: Path) -> list[str]:
         "--cache", str(args.cache),
         "--threads", str(args.threads),
         "--seed", str(args.seed),
+        "--dtype", args.dtype,
         "--json-out", str(json_out),
     ]
     if args.data:
@@ -77,7 +81,7 @@ def run_system(system: str, args, rep: int, raw_dir: Path) -> dict:
         busy = common.wait_until_idle(args.wait_idle)
         if busy is not None and busy >= 0.15:
             print(f"warning: the cores are still {100 * busy:.0f}% busy with other processes; running anyway", flush=True)
-    json_out = raw_dir / f"{args.workload}-{system}-rep{rep}.json"
+    json_out = raw_dir / f"{args.workload}-{args.dtype}-{system}-rep{rep}.json"
     json_out.unlink(missing_ok=True)
     cmd = system_command(system, args, json_out)
     print(f"\n=== {system} (repetition {rep + 1}/{args.repeats}) ===\n$ {' '.join(cmd)}", flush=True)
@@ -124,7 +128,12 @@ def print_table(result: dict) -> None:
     peers = [p for p in PEERS if p in names]
     cols = names + ([f"detoxrl/{p}" for p in peers] if "detoxrl" in names else [])
     width = max([14] + [len(c) + 2 for c in cols])
-    print(f"\nPPO step, workload {result['workload']} ({common.WORKLOADS[result['workload']]['description']})")
+    print(f"\nPPO step, workload {result['workload']} ({common.WORKLOADS[result['workload']]['description']}), "
+          f"policy in {result['dtype']}; CPU flags: {' '.join(result['cpu_flags']) or '-'}")
+    if not result.get("supported", True):
+        for s in systems:
+            print(f"{s:<22}{result['dtype']}: not supported on this CPU (no AVX512-BF16 or AMX: bf16 would be emulated)")
+        return
     print(f"batch {common.PPO_SETTINGS['batch_size']}, {result['new_tokens']} new tokens, "
           f"medians over steps 2..{result['steps']} (step 1 is warm-up)\n")
     print("".ljust(22) + "".join(c.rjust(width) for c in cols))
@@ -142,6 +151,8 @@ def print_table(result: dict) -> None:
                 line += (fmt(a / b, ".3f") if a and b else "-").rjust(width)
         print(line)
     if result.get("update_gflops"):
+        detoxrl_note = ": no old-policy pass" if result["update_gflops_detoxrl"] < result["update_gflops"] else \
+            ": in bf16 its old log-probs come from a teacher-forced pass (ppo.capture_logprobs=auto)"
         line = "update GFLOP/s".ljust(22)
         for s in names:
             line += fmt(systems[s].get("update_gflop_per_s"), ".1f").rjust(width)
@@ -151,8 +162,8 @@ def print_table(result: dict) -> None:
             line += fmt(100 * systems[s].get("update_fraction_of_peak", float("nan")), ".1f").rjust(width)
         print(line)
         print(f"\nupdate phase: {result['update_gflops']:.0f} GFLOP (analytic, see benchmarks/common.py; detoxrl executes "
-              f"{result.get('update_gflops_detoxrl', float('nan')):.0f} of them: no old-policy pass); "
-              f"fp32 matmul peak {result['matmul_peak_gflops']:.1f} GFLOP/s (2048x2048, {result['threads']} threads)")
+              f"{result['update_gflops_detoxrl']:.0f} of them{detoxrl_note}); "
+              f"{result['dtype']} matmul peak {result['matmul_peak_gflops']:.1f} GFLOP/s (2048x2048, {result['threads']} threads)")
     for s, v in systems.items():
         if "error" in v:
             print(f"{s}: {v['error']}")
@@ -169,6 +180,9 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", default=str(common.DEFAULT_CACHE))
     ap.add_argument("--data", default=None, help="DialogSum train.csv (default: shared/ beside the repo)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dtype", choices=sorted(common.DTYPES), default="fp32",
+                    help="the policies' dtype, the same for every system (the reward stays fp32); bf16 runs only "
+                         "where it is native (a GPU, or a CPU with AVX512-BF16/AMX)")
     ap.add_argument("--seed", type=int, default=common.SEED)
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per system run")
     ap.add_argument("--raw-dir", default=str(BENCH / "results" / "raw"), help="where each run's JSON goes")
@@ -186,10 +200,11 @@ def main(argv=None) -> int:
     raw_dir = Path(args.raw_dir)
     raw_dir.mkdir(parents=True, exist_ok=True)
 
-    if not common.cache_ready(args.workload, args.cache):
+    supported = args.dtype == "fp32" or common.native_bf16()
+    if supported and not common.cache_ready(args.workload, args.cache):
         print(f"building the {args.workload} model cache in {args.cache} ...", flush=True)
         common.build_cache(args.workload, args.cache, args.data)
-    if any(s in PEERS for s in systems):
+    if supported and any(s in PEERS for s in systems):
         ensure_trl_env()
 
     load = os.getloadavg()
@@ -199,6 +214,9 @@ def main(argv=None) -> int:
 
     result: dict = {
         "workload": args.workload,
+        "dtype": args.dtype,
+        "cpu_flags": common.cpu_flags(),
+        "supported": supported,
         "steps": args.steps,
         "new_tokens": args.new_tokens,
         "threads": args.threads,
@@ -208,16 +226,28 @@ def main(argv=None) -> int:
         "update_gflops": None,
         "loadavg_start": load,
     }
+    if not result["supported"]:
+        result["systems"] = {s: {"error": "not supported on this CPU"} for s in systems}
+        print_table(result)
+        if args.json_out:
+            Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json_out).write_text(json.dumps(result, indent=2) + "\n")
+            print(f"wrote {args.json_out}")
+        return 0
+    torch_dtype = common.DTYPES[args.dtype]
     per_step_flops = []
     if not args.no_flops:
         if args.wait_idle > 0:
             common.wait_until_idle(args.wait_idle)
-        result["matmul_peak_gflops"] = common.measure_matmul_peak_gflops(threads=args.threads)
-        print(f"fp32 matmul peak: {result['matmul_peak_gflops']:.1f} GFLOP/s", flush=True)
+        result["matmul_peak_gflops"] = common.measure_matmul_peak_gflops(threads=args.threads, dtype=torch_dtype)
+        print(f"{args.dtype} matmul peak: {result['matmul_peak_gflops']:.1f} GFLOP/s", flush=True)
         per_step_flops = common.workload_update_flops(args.workload, args.cache, args.steps, args.new_tokens, args.data)
         measured_flops = common.measured(per_step_flops)
         result["update_gflops"] = common.median(f["total"] for f in measured_flops) / 1e9
-        result["update_gflops_detoxrl"] = common.median(f["total_without_old_pass"] for f in measured_flops) / 1e9
+        # detoxrl skips the old-policy pass where it captures log-probs while decoding (fp32); in bf16
+        # it runs it (ppo.capture_logprobs=auto), as trl does.
+        detoxrl_key = "total_without_old_pass" if args.dtype == "fp32" else "total"
+        result["update_gflops_detoxrl"] = common.median(f[detoxrl_key] for f in measured_flops) / 1e9
         result["update_flops_per_step"] = per_step_flops
         print(f"update phase: {result['update_gflops']:.0f} GFLOP per step (median of the measured steps)", flush=True)
 
@@ -238,7 +268,7 @@ def main(argv=None) -> int:
                     continue
                 steps = common.measured(r["per_step"])
                 # each system's rate counts the FLOPs it executes: detoxrl skips the old-policy pass
-                key = "total_without_old_pass" if s == "detoxrl" else "total"
+                key = detoxrl_key if s == "detoxrl" else "total"
                 rates += [per_step_flops[st["step"]][key] / 1e9 / st["update_s"] for st in steps
                           if st["step"] < len(per_step_flops)]
             agg["update_gflop_per_s"] = common.median(rates)
@@ -246,7 +276,7 @@ def main(argv=None) -> int:
     if not args.no_flops:
         # measured again after the runs: the better of the two is the machine's peak (a busy
         # machine only lowers it)
-        after = common.measure_matmul_peak_gflops(threads=args.threads)
+        after = common.measure_matmul_peak_gflops(threads=args.threads, dtype=torch_dtype)
         result["matmul_peak_gflops_before_after"] = [result["matmul_peak_gflops"], after]
         result["matmul_peak_gflops"] = max(result["matmul_peak_gflops"], after)
         for s in systems:

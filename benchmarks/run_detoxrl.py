@@ -7,7 +7,7 @@
 
 and reads FILE, shaped like what ``benchmarks/peer_trl.py`` writes. The work is the peer's:
 the same cache folders by path, the first 16*steps notebook prompts in file order (16 per step),
-fp32, LoRA r=32 alpha=32 dropout 0.05 on the workload's modules, batch 16 / minibatch 4 / 1 epoch /
+the policy in --dtype (fp32 or bf16; the reward in fp32), LoRA r=32 alpha=32 dropout 0.05 on the workload's modules, batch 16 / minibatch 4 / 1 epoch /
 lr 1.41e-5, pure sampling with min_new_tokens = max_new_tokens = N, reward = the ``nothate`` logit
 of the reward folder's classifier on the decoded response.
 """
@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", default=None, help="DialogSum train.csv (default: ../shared/data/dialogsum/train.csv)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=common.SEED)
+    ap.add_argument("--dtype", choices=sorted(common.DTYPES), default="fp32", help="the policy's dtype (the reward stays fp32)")
     ap.add_argument("--json-out", required=True)
     args = ap.parse_args(argv)
 
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                 },
                 "policy": {
                     "model": str(policy),
-                    "dtype": "float32",
+                    "dtype": common.DTYPES[args.dtype],
                     "lora_r": w["lora"]["r"],
                     "lora_alpha": w["lora"]["lora_alpha"],
                     "lora_dropout": w["lora"]["lora_dropout"],
@@ -107,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "system": "detoxrl",
         "workload": args.workload,
+        "dtype": args.dtype,
         "steps": args.steps,
         "warmup_steps": 1,
         "new_tokens": n,
