@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from detoxrl import runfiles
-from detoxrl.advantages import kl_k3
+from detoxrl.advantages import kl_k1, kl_k3, sequence_kl
 from detoxrl.config import DetoxConfig, RewardConfig
 from detoxrl.errors import ConfigError, DataError
 from detoxrl.policy import POLICY_ADAPTER, REFERENCE_ADAPTER, Policy
@@ -323,8 +323,8 @@ def _kl_to_reference(policy: Policy, rollout, adapter: str, temperature: float) 
             lp = forward_pass(policy, rollout, temperature=temperature, with_values=False)["logprobs"]
     with policy.use_adapter(REFERENCE_ADAPTER):
         ref = forward_pass(policy, rollout, temperature=temperature, with_values=False)["logprobs"]
-    k1 = torch.where(mask, lp - ref, 0.0).sum(1)
-    k3 = torch.where(mask, kl_k3(lp, ref), 0.0).sum(1)
+    k1 = sequence_kl(lp, ref, mask, kl_k1)
+    k3 = sequence_kl(lp, ref, mask, kl_k3)
     return k1.tolist(), k3.tolist()
 
 

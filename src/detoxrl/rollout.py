@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from detoxrl.losses import entropy_from_logits, logprobs_from_logits
+from detoxrl.tokenstats import entropy_from_logits, logprobs_from_logits
 from detoxrl.policy import Policy
 
 

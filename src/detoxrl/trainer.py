@@ -42,9 +42,9 @@ from detoxrl.advantages import (
     gae,
     kl_k3,
     leave_one_out_baseline,
-    masked_mean,
     masked_moments,
     masked_whiten,
+    sequence_kl,
     token_rewards,
     whiten_with_moments,
 )
@@ -56,6 +56,7 @@ from detoxrl.rewards import Scorer, check_reward_labels, scorer_from_config, sha
 from detoxrl.selection import dialogue_toxicity_for
 from detoxrl import runtime
 from detoxrl.rollout import generate, logprobs_and_values
+from detoxrl.tokenstats import masked_mean
 from detoxrl.update import UpdateBatch, ppo_update
 
 #: With several rollout shards: per step, the prompts of each shard and the process that ran it.
@@ -703,7 +704,7 @@ class Trainer(RunFolder):
         )
         # What the processes hold of the batch, in shard order: every statistic is of the whole batch.
         kl_seq = self._rows(parts, lambda sh: (sh.kl * sh.mask).sum(1))
-        kl_k3_seq = self._rows(parts, lambda sh: torch.where(sh.mask.bool(), kl_k3(sh.fw["logprobs"], sh.fw["ref_logprobs"]), 0.0).sum(1))
+        kl_k3_seq = self._rows(parts, lambda sh: sequence_kl(sh.fw["logprobs"], sh.fw["ref_logprobs"], sh.mask, kl_k3))
         kl_coef_used = self.kl_ctl.value
         self.kl_ctl.update(float(kl_seq.mean()), p.batch_size)
         t3 = time.perf_counter()

@@ -13,10 +13,10 @@ from typing import Callable, ContextManager, Sequence
 
 import torch
 
-from detoxrl.advantages import masked_mean
 from detoxrl.losses import is_finite_and_sane, policy_loss, value_loss
 from detoxrl.policy import Policy
 from detoxrl.rollout import Rollout, forward_pass
+from detoxrl.tokenstats import masked_mean
 
 
 @dataclass
