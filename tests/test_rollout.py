@@ -463,3 +463,15 @@ def test_reference_pass_runs_once_the_adapters_differ(arch, policies, tiny_confi
     finally:
         policy.copy_adapter("reference", "default")
     assert policy.adapters_identical()
+
+
+def test_rollout_does_not_depend_on_the_losses():
+    """Sampling reads log-probs and entropy through detoxrl.tokenstats, not through the PPO losses."""
+    import ast
+    import inspect
+
+    import detoxrl.rollout
+
+    tree = ast.parse(inspect.getsource(detoxrl.rollout))
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert "detoxrl.tokenstats" in imported and "detoxrl.losses" not in imported

@@ -464,6 +464,10 @@ class _Shard:
         """What the PPO update reads of this shard."""
         return UpdateBatch(self.rollout, self.token_stats["logprobs"], self.token_stats["values"], self.advantages, self.returns)
 
+    def kl_k3_per_response(self) -> torch.Tensor:
+        """[B]: the k3 estimate of each response's KL to the reference (logged beside the k1 of the reward)."""
+        return sequence_kl(self.token_stats["logprobs"], self.token_stats["ref_logprobs"], self.mask, kl_k3)
+
 
 class Trainer(RunFolder):
     """PPO with a LoRA policy, a frozen reference adapter and a value head.
@@ -700,8 +704,7 @@ class Trainer(RunFolder):
         )
         # What the processes hold of the batch, in shard order: every statistic is of the whole batch.
         kl_seq = self._rows(parts, lambda sh: (sh.kl * sh.mask).sum(1))
-        kl_k3_seq = self._rows(parts, lambda sh: sequence_kl(sh.token_stats["logprobs"], sh.token_stats["ref_logprobs"],
-                                                              sh.mask, kl_k3))
+        kl_k3_seq = self._rows(parts, lambda sh: sh.kl_k3_per_response())
         kl_coef_used = self.kl_ctl.value
         self.kl_ctl.update(float(kl_seq.mean()), ppo_cfg.batch_size)
         t3 = time.perf_counter()
