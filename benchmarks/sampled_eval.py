@@ -47,9 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    from detoxrl.config import load_config
+    from detoxrl.config import GenerationConfig, load_config
     from detoxrl.policy import POLICY_ADAPTER, load_policy
-    from detoxrl.rollout import _generation_config, generate
+    from detoxrl.rollout import _hf_generation_config, generate
     from detoxrl.trainer import preflight, tokenize_prompts
 
     cfg = load_config("offline", overrides=["data.min_dialogue_toxicity=0.3"])
@@ -60,16 +60,17 @@ def main(argv: list[str] | None = None) -> int:
     k, n = args.k, len(examples)
     per_batch = max(1, args.batch_size // k)
 
+    decoding = GenerationConfig(max_new_tokens=args.new_tokens)  # pure sampling at temperature 1
+
     def shared():
-        generate(policy, ids, texts, max_new_tokens=args.new_tokens, batch_size=args.batch_size, samples_per_prompt=k,
-                 adapter=POLICY_ADAPTER)
+        generate(policy, ids, texts, decoding, batch_size=args.batch_size, samples_per_prompt=k, adapter=POLICY_ADAPTER)
 
     def repeated():
-        generate(policy, [i for i in ids for _ in range(k)], [t for t in texts for _ in range(k)], max_new_tokens=args.new_tokens,
+        generate(policy, [i for i in ids for _ in range(k)], [t for t in texts for _ in range(k)], decoding,
                  batch_size=args.batch_size, adapter=POLICY_ADAPTER)
 
     def library():
-        gen_cfg = _generation_config(policy, args.new_tokens, 0, True, 1.0, 0, 1.0)
+        gen_cfg = _hf_generation_config(policy, decoding)
         gen_cfg.num_return_sequences = k
         order = sorted(range(n), key=lambda i: len(ids[i]))
         with torch.inference_mode(), policy.use_adapter(POLICY_ADAPTER):

@@ -13,11 +13,12 @@ from detoxrl.advantages import (
     gae,
     kl_k1,
     kl_k3,
-    masked_mean,
     masked_var,
     masked_whiten,
+    sequence_kl,
     token_rewards,
 )
+from detoxrl.tokenstats import masked_mean
 
 LN2 = math.log(2.0)  # 0.693147...
 
@@ -160,6 +161,16 @@ def test_kl_estimators_return_float32_from_bf16():
     ref = torch.tensor([[-1.5, -2.0]], dtype=torch.bfloat16)
     assert kl_k1(logp, ref).dtype == torch.float32
     assert kl_k3(logp, ref).dtype == torch.float32
+
+
+def test_sequence_kl_sums_the_estimator_over_real_tokens_only():
+    # The two tokens of test_kl_k1_and_k3_by_hand in row 0, the first of them alone in row 1;
+    # the padded position holds -inf log-probs, which must not reach the sum.
+    logp = torch.log(torch.tensor([[0.5, 0.2], [0.5, 0.0]]))
+    ref = torch.log(torch.tensor([[0.25, 0.4], [0.25, 0.0]]))
+    mask = torch.tensor([[1, 1], [1, 0]])
+    close(sequence_kl(logp, ref, mask, kl_k1), [0.0, LN2])
+    close(sequence_kl(logp, ref, mask), [0.5, -0.5 + LN2])  # k3 by default
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import assert_close_for_dtype
-from detoxrl.config import ConfigError
+from detoxrl.config import ConfigError, GenerationConfig
 from detoxrl.evaluate import _kl_to_reference
 from detoxrl.policy import POLICY_ADAPTER, REFERENCE_ADAPTER, load_policy
 from detoxrl.prompts import build_prompts
@@ -58,7 +58,7 @@ def test_bf16_kl_of_identical_adapters_is_zero_along_the_bf16_path(arch, request
     capture = capture_logprobs("auto", policy.compute_dtype)
     assert capture is False
     torch.manual_seed(1)
-    rollout = generate(policy, ids, texts, max_new_tokens=10, batch_size=6, capture=capture)
+    rollout = generate(policy, ids, texts, GenerationConfig(max_new_tokens=10), batch_size=6, capture=capture)
     assert rollout.logprobs is None
     passes = logprobs_and_values(policy, rollout, batch_size=3)
     mask = rollout.response_mask.bool()

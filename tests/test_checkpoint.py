@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from detoxrl import checkpoint as ck
+from detoxrl.config import GenerationConfig, PPOConfig
 from detoxrl.errors import DetoxError, ModelLoadError
 from detoxrl.policy import POLICY_ADAPTER, REFERENCE_ADAPTER, load_policy
 from detoxrl.prompts import build_prompts
@@ -25,7 +26,8 @@ def _policy(tiny_config, tiny_llama, seed):
 def _batch(policy, tiny_config, seed=0):
     examples = build_prompts(tiny_config().data, policy.tokenizer).train[:8]
     torch.manual_seed(seed)
-    r = generate(policy, [e.input_ids for e in examples], [e.prompt for e in examples], max_new_tokens=6, batch_size=8)
+    r = generate(policy, [e.input_ids for e in examples], [e.prompt for e in examples],
+                 GenerationConfig(max_new_tokens=6), batch_size=8)
     fw = logprobs_and_values(policy, r, batch_size=8)
     adv = torch.randn(r.response_ids.shape, generator=torch.Generator().manual_seed(seed)) * r.response_mask
     return UpdateBatch(r, fw["logprobs"], fw["values"], adv, fw["values"] + adv)
@@ -33,8 +35,13 @@ def _batch(policy, tiny_config, seed=0):
 
 def _update(policy, optimizer, batch, seed=0):
     return ppo_update(
-        policy, optimizer, batch, epochs=1, mini_batch_size=4, clip_ratio=0.2, clip_value=0.2, vf_coef=0.1,
-        max_grad_norm=1.0, ratio_threshold=10.0, temperature=1.0, generator=torch.Generator().manual_seed(seed),
+        policy,
+        optimizer,
+        batch,
+        PPOConfig(ppo_epochs=1, mini_batch_size=4, clip_ratio=0.2, clip_value=0.2, vf_coef=0.1,
+                  max_grad_norm=1.0, ratio_threshold=10.0, group_by_length=False),
+        temperature=1.0,
+        generator=torch.Generator().manual_seed(seed),
     )
 
 

@@ -21,12 +21,12 @@ from safetensors.torch import load_file
 
 import detoxrl
 from detoxrl.advantages import masked_moments, masked_whiten, whiten_with_moments
-from detoxrl.config import load_config, resolve_rollout_shards
+from detoxrl.config import PPOConfig, load_config, resolve_rollout_shards
 from detoxrl.errors import ConfigError
 from detoxrl.losses import policy_loss, value_loss
 from detoxrl.rollout import Rollout
 from detoxrl.trainer import Trainer, check_launch, rollout_seed, step_seed
-from detoxrl.update import UpdateBatch, ppo_update
+from detoxrl.update import UpdateBatch, UpdateHooks, ppo_update
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -131,10 +131,14 @@ def test_update_of_two_shards_steps_on_the_mean_of_their_losses():
 
     policy = SimpleNamespace(is_seq2seq=True, trainable_parameters=lambda: [theta])
     stats = ppo_update(
-        policy, torch.optim.SGD([theta], lr=0.5), shards, epochs=1, mini_batch_size=3, clip_ratio=0.2, clip_value=0.2,
-        vf_coef=0.1, max_grad_norm=None, ratio_threshold=10.0, temperature=1.0,
+        policy,
+        torch.optim.SGD([theta], lr=0.5),
+        shards,
+        PPOConfig(ppo_epochs=1, mini_batch_size=3, clip_ratio=0.2, clip_value=0.2, vf_coef=0.1,
+                  max_grad_norm=None, ratio_threshold=10.0, group_by_length=False),
+        temperature=1.0,
         generator=[torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)],
-        forward=_toy_forward(theta), no_sync=NoSync,
+        hooks=UpdateHooks(forward=_toy_forward(theta), no_sync=NoSync),
     )
     assert stats["ppo/applied_minibatches"] == 1 and entered == [True]  # shard 0's pass only
     torch.testing.assert_close(theta.detach(), expected, atol=1e-6, rtol=0)  # row order: float32 rounding
@@ -147,10 +151,14 @@ def test_update_step_is_skipped_when_any_process_says_so():
     policy = SimpleNamespace(is_seq2seq=True, trainable_parameters=lambda: [theta])
     votes = []
     stats = ppo_update(
-        policy, torch.optim.SGD([theta], lr=0.5), [_toy_shard(1), _toy_shard(2)], epochs=1, mini_batch_size=3, clip_ratio=0.2,
-        clip_value=0.2, vf_coef=0.1, max_grad_norm=1.0, ratio_threshold=10.0, temperature=1.0,
-        generator=[torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)], forward=_toy_forward(theta),
-        all_agree=lambda ok: votes.append(ok) or False,  # another process found a non-finite loss
+        policy,
+        torch.optim.SGD([theta], lr=0.5),
+        [_toy_shard(1), _toy_shard(2)],
+        PPOConfig(ppo_epochs=1, mini_batch_size=3, clip_ratio=0.2, clip_value=0.2, vf_coef=0.1,
+                  max_grad_norm=1.0, ratio_threshold=10.0, group_by_length=False),
+        temperature=1.0,
+        generator=[torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)],
+        hooks=UpdateHooks(forward=_toy_forward(theta), all_agree=lambda ok: votes.append(ok) or False),
     )
     assert votes == [True] and stats["ppo/applied_minibatches"] == 0 and stats["ppo/skipped_minibatches"] == 1
     assert torch.equal(theta.detach(), torch.tensor([0.3, -0.5])) and theta.grad is None
@@ -162,9 +170,14 @@ def test_grad_norm_of_none_is_not_checked():
     theta = torch.nn.Parameter(torch.tensor([0.3, -0.5]))
     policy = SimpleNamespace(is_seq2seq=True, trainable_parameters=lambda: [theta])
     stats = ppo_update(
-        policy, torch.optim.SGD([theta], lr=0.5), _toy_shard(1), epochs=1, mini_batch_size=3, clip_ratio=0.2, clip_value=0.2,
-        vf_coef=0.1, max_grad_norm=1.0, ratio_threshold=10.0, temperature=1.0, generator=torch.Generator().manual_seed(0),
-        forward=_toy_forward(theta), clip_grad_norm=lambda params, norm: None,
+        policy,
+        torch.optim.SGD([theta], lr=0.5),
+        _toy_shard(1),
+        PPOConfig(ppo_epochs=1, mini_batch_size=3, clip_ratio=0.2, clip_value=0.2, vf_coef=0.1,
+                  max_grad_norm=1.0, ratio_threshold=10.0, group_by_length=False),
+        temperature=1.0,
+        generator=torch.Generator().manual_seed(0),
+        hooks=UpdateHooks(clip_grad_norm=lambda params, norm: None, forward=_toy_forward(theta)),
     )
     assert stats["ppo/applied_minibatches"] == 1 and stats["ppo/grad_norm"] != stats["ppo/grad_norm"]  # NaN
 

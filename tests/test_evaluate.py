@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from detoxrl.compare import load_eval_records, pair_records
-from detoxrl.config import DataConfig, PolicyConfig, load_config
+from detoxrl.config import DataConfig, GenerationConfig, PolicyConfig, load_config
 from detoxrl.errors import ConfigError, ModelLoadError
 from detoxrl.evaluate import (
     EvalSettings,
@@ -317,7 +317,8 @@ def test_kl_from_captured_logprobs_equals_two_forward_passes(policy, examples, d
     runs = []
     for capture in (False, True):
         torch.manual_seed(11)
-        r = generate(policy, ids, texts, max_new_tokens=8, do_sample=do_sample, batch_size=4, adapter=POLICY_ADAPTER, capture=capture)
+        r = generate(policy, ids, texts, GenerationConfig(max_new_tokens=8, do_sample=do_sample),
+                     batch_size=4, adapter=POLICY_ADAPTER, capture=capture)
         runs.append((r, _kl_to_reference(policy, r, POLICY_ADAPTER, 1.0)))
     (plain, (k1, k3)), (captured, (c1, c3)) = runs
     assert plain.logprobs is None and captured.logprobs is not None

@@ -162,12 +162,13 @@ def merged(runs, tmp_path_factory):
 
 def _adapter_outputs(policy, prompts: list[list[int]], max_new: int) -> tuple[list[list[int]], list[torch.Tensor]]:
     """Greedy tokens (one prompt at a time, through detoxrl's generation) and teacher-forced logits of the adapter model."""
+    from detoxrl.config import GenerationConfig
     from detoxrl.rollout import generate
 
     tokens, logits = [], []
     with torch.no_grad():
         for ids in prompts:
-            r = generate(policy, [ids], ["q"], max_new_tokens=max_new, do_sample=False, batch_size=1)
+            r = generate(policy, [ids], ["q"], GenerationConfig(max_new_tokens=max_new, do_sample=False), batch_size=1)
             resp = r.response_ids[0][r.response_mask[0].bool()]
             tokens.append(resp.tolist())
             x = torch.tensor([ids])

@@ -7,12 +7,11 @@ import pytest
 import torch
 
 from detoxrl.losses import (
-    entropy_from_logits,
     is_finite_and_sane,
-    logprobs_from_logits,
     policy_loss,
     value_loss,
 )
+from detoxrl.tokenstats import entropy_from_logits, logprobs_from_logits
 
 LN2 = math.log(2.0)
 

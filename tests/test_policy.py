@@ -5,6 +5,7 @@ import shutil
 import pytest
 import torch
 
+from detoxrl.config import GenerationConfig
 from detoxrl.errors import ModelLoadError
 from detoxrl.policy import POLICY_ADAPTER, REFERENCE_ADAPTER, load_policy, load_tokenizer
 from detoxrl.prompts import build_prompts
@@ -27,7 +28,8 @@ def _rollout(policy, tiny_config, n=4, seed=0, max_new_tokens=8):
     """A sampled rollout of ``n`` prompts of different lengths."""
     prompts = build_prompts(tiny_config().data, policy.tokenizer).train[:n]
     torch.manual_seed(seed)
-    return generate(policy, [e.input_ids for e in prompts], [e.prompt for e in prompts], max_new_tokens=max_new_tokens, batch_size=n)
+    return generate(policy, [e.input_ids for e in prompts], [e.prompt for e in prompts],
+                    GenerationConfig(max_new_tokens=max_new_tokens), batch_size=n)
 
 
 def _logprobs(policy, rollout, adapter=None):

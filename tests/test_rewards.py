@@ -13,17 +13,14 @@ import pytest
 import torch
 
 from detoxrl.errors import ConfigError, ModelLoadError
+from detoxrl.keras_bilstm import BILSTM_CLASSES, KerasTokenizerState, load_keras_tokenizer, pad_sequences
 from detoxrl.rewards import (
-    BILSTM_CLASSES,
     CombinedScorer,
     FunctionScorer,
     HFClassifierScorer,
-    KerasTokenizerState,
     Scorer,
     build_scorer,
     check_reward_labels,
-    load_keras_tokenizer,
-    pad_sequences,
     texts_for_scoring,
 )
 from detoxrl.tiny import make_tiny_roberta

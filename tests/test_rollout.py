@@ -6,6 +6,7 @@ import shutil
 import pytest
 import torch
 
+from detoxrl.config import GenerationConfig
 from detoxrl.policy import load_policy
 from detoxrl.prompts import build_prompts
 from detoxrl.rollout import Rollout, forward_pass, generate, response_mask_from_eos, logprobs_and_values
@@ -66,7 +67,9 @@ def sample_mixed_endings(policy, examples, max_new_tokens=10, batch_size=8, temp
     ids, texts = [e.input_ids for e in examples], [e.prompt for e in examples]
     for seed in range(20):
         torch.manual_seed(seed)
-        r = generate(policy, ids, texts, max_new_tokens=max_new_tokens, temperature=temperature, top_k=0, top_p=1.0, batch_size=batch_size)
+        r = generate(policy, ids, texts,
+                     GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=0, top_p=1.0),
+                     batch_size=batch_size)
         if r.ended.any() and not r.ended.all():
             return seed, r
     raise AssertionError("no seed gave a mix of ended and unended responses; change the EOS boost")
@@ -146,9 +149,10 @@ def test_batched_greedy_equals_one_at_a_time(arch, policies, tiny_config):
     policy = policies(arch, tiny_config)
     examples = prompts_of_different_lengths(policy, tiny_config, 6)
     ids, texts = [e.input_ids for e in examples], [e.prompt for e in examples]
-    batched = generate(policy, ids, texts, max_new_tokens=8, do_sample=False, batch_size=6)
+    batched = generate(policy, ids, texts, GenerationConfig(max_new_tokens=8, do_sample=False), batch_size=6)
     assert batched.queries == texts
-    singles = [generate(policy, [i], [t], max_new_tokens=8, do_sample=False, batch_size=1) for i, t in zip(ids, texts)]
+    singles = [generate(policy, [i], [t], GenerationConfig(max_new_tokens=8, do_sample=False),
+                        batch_size=1) for i, t in zip(ids, texts)]
     for k, single in enumerate(singles):
         n = int(single.response_mask.sum())
         assert int(batched.response_mask[k].sum()) == n
@@ -166,7 +170,7 @@ def test_batched_greedy_equals_one_at_a_time(arch, policies, tiny_config):
     # Meaningful only if the output depends on the prompt (else padding bugs could hide).
     assert len({tuple(s.response_ids[0].tolist()) for s in singles}) >= 4
     # Mini-batches of 4 (so two batches of different padded widths) give the same again.
-    mixed = generate(policy, ids, texts, max_new_tokens=8, do_sample=False, batch_size=4)
+    mixed = generate(policy, ids, texts, GenerationConfig(max_new_tokens=8, do_sample=False), batch_size=4)
     assert mixed.responses == batched.responses
     assert torch.equal(mixed.response_mask, batched.response_mask)
 
@@ -179,7 +183,7 @@ def test_k_samples_share_one_prompt_pass_and_equal_expanded_prompts(arch, polici
     policy = policies(arch, tiny_config)
     examples = prompts_of_different_lengths(policy, tiny_config, 5)
     ids, texts = [e.input_ids for e in examples], [e.prompt for e in examples]
-    greedy = generate(policy, ids, texts, max_new_tokens=8, do_sample=False, batch_size=5)
+    greedy = generate(policy, ids, texts, GenerationConfig(max_new_tokens=8, do_sample=False), batch_size=5)
     k = 3
     # Spy on what reads the prompts (the encoder, or the causal decoder on more than one token): it
     # must see each prompt once, i.e. never more rows than there are prompts in a batch (7 // 3 = 2).
@@ -196,7 +200,8 @@ def test_k_samples_share_one_prompt_pass_and_equal_expanded_prompts(arch, polici
 
     handle = reader.register_forward_pre_hook(spy, with_kwargs=True)
     try:
-        shared = generate(policy, ids, texts, max_new_tokens=8, do_sample=True, top_k=1, batch_size=7, samples_per_prompt=k)
+        shared = generate(policy, ids, texts, GenerationConfig(max_new_tokens=8, do_sample=True, top_k=1),
+                          batch_size=7, samples_per_prompt=k)
     finally:
         handle.remove()
     assert prompt_reads and max(prompt_reads) <= 2 and sum(prompt_reads) == 5, prompt_reads
@@ -219,7 +224,8 @@ def test_k_shared_samples_capture_equals_a_full_forward_pass(arch, policies, tin
     examples = prompts_of_different_lengths(policy, tiny_config, 4)
     ids, texts = [e.input_ids for e in examples], [e.prompt for e in examples]
     torch.manual_seed(5)
-    r = generate(policy, ids, texts, max_new_tokens=10, batch_size=8, samples_per_prompt=4, capture=True)
+    r = generate(policy, ids, texts, GenerationConfig(max_new_tokens=10),
+                 batch_size=8, samples_per_prompt=4, capture=True)
     mask = r.response_mask.bool()
     with torch.no_grad():
         full = forward_pass(policy, r, with_values=True, with_entropy=True)
@@ -231,7 +237,7 @@ def test_k_shared_samples_capture_equals_a_full_forward_pass(arch, policies, tin
 def test_k_samples_with_greedy_decoding_are_refused(policies, tiny_config):
     policy = policies("tiny_llama", tiny_config)
     with pytest.raises(ValueError, match="copies of one response"):
-        generate(policy, [[1, 2, 3]], ["q"], max_new_tokens=2, do_sample=False, samples_per_prompt=2)
+        generate(policy, [[1, 2, 3]], ["q"], GenerationConfig(max_new_tokens=2, do_sample=False), samples_per_prompt=2)
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
@@ -343,7 +349,8 @@ def test_logprobs_and_values_batches_and_reference(arch, policies, tiny_config):
     policy = policies(arch, tiny_config)
     examples = prompts_of_different_lengths(policy, tiny_config, 6)
     torch.manual_seed(7)
-    r = generate(policy, [e.input_ids for e in examples], [e.prompt for e in examples], max_new_tokens=6, batch_size=6)
+    r = generate(policy, [e.input_ids for e in examples], [e.prompt for e in examples],
+                 GenerationConfig(max_new_tokens=6), batch_size=6)
     scored = logprobs_and_values(policy, r, batch_size=4)  # batches of 4 and 2
     with torch.no_grad():
         whole = forward_pass(policy, r, with_values=True, with_entropy=True)
@@ -363,7 +370,8 @@ def test_values_and_logprobs_are_causal(arch, policies, tiny_config):
     policy = policies(arch, tiny_config)
     examples = prompts_of_different_lengths(policy, tiny_config, 4)
     torch.manual_seed(9)
-    r = generate(policy, [e.input_ids for e in examples], [e.prompt for e in examples], max_new_tokens=8, min_new_tokens=8, batch_size=4)
+    r = generate(policy, [e.input_ids for e in examples], [e.prompt for e in examples],
+                 GenerationConfig(max_new_tokens=8, min_new_tokens=8), batch_size=4)
     assert (r.response_mask.sum(1) >= 6).all()
     k = 3
     changed = r.response_ids.clone()
@@ -390,9 +398,10 @@ def test_capture_equals_a_full_forward_pass(arch, temperature, policies, tiny_co
     examples = prompts_of_different_lengths(policy, tiny_config, 8)
     ids, texts = [e.input_ids for e in examples], [e.prompt for e in examples]
     torch.manual_seed(3)
-    plain = generate(policy, ids, texts, max_new_tokens=10, temperature=temperature, batch_size=3)
+    plain = generate(policy, ids, texts, GenerationConfig(max_new_tokens=10, temperature=temperature), batch_size=3)
     torch.manual_seed(3)
-    r = generate(policy, ids, texts, max_new_tokens=10, temperature=temperature, batch_size=3, capture=True)
+    r = generate(policy, ids, texts, GenerationConfig(max_new_tokens=10, temperature=temperature),
+                 batch_size=3, capture=True)
     assert torch.equal(plain.response_ids, r.response_ids)  # capturing does not change the samples
     assert plain.logprobs is None and r.logprobs.shape == r.response_ids.shape
     mask = r.response_mask.bool()
@@ -434,7 +443,8 @@ def test_reference_pass_runs_once_the_adapters_differ(arch, policies, tiny_confi
     policy = policies(arch, tiny_config)
     examples = prompts_of_different_lengths(policy, tiny_config, 6)
     torch.manual_seed(5)
-    r = generate(policy, [e.input_ids for e in examples], [e.prompt for e in examples], max_new_tokens=6, batch_size=4, capture=True)
+    r = generate(policy, [e.input_ids for e in examples], [e.prompt for e in examples],
+                 GenerationConfig(max_new_tokens=6), batch_size=4, capture=True)
     assert policy.adapters_identical()
     lora_b = [p for n, p in policy.model.named_parameters() if "lora_B" in n and ".default." in n]
     try:
@@ -453,3 +463,15 @@ def test_reference_pass_runs_once_the_adapters_differ(arch, policies, tiny_confi
     finally:
         policy.copy_adapter("reference", "default")
     assert policy.adapters_identical()
+
+
+def test_rollout_does_not_depend_on_the_losses():
+    """Sampling reads log-probs and entropy through detoxrl.tokenstats, not through the PPO losses."""
+    import ast
+    import inspect
+
+    import detoxrl.rollout
+
+    tree = ast.parse(inspect.getsource(detoxrl.rollout))
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert "detoxrl.tokenstats" in imported and "detoxrl.losses" not in imported

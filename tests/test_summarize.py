@@ -59,13 +59,15 @@ def expected_summaries(model_dir, adapter_dir, dialogues, max_new_tokens=6) -> l
     from detoxrl.config import load_config
     from detoxrl.policy import load_policy
     from detoxrl.prompts import prompt_examples
+    from detoxrl.config import GenerationConfig
     from detoxrl.rollout import generate
 
     cfg = load_config("seed", overrides=[f"policy.model={model_dir}", "data.max_prompt_tokens=4096", "policy.dtype=float32"])
     cfg.policy.adapter = str(adapter_dir) if adapter_dir else None
     policy = load_policy(cfg.policy)
     exs = prompt_examples([{"id": str(i), "dialogue": d} for i, d in enumerate(dialogues)], cfg.data, policy.tokenizer)
-    return generate(policy, [e.input_ids for e in exs], [e.prompt for e in exs], max_new_tokens=max_new_tokens, do_sample=False).responses
+    return generate(policy, [e.input_ids for e in exs], [e.prompt for e in exs],
+                    GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False)).responses
 
 
 def test_summarize_stdin_json_lines_and_plain_text(adapter, monkeypatch):

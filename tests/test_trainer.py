@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from detoxrl import checkpoint as ck
+from detoxrl.config import GenerationConfig
 from detoxrl.errors import ConfigError, DataError, DetoxError, ModelLoadError, TrainingError
 from detoxrl.policy import Policy, load_policy
 from detoxrl.prompts import build_prompts
@@ -138,7 +139,8 @@ def test_learns_a_programmatic_reward(tiny_config):
     policy = load_policy(cfg.policy)
     examples = build_prompts(cfg.data, policy.tokenizer).train[:32]
     torch.manual_seed(0)
-    start = generate(policy, [e.input_ids for e in examples], [e.prompt for e in examples], max_new_tokens=8, batch_size=32)
+    start = generate(policy, [e.input_ids for e in examples], [e.prompt for e in examples],
+                     GenerationConfig(max_new_tokens=8), batch_size=32)
     counts = collections.Counter(w for text in start.responses for w in text.split() if len(w) >= 3)
     target, n = counts.most_common(1)[0]
     assert n >= 8, counts.most_common(5)

@@ -5,6 +5,7 @@ import torch
 
 import detoxrl.update as update_mod
 from detoxrl.advantages import gae, masked_whiten, token_rewards
+from detoxrl.config import GenerationConfig, PPOConfig
 from detoxrl.policy import POLICY_ADAPTER, REFERENCE_ADAPTER, load_policy
 from detoxrl.prompts import build_prompts
 from detoxrl.rollout import forward_pass, generate, logprobs_and_values
@@ -26,7 +27,8 @@ def make_batch(policy, tiny_config, seed=0, kl_coef=0.1):
     """A real rollout of N prompts with fixed arbitrary scores, turned into PPO inputs as the trainer does."""
     examples = build_prompts(tiny_config().data, policy.tokenizer).train[:N]
     torch.manual_seed(seed)
-    rollout = generate(policy, [e.input_ids for e in examples], [e.prompt for e in examples], max_new_tokens=8, batch_size=N)
+    rollout = generate(policy, [e.input_ids for e in examples], [e.prompt for e in examples],
+                       GenerationConfig(max_new_tokens=8), batch_size=N)
     fw = logprobs_and_values(policy, rollout, batch_size=N)
     mask = rollout.response_mask.float()
     scores = torch.randn(N, generator=torch.Generator().manual_seed(seed + 100))
@@ -41,13 +43,8 @@ def run_update(policy, batch, lr=1e-3, epochs=1, mini_batch_size=4, max_grad_nor
         policy,
         optimizer,
         batch,
-        epochs=epochs,
-        mini_batch_size=mini_batch_size,
-        clip_ratio=0.2,
-        clip_value=0.2,
-        vf_coef=vf_coef,
-        max_grad_norm=max_grad_norm,
-        ratio_threshold=ratio_threshold,
+        PPOConfig(ppo_epochs=epochs, mini_batch_size=mini_batch_size, clip_ratio=0.2, clip_value=0.2, vf_coef=vf_coef,
+                  max_grad_norm=max_grad_norm, ratio_threshold=ratio_threshold, group_by_length=False),
         temperature=1.0,
         generator=torch.Generator().manual_seed(seed),
     )
@@ -200,7 +197,8 @@ def test_grouped_update_equals_plain_on_the_same_minibatches(request, tiny_confi
         policy = fresh_policy(request, tiny_config, "tiny_t5")
         batch = make_batch(policy, tiny_config)
         optimizer = torch.optim.Adam(policy.trainable_parameters(), lr=1e-3)
-        kwargs = dict(epochs=1, mini_batch_size=N, clip_ratio=0.2, clip_value=0.2, vf_coef=0.1, max_grad_norm=1.0, ratio_threshold=10.0, temperature=1.0)
-        ppo_update(policy, optimizer, batch, generator=torch.Generator().manual_seed(0), group_by_length=group, **kwargs)
+        ppo = PPOConfig(ppo_epochs=1, mini_batch_size=N, clip_ratio=0.2, clip_value=0.2, vf_coef=0.1, max_grad_norm=1.0,
+                        ratio_threshold=10.0, group_by_length=group)
+        ppo_update(policy, optimizer, batch, ppo, temperature=1.0, generator=torch.Generator().manual_seed(0))
         results.append(torch.cat([p.detach().flatten() for p in policy.trainable_parameters()]))
     torch.testing.assert_close(results[0], results[1], rtol=0, atol=1e-6)

@@ -16,28 +16,16 @@ Schulman et al. 2016 (GAE, arXiv:1506.02438); Schulman 2020, "Approximating KL d
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
+
+from detoxrl.tokenstats import masked_mean
 
 
 # --------------------------------------------------------------------------------------------
 # Masked statistics
 # --------------------------------------------------------------------------------------------
-
-
-def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
-    """Mean of ``x`` over positions where ``mask`` is set.
-
-    x, mask: same shape (e.g. [B, T]). dim=None gives a scalar; dim=d reduces that dimension only
-    (e.g. dim=1 gives a per-sequence mean [B]). An all-padding slice gives NaN (0/0), on purpose:
-    a silent 0 would hide an empty batch.
-    """
-    keep = mask.bool()
-    x = torch.where(keep, x.float(), 0.0)  # where, not x*mask: inf/NaN on padding must not leak
-    n = keep.float()
-    if dim is None:
-        return x.sum() / n.sum()
-    return x.sum(dim=dim) / n.sum(dim=dim)
 
 
 def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
@@ -124,6 +112,17 @@ def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     """
     log_r = ref_logprobs.float() - logprobs.float()
     return torch.expm1(log_r) - log_r  # expm1: exact for r close to 1, where k3 ~ (log r)^2 / 2
+
+
+def sequence_kl(
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    estimator: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = kl_k3,
+) -> torch.Tensor:
+    """KL of each response to the reference: ``estimator`` (:func:`kl_k1` or :func:`kl_k3`) summed over
+    its real tokens. [B, T] -> [B]. The trainer logs it and evaluation records it per summary."""
+    return torch.where(mask.bool(), estimator(logprobs, ref_logprobs), 0.0).sum(1)
 
 
 # --------------------------------------------------------------------------------------------

@@ -29,8 +29,8 @@ import torch
 from tqdm.auto import tqdm
 
 from detoxrl import runfiles
-from detoxrl.advantages import kl_k3
-from detoxrl.config import DetoxConfig, RewardConfig
+from detoxrl.advantages import kl_k1, kl_k3, sequence_kl
+from detoxrl.config import DetoxConfig, GenerationConfig, RewardConfig
 from detoxrl.errors import ConfigError, DataError
 from detoxrl.policy import POLICY_ADAPTER, REFERENCE_ADAPTER, Policy
 from detoxrl.prompts import PromptExample
@@ -226,6 +226,10 @@ def evaluate_policy(
         from detoxrl.quality import FaithfulnessScorer
 
         faith = FaithfulnessScorer()
+    # Pure sampling (no top-k/top-p) when sampled, at the evaluation's temperature.
+    decoding = GenerationConfig(
+        max_new_tokens=settings.max_new_tokens, do_sample=settings.do_sample, temperature=settings.temperature
+    )
     bar = tqdm(total=len(keys) - len(done), desc=f"evaluate {out_path.stem}", unit="summary", disable=not settings.progress)
     for chunk in batches:
         # One decoding seed per batch of the request: before and after see the same noise.
@@ -236,9 +240,7 @@ def evaluate_policy(
             policy,
             [e.input_ids for e in prompts_here],
             [e.prompt for e in prompts_here],
-            max_new_tokens=settings.max_new_tokens,
-            do_sample=settings.do_sample,
-            temperature=settings.temperature,
+            decoding,
             batch_size=len(chunk),
             adapter=adapter,
             # The adapter's log-probs for the KL, from the decoding pass where that is exact (float32).
@@ -324,8 +326,8 @@ def _kl_to_reference(policy: Policy, rollout, adapter: str, temperature: float) 
             lp = forward_pass(policy, rollout, temperature=temperature, with_values=False)["logprobs"]
     with policy.use_adapter(REFERENCE_ADAPTER):
         ref = forward_pass(policy, rollout, temperature=temperature, with_values=False)["logprobs"]
-    k1 = torch.where(mask, lp - ref, 0.0).sum(1)
-    k3 = torch.where(mask, kl_k3(lp, ref), 0.0).sum(1)
+    k1 = sequence_kl(lp, ref, mask, kl_k1)
+    k3 = sequence_kl(lp, ref, mask, kl_k3)
     return k1.tolist(), k3.tolist()
 
 

@@ -1,4 +1,7 @@
-"""PPO losses and the per-token quantities they need. Pure functions, no model code.
+"""PPO losses and the update's guard. Pure functions, no model code.
+
+The per-token log-probs and entropy they are computed from, and ``masked_mean``, live in
+:mod:`detoxrl.tokenstats` (the rollout reads them too).
 
 Shapes: ``B`` = batch, ``T`` = response length (right padded), ``V`` = vocabulary. ``mask`` is 1
 on real response tokens, 0 on padding. All arithmetic is float32 (inputs cast with ``.float()``):
@@ -14,7 +17,7 @@ import math
 
 import torch
 
-from detoxrl.advantages import masked_mean
+from detoxrl.tokenstats import masked_mean
 
 
 def policy_loss(
@@ -88,35 +91,6 @@ def value_loss(
             "value_error": masked_mean(vf_losses, mask).item(),
         }
     return loss, stats
-
-
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of softmax(logits) per position, in float32. [..., V] -> [...].
-
-    H = logsumexp(z) - sum_i p_i z_i, which never takes the log of an underflowed probability.
-    The logits are first shifted by their max (H does not change): with z ~ 1000 the two terms
-    would otherwise cancel in float32 and lose ~1e-4. Logits of -inf (filtered vocabulary) have
-    p_i = 0 and contribute nothing (no 0 * inf = NaN).
-    """
-    logits = logits.float()
-    z = logits - logits.max(dim=-1, keepdim=True).values.detach()
-    p = torch.softmax(z, dim=-1)
-    finite_z = torch.where(torch.isfinite(z), z, 0.0)
-    return torch.logsumexp(z, dim=-1) - (p * finite_z).sum(dim=-1)
-
-
-def logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """log softmax(logits)[label] per position, in float32 even if logits are bf16.
-
-    logits: [B, T, V]; labels: [B, T] token ids (valid indices: map ignore-index/padding ids to
-    any real id first and mask the result). Returns [B, T].
-
-    Computed as z[label] - logsumexp(z): the same as gathering from log_softmax, without a
-    second [B, T, V] tensor.
-    """
-    logits = logits.float()
-    picked = torch.gather(logits, dim=-1, index=labels.long().unsqueeze(-1)).squeeze(-1)
-    return picked - torch.logsumexp(logits, dim=-1)
 
 
 def is_finite_and_sane(loss: torch.Tensor | float, ratio_mean: float, ratio_threshold: float) -> bool:

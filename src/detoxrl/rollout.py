@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from detoxrl.losses import entropy_from_logits, logprobs_from_logits
+from detoxrl.tokenstats import entropy_from_logits, logprobs_from_logits
+from detoxrl.config import GenerationConfig
 from detoxrl.policy import Policy
 
 
@@ -119,14 +120,15 @@ def response_mask_from_eos(response_ids: torch.Tensor, eos_token_id: int) -> tup
     return mask, ended
 
 
-def _generation_config(policy: Policy, max_new_tokens: int, min_new_tokens: int, do_sample: bool, temperature: float, top_k: int, top_p: float):
-    from transformers import GenerationConfig
+def _hf_generation_config(policy: Policy, decoding: GenerationConfig):
+    """``decoding`` as the transformers ``GenerationConfig`` that ``model.generate`` reads."""
+    from transformers import GenerationConfig as HFGenerationConfig
 
     base = policy.model.base_model.model.generation_config
     kwargs = dict(
-        max_new_tokens=max_new_tokens,
-        min_new_tokens=min_new_tokens,
-        do_sample=do_sample,
+        max_new_tokens=decoding.max_new_tokens,
+        min_new_tokens=decoding.min_new_tokens,
+        do_sample=decoding.do_sample,
         pad_token_id=policy.pad_token_id,
         eos_token_id=policy.eos_token_id,
         use_cache=True,
@@ -134,11 +136,11 @@ def _generation_config(policy: Policy, max_new_tokens: int, min_new_tokens: int,
     )
     if getattr(base, "decoder_start_token_id", None) is not None:
         kwargs["decoder_start_token_id"] = base.decoder_start_token_id
-    if do_sample:
+    if decoding.do_sample:
         # top_k=0 and top_p=1.0 is pure sampling from the policy (the notebook's setting): the
         # log-probs of the PPO update are those of the distribution actually sampled from.
-        kwargs.update(temperature=temperature, top_k=top_k, top_p=top_p)
-    return GenerationConfig(**kwargs)
+        kwargs.update(temperature=decoding.temperature, top_k=decoding.top_k, top_p=decoding.top_p)
+    return HFGenerationConfig(**kwargs)
 
 
 @torch.inference_mode()
@@ -146,13 +148,8 @@ def generate(
     policy: Policy,
     prompts: list[list[int]],
     queries: list[str],
+    decoding: GenerationConfig,
     *,
-    max_new_tokens: int,
-    min_new_tokens: int = 0,
-    do_sample: bool = True,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
     batch_size: int = 16,
     progress: bool = False,
     adapter: str | None = None,
@@ -161,6 +158,9 @@ def generate(
     synced_gpus: bool = False,
 ) -> Rollout:
     """Sample responses for tokenized prompts in batches (KV cache on, dropout off).
+
+    ``decoding`` holds the decoding settings (the config's ``generation`` section, or one built for an
+    evaluation or for ``detoxrl summarize``); the keyword arguments are how this call runs them.
 
     ``samples_per_prompt`` = k > 1 returns k responses per prompt, prompt-major (rows ``i*k .. i*k+k-1``
     belong to ``prompts[i]``), and reads each prompt once: its key/value cache (causal) or encoder
@@ -182,10 +182,10 @@ def generate(
     k = int(samples_per_prompt)
     if k < 1:
         raise ValueError(f"samples_per_prompt must be >= 1, got {k}")
-    if k > 1 and not do_sample:
+    if k > 1 and not decoding.do_sample:
         raise ValueError(f"{k} samples per prompt with greedy decoding would be {k} copies of one response")
     tok = policy.tokenizer
-    gen_cfg = _generation_config(policy, max_new_tokens, min_new_tokens, do_sample, temperature, top_k, top_p)
+    hf_generation_config = _hf_generation_config(policy, decoding)
     policy.model.eval()
     chunks_q, chunks_r, chunks_c = [], [], []
     # Sort by prompt length so each generation batch carries little padding; restore order after.
@@ -201,11 +201,11 @@ def generate(
             # Outside the capture: the shared prompt pass is not a decoding step.
             shared = _shared_prompt_pass(policy, enc["input_ids"], enc["attention_mask"], k) if k > 1 else {}
             input_ids, attention_mask = enc["input_ids"].repeat_interleave(k, 0), enc["attention_mask"].repeat_interleave(k, 0)
-            with _DecodingCapture(policy, capture, temperature) as captured:
+            with _DecodingCapture(policy, capture, decoding.temperature) as captured:
                 out = policy.model.generate(
                     input_ids=input_ids,
                     attention_mask=attention_mask,
-                    generation_config=gen_cfg,
+                    generation_config=hf_generation_config,
                     **shared,
                     **({"synced_gpus": True} if synced_gpus else {}),
                 )

@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from detoxrl import runfiles
+from detoxrl.config import GenerationConfig
 from detoxrl.errors import DataError, DetoxError
 from detoxrl.prompts import PromptExample
 
@@ -109,6 +110,13 @@ class Decoding:
         if not self.do_sample and (self.temperature != 1.0 or self.top_k or self.top_p != 1.0):
             raise DetoxError("--temperature, --top-k and --top-p apply to sampling; add --do-sample (decoding is greedy without it)")
 
+    def generation(self) -> GenerationConfig:
+        """The decoding settings as :func:`detoxrl.rollout.generate` reads them (no minimum length)."""
+        return GenerationConfig(
+            max_new_tokens=self.max_new_tokens, do_sample=self.do_sample, temperature=self.temperature,
+            top_k=self.top_k, top_p=self.top_p,
+        )
+
 
 def output_format(path: str | None, given: str | None) -> str:
     """``--format``, else the ``--output`` file's extension (``.csv``: CSV), else JSON Lines."""
@@ -163,17 +171,8 @@ def summarize(
         for start in range(0, len(examples), chunk):
             exs = examples[start : start + chunk]
             torch.manual_seed(decoding.seed + start)
-            rollout = generate(
-                policy,
-                [e.input_ids for e in exs],
-                [e.prompt for e in exs],
-                max_new_tokens=decoding.max_new_tokens,
-                do_sample=decoding.do_sample,
-                temperature=decoding.temperature,
-                top_k=decoding.top_k,
-                top_p=decoding.top_p,
-                batch_size=decoding.batch_size,
-            )
+            prompts, queries = [e.input_ids for e in exs], [e.prompt for e in exs]
+            rollout = generate(policy, prompts, queries, decoding.generation(), batch_size=decoding.batch_size)
             toxicity = scorer.score(rollout.responses).toxicity.tolist() if scorer is not None else None
             judged = {spec: j.score(rollout.responses).toxicity.tolist() for spec, j in judges.items()}
             for i, e in enumerate(exs):

@@ -42,9 +42,9 @@ from detoxrl.advantages import (
     gae,
     kl_k3,
     leave_one_out_baseline,
-    masked_mean,
     masked_moments,
     masked_whiten,
+    sequence_kl,
     token_rewards,
     whiten_with_moments,
 )
@@ -56,7 +56,8 @@ from detoxrl.rewards import Scorer, check_reward_labels, scorer_from_config, sha
 from detoxrl.selection import dialogue_toxicity_for
 from detoxrl import runtime
 from detoxrl.rollout import capture_logprobs, generate, logprobs_and_values
-from detoxrl.update import UpdateBatch, ppo_update
+from detoxrl.tokenstats import masked_mean
+from detoxrl.update import UpdateBatch, UpdateHooks, ppo_update
 
 #: With several rollout shards: per step, the prompts of each shard and the process that ran it.
 SHARDS_LOG = runfiles.SHARDS
@@ -451,11 +452,21 @@ class _Shard:
     scored: Any
     shaped: torch.Tensor
     faithful: list[float] | None
-    fw: dict[str, torch.Tensor]
+    # Per token of the sampled responses, from the no-grad passes (:func:`logprobs_and_values`): the
+    # policy's "logprobs", "values" and "entropy" at sampling time, and the reference's "ref_logprobs".
+    token_stats: dict[str, torch.Tensor]
     mask: torch.Tensor
     kl: torch.Tensor
     advantages: torch.Tensor
     returns: torch.Tensor
+
+    def update_batch(self) -> UpdateBatch:
+        """What the PPO update reads of this shard."""
+        return UpdateBatch(self.rollout, self.token_stats["logprobs"], self.token_stats["values"], self.advantages, self.returns)
+
+    def kl_k3_per_response(self) -> torch.Tensor:
+        """[B]: the k3 estimate of each response's KL to the reference (logged beside the k1 of the reward)."""
+        return sequence_kl(self.token_stats["logprobs"], self.token_stats["ref_logprobs"], self.mask, kl_k3)
 
 
 class Trainer(RunFolder):
@@ -615,8 +626,8 @@ class Trainer(RunFolder):
     def _sample_shard(self, step: int, shard: int) -> tuple[_Shard, float, float, float]:
         """Sample, score and evaluate one rollout shard, exactly as a process of its own would (its seed,
         its batch shapes); returns it with its generation, scoring and no-grad pass times."""
-        cfg, g, p = self.cfg, self.cfg.generation, self.cfg.ppo
-        k = p.samples_per_prompt
+        cfg, gen_cfg, ppo_cfg = self.cfg, self.cfg.generation, self.cfg.ppo
+        k = ppo_cfg.samples_per_prompt
         examples = self.shard_examples(step, shard)
         t0 = time.perf_counter()
         torch.manual_seed(rollout_seed(cfg.run.seed, step, shard))
@@ -625,18 +636,13 @@ class Trainer(RunFolder):
             self.policy,
             [e.input_ids for e in examples],
             [e.prompt for e in examples],
-            max_new_tokens=g.max_new_tokens,
-            min_new_tokens=g.min_new_tokens,
-            do_sample=g.do_sample,
-            temperature=g.temperature,
-            top_k=g.top_k,
-            top_p=g.top_p,
-            batch_size=p.batch_size // self.shards,
+            gen_cfg,
+            batch_size=ppo_cfg.batch_size // self.shards,
             progress=self.progress,
             # Old log-probs and values from the sampling pass itself where that is exact (float32, see
             # rollout.capture_logprobs), and not under ZeRO-3, whose synced generation runs extra
             # passes: logprobs_and_values computes them instead.
-            capture=capture_logprobs(p.capture_logprobs, self.policy.compute_dtype) and not zero3,
+            capture=capture_logprobs(ppo_cfg.capture_logprobs, self.policy.compute_dtype) and not zero3,
             samples_per_prompt=k,  # rows prompt-major: i*k .. i*k+k-1 answer prompt i
             synced_gpus=zero3,
         )
@@ -646,35 +652,40 @@ class Trainer(RunFolder):
         dialogues = [e.dialogue for e in examples for _ in range(k)]
         faithful = self.faithfulness.score(rollout.responses, dialogues) if self.faithfulness else None
         shaped = shape_rewards(
-            scored, cfg.reward, reward_label=self.scorer.reward_label, ended=rollout.ended, faithfulness=faithful, score_clip=p.score_clip
+            scored, cfg.reward, reward_label=self.scorer.reward_label, ended=rollout.ended, faithfulness=faithful,
+            score_clip=ppo_cfg.score_clip,
         )
         # The baseline is variance reduction for the gradient, not part of the reward: evaluation and
         # the logged env/reward_* keep the shaped reward itself.
-        scores = leave_one_out_baseline(shaped, k) if p.reward_baseline == "group" else shaped
+        scores = leave_one_out_baseline(shaped, k) if ppo_cfg.reward_baseline == "group" else shaped
         scores = scores.to(rollout.response_ids.device)
         t2 = time.perf_counter()
 
         # No-grad passes in minibatch-sized chunks, as the update: a [B, T, vocab] logits tensor of
         # the whole batch would set the step's peak memory.
-        fw = logprobs_and_values(self.policy, rollout, temperature=g.temperature, batch_size=p.mini_batch_size // self.shards)
+        token_stats = logprobs_and_values(
+            self.policy, rollout, temperature=gen_cfg.temperature, batch_size=ppo_cfg.mini_batch_size // self.shards
+        )
         mask = rollout.response_mask.float()
-        rewards, kl = token_rewards(scores, fw["logprobs"], fw["ref_logprobs"], mask, self.kl_ctl.value)
-        advantages, returns = gae(rewards, fw["values"], mask, p.gamma, p.lam)
-        part = _Shard(shard, examples, rollout, scored, shaped, faithful, fw, mask, kl, advantages, returns)
+        logprobs, ref_logprobs = token_stats["logprobs"], token_stats["ref_logprobs"]
+        rewards, kl = token_rewards(scores, logprobs, ref_logprobs, mask, self.kl_ctl.value)
+        advantages, returns = gae(rewards, token_stats["values"], mask, ppo_cfg.gamma, ppo_cfg.lam)
+        part = _Shard(shard, examples, rollout, scored, shaped, faithful, token_stats, mask, kl, advantages, returns)
         return part, t1 - t0, t2 - t1, time.perf_counter() - t2
 
     def step(self) -> dict[str, Any]:
-        cfg, g, p = self.cfg, self.cfg.generation, self.cfg.ppo
+        cfg, gen_cfg, ppo_cfg = self.cfg, self.cfg.generation, self.cfg.ppo
         step = self.step_idx
         t0 = time.perf_counter()
         parts, t_generate, t_score, t_passes = [], 0.0, 0.0, 0.0
         for shard in self.local_shards:
-            part, t_gen, t_sc, t_fw = self._sample_shard(step, shard)
+            part, t_shard_generate, t_shard_score, t_shard_passes = self._sample_shard(step, shard)
             parts.append(part)
-            t_generate, t_score, t_passes = t_generate + t_gen, t_score + t_sc, t_passes + t_fw
+            t_generate, t_score = t_generate + t_shard_generate, t_score + t_shard_score
+            t_passes += t_shard_passes
         t2 = time.perf_counter()
 
-        if p.whiten_advantages:
+        if ppo_cfg.whiten_advantages:
             if self.shards == 1:
                 parts[0].advantages = masked_whiten(parts[0].advantages, parts[0].mask)
             else:
@@ -685,31 +696,21 @@ class Trainer(RunFolder):
         update_stats = ppo_update(
             self.policy,
             self.optimizer,
-            [UpdateBatch(sh.rollout, sh.fw["logprobs"], sh.fw["values"], sh.advantages, sh.returns) for sh in parts],
-            epochs=p.ppo_epochs,
-            mini_batch_size=p.mini_batch_size // self.shards,
-            clip_ratio=p.clip_ratio,
-            clip_value=p.clip_value,
-            vf_coef=p.vf_coef,
-            max_grad_norm=p.max_grad_norm,
-            ratio_threshold=p.ratio_threshold,
-            temperature=g.temperature,
+            [sh.update_batch() for sh in parts],
+            ppo_cfg,
+            mini_batch_size=ppo_cfg.mini_batch_size // self.shards,  # rows of one shard
+            temperature=gen_cfg.temperature,
             generator=[torch.Generator().manual_seed(rollout_seed(cfg.run.seed, step, sh.shard) + 1) for sh in parts],
-            group_by_length=p.group_by_length,
-            backward=self.accelerator.backward,
-            clip_grad_norm=self.accelerator.clip_grad_norm_,
-            forward=lambda sub: self.prepared_model(sub, temperature=g.temperature, with_values=True),  # through DDP
-            no_sync=lambda: self.accelerator.no_sync(self.prepared_model),
-            all_agree=self._all_agree,
+            hooks=self._update_hooks(gen_cfg.temperature),
         )
         # What the processes hold of the batch, in shard order: every statistic is of the whole batch.
         kl_seq = self._rows(parts, lambda sh: (sh.kl * sh.mask).sum(1))
-        kl_k3_seq = self._rows(parts, lambda sh: torch.where(sh.mask.bool(), kl_k3(sh.fw["logprobs"], sh.fw["ref_logprobs"]), 0.0).sum(1))
+        kl_k3_seq = self._rows(parts, lambda sh: sh.kl_k3_per_response())
         kl_coef_used = self.kl_ctl.value
-        self.kl_ctl.update(float(kl_seq.mean()), p.batch_size)
+        self.kl_ctl.update(float(kl_seq.mean()), ppo_cfg.batch_size)
         t3 = time.perf_counter()
 
-        k = p.samples_per_prompt
+        k = ppo_cfg.samples_per_prompt
         raw = self._rows(parts, lambda sh: sh.shaped)
         faithful = self._gather_lists([sh.faithful for sh in parts]) if self.faithfulness else None
         times = self._max_over_processes({"time/generate_s": t_generate, "time/score_s": t_score, "time/update_s": t_passes + t3 - t2,
@@ -719,7 +720,7 @@ class Trainer(RunFolder):
             "objective/kl": float(kl_seq.mean()),
             "objective/kl_k3": float(kl_k3_seq.mean()),
             "objective/kl_coef": kl_coef_used,
-            "objective/entropy": self._token_mean(parts, lambda sh: sh.fw["entropy"]),
+            "objective/entropy": self._token_mean(parts, lambda sh: sh.token_stats["entropy"]),
             "ppo/returns/mean": self._token_mean(parts, lambda sh: sh.returns),
             "ppo/policy/advantages_mean": self._token_mean(parts, lambda sh: sh.advantages),
             **self._mean_over_processes(update_stats),
@@ -747,10 +748,21 @@ class Trainer(RunFolder):
             # (Every process stops here: the decision to skip was taken by all of them together.)
             raise self._said_once(TrainingError(
                 f"PPO step {step + 1} skipped all {update_stats['ppo/skipped_minibatches']} of its minibatches (non-finite loss or "
-                f"gradient, or a mean ratio outside [1/{p.ratio_threshold:g}, {p.ratio_threshold:g}]), so the adapter did not change; "
+                f"gradient, or a mean ratio outside [1/{ppo_cfg.ratio_threshold:g}, {ppo_cfg.ratio_threshold:g}]), "
+                "so the adapter did not change; "
                 f"lower ppo.learning_rate or check the reward and ppo settings (metrics: {self.run_dir / 'metrics.jsonl'})"
             ))
         return metrics
+
+    def _update_hooks(self, temperature: float) -> UpdateHooks:
+        """The update through accelerate: its backward and clipping, the prepared (DDP) model's forward."""
+        return UpdateHooks(
+            backward=self.accelerator.backward,
+            clip_grad_norm=self.accelerator.clip_grad_norm_,
+            forward=lambda sub: self.prepared_model(sub, temperature=temperature, with_values=True),  # through DDP
+            no_sync=lambda: self.accelerator.no_sync(self.prepared_model),
+            all_agree=self._all_agree,
+        )
 
     # ------------------------------------------------------------------ across processes
     # With one process each of these is the plain computation (bit for bit what it was before there were

@@ -13,10 +13,11 @@ from typing import Callable, ContextManager, Sequence
 
 import torch
 
-from detoxrl.advantages import masked_mean
+from detoxrl.config import PPOConfig
 from detoxrl.losses import is_finite_and_sane, policy_loss, value_loss
 from detoxrl.policy import Policy
 from detoxrl.rollout import Rollout, forward_pass
+from detoxrl.tokenstats import masked_mean
 
 
 @dataclass
@@ -30,65 +31,75 @@ class UpdateBatch:
     returns: torch.Tensor  # [B, T]
 
 
-def ppo_update(
-    policy: Policy,
-    optimizer: torch.optim.Optimizer,
-    batch: UpdateBatch | Sequence[UpdateBatch],
-    *,
-    epochs: int,
-    mini_batch_size: int,
-    clip_ratio: float,
-    clip_value: float,
-    vf_coef: float,
-    max_grad_norm: float | None,
-    ratio_threshold: float,
-    temperature: float,
-    generator: torch.Generator | Sequence[torch.Generator],
-    group_by_length: bool = False,
-    backward: Callable[[torch.Tensor], None] | None = None,
-    clip_grad_norm: Callable | None = None,
-    forward: Callable[[Rollout], dict[str, torch.Tensor]] | None = None,
-    no_sync: Callable[[], ContextManager] | None = None,
-    all_agree: Callable[[bool], bool] | None = None,
-) -> dict[str, float]:
-    """Run ``epochs`` passes of shuffled minibatches; return mean statistics over applied minibatches.
+@dataclass
+class UpdateHooks:
+    """How the update reaches the model when accelerate (DDP, DeepSpeed) runs it; None: plain torch, one process.
 
-    Each minibatch's forward pass is cut to its own padding; ``group_by_length`` puts rows of
-    similar length together so that little padding is left (see :func:`minibatch_indices`).
-    ``backward`` and ``clip_grad_norm`` default to plain torch; the trainer passes accelerate's.
-
-    Rollout shards (``ppo.rollout_shards``): ``batch`` may be a list of shards, the rows of each shard
-    with its own ``generator`` for its minibatches, ``mini_batch_size`` then counting rows of one shard.
-    A gradient step takes minibatch j of every shard and minimises the mean of the shards' losses (each
-    a masked mean over its own tokens). With one shard per process, DDP averaging the processes'
-    gradients computes exactly that over all shards of the batch, so one process running the shards one
-    after another and W processes running one each take the same steps. The hooks for that:
-
-    - ``forward(sub_rollout)``: the update's pass (default :func:`forward_pass` of ``policy``); the
+    - ``backward(loss)`` and ``clip_grad_norm(params, max_norm)``: the trainer passes accelerate's.
+      ``clip_grad_norm`` may return None (DeepSpeed clips and steps inside its backward): the norm is
+      then not checked and is logged as NaN.
+    - ``forward(sub_rollout)``: the update's pass (default :func:`forward_pass` of the policy); the
       trainer passes the model that accelerate prepared, whose forward DDP synchronises.
     - ``no_sync()``: a context for the passes of every shard but the last of this process, so that DDP
       averages once per step (accelerate's ``no_sync``); the step then runs one backward of their mean.
     - ``all_agree(ok)``: True when every process may apply the step (default: ``ok``). A step whose loss,
       ratio or gradient norm fails the guard on any shard is skipped by every process, so none waits.
+    """
 
-    ``clip_grad_norm`` may return None (DeepSpeed clips and steps inside its backward): the norm is
-    then not checked here and is logged as NaN.
+    backward: Callable[[torch.Tensor], None] | None = None
+    clip_grad_norm: Callable | None = None
+    forward: Callable[[Rollout], dict[str, torch.Tensor]] | None = None
+    no_sync: Callable[[], ContextManager] | None = None
+    all_agree: Callable[[bool], bool] | None = None
+
+
+def ppo_update(
+    policy: Policy,
+    optimizer: torch.optim.Optimizer,
+    batch: UpdateBatch | Sequence[UpdateBatch],
+    ppo: PPOConfig,
+    *,
+    temperature: float,
+    generator: torch.Generator | Sequence[torch.Generator],
+    mini_batch_size: int | None = None,
+    hooks: UpdateHooks | None = None,
+) -> dict[str, float]:
+    """Run ``ppo.ppo_epochs`` passes of shuffled minibatches; return mean statistics over applied minibatches.
+
+    ``ppo`` gives the update's settings: ``ppo_epochs``, ``clip_ratio``, ``clip_value``, ``vf_coef``,
+    ``max_grad_norm``, ``ratio_threshold`` and ``group_by_length``. ``temperature`` is the sampling
+    temperature (the default forward pass divides the logits by it).
+
+    Each minibatch's forward pass is cut to its own padding; ``group_by_length`` puts rows of
+    similar length together so that little padding is left (see :func:`minibatch_indices`).
+
+    Rollout shards (``ppo.rollout_shards``): ``batch`` may be a list of shards, the rows of each shard
+    with its own ``generator`` for its minibatches, ``mini_batch_size`` then counting rows of one shard
+    (``ppo.mini_batch_size`` divided by the number of shards; default ``ppo.mini_batch_size``).
+    A gradient step takes minibatch j of every shard and minimises the mean of the shards' losses (each
+    a masked mean over its own tokens). With one shard per process, DDP averaging the processes'
+    gradients computes exactly that over all shards of the batch, so one process running the shards one
+    after another and W processes running one each take the same steps (``hooks``: :class:`UpdateHooks`).
     """
     shards = [batch] if isinstance(batch, UpdateBatch) else list(batch)
     generators = [generator] if isinstance(generator, torch.Generator) else list(generator)
     if len(generators) != len(shards):
         raise ValueError(f"ppo_update: {len(shards)} shards but {len(generators)} generators")
-    backward = backward or (lambda loss: loss.backward())
-    clip_grad_norm = clip_grad_norm or torch.nn.utils.clip_grad_norm_
-    forward = forward or (lambda sub: forward_pass(policy, sub, temperature=temperature, with_values=True))
-    no_sync = no_sync or contextlib.nullcontext
-    all_agree = all_agree or (lambda ok: ok)
+    mini_batch_size = ppo.mini_batch_size if mini_batch_size is None else mini_batch_size
+    clip_ratio, clip_value, vf_coef = ppo.clip_ratio, ppo.clip_value, ppo.vf_coef
+    max_grad_norm, ratio_threshold = ppo.max_grad_norm, ppo.ratio_threshold
+    hooks = hooks or UpdateHooks()
+    backward = hooks.backward or (lambda loss: loss.backward())
+    clip_grad_norm = hooks.clip_grad_norm or torch.nn.utils.clip_grad_norm_
+    forward = hooks.forward or (lambda sub: forward_pass(policy, sub, temperature=temperature, with_values=True))
+    no_sync = hooks.no_sync or contextlib.nullcontext
+    all_agree = hooks.all_agree or (lambda ok: ok)
     params = policy.trainable_parameters()
     sums: dict[str, float] = {}
     applied = skipped = 0
     lengths = [(b.rollout.query_mask.sum(1) + b.rollout.response_mask.sum(1)).cpu() for b in shards]
-    for _ in range(epochs):
-        plans = [minibatch_indices(n, mini_batch_size, g, group_by_length) for n, g in zip(lengths, generators)]
+    for _ in range(ppo.ppo_epochs):
+        plans = [minibatch_indices(n, mini_batch_size, g, ppo.group_by_length) for n, g in zip(lengths, generators)]
         if len({len(plan) for plan in plans}) > 1:
             raise ValueError(f"ppo_update: shards of {[len(n) for n in lengths]} rows give different numbers of minibatches")
         for step_rows in zip(*plans):  # minibatch j of every shard
