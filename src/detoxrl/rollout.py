@@ -19,9 +19,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from detoxrl.tokenstats import entropy_from_logits, logprobs_from_logits
+from detoxrl import runtime
 from detoxrl.config import GenerationConfig
 from detoxrl.policy import Policy
+from detoxrl.tokenstats import entropy_from_logits, logprobs_from_logits
 
 
 @dataclass
@@ -201,7 +202,8 @@ def generate(
             # Outside the capture: the shared prompt pass is not a decoding step.
             shared = _shared_prompt_pass(policy, enc["input_ids"], enc["attention_mask"], k) if k > 1 else {}
             input_ids, attention_mask = enc["input_ids"].repeat_interleave(k, 0), enc["attention_mask"].repeat_interleave(k, 0)
-            with _DecodingCapture(policy, capture, decoding.temperature) as captured:
+            # The allocator keeps each token step's freed blocks for the next one (detoxrl.runtime).
+            with _DecodingCapture(policy, capture, decoding.temperature) as captured, runtime.decoding_allocator():
                 out = policy.model.generate(
                     input_ids=input_ids,
                     attention_mask=attention_mask,
