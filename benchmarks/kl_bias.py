@@ -10,7 +10,7 @@ On the real offline policy (SmolLM2-135M-Instruct, the offline preset's prompts 
 moved adapter (a trained one with ``--adapter``, else the starting adapter plus fixed Gaussian noise
 on LoRA B), for the same sampled responses:
 
-- truth: float32 teacher-forced policy and reference passes;
+- truth: teacher-forced policy and reference passes in float32 arithmetic on the bf16 weights;
 - bf16 "captured" (before this change): log-probs recorded while decoding minus teacher-forced
   reference log-probs;
 - bf16 "teacher-forced" (``auto`` now): both from teacher-forced bf16 passes.
@@ -89,6 +89,11 @@ def main(argv=None) -> int:
     policy32, policy16 = load_policy(cfg32.policy), load_policy(cfg16.policy)
     for policy in (policy32, policy16):
         move_adapter(policy, args.adapter, args.noise, args.seed)
+    # The truth runs the bf16 policy's own weights in float32 arithmetic: what differs is only how
+    # the passes round, not the weights (a float32 model would be another policy).
+    with torch.no_grad():
+        for p32, p16 in zip(policy32.model.parameters(), policy16.model.parameters()):
+            p32.copy_(p16.float())
     splits = tokenize_prompts(cfg32, rows, tokenizer=policy32.tokenizer)
     examples = (splits.train + splits.test)[: args.prompts]
     g = cfg16.generation
