@@ -53,7 +53,8 @@ def _check(name: str, text: str) -> None:
         expected.parent.mkdir(parents=True, exist_ok=True)
         expected.write_text(text, encoding="utf-8")
     assert expected.is_file(), f"{expected} is missing: regenerate the golden pages (see this module's docstring)"
-    assert text == expected.read_text(encoding="utf-8"), f"the report differs from {expected.name} (regenerate only for a change meant to show)"
+    assert text == expected.read_text(encoding="utf-8"), (
+        f"the report differs from {expected.name} (regenerate only for a change meant to show)")
 
 
 @pytest.mark.parametrize("case", list(CASES))
