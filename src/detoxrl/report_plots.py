@@ -118,29 +118,32 @@ def _plot_kl(metrics: MetricsLog, path: Path, target_kl: float | None) -> bool:
     return True
 
 
+def _line_panel(ax: Any, x: np.ndarray, y: np.ndarray | None, key: str, color: str, title: str, ylabel: str,
+                *, zero_line: bool = False, **title_kw: Any) -> bool:
+    """One metric as a line on ``ax``, or a "not logged" note naming ``key``; whether it had a line."""
+    if y is None:
+        _no_data(ax, key)
+        return False
+    ax.plot(x, y, color=color, marker=_marker(len(x)), lw=2)
+    if zero_line:
+        ax.axhline(0.0, color="0.3", lw=0.8)
+    ax.set_title(title, **title_kw)
+    ax.set_ylabel(ylabel)
+    return True
+
+
 def _plot_returns(metrics: MetricsLog, path: Path) -> bool:
     ret = _series(metrics, "ppo/returns/mean")
     adv = _series(metrics, "ppo/policy/advantages_mean")
     if ret is None and adv is None:
         return False
     x = _steps(metrics)
-    m = _marker(len(x))
     fig, (a1, a2) = _new_fig(ncols=2)
-    if ret is not None:
-        a1.plot(x, ret, color=AFTER_COLOR, marker=m, lw=2)
-        a1.set_title("Returns (batch mean)", fontsize=10)
+    if _line_panel(a1, x, ret, "ppo/returns/mean", AFTER_COLOR, "Returns (batch mean)", "return", fontsize=10):
         a1.set_xlabel("PPO step")
-        a1.set_ylabel("return")
-    else:
-        _no_data(a1, "ppo/returns/mean")
-    if adv is not None:
-        a2.plot(x, adv, color="#8c564b", marker=m, lw=2)
-        a2.axhline(0.0, color="0.3", lw=0.8)
-        a2.set_title("Advantages (mean; ≈0 if whitened)", fontsize=10)
+    if _line_panel(a2, x, adv, "ppo/policy/advantages_mean", "#8c564b", "Advantages (mean; ≈0 if whitened)",
+                   "advantage", zero_line=True, fontsize=10):
         a2.set_xlabel("PPO step")
-        a2.set_ylabel("advantage")
-    else:
-        _no_data(a2, "ppo/policy/advantages_mean")
     fig.suptitle(PLOT_TITLES["training_returns_advantages"])
     fig.savefig(path, dpi=DPI, facecolor="white")
     return True
@@ -156,19 +159,8 @@ def _plot_losses(metrics: MetricsLog, path: Path) -> bool:
     x = _steps(metrics)
     m = _marker(len(x))
     fig, (a1, a2, a3) = _new_fig(ncols=3, width=11.0, height=3.8)
-    if vl is not None:
-        a1.plot(x, vl, color="#17becf", marker=m, lw=2)
-        a1.set_title("Value loss")
-        a1.set_ylabel("loss")
-    else:
-        _no_data(a1, "ppo/loss/value")
-    if pl is not None:
-        a2.plot(x, pl, color="#d62728", marker=m, lw=2)
-        a2.axhline(0.0, color="0.3", lw=0.8)
-        a2.set_title("Policy loss")
-        a2.set_ylabel("loss")
-    else:
-        _no_data(a2, "ppo/loss/policy")
+    _line_panel(a1, x, vl, "ppo/loss/value", "#17becf", "Value loss", "loss")
+    _line_panel(a2, x, pl, "ppo/loss/policy", "#d62728", "Policy loss", "loss", zero_line=True)
     if pc is not None or vc is not None:
         if pc is not None:
             a3.plot(x, pc, color="#d62728", marker=m, lw=2, label="policy clipfrac")
