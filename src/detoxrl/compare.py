@@ -79,7 +79,9 @@ def _index_records(records: Sequence[dict], name: str) -> dict:
     for rec in records:
         missing = [k for k in REQUIRED_KEYS if k not in rec]
         if missing:
-            raise DataError(f"the {name} evaluation holds a record without {', '.join(missing)}: not an evaluation of detoxrl")
+            raise DataError(
+                f"the {name} evaluation holds a record without {', '.join(missing)}: not an evaluation of detoxrl"
+            )
         k = _key(rec)
         if k in out:
             raise DataError(

@@ -475,13 +475,9 @@ def select_examples(rows: list[dict[str, Any]], k: int = N_EXAMPLES) -> tuple[li
     return top, worst
 
 
-@dataclass
-class Verdict:
-    text: str
-    tone: str  # good | bad | unclear | none
-    keynums: list[str]
-
 def _verdict(data: RunData, sides: list[ToxSide], quality: list[list[str]], ci: str) -> Verdict:
+    """compare.json's verdict line with the key numbers beside it; the box's tone only reads the interval
+    compare gave the judge's (else the reward model's) change. Without compare.json there is no verdict."""
     keynums: list[str] = []
     for side in sorted(sides, key=lambda sd: not sd.is_judge):  # the independent judge first
         b, a = _num(side.before), _num(side.after)
