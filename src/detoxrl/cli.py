@@ -334,7 +334,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from detoxrl.evaluate import build_judges, check_judges, evaluate_run
     from detoxrl.policy import load_policy, match_adapter_config
     from detoxrl.rewards import check_reward_labels, scorer_from_config
-    from detoxrl.stats import percentage_improvement
     from detoxrl.trainer import check_writable_dir, tokenize_prompts
 
     run_dir = Path(args.run) if args.run else None
@@ -382,8 +381,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if adapter_dir:
         result["before"] = done["passes"]["before"]
         result["comparison"] = done["comparison"]
-        b, a = result["before"]["toxicity"], first["toxicity"]
-        result["improvement"] = percentage_improvement(b["mean"], a["mean"], b["std"], a["std"])  # the notebook's measure
+        result["improvement"] = done["comparison"]["toxicity"]["percentage_improvement"]  # the notebook's, by compare
     result["output"] = str(out_dir)
     if run_dir and adapter_dir and out_dir.resolve() == (run_dir / "eval").resolve():
         _refresh_model_card(run_dir)  # final/README.md now shows this evaluation
