@@ -68,7 +68,10 @@ def _add_config_options(p: argparse.ArgumentParser, *, training: bool = False) -
         t.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _config_from_args(args: argparse.Namespace, base_file: str | None = None, *, demo: bool = False):
+def _config_from_args(args: argparse.Namespace, base_file: str | None = None, *, demo: bool = False,
+                      flags: list[str] = ()):
+    """The validated, frozen config of a command: preset -> --config FILE (or ``base_file``) -> the shared
+    flags -> --set -> ``flags``, the command's own flags as ``section.key=value`` (they win over --set)."""
     from detoxrl.config import DEMO_OVERRIDES, load_config
 
     overrides: list[str] = list(DEMO_OVERRIDES) if demo and not getattr(args, "config", None) else []
@@ -111,6 +114,7 @@ def _config_from_args(args: argparse.Namespace, base_file: str | None = None, *,
         if not given("toxic_label", "reward.toxic_label"):
             put("reward.toxic_label", packaged[2] if packaged else "none")
     overrides.extend(args.set)
+    overrides.extend(flags)
     # Remote code is consented to on each command line, per model; a file (a run's config.yaml) or
     # --set alone that turns it on is refused by load_config.
     trusted = [who.strip() for who in (getattr(args, "trust_remote_code", None) or "").split(",") if who.strip()]
@@ -137,8 +141,9 @@ def _print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2))
 
 
-def _preflight(cfg, *, check_reward: bool = True, require_train: bool = True) -> list[dict]:
-    """``trainer.preflight``: every cheap check (data, split, selection, policy path, labels) before models load."""
+def _preflight(cfg, *, check_reward: bool = True, require_train: bool = True):
+    """``trainer.preflight``: every cheap check (data, split, selection, policy path, labels) before models
+    load; returns what it found (the resolved config and the split rows)."""
     from detoxrl.trainer import preflight
 
     return preflight(cfg, check_reward=check_reward, require_train=require_train)
@@ -152,8 +157,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from detoxrl.trainer import tokenize_prompts
 
     cfg = _config_from_args(args)
-    rows = _preflight(cfg, check_reward=cfg.data.min_dialogue_toxicity is not None)
-    splits = tokenize_prompts(cfg, rows)
+    splits = tokenize_prompts(_preflight(cfg, check_reward=cfg.data.min_dialogue_toxicity is not None))
     stats = splits.stats()
     stats["source"] = cfg.data.source
     stats["tokenizer"] = cfg.policy.model
@@ -176,10 +180,10 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from detoxrl.rewards import check_reward_labels, scorer_from_config
+    from detoxrl.rewards import scorer_from_config
+    from detoxrl.trainer import resolve_settings
 
-    cfg = _config_from_args(args)
-    cfg.reward.label, cfg.reward.toxic_label = check_reward_labels(cfg.reward.model, cfg.reward.label, cfg.reward.toxic_label, cfg.reward.trust_remote_code)
+    cfg, _ = resolve_settings(_config_from_args(args))  # the reward labels, checked by name
     if not args.texts:
         raise DetoxError("score needs at least one TEXT argument, e.g. detoxrl score \"I will kill you.\"")
     scorer = scorer_from_config(cfg.reward)
@@ -218,14 +222,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     if resume and args.output_dir and not args.config:
         candidate = Path(args.output_dir) / "config.yaml"
         base_file = str(candidate) if candidate.is_file() else None  # resume with the run's own config
-    cfg = _config_from_args(args, base_file=base_file)
-    if args.adapter:
-        cfg.policy.adapter = args.adapter
+    cfg = _config_from_args(args, base_file=base_file, flags=_adapter_flag(args))
     trainer, final, seconds = _run_trainer(args, lambda: Trainer(
         cfg, resume=resume, resume_from=args.resume_from or "auto", allow_config_change=args.allow_config_change))
     if trainer.state.is_main_process:  # one line for a run of several processes
         print(f"trained {trainer.step_idx} steps in {seconds:.0f} s; adapter: {final}; metrics: {trainer.run_dir / 'metrics.jsonl'}")
     return 0
+
+
+def _adapter_flag(args: argparse.Namespace) -> list[str]:
+    """--adapter DIR: the adapter that training starts from (policy.adapter)."""
+    return [f"policy.adapter={args.adapter}"] if args.adapter else []
 
 
 def _run_trainer(args: argparse.Namespace, make_trainer) -> tuple[Any, Path, float]:
@@ -262,9 +269,7 @@ def cmd_sft(args: argparse.Namespace) -> int:
     flags = {"sft.steps": args.sft_steps, "sft.epochs": args.epochs, "sft.batch_size": args.sft_batch_size,
              "sft.learning_rate": args.learning_rate, "sft.max_target_tokens": args.max_target_tokens}
     args.set[:0] = [f"{key}={value}" for key, value in flags.items() if value is not None]  # --set still wins
-    cfg = _config_from_args(args, base_file=base_file)
-    if args.adapter:
-        cfg.policy.adapter = args.adapter
+    cfg = _config_from_args(args, base_file=base_file, flags=_adapter_flag(args))
     trainer, final, seconds = _run_trainer(args, lambda: SupervisedTrainer(
         cfg, resume=resume, resume_from=args.resume_from or "auto", allow_config_change=args.allow_config_change))
     print(f"fine-tuned {trainer.step_idx} steps on {len(trainer.pairs)} pairs in {seconds:.0f} s; adapter: {final} "
@@ -285,34 +290,33 @@ def _eval_settings(args, cfg):
     )
 
 
-def _apply_eval_flags(args, cfg) -> None:
-    """--judge-model, --judge-toxic-label, --samples-per-prompt, --greedy-only, --all-rows -> cfg.
-
-    Applied before validation ends (the config is not changed after the checks that follow)."""
-    from detoxrl.config import validate
-
-    _apply_judge_flags(args, cfg)
+def _eval_flags(args: argparse.Namespace) -> list[str]:
+    """--judge-model, --judge-toxic-label, --samples-per-prompt, --greedy-only, --all-rows as config settings
+    (``section.key=value``, applied after --set, so the flags win)."""
+    flags = _judge_flags(args)
     if args.samples_per_prompt is not None:
         if args.samples_per_prompt < 1:
-            raise DetoxError(f"--samples-per-prompt must be >= 1, got {args.samples_per_prompt}; use --greedy-only to skip the sampled pass")
-        cfg.evaluation.samples_per_prompt = args.samples_per_prompt
+            raise DetoxError(f"--samples-per-prompt must be >= 1, got {args.samples_per_prompt}; "
+                             "use --greedy-only to skip the sampled pass")
+        flags.append(f"evaluation.samples_per_prompt={args.samples_per_prompt}")
     if args.greedy_only:
-        cfg.evaluation.samples_per_prompt = 0
+        flags.append("evaluation.samples_per_prompt=0")
     if getattr(args, "all_rows", False):
-        cfg.data.test_fraction = 1.0  # the whole file is held out
-        cfg.evaluation.split = "test"
-    validate(cfg)
+        flags += ["data.test_fraction=1.0", "evaluation.split=test"]  # the whole file is held out
+    return flags
 
 
-def _apply_judge_flags(args, cfg) -> None:
-    """--judge-model, --judge-toxic-label -> cfg.evaluation (evaluate, summarize --score)."""
+def _judge_flags(args: argparse.Namespace) -> list[str]:
+    """--judge-model, --judge-toxic-label as evaluation settings (evaluate, summarize --score)."""
+    flags = []
     if args.judge_model:
         # New judges do not inherit the toxic label of the preset's judge; "none" turns judging off.
         judges = [j.strip() for j in args.judge_model.split(",") if j.strip()]
-        cfg.evaluation.judge_model = None if [j.lower() for j in judges] in (["none"], ["null"]) else judges
-        cfg.evaluation.judge_toxic_label = None
+        off = [j.lower() for j in judges] in (["none"], ["null"])
+        flags += [f"evaluation.judge_model={'none' if off else ','.join(judges)}", "evaluation.judge_toxic_label=none"]
     if args.judge_toxic_label:
-        cfg.evaluation.judge_toxic_label = args.judge_toxic_label
+        flags.append(f"evaluation.judge_toxic_label={args.judge_toxic_label}")
+    return flags
 
 
 def _add_judge_options(p: argparse.ArgumentParser) -> None:
@@ -331,51 +335,31 @@ def _one_process(command: str) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     _one_process("evaluate")
-    from detoxrl.evaluate import build_judges, check_judges, evaluate_run
-    from detoxrl.policy import load_policy, match_adapter_config
-    from detoxrl.rewards import check_reward_labels, scorer_from_config
+    from detoxrl.evaluate import evaluate_adapter
     from detoxrl.stats import percentage_improvement
-    from detoxrl.trainer import check_writable_dir, tokenize_prompts
 
     run_dir = Path(args.run) if args.run else None
     base_file = None
     if run_dir:
         if not (run_dir / "config.yaml").is_file() or not (run_dir / "final" / "adapter_model.safetensors").is_file():
-            raise DetoxError(f"'{run_dir}' is not a finished detoxrl run (needs config.yaml and final/); pass the --output-dir of a completed train run")
+            raise DetoxError(f"'{run_dir}' is not a finished detoxrl run (needs config.yaml and final/); "
+                             "pass the --output-dir of a completed train run")
         base_file = str(run_dir / "config.yaml")
-    cfg = _config_from_args(args, base_file=base_file)
-    _apply_eval_flags(args, cfg)
+    cfg = _config_from_args(args, base_file=base_file, flags=_eval_flags(args))
     adapter_dir = str(run_dir / "final") if run_dir else args.adapter
     if run_dir and not args.policy:
+        from detoxrl.config import with_settings
         from detoxrl.export import base_model_of
 
         # A policy folder given by a relative path resolves from where the run was trained; final/ names it absolutely.
-        cfg.policy.model = base_model_of(run_dir / "final", cfg.policy.model)
+        cfg = with_settings(cfg, {"policy": {"model": base_model_of(run_dir / "final", cfg.policy.model)}})
     settings = _eval_settings(args, cfg)
     settings.validate()
     if args.all_rows and cfg.evaluation.split != "test":
         raise DetoxError("--all-rows evaluates every row of the file as held out; it cannot be combined with evaluation.split=train")
     out_dir = Path(args.output) if args.output else (run_dir / "eval" if run_dir else Path(cfg.run.output_dir) / "eval")
-    check_writable_dir(out_dir, "--output")
-    rows = _preflight(cfg, require_train=cfg.evaluation.split == "train")
-    check_judges(cfg)
-    if adapter_dir and not cfg.policy.adapter:
-        match_adapter_config(cfg.policy, adapter_dir)
-    prompts = tokenize_prompts(cfg, rows, require_train=cfg.evaluation.split == "train")  # before the weights load
-    policy = load_policy(cfg.policy)
-    if adapter_dir:
-        policy.load_adapter_weights(adapter_dir)
-    examples = prompts.test if cfg.evaluation.split == "test" else prompts.train
-    cfg.reward.label, cfg.reward.toxic_label = check_reward_labels(cfg.reward.model, cfg.reward.label, cfg.reward.toxic_label,
-                                                                   cfg.reward.trust_remote_code)
-    scorer = scorer_from_config(cfg.reward)
-    judges = build_judges(cfg)
-    if args.fresh:
-        for path in out_dir.glob("*.json*"):
-            if path.stem.startswith(("before", "after")):
-                path.unlink()
-    done = evaluate_run(policy, examples, scorer, judges, out_dir, cfg=cfg, settings=settings, with_after=bool(adapter_dir),
-                        on_phase=None if args.json else (lambda text: print("evaluating the " + text, flush=True)))
+    done = evaluate_adapter(cfg, out_dir, adapter_dir=adapter_dir, settings=settings, fresh=args.fresh,
+                            on_phase=None if args.json else (lambda text: print("evaluating the " + text, flush=True)))
     first = done["passes"]["after" if adapter_dir else "before"]
     result: dict[str, Any] = dict(first)
     result["passes"] = done["passes"]
@@ -467,37 +451,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
     t_start = time.perf_counter()
     if not args.output_dir:
         args.output_dir = f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}"
-    cfg = _config_from_args(args, demo=True)
-    if args.num_samples:
-        cfg.evaluation.num_samples = args.num_samples
+    cfg = _config_from_args(args, demo=True, flags=[f"evaluation.num_samples={args.num_samples}"] if args.num_samples else [])
     check_trackers(cfg.run.log_with)
     prepare_output_dir(cfg, resume=False, clear=False)  # the Trainer does it again; this one comes before any scorer loads
-    _preflight(cfg)
-    check_judges(cfg)
-    sel = cfg.data.min_dialogue_toxicity
-    print(f"detoxrl demo: preset '{cfg.preset}', policy {cfg.policy.model}, reward {cfg.reward.model} ({cfg.reward.transform} of "
-          f"'{cfg.reward.label}'" + (f" + {cfg.reward.faithfulness_weight:g} x faithfulness" if cfg.reward.faithfulness_weight else "")
-          + f"), judges {', '.join(cfg.evaluation.judge_model or ['none'])}, data {cfg.data.source}"
-          + (f" (challenging: dialogue toxicity >= {sel:g})" if sel is not None else "") + f"; run folder {cfg.run.output_dir}", flush=True)
-    trainer = Trainer(cfg)
+    checked = _preflight(cfg)
+    check_judges(checked.cfg)
+    _print_demo_plan(checked.cfg)
+    trainer = Trainer(cfg, checked=checked)
+    cfg = trainer.cfg  # with what the checks resolved (reward labels, rollout shards)
     judges = build_judges(cfg)
     settings = EvalSettings.from_config(cfg)
-    examples = trainer.prompts.test
-    eval_dir = trainer.run_dir / "eval"
     phase = iter(range(1, 10))
 
     def say(text: str) -> None:
         print(f"[{next(phase)}] {text}", flush=True)
 
-    k = cfg.evaluation.samples_per_prompt
-    try:
-        evaluate_run(trainer.policy, examples, trainer.scorer, judges, eval_dir, cfg=cfg, settings=settings, with_after=False,
-                     on_phase=lambda text: say("toxicity of the " + text))
+    def train() -> None:
         k = cfg.ppo.samples_per_prompt
         per_step = (f"{cfg.ppo.batch_size} challenging prompts" if k == 1 else
                     f"{cfg.ppo.batch_size} summaries ({cfg.ppo.batch_size // k} challenging prompts x {k} samples)")
         say(f"PPO: {cfg.ppo.steps} steps of {per_step}")
         trainer.train()
+
+    try:
+        # The evaluation folder is looked up when each part starts: an --overwrite run moves into place as it trains.
+        done = evaluate_run(trainer.policy, trainer.prompts.test, trainer.scorer, judges, lambda: trainer.run_dir / "eval",
+                            cfg=cfg, settings=settings, train=train, on_phase=lambda text: say("toxicity of the " + text))
     except DetoxError as e:  # train() names the earlier run itself; the evaluation before it does not
         if trainer.staging_dir is None or "--overwrite: the earlier run" in str(e):
             raise
@@ -506,25 +485,34 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if trainer.staging_dir is not None:
             args.interrupted = f"interrupted before the first checkpoint of the demo's run: {trainer.earlier_run_kept()}"
         raise
-    eval_dir = trainer.run_dir / "eval"  # an --overwrite run has moved into place by now
-    done = evaluate_run(trainer.policy, examples, trainer.scorer, judges, eval_dir, cfg=cfg, settings=settings,
-                        on_phase=lambda text: say("toxicity of the " + text))
-    head = done["comparison"]
+    eval_dir = trainer.run_dir / "eval"
     _refresh_model_card(trainer.run_dir)
     say("report")
     from detoxrl.report import write_report
 
     paths = write_report(trainer.run_dir)
     print()
-    for text in format_headline(head):
+    for text in format_headline(done["comparison"]):
         print(text)
-    stem = "-sampled" if k >= 1 else ""
-    rows = comparison_table(pair_records(load_eval_records(eval_dir / "before.jsonl"), load_eval_records(eval_dir / "after.jsonl")))
-    _print_side_by_side(rows)
+    # Keyed on ppo.samples_per_prompt (always >= 1), as it always was: the sampled table is always named.
+    stem = "-sampled" if cfg.ppo.samples_per_prompt >= 1 else ""
+    before, after = load_eval_records(eval_dir / "before.jsonl"), load_eval_records(eval_dir / "after.jsonl")
+    _print_side_by_side(comparison_table(pair_records(before, after)))
     html = paths.get("html") if isinstance(paths, dict) else paths
     print(f"\nreport: {html}\ntables: {eval_dir / 'comparison.csv'}" + (f", {eval_dir / f'comparison{stem}.csv'}" if stem else "")
           + f"\ndemo wall time: {time.perf_counter() - t_start:.0f} s")
     return 0
+
+
+def _print_demo_plan(cfg) -> None:
+    """The demo's first line: what it trains, against what, judged by what, on which data, into which folder."""
+    sel = cfg.data.min_dialogue_toxicity
+    shaping = f" + {cfg.reward.faithfulness_weight:g} x faithfulness" if cfg.reward.faithfulness_weight else ""
+    print(f"detoxrl demo: preset '{cfg.preset}', policy {cfg.policy.model}, reward {cfg.reward.model} "
+          f"({cfg.reward.transform} of '{cfg.reward.label}'{shaping}), "
+          f"judges {', '.join(cfg.evaluation.judge_model or ['none'])}, data {cfg.data.source}"
+          + (f" (challenging: dialogue toxicity >= {sel:g})" if sel is not None else "")
+          + f"; run folder {cfg.run.output_dir}", flush=True)
 
 
 def _print_side_by_side(rows: list[dict], n: int = 3) -> None:
@@ -561,6 +549,7 @@ def _refresh_model_card(run_dir: Path) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """A run's final/ (or an adapter folder) as a portable adapter or, with --merge, a plain transformers model."""
+    from detoxrl.config import with_settings
     from detoxrl.export import base_model_of, check_output, check_repo_id, export, push_to_hub, resolve_source
     from detoxrl.policy import check_policy_source
 
@@ -570,7 +559,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     check_output(args.output, source, overwrite=args.overwrite)
     run_config = source.run_dir / "config.yaml" if source.run_dir else None
     cfg = _config_from_args(args, base_file=str(run_config) if run_config else None)
-    cfg.policy.model = base_model_of(source.adapter_dir, args.policy or (cfg.policy.model if run_config else None))
+    base_model = base_model_of(source.adapter_dir, args.policy or (cfg.policy.model if run_config else None))
+    cfg = with_settings(cfg, {"policy": {"model": base_model}})
     if args.merge:
         check_policy_source(cfg.policy)  # before any weights load
     out = export(source, args.output, policy_cfg=cfg.policy, merge=args.merge, dtype=args.dtype, overwrite=args.overwrite,
@@ -593,7 +583,8 @@ def cmd_summarize(args: argparse.Namespace) -> int:
     from detoxrl.modelcard import find_run
     from detoxrl.policy import check_adapter_source, check_policy_source, load_policy, load_tokenizer
     from detoxrl.prompts import prompt_examples
-    from detoxrl.rewards import check_reward_labels, scorer_from_config
+    from detoxrl.config import with_settings
+    from detoxrl.rewards import scorer_from_config
     from detoxrl.summarize import Decoding, RecordWriter, finish_output, open_output, output_format, read_input, summarize
 
     if args.model and args.adapter:
@@ -614,15 +605,13 @@ def cmd_summarize(args: argparse.Namespace) -> int:
         run = find_run(args.adapter)
         base_file = Path(args.adapter) / RUN_CONFIG if (Path(args.adapter) / RUN_CONFIG).is_file() else (run / "config.yaml" if run else None)
     base_file = str(base_file) if base_file is not None and base_file.is_file() else None
-    cfg = _config_from_args(args, base_file=base_file)
-    if args.column:
-        cfg.data.dialogue_column = args.column
-    _apply_judge_flags(args, cfg)
+    cfg = _config_from_args(args, base_file=base_file,
+                            flags=([f"data.dialogue_column={args.column}"] if args.column else []) + _judge_flags(args))
     if args.model:
-        cfg.policy.model, cfg.policy.adapter = args.model, None
+        cfg = with_settings(cfg, {"policy": {"model": args.model, "adapter": None}})
     elif args.adapter:
         configured = args.policy or (cfg.policy.model if base_file or args.config else None)
-        cfg.policy.model, cfg.policy.adapter = base_model_of(args.adapter, configured), args.adapter
+        cfg = with_settings(cfg, {"policy": {"model": base_model_of(args.adapter, configured), "adapter": args.adapter}})
     decoding = Decoding(
         max_new_tokens=args.gen_max_new_tokens or cfg.evaluation.max_new_tokens,
         do_sample=args.do_sample,
@@ -642,8 +631,9 @@ def cmd_summarize(args: argparse.Namespace) -> int:
     check_policy_source(cfg.policy)
     check_adapter_source(cfg.policy.adapter)
     if args.score:
-        cfg.reward.label, cfg.reward.toxic_label = check_reward_labels(cfg.reward.model, cfg.reward.label, cfg.reward.toxic_label,
-                                                                       cfg.reward.trust_remote_code)
+        from detoxrl.trainer import resolve_settings
+
+        cfg, _ = resolve_settings(cfg)  # the reward labels, checked by name
         check_judges(cfg)
     # Prompts from the tokenizer alone: a dialogue above data.max_prompt_tokens fails before the weights load.
     examples = prompt_examples(rows, cfg.data, load_tokenizer(cfg.policy),

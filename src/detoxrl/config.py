@@ -42,7 +42,7 @@ REMOTE_CODE_SETTINGS = {
 }
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     """Where the dialogues come from and how they become prompts."""
 
@@ -70,7 +70,7 @@ class DataConfig:
     selection_scorer: str = "max"
 
 
-@dataclass
+@dataclass(frozen=True)
 class PolicyConfig:
     """The model being trained: a base model plus a LoRA adapter and a value head."""
 
@@ -85,7 +85,7 @@ class PolicyConfig:
     trust_remote_code: bool = False  # run the policy's own Python code (auto_map); needs --trust-remote-code policy
 
 
-@dataclass
+@dataclass(frozen=True)
 class RewardConfig:
     """The classifier whose score is maximised."""
 
@@ -110,7 +110,7 @@ class RewardConfig:
     trust_remote_code: bool = False  # run the reward model's own Python code (auto_map); needs --trust-remote-code reward
 
 
-@dataclass
+@dataclass(frozen=True)
 class GenerationConfig:
     """Sampling settings for rollouts."""
 
@@ -122,7 +122,7 @@ class GenerationConfig:
     top_p: float = 1.0
 
 
-@dataclass
+@dataclass(frozen=True)
 class PPOConfig:
     """PPO hyper-parameters (defaults follow trl 0.11.4 and the notebook)."""
 
@@ -159,7 +159,7 @@ class PPOConfig:
     rollout_shards: int | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunConfig:
     """Where a run writes and how it logs."""
 
@@ -174,7 +174,7 @@ class RunConfig:
     release_memory: bool = True  # glibc: hand freed tensors back to the OS (lower peak RSS); see detoxrl.runtime
 
 
-@dataclass
+@dataclass(frozen=True)
 class EvalConfig:
     """Held-out evaluation."""
 
@@ -196,7 +196,7 @@ class EvalConfig:
     judge_trust_remote_code: bool = False
 
 
-@dataclass
+@dataclass(frozen=True)
 class SFTConfig:
     """Supervised fine-tuning (``detoxrl sft``): the LoRA adapter learns the reference summaries of the
     train split (the same prompts as PPO), the starting adapter and reference of a later ``train --adapter``."""
@@ -217,7 +217,7 @@ class SFTConfig:
 SFT_SCHEDULES = ("linear", "constant")
 
 
-@dataclass
+@dataclass(frozen=True)
 class DetoxConfig:
     preset: str = "offline"
     data: DataConfig = field(default_factory=DataConfig)
@@ -439,21 +439,26 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def _apply_section(section_obj: Any, values: dict[str, Any], section: str) -> None:
+def _apply_section(section_obj: Any, values: dict[str, Any], section: str) -> Any:
+    """A copy of ``section_obj`` with ``values`` (checked and coerced, key by key, in order)."""
     if not isinstance(values, dict):
         raise ConfigError(f"config section '{section}' must be a mapping of key: value, got {values!r}")
     hints = typing.get_type_hints(type(section_obj))
+    changes = {}
     for key, value in values.items():
         if key not in hints:
             elsewhere = [name for name, cls in _SECTION_CLASSES.items() if name != section and key in typing.get_type_hints(cls)]
             if elsewhere:
-                raise ConfigError(f"unknown config key '{section}.{key}': {key} belongs to section {elsewhere[0]}; write {elsewhere[0]}.{key}")
+                raise ConfigError(f"unknown config key '{section}.{key}': {key} belongs to section {elsewhere[0]}; "
+                                  f"write {elsewhere[0]}.{key}")
             raise ConfigError(f"unknown config key '{section}.{key}'{_did_you_mean(key, list(hints))}")
-        setattr(section_obj, key, _coerce(value, hints[key], f"{section}.{key}"))
+        changes[key] = _coerce(value, hints[key], f"{section}.{key}")
+    return dataclasses.replace(section_obj, **changes)
 
 
-def apply_mapping(cfg: DetoxConfig, mapping: dict[str, Any]) -> None:
-    """Apply a nested ``{section: {key: value}}`` mapping (a YAML file's contents) to ``cfg``."""
+def apply_mapping(cfg: DetoxConfig, mapping: dict[str, Any]) -> DetoxConfig:
+    """A copy of ``cfg`` with a nested ``{section: {key: value}}`` mapping (a YAML file's contents)
+    applied; ``cfg`` itself is frozen and stays as it is."""
     if not isinstance(mapping, dict):
         raise ConfigError("a config file must be a YAML mapping of sections (data:, policy:, ppo:, ...)")
     for section, values in mapping.items():
@@ -461,7 +466,17 @@ def apply_mapping(cfg: DetoxConfig, mapping: dict[str, Any]) -> None:
             continue
         if section not in _SECTION_CLASSES:
             raise ConfigError(f"unknown config section '{section}'{_did_you_mean(section, list(_SECTION_CLASSES))}")
-        _apply_section(getattr(cfg, section), values or {}, section)
+        cfg = dataclasses.replace(cfg, **{section: _apply_section(getattr(cfg, section), values or {}, section)})
+    return cfg
+
+
+def with_settings(cfg: DetoxConfig, mapping: dict[str, dict[str, Any]]) -> DetoxConfig:
+    """A new validated config: ``cfg`` with ``{section: {key: value}}`` applied as a file's values are
+    (checked and coerced). For what a command or a check derives once the config is loaded (a run's
+    base model, the reward labels the model names, an adapter's LoRA settings); ``cfg`` is unchanged."""
+    new = apply_mapping(cfg, mapping)
+    validate(new)
+    return new
 
 
 def parse_override(text: str) -> tuple[str, str, str]:
@@ -513,25 +528,24 @@ def load_config(
     name = preset or file_mapping.get("preset") or "offline"
     if name not in PRESETS:
         raise ConfigError(f"unknown preset '{name}'; choose one of: {', '.join(PRESETS)}")
-    cfg = DetoxConfig(preset=name)
-    apply_mapping(cfg, PRESETS[name])
-    apply_mapping(cfg, file_mapping)
+    cfg = apply_mapping(DetoxConfig(preset=name), PRESETS[name])
+    cfg = apply_mapping(cfg, file_mapping)
     if overrides:
         if isinstance(overrides, dict):
-            apply_mapping(cfg, overrides)
+            cfg = apply_mapping(cfg, overrides)
         else:
             nested: dict[str, dict[str, str]] = {}
             for text in overrides:
                 section, key, value = parse_override(text)
                 nested.setdefault(section, {})[key] = value
-            apply_mapping(cfg, nested)
-    apply_remote_code_consent(cfg, trust_remote_code)
+            cfg = apply_mapping(cfg, nested)
+    cfg = apply_remote_code_consent(cfg, trust_remote_code)
     validate(cfg)
-    return cfg
+    return cfg  # frozen from here on: what a check derives goes into a new config (with_settings)
 
 
-def apply_remote_code_consent(cfg: DetoxConfig, allowed: Collection[str]) -> None:
-    """Turn on the trust_remote_code of the ``allowed`` models; refuse one that a file turned on.
+def apply_remote_code_consent(cfg: DetoxConfig, allowed: Collection[str]) -> DetoxConfig:
+    """``cfg`` with the trust_remote_code of the ``allowed`` models on; refuse one that a file turned on.
 
     A run folder's config.yaml (``evaluate --run``, ``train --resume``) or any other file must not
     be enough to execute code from a model folder: each command that does so says so itself.
@@ -545,12 +559,13 @@ def apply_remote_code_consent(cfg: DetoxConfig, allowed: Collection[str]) -> Non
         section, key = setting.split(".")
         obj = getattr(cfg, section)
         if who in allowed:
-            setattr(obj, key, True)
+            cfg = dataclasses.replace(cfg, **{section: dataclasses.replace(obj, **{key: True})})
         elif getattr(obj, key):
             raise ConfigError(
                 f"{setting} is true in the configuration, but a model's own Python code runs only when the command "
                 f"line allows it; add --trust-remote-code {who} to this command, or set {setting}=false"
             )
+    return cfg
 
 
 def validate(cfg: DetoxConfig) -> None:
@@ -718,8 +733,9 @@ def _shard_mini_batch(batch_size: int, mini_batch_size: int, shards: int) -> int
 
 
 def resolve_rollout_shards(cfg: DetoxConfig, num_processes: int) -> int:
-    """Set ``ppo.rollout_shards`` for a run on ``num_processes`` processes (none: one shard per process)
-    and check it: the shards must divide the batch and be spread evenly over the processes."""
+    """``ppo.rollout_shards`` for a run on ``num_processes`` processes (none: one shard per process),
+    checked: the shards must divide the batch and be spread evenly over the processes. The config is
+    not changed: the trainer runs with (and records) a copy that holds the number."""
     p = cfg.ppo
     given = p.rollout_shards is not None
     shards = p.rollout_shards if given else num_processes
@@ -730,7 +746,6 @@ def resolve_rollout_shards(cfg: DetoxConfig, num_processes: int) -> int:
             f"ppo.rollout_shards ({shards}) must be a multiple of the number of processes ({num_processes}): each process "
             f"runs the same number of shards; run on a number of processes that divides {shards}, or --set ppo.rollout_shards={num_processes}"
         )
-    p.rollout_shards = shards
     return shards
 
 

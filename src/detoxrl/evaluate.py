@@ -22,7 +22,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -415,22 +415,49 @@ def evaluate_run(
     examples: list[PromptExample],
     scorer: Scorer,
     judges: Judges,
-    out_dir: str | Path,
+    out_dir: str | Path | Callable[[], Path],
     *,
     cfg: DetoxConfig,
     settings: EvalSettings,
     with_after: bool = True,
+    train: Callable[[], Any] | None = None,
     samples_per_prompt: int | None = None,
-    on_phase=None,
+    on_phase: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """The before/after sequence of ``evaluate`` and ``demo``: the starting policy (reference
-    adapter) and, with ``with_after``, the trained adapter, on the same prompts, first with the
-    configured decoding (``before.jsonl``/``after.jsonl``), then, when ``samples_per_prompt`` (default
-    ``cfg.evaluation.samples_per_prompt``) is >= 1, with k pure samples per prompt
-    (``before-sampled.jsonl``/``after-sampled.jsonl``). Then :func:`detoxrl.compare.compare_run`
+    """The before -> (train) -> after -> compare sequence of ``evaluate``, ``demo`` and any future command.
+
+    The starting policy (reference adapter) and, with ``with_after``, the trained adapter, on the same
+    prompts, first with the configured decoding (``before.jsonl``/``after.jsonl``), then, when
+    ``samples_per_prompt`` (default ``cfg.evaluation.samples_per_prompt``) is >= 1, with k pure samples
+    per prompt (``before-sampled.jsonl``/``after-sampled.jsonl``). Then :func:`detoxrl.compare.compare_run`
     writes ``compare.json``. Returns ``{"passes": {name: summary}, "comparison": headline | None}``.
-    ``on_phase(text)`` is told what starts next (for the command line's progress lines).
+
+    With ``train`` (``demo``), the starting policy is evaluated first (every pass), then ``train()``
+    trains the adapter, then every pass runs again: the starting policy's from its records, the trained
+    adapter's anew. ``out_dir`` may be a function giving the folder when each part starts (a run folder
+    that training moves into place). ``on_phase(text)`` is told what starts next (for progress lines).
     """
+    folder = out_dir if callable(out_dir) else (lambda: Path(out_dir))
+    if train is not None:
+        _evaluate_passes(policy, examples, scorer, judges, folder(), cfg=cfg, settings=settings, with_after=False,
+                         samples_per_prompt=samples_per_prompt, on_phase=on_phase)
+        train()
+    out = Path(folder())
+    summaries = _evaluate_passes(policy, examples, scorer, judges, out, cfg=cfg, settings=settings, with_after=with_after,
+                                 samples_per_prompt=samples_per_prompt, on_phase=on_phase)
+    comparison = None
+    if with_after:
+        from detoxrl.compare import compare_run
+
+        comparison = compare_run(out)
+    return {"passes": summaries, "comparison": comparison}
+
+
+def _evaluate_passes(policy: Policy, examples: list[PromptExample], scorer: Scorer, judges: Judges, out_dir: Path, *,
+                     cfg: DetoxConfig, settings: EvalSettings, with_after: bool, samples_per_prompt: int | None,
+                     on_phase: Callable[[str], None] | None) -> dict[str, Any]:
+    """Every pass (configured decoding, then sampled) of the starting policy and, ``with_after``, of the
+    trained adapter: ``{name: summary}``."""
     out_dir = Path(out_dir)
     k = cfg.evaluation.samples_per_prompt if samples_per_prompt is None else samples_per_prompt
     passes = [("", settings)]
@@ -445,11 +472,41 @@ def evaluate_run(
                 who = "starting policy" if adapter == REFERENCE_ADAPTER else "trained adapter"
                 on_phase(f"{who}, {what}, on {min(s.num_samples, len(examples))} held-out prompts")
             summaries[name + suffix] = evaluate_policy(
-                policy, examples, scorer, judges, out_dir / f"{name}{suffix}.jsonl", adapter=adapter, settings=s, reward_cfg=cfg.reward
+                policy, examples, scorer, judges, out_dir / f"{name}{suffix}.jsonl", adapter=adapter, settings=s,
+                reward_cfg=cfg.reward
             )
-    comparison = None
-    if with_after:
-        from detoxrl.compare import compare_run
+    return summaries
 
-        comparison = compare_run(out_dir)
-    return {"passes": summaries, "comparison": comparison}
+
+def evaluate_adapter(cfg: DetoxConfig, out_dir: str | Path, *, adapter_dir: str | Path | None, settings: EvalSettings,
+                     fresh: bool = False, on_phase: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """``detoxrl evaluate``: every cheap check (the output folder, the data, the models' folders and
+    labels, the judges, the adapter's LoRA settings, the prompts' lengths) before any weights load;
+    then the policy (with the adapter ``adapter_dir``, if any), the reward model and the judges; then
+    :func:`evaluate_run` on the held-out split (or the train split, ``evaluation.split=train``) into
+    ``out_dir``. ``fresh`` first removes earlier records there. Returns what :func:`evaluate_run` does."""
+    from detoxrl.policy import load_policy
+    from detoxrl.rewards import scorer_from_config
+    from detoxrl.trainer import check_writable_dir, preflight, resolve_settings, tokenize_prompts
+
+    out_dir = Path(out_dir)
+    check_writable_dir(out_dir, "--output")
+    on_train = cfg.evaluation.split == "train"
+    checked = preflight(cfg, require_train=on_train)  # resolves the reward labels (once)
+    check_judges(checked.cfg)
+    if adapter_dir and not checked.cfg.policy.adapter:  # the evaluated adapter's LoRA settings, so its weights fit
+        checked = dataclasses.replace(checked, cfg=resolve_settings(checked.cfg, check_reward=False, adapter_dir=adapter_dir)[0])
+    cfg = checked.cfg
+    prompts = tokenize_prompts(checked)  # before the weights load
+    policy = load_policy(cfg.policy)
+    if adapter_dir:
+        policy.load_adapter_weights(adapter_dir)
+    examples = prompts.train if on_train else prompts.test
+    scorer = scorer_from_config(cfg.reward)
+    judges = build_judges(cfg)
+    if fresh:
+        for path in out_dir.glob("*.json*"):
+            if path.stem.startswith(("before", "after")):
+                path.unlink()
+    return evaluate_run(policy, examples, scorer, judges, out_dir, cfg=cfg, settings=settings, with_after=bool(adapter_dir),
+                        on_phase=on_phase)
