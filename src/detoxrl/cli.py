@@ -299,23 +299,14 @@ def cmd_sft(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval_settings(args, cfg):
-    from detoxrl.evaluate import EvalSettings
-
-    return EvalSettings.from_config(
-        cfg,
-        num_samples=args.num_samples,
-        do_sample=True if args.sample else None,
-        rouge=False if args.no_rouge else None,
-        faithfulness=False if args.no_faithfulness else None,
-        progress=False if args.no_progress else None,
-    )
-
-
 def _eval_flags(args: argparse.Namespace) -> list[str]:
-    """--judge-model, --judge-toxic-label, --samples-per-prompt, --greedy-only, --all-rows as config settings
-    (``section.key=value``, applied after --set, so the flags win)."""
+    """--judge-model, --judge-toxic-label, --num-samples, --sample, --samples-per-prompt, --greedy-only, --all-rows
+    as config settings (``section.key=value``, applied after --set, so the flags win)."""
     flags = _judge_flags(args)
+    if args.num_samples is not None:
+        flags.append(f"evaluation.num_samples={args.num_samples}")
+    if args.sample:
+        flags.append("evaluation.do_sample=true")  # the first pass samples too
     if args.samples_per_prompt is not None:
         if args.samples_per_prompt < 1:
             raise DetoxError(f"--samples-per-prompt must be >= 1, got {args.samples_per_prompt}; "
@@ -376,13 +367,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
         # A policy folder given by a relative path resolves from where the run was trained; final/ names it absolutely.
         cfg = with_settings(cfg, {"policy": {"model": base_model_of(run_dir / "final", cfg.policy.model)}})
-    settings = _eval_settings(args, cfg)
-    settings.validate()
     if args.all_rows and cfg.evaluation.split != "test":
         raise DetoxError("--all-rows evaluates every row of the file as held out; it cannot be combined with "
                          "evaluation.split=train")
     out_dir = Path(args.output) if args.output else (run_dir / "eval" if run_dir else Path(cfg.run.output_dir) / "eval")
-    done = evaluate_adapter(cfg, out_dir, adapter_dir=adapter_dir, settings=settings, fresh=args.fresh,
+    done = evaluate_adapter(cfg, out_dir, adapter_dir=adapter_dir, rouge=not args.no_rouge,
+                            faithfulness=not args.no_faithfulness, progress=False if args.no_progress else None,
+                            fresh=args.fresh,
                             on_phase=None if args.json else (lambda text: print("evaluating the " + text, flush=True)))
     first = done["passes"]["after" if adapter_dir else "before"]
     result: dict[str, Any] = dict(first)
@@ -471,7 +462,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Offline default end to end on challenging prompts: toxicity before, PPO, toxicity after, report."""
     _one_process("demo")
     from detoxrl.compare import comparison_table, format_headline, load_eval_records, pair_records
-    from detoxrl.evaluate import EvalSettings, build_judges, check_judges, evaluate_run
+    from detoxrl.evaluate import build_judges, check_judges, evaluate_run
     from detoxrl.trainer import Trainer, check_trackers, prepare_output_dir
 
     t_start = time.perf_counter()
@@ -487,7 +478,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     trainer = Trainer(cfg, checked=checked)
     cfg = trainer.cfg  # with what the checks resolved (reward labels, rollout shards)
     judges = build_judges(cfg)
-    settings = EvalSettings.from_config(cfg)
     phase = iter(range(1, 10))
 
     def say(text: str) -> None:
@@ -503,7 +493,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     try:
         # The evaluation folder is looked up when each part starts: an --overwrite run moves into place as it trains.
         done = evaluate_run(trainer.policy, trainer.prompts.test, trainer.scorer, judges,
-                            lambda: trainer.run_dir / "eval", cfg=cfg, settings=settings, train=train,
+                            lambda: trainer.run_dir / "eval", cfg=cfg, train=train,
                             on_phase=lambda text: say("toxicity of the " + text))
     except DetoxError as e:  # train() names the earlier run itself; the evaluation before it does not
         if trainer.staging_dir is None or "--overwrite: the earlier run" in str(e):

@@ -705,6 +705,22 @@ def validate(cfg: DetoxConfig) -> None:
     _check_finite(cfg)
 
 
+def check_eval_pass(e: EvalConfig, samples_per_prompt: int) -> None:
+    """One evaluation pass: ``samples_per_prompt`` summaries per prompt with the settings ``e`` (the sampled
+    pass of ``evaluate``: ``evaluation.samples_per_prompt`` pure samples). Cheap checks, before any model
+    loads; a config from :func:`load_config` passes the first already."""
+    if e.num_samples <= 0 or e.batch_size <= 0 or e.max_new_tokens <= 0 or samples_per_prompt <= 0:
+        raise ConfigError(
+            "evaluation needs positive num_samples, samples_per_prompt, batch_size and max_new_tokens, got "
+            f"{e.num_samples}, {samples_per_prompt}, {e.batch_size} and {e.max_new_tokens}"
+        )
+    if samples_per_prompt > 1 and not e.do_sample:
+        raise ConfigError(
+            f"{samples_per_prompt} samples per prompt with greedy decoding are {samples_per_prompt} copies "
+            "of one summary; add --sample (evaluation.do_sample=true) or use one sample per prompt"
+        )
+
+
 def check_rollout_shards(batch_size: int, mini_batch_size: int, samples_per_prompt: int, shards: int, *, why: str = "ppo.rollout_shards") -> None:
     """A step's batch must split into ``shards`` equal shards of whole prompts, and each gradient step's
     ``mini_batch_size`` rows into ``shards`` equal parts (``why`` says where the number comes from)."""
