@@ -88,13 +88,14 @@ def detoxrl_side(args) -> dict:
             for name, p in policy.model.named_parameters():
                 if f".{POLICY_ADAPTER}." in name and "lora_B" in name:
                     p.copy_(torch.randn(p.shape, generator=gen) * 1e-3)
-    settings = EvalConfig(num_samples=args.prompts, do_sample=True, max_new_tokens=args.new_tokens, batch_size=args.batch_size,
-                          seed=args.seed)
+    settings = EvalConfig(num_samples=args.prompts, do_sample=True, max_new_tokens=args.new_tokens,
+                          batch_size=args.batch_size, seed=args.seed)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         with common.timed({}, "evaluate_s"):
-            summary = evaluate_policy(policy, examples, scorer, None, Path(tmp) / "eval.jsonl", adapter=adapter, settings=settings,
-                                      rouge=False, faithfulness=False, progress=False, reward_input="query+response")
+            summary = evaluate_policy(policy, examples, scorer, None, Path(tmp) / "eval.jsonl", adapter=adapter,
+                                      settings=settings, rouge=False, faithfulness=False, progress=False,
+                                      reward_input="query+response")
         wall = time.perf_counter() - t0
     return {
         "system": args.side,

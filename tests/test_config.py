@@ -430,7 +430,7 @@ def test_yaml_that_is_not_a_mapping(tmp_path):
 
 def test_validate_catches_direct_edits():
     cfg = load_config()
-    cfg = dataclasses.replace(cfg, ppo=dataclasses.replace(cfg.ppo, batch_size=8, mini_batch_size=3))  # not via load_config
+    cfg = dataclasses.replace(cfg, ppo=dataclasses.replace(cfg.ppo, batch_size=8, mini_batch_size=3))  # no load_config
     with pytest.raises(ConfigError, match="must divide"):
         validate(cfg)
 

@@ -76,7 +76,8 @@ def settings(**kw):
     """evaluate_policy's keyword arguments: the evaluation settings (EvalConfig) and this pass's options."""
     base = dict(num_samples=6, batch_size=2, max_new_tokens=8, rouge=True, faithfulness=False, progress=False)
     base.update(kw)
-    options = {k: base.pop(k) for k in ("samples_per_prompt", "temperature", "rouge", "faithfulness", "progress") if k in base}
+    pass_options = ("samples_per_prompt", "temperature", "rouge", "faithfulness", "progress")
+    options = {k: base.pop(k) for k in pass_options if k in base}
     return dict(settings=EvalConfig(**base), **options)
 
 
@@ -349,7 +350,8 @@ def test_records_carry_the_shaped_reward_of_training(policy, examples, scorer, t
 def test_every_judge_is_recorded_under_its_spec(policy, examples, scorer, models, tmp_path):
     judges = {"first": build_scorer(str(models["judge"]), "nontoxic", "toxic"),
               "packaged:profanity-check": build_scorer("packaged:profanity-check", "non-toxic", "toxic")}
-    summary = evaluate_policy(policy, examples, scorer, judges, tmp_path / "after.jsonl", adapter=POLICY_ADAPTER, **settings())
+    summary = evaluate_policy(policy, examples, scorer, judges, tmp_path / "after.jsonl", adapter=POLICY_ADAPTER,
+                              **settings())
     records = load_records(tmp_path / "after.jsonl")
     assert all(list(r["judges"]) == ["first", "packaged:profanity-check"] for r in records)
     assert all(r["judge_toxicity"] == r["judges"]["first"] for r in records)  # the first judge is also judge_toxicity

@@ -79,7 +79,8 @@ def _adapter_policy(run: Path):
     from detoxrl.config import load_config
 
     cfg = load_config(path=run / "config.yaml").policy
-    return load_policy(dataclasses.replace(cfg, model=base_model_of(run / "final", cfg.model), adapter=str(run / "final")))
+    return load_policy(dataclasses.replace(cfg, model=base_model_of(run / "final", cfg.model),
+                                           adapter=str(run / "final")))
 
 
 def _prompts(policy, run: Path, n: int = 3) -> list[list[int]]:

@@ -726,8 +726,8 @@ def test_resume_from_an_older_checkpoint_sets_the_newer_ones_aside(two_checkpoin
     assert [p.name for p in ck.list_checkpoints(out)] == ["step-000002", "step-000004"]
 
 
-def test_preflight_resolves_into_a_new_config_and_config_yaml_is_unchanged(tiny_config, tiny_t5, tiny_roberta, dialogsum_dir,
-                                                                          tmp_path):
+def test_preflight_resolves_into_a_new_config_and_config_yaml_is_unchanged(tiny_config, tiny_t5, tiny_roberta,
+                                                                          dialogsum_dir, tmp_path):
     """The caller's config is frozen: what the checks resolve (the reward labels from the model, the LoRA
     settings of the starting adapter, the rollout shards) goes into a new config, whose config.yaml is
     byte for byte what a run wrote when these were written back into the caller's config
@@ -744,7 +744,8 @@ def test_preflight_resolves_into_a_new_config_and_config_yaml_is_unchanged(tiny_
     checked = preflight(cfg)
     resolved = with_settings(checked.cfg, {"ppo": {"rollout_shards": check_launch(cfg, 1)}})  # as Trainer does
     assert cfg.to_dict() == given  # nothing written back into the caller's config
-    assert (resolved.reward.toxic_label, resolved.policy.lora_r, resolved.policy.lora_target_modules) == ("hate", 8, ["q", "v"])
+    policy = resolved.policy
+    assert (resolved.reward.toxic_label, policy.lora_r, policy.lora_target_modules) == ("hate", 8, ["q", "v"])
     assert checked.reward_labels == ("nothate", "hate")
     text = _yaml(resolved)
     for path, name in ((adapter, "ADAPTER"), (tiny_t5, "POLICY"), (tiny_roberta, "REWARD"), (dialogsum_dir, "DATA"),

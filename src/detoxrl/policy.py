@@ -551,9 +551,8 @@ def match_adapter_config(cfg: PolicyConfig, adapter_dir: str | Path) -> PolicyCo
     if not info:
         raise ModelLoadError(f"'{adapter_dir}' is not a PEFT adapter folder (no adapter_config.json); pass a train run's final/ folder")
     targets = info.get("target_modules")
-    return dataclasses.replace(
-        cfg,
-        lora_r=int(info.get("r", cfg.lora_r)),
-        lora_alpha=int(info.get("lora_alpha", cfg.lora_alpha)),
-        lora_target_modules=(sorted(targets) if isinstance(targets, (list, set)) else [targets]) if targets else cfg.lora_target_modules,
-    )
+    if targets:
+        targets = sorted(targets) if isinstance(targets, (list, set)) else [targets]
+    return dataclasses.replace(cfg, lora_r=int(info.get("r", cfg.lora_r)),
+                               lora_alpha=int(info.get("lora_alpha", cfg.lora_alpha)),
+                               lora_target_modules=targets or cfg.lora_target_modules)

@@ -53,8 +53,8 @@ from detoxrl.config import (RESUME_FREE_SETTINGS, DetoxConfig, changed_settings,
                             with_settings)
 from detoxrl.errors import ConfigError, DataError, DetoxError, ModelLoadError, TrainingError
 from detoxrl.policy import Policy, check_adapter_source, check_policy_source, load_policy, load_tokenizer, match_adapter_config
-from detoxrl.prompts import (PromptExample, PromptSplits, SplitRows, check_data_source, load_dialogue_rows, prompts_from_split,
-                             split_and_select)
+from detoxrl.prompts import (PromptExample, PromptSplits, SplitRows, check_data_source, load_dialogue_rows,
+                             prompts_from_split, split_and_select)
 from detoxrl.rewards import Scorer, check_reward_labels, scorer_from_config, shape_rewards, texts_for_scoring
 from detoxrl.selection import dialogue_toxicity_for
 from detoxrl import runtime
@@ -367,11 +367,6 @@ class Preflight:
     split: SplitRows
     reward_labels: tuple[str, str] | None = None  # (reward label, toxic label), when the reward was checked
 
-    @property
-    def rows(self) -> list[dict]:
-        """Every dialogue row read (before the filter)."""
-        return self.split.rows
-
 
 def resolve_settings(cfg: DetoxConfig, *, check_reward: bool = True,
                      adapter_dir: str | Path | None = None) -> tuple[DetoxConfig, tuple[str, str] | None]:
@@ -382,10 +377,12 @@ def resolve_settings(cfg: DetoxConfig, *, check_reward: bool = True,
     changes: dict[str, dict[str, Any]] = {}
     if adapter_dir:  # the LoRA settings are the adapter's (an SFT adapter's r, alpha, targets): config.yaml says so
         lora = match_adapter_config(cfg.policy, adapter_dir)
-        changes["policy"] = {"lora_r": lora.lora_r, "lora_alpha": lora.lora_alpha, "lora_target_modules": lora.lora_target_modules}
+        changes["policy"] = {"lora_r": lora.lora_r, "lora_alpha": lora.lora_alpha,
+                             "lora_target_modules": lora.lora_target_modules}
     labels = None
     if check_reward:
-        labels = check_reward_labels(cfg.reward.model, cfg.reward.label, cfg.reward.toxic_label, cfg.reward.trust_remote_code)
+        r = cfg.reward
+        labels = check_reward_labels(r.model, r.label, r.toxic_label, r.trust_remote_code)
         changes["reward"] = {"label": labels[0], "toxic_label": labels[1]}
     return (with_settings(cfg, changes) if changes else cfg), labels
 
@@ -406,7 +403,8 @@ def preflight(cfg: DetoxConfig, *, check_reward: bool = True, require_train: boo
     if require_train and cfg.data.test_fraction >= 1.0:
         raise DataError("data.test_fraction=1 holds every row out and leaves nothing to train on; use it with evaluate --all-rows only")
     rows = load_dialogue_rows(cfg.data)
-    split = split_and_select(cfg.data, rows, dialogue_toxicity_for(cfg, reward_labels=labels), require_train=require_train)
+    scores = dialogue_toxicity_for(cfg, reward_labels=labels)  # None without a challenging-prompt selection
+    split = split_and_select(cfg.data, rows, scores, require_train=require_train)
     return Preflight(cfg=cfg, split=SplitRows(rows, *split), reward_labels=labels)
 
 
@@ -548,7 +546,8 @@ class Trainer(RunFolder):
 
         # The main process first: it alone tidies the folder (a stopped --overwrite run) and fills caches.
         # From here on the trainer runs with the resolved config (and records it in config.yaml).
-        self.cfg, self.out_dir, self.resume_plan, self.staging_dir, self.prompts = main_process_first(self.state, checks)
+        found = main_process_first(self.state, checks)
+        self.cfg, self.out_dir, self.resume_plan, self.staging_dir, self.prompts = found
         cfg = self.cfg
         self.run_dir = self.staging_dir or self.out_dir
         self.shards = cfg.ppo.rollout_shards
