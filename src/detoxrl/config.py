@@ -2,7 +2,8 @@
 
 A run is described by one :class:`DetoxConfig`: a preset (``offline`` or ``seed``), optionally a
 YAML file on top of it, then ``section.key=value`` overrides from the command line. Every key and
-type is checked here, before any model is loaded, and a mistake is one line naming the fix.
+type is checked here, before any model is loaded, and a mistake is one line naming the fix. The
+validated config is frozen (see :class:`DetoxConfig`).
 """
 
 from __future__ import annotations
@@ -219,6 +220,11 @@ SFT_SCHEDULES = ("linear", "constant")
 
 @dataclass(frozen=True)
 class DetoxConfig:
+    """One run's settings. Frozen, as every section: once :func:`load_config` has validated it, nothing
+    changes it. What the checks derive from the models (the reward labels, an adapter's LoRA settings,
+    the rollout shards of a launch) goes into a new config (:func:`with_settings`), which a run records
+    in its config.yaml. (The lists inside are shared by such copies: replace them, never edit them.)"""
+
     preset: str = "offline"
     data: DataConfig = field(default_factory=DataConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
