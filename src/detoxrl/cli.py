@@ -602,12 +602,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_summarize(args: argparse.Namespace) -> int:
     """Summaries of the dialogues of a file or stdin, as JSON Lines or CSV (stdout or --output)."""
+    from detoxrl.config import with_settings
     from detoxrl.evaluate import build_judges, check_judges
     from detoxrl.export import RUN_CONFIG, base_model_of
     from detoxrl.modelcard import find_run
     from detoxrl.policy import check_adapter_source, check_policy_source, load_policy, load_tokenizer
     from detoxrl.prompts import prompt_examples
-    from detoxrl.config import with_settings
     from detoxrl.rewards import scorer_from_config
     from detoxrl.summarize import (Decoding, RecordWriter, finish_output, open_output, output_format, read_input,
                                    summarize)
