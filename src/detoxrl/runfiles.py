@@ -321,13 +321,13 @@ def load_config(path: str | Path) -> tuple[DetoxConfig, list[str]] | None:
     preset = mapping.get("preset")
     cfg = DetoxConfig(preset=str(preset)) if preset else DetoxConfig()
     if cfg.preset in PRESETS:
-        apply_mapping(cfg, PRESETS[cfg.preset])
+        cfg = apply_mapping(cfg, PRESETS[cfg.preset])
     problems = []
     for section, values in mapping.items():
         items = values.items() if isinstance(values, dict) else [(None, values)]
         for key, value in items:
             try:
-                apply_mapping(cfg, {section: value if key is None else {key: value}})
+                cfg = apply_mapping(cfg, {section: value if key is None else {key: value}})
             except ConfigError as exc:
                 problems.append(str(exc))
     return cfg, problems
