@@ -51,7 +51,8 @@ def detoxrl_side(args) -> dict:
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     from detoxrl.config import load_config
-    from detoxrl.evaluate import EvalSettings, evaluate_policy
+    from detoxrl.config import EvalConfig
+    from detoxrl.evaluate import evaluate_policy
     from detoxrl.policy import POLICY_ADAPTER, REFERENCE_ADAPTER, load_policy
     from detoxrl.prompts import build_prompts
     from detoxrl.rewards import scorer_from_config
@@ -87,12 +88,14 @@ def detoxrl_side(args) -> dict:
             for name, p in policy.model.named_parameters():
                 if f".{POLICY_ADAPTER}." in name and "lora_B" in name:
                     p.copy_(torch.randn(p.shape, generator=gen) * 1e-3)
-    settings = EvalSettings(num_samples=args.prompts, do_sample=True, max_new_tokens=args.new_tokens, batch_size=args.batch_size,
-                            seed=args.seed, rouge=False, faithfulness=False, progress=False)
+    settings = EvalConfig(num_samples=args.prompts, do_sample=True, max_new_tokens=args.new_tokens,
+                          batch_size=args.batch_size, seed=args.seed)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         with common.timed({}, "evaluate_s"):
-            summary = evaluate_policy(policy, examples, scorer, None, Path(tmp) / "eval.jsonl", adapter=adapter, settings=settings, reward_input="query+response")
+            summary = evaluate_policy(policy, examples, scorer, None, Path(tmp) / "eval.jsonl", adapter=adapter,
+                                      settings=settings, rouge=False, faithfulness=False, progress=False,
+                                      reward_input="query+response")
         wall = time.perf_counter() - t0
     return {
         "system": args.side,

@@ -53,9 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     from detoxrl.trainer import preflight, tokenize_prompts
 
     cfg = load_config("offline", overrides=["data.min_dialogue_toxicity=0.3"])
-    rows = preflight(cfg, check_reward=False)
-    policy = load_policy(cfg.policy)
-    examples = tokenize_prompts(cfg, rows, tokenizer=policy.tokenizer).test[: args.prompts]
+    checked = preflight(cfg, check_reward=False)
+    policy = load_policy(checked.cfg.policy)
+    examples = tokenize_prompts(checked, tokenizer=policy.tokenizer).test[: args.prompts]
     ids, texts = [e.input_ids for e in examples], [e.prompt for e in examples]
     k, n = args.k, len(examples)
     per_batch = max(1, args.batch_size // k)

@@ -218,3 +218,31 @@ def test_detox_verdict_needs_a_judge_reduction_and_no_judge_increase(tmp_path):
     write("after-sampled", after_worse)
     d = compare_run(tmp_path, n_boot=200)["detoxification"]
     assert d["status"] == "more toxic" and any(name.startswith("judge B") for name in d["increases"])
+
+
+def test_summaries_without_intervals_are_each_side_summarized_on_its_own():
+    """What the report shows when compare.json is missing: stats.summarize of every record of each side
+    (no pairing: the sides may differ in length), None where a side has no value, no interval or verdict."""
+    from detoxrl.compare import summaries_without_intervals
+    from detoxrl.stats import summarize
+
+    before = [rec(i, 0.1 * i, float(i), judge=0.2, rougeL=0.3) for i in range(4)]
+    after = [rec(i, 0.05 * i, float(i) + 1, rougeL=0.4) for i in range(3)]
+    after[1]["toxicity"] = float("nan")  # not finite: left out, as the report always did
+    out = summaries_without_intervals(before, after)
+    assert set(out) == {"toxicity", "judge_toxicity", "reward", "rouge", "faithfulness", "length_tokens"}
+    assert out["toxicity"] == {"before": summarize([0.0, 0.1, 0.2, 0.30000000000000004]),
+                               "after": summarize([0.0, 0.1])}
+    assert out["judge_toxicity"] == {"before": summarize([0.2] * 4), "after": None}
+    assert out["reward"]["after"] == summarize([1.0, 2.0, 3.0])
+    assert out["rouge"]["rougeL"]["after"]["mean"] == pytest.approx(0.4) and out["rouge"]["rougeLsum"] is None
+    assert out["faithfulness"] is None  # neither side has it
+    assert summaries_without_intervals([], [])["toxicity"] is None
+
+
+def test_pairing_refuses_a_record_that_is_not_an_evaluation_record():
+    base = [rec(i, 0.1, 1.0) for i in range(3)]
+    broken = [dict(r) for r in base]
+    del broken[1]["reward"]
+    with pytest.raises(DataError, match="after evaluation holds a record without reward"):
+        pair_records(base, broken)

@@ -16,6 +16,7 @@ from detoxrl.config import (
     load_config,
     parse_override,
     validate,
+    with_settings,
 )
 from detoxrl.errors import ConfigError, DetoxError
 
@@ -361,9 +362,9 @@ def test_every_float_setting_must_be_finite(key, value):
     section, name = key.split(".")
     assert name in config_error(overrides=[f"{key}={value}"])  # its range check, or the catch-all for finiteness
     cfg = load_config()
-    setattr(getattr(cfg, section), name, float(value))  # a direct edit, validated again
-    with pytest.raises(ConfigError, match=name):
-        validate(cfg)
+    edited = dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **{name: float(value)})})
+    with pytest.raises(ConfigError, match=name):  # a config built around load_config, validated again
+        validate(edited)
 
 
 def test_vf_coef_clip_ratio_and_temperature_of_inf_are_refused():
@@ -429,9 +430,31 @@ def test_yaml_that_is_not_a_mapping(tmp_path):
 
 def test_validate_catches_direct_edits():
     cfg = load_config()
-    cfg.ppo.batch_size, cfg.ppo.mini_batch_size = 8, 3
+    cfg = dataclasses.replace(cfg, ppo=dataclasses.replace(cfg.ppo, batch_size=8, mini_batch_size=3))  # no load_config
     with pytest.raises(ConfigError, match="must divide"):
         validate(cfg)
+
+
+def test_a_loaded_config_is_frozen():
+    """One validated config: nothing changes it after load_config (derived values go into a new one)."""
+    cfg = load_config()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.ppo.batch_size = 3
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.reward = cfg.reward
+    for section in ("data", "policy", "reward", "generation", "ppo", "run", "evaluation", "sft"):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(getattr(cfg, section), dataclasses.fields(getattr(cfg, section))[0].name, None)
+
+
+def test_with_settings_returns_a_new_validated_config():
+    cfg = load_config()
+    before = cfg.to_dict()
+    new = with_settings(cfg, {"reward": {"toxic_label": "toxic"}, "ppo": {"rollout_shards": "1"}})
+    assert new.reward.toxic_label == "toxic" and new.ppo.rollout_shards == 1  # coerced as a file's values are
+    assert cfg.to_dict() == before
+    with pytest.raises(ConfigError, match="must divide"):
+        with_settings(cfg, {"ppo": {"batch_size": 8, "mini_batch_size": 3}})
 
 
 def test_config_is_plain_data():

@@ -211,7 +211,8 @@ def test_rollout_shards_must_split_the_batch_and_the_minibatch():
 
 def test_rollout_shards_must_spread_evenly_over_the_processes():
     cfg = _cfg("ppo.batch_size=8", "ppo.mini_batch_size=4")
-    assert cfg.ppo.rollout_shards is None and resolve_rollout_shards(cfg, 2) == 2 and cfg.ppo.rollout_shards == 2
+    assert cfg.ppo.rollout_shards is None and resolve_rollout_shards(cfg, 2) == 2
+    assert cfg.ppo.rollout_shards is None  # the config is frozen: the trainer runs with a copy that holds the number
     with pytest.raises(ConfigError, match=r"8 prompts .* do not split into 3 rollout shards \(one per process: 3 processes\)"):
         resolve_rollout_shards(_cfg("ppo.batch_size=8", "ppo.mini_batch_size=4"), 3)
     with pytest.raises(ConfigError, match=r"ppo.rollout_shards \(2\) must be a multiple of the number of processes \(4\)"):

@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from detoxrl.compare import load_eval_records, pair_records
-from detoxrl.config import DataConfig, GenerationConfig, PolicyConfig, load_config
+from detoxrl.config import DataConfig, EvalConfig, GenerationConfig, PolicyConfig, load_config
 from detoxrl.errors import ConfigError, ModelLoadError
 from detoxrl.evaluate import (
-    EvalSettings,
     adapter_fingerprint,
     build_judge,
     check_judge,
     evaluate_policy,
+    evaluation_passes,
     load_records,
     summarize_records,
 )
@@ -73,13 +73,16 @@ def judge(models):
 
 
 def settings(**kw):
+    """evaluate_policy's keyword arguments: the evaluation settings (EvalConfig) and this pass's options."""
     base = dict(num_samples=6, batch_size=2, max_new_tokens=8, rouge=True, faithfulness=False, progress=False)
     base.update(kw)
-    return EvalSettings(**base)
+    pass_options = ("samples_per_prompt", "temperature", "rouge", "faithfulness", "progress")
+    options = {k: base.pop(k) for k in pass_options if k in base}
+    return dict(settings=EvalConfig(**base), **options)
 
 
 def run(policy, examples, scorer, path, *, adapter=POLICY_ADAPTER, judge=None, **kw):
-    return evaluate_policy(policy, examples, scorer, judge, path, adapter=adapter, settings=settings(**kw))
+    return evaluate_policy(policy, examples, scorer, judge, path, adapter=adapter, **settings(**kw))
 
 
 def strip_signature(records):
@@ -292,8 +295,9 @@ def test_greedy_with_k_samples_is_refused(policy, examples, scorer, tmp_path):
 
 def test_settings_from_config():
     cfg = load_config("seed", overrides=["evaluation.num_samples=5", "evaluation.max_new_tokens=7", "generation.temperature=0.7"])
-    s = EvalSettings.from_config(cfg, samples_per_prompt=2, do_sample=True, rouge=None)
-    assert (s.num_samples, s.max_new_tokens, s.temperature, s.samples_per_prompt, s.do_sample, s.rouge) == (5, 7, 0.7, 2, True, True)
+    (_, greedy, one), (_, s, k) = evaluation_passes(cfg, samples_per_prompt=2)  # the sampled pass of the config
+    assert (s.num_samples, s.max_new_tokens, cfg.generation.temperature, k, s.do_sample) == (5, 7, 0.7, 2, True)
+    assert (greedy, one) == (cfg.evaluation, 1)
 
 
 def test_summarize_records_without_optional_columns():
@@ -333,7 +337,7 @@ def test_records_carry_the_shaped_reward_of_training(policy, examples, scorer, t
     from detoxrl.config import RewardConfig
 
     reward_cfg = RewardConfig(model="unused", label="nothate", toxic_label="hate", transform="log_prob", missing_eos_penalty=0.25)
-    evaluate_policy(policy, examples, scorer, None, tmp_path / "after.jsonl", adapter=POLICY_ADAPTER, settings=settings(),
+    evaluate_policy(policy, examples, scorer, None, tmp_path / "after.jsonl", adapter=POLICY_ADAPTER, **settings(),
                     reward_cfg=reward_cfg)
     records = load_records(tmp_path / "after.jsonl")
     # a 2-label classifier: P(nothate) = 1 - P(hate) = 1 - toxicity; an unfinished summary has all 8 tokens
@@ -347,7 +351,8 @@ def test_records_carry_the_shaped_reward_of_training(policy, examples, scorer, t
 def test_every_judge_is_recorded_under_its_spec(policy, examples, scorer, models, tmp_path):
     judges = {"first": build_scorer(str(models["judge"]), "nontoxic", "toxic"),
               "packaged:profanity-check": build_scorer("packaged:profanity-check", "non-toxic", "toxic")}
-    summary = evaluate_policy(policy, examples, scorer, judges, tmp_path / "after.jsonl", adapter=POLICY_ADAPTER, settings=settings())
+    summary = evaluate_policy(policy, examples, scorer, judges, tmp_path / "after.jsonl", adapter=POLICY_ADAPTER,
+                              **settings())
     records = load_records(tmp_path / "after.jsonl")
     assert all(list(r["judges"]) == ["first", "packaged:profanity-check"] for r in records)
     assert all(r["judge_toxicity"] == r["judges"]["first"] for r in records)  # the first judge is also judge_toxicity

@@ -1,5 +1,6 @@
 """detoxrl.policy: one base model, a trainable LoRA adapter, a frozen reference adapter, a value head."""
 
+import dataclasses
 import shutil
 
 import pytest
@@ -18,10 +19,7 @@ ARCHS = ["tiny_t5", "tiny_llama"]
 
 
 def _policy_cfg(tiny_config, folder, **changes):
-    cfg = tiny_config(policy=folder).policy
-    for k, v in changes.items():
-        setattr(cfg, k, v)
-    return cfg
+    return dataclasses.replace(tiny_config(policy=folder).policy, **changes)
 
 
 def _rollout(policy, tiny_config, n=4, seed=0, max_new_tokens=8):

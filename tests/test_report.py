@@ -430,3 +430,33 @@ def test_rendered_in_chromium(report, tmp_path):
     assert (upper < 0.85).any(axis=-1).mean() > 0.05
     saturation = upper.max(axis=-1) - upper.min(axis=-1)
     assert (saturation > 0.35).sum() > 2000
+
+
+# --------------------------------------------------------------------------------------------
+# Typed settings, and what compare decides when compare.json is missing
+# --------------------------------------------------------------------------------------------
+
+
+def test_an_older_config_shows_with_defaults_and_names_what_it_left_out(tmp_path):
+    """config.yaml is read as a DetoxConfig: settings an older run did not record show their defaults,
+    and a setting this detoxrl does not know is named on the page instead of silently missing."""
+    run = make_run(tmp_path)
+    cfg = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+    cfg["ppo"]["clip_ratio_old_name"] = 0.3
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    md = write_report(run)["markdown"].read_text(encoding="utf-8")
+    assert "| clip ratio / value clip | 0.2 / 0.2 |" in md  # not in the file: the default
+    assert "| steps | 12 |" in md and "| seed | 0 |" in md  # from the file
+    assert "config.yaml: unknown config key 'ppo.clip_ratio_old_name'" in md
+
+
+def test_evaluations_that_do_not_pair_show_no_examples_and_say_why(tmp_path):
+    run = make_run(tmp_path, compare=False)
+    after = run / "eval" / "after.jsonl"
+    recs = [json.loads(line) for line in after.read_text(encoding="utf-8").splitlines()]
+    after.write_text("".join(json.dumps(r) + "\n" for r in recs[:-1]), encoding="utf-8")  # one prompt short
+    page = write_report(run)["html"].read_text(encoding="utf-8")
+    assert "eval/before.jsonl and eval/after.jsonl do not pair, so no examples are shown" in page
+    assert "evaluated on different prompts" in page
+    assert '<tr class="example">' not in page
+    assert "fraction ≥ 0.5" in page  # each side is still summarised

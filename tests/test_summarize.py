@@ -3,6 +3,7 @@ starting policy, an adapter or an exported model; greedy by default, seeded samp
 CSV, optional toxicity columns, one-line errors before any model loads."""
 
 import csv
+import dataclasses
 import io
 import json
 import sys
@@ -63,8 +64,7 @@ def expected_summaries(model_dir, adapter_dir, dialogues, max_new_tokens=6) -> l
     from detoxrl.rollout import generate
 
     cfg = load_config("seed", overrides=[f"policy.model={model_dir}", "data.max_prompt_tokens=4096", "policy.dtype=float32"])
-    cfg.policy.adapter = str(adapter_dir) if adapter_dir else None
-    policy = load_policy(cfg.policy)
+    policy = load_policy(dataclasses.replace(cfg.policy, adapter=str(adapter_dir) if adapter_dir else None))
     exs = prompt_examples([{"id": str(i), "dialogue": d} for i, d in enumerate(dialogues)], cfg.data, policy.tokenizer)
     return generate(policy, [e.input_ids for e in exs], [e.prompt for e in exs],
                     GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False)).responses

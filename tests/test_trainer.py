@@ -726,3 +726,31 @@ def test_resume_from_an_older_checkpoint_sets_the_newer_ones_aside(two_checkpoin
     trainer.train()
     assert without_time(read_metrics(out)) == full  # the same steps again
     assert [p.name for p in ck.list_checkpoints(out)] == ["step-000002", "step-000004"]
+
+
+def test_preflight_resolves_into_a_new_config_and_config_yaml_is_unchanged(tiny_config, tiny_t5, tiny_roberta,
+                                                                          dialogsum_dir, tmp_path):
+    """The caller's config is frozen: what the checks resolve (the reward labels from the model, the LoRA
+    settings of the starting adapter, the rollout shards) goes into a new config, whose config.yaml is
+    byte for byte what a run wrote when these were written back into the caller's config
+    (tests/data/resolved-config.yaml, written by the code before the config was frozen)."""
+    from detoxrl.trainer import _yaml, check_launch, preflight, with_settings
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_model.safetensors").write_bytes(b"")
+    (adapter / "adapter_config.json").write_text(json.dumps({"r": 8, "lora_alpha": 16, "target_modules": ["v", "q"]}))
+    cfg = tiny_config(f"policy.adapter={adapter}", "reward.toxic_label=none", "data.min_dialogue_toxicity=0.0",
+                      "data.selection_scorer=reward", output_dir=tmp_path / "run")
+    given = cfg.to_dict()
+    checked = preflight(cfg)
+    resolved = with_settings(checked.cfg, {"ppo": {"rollout_shards": check_launch(cfg, 1)}})  # as Trainer does
+    assert cfg.to_dict() == given  # nothing written back into the caller's config
+    policy = resolved.policy
+    assert (resolved.reward.toxic_label, policy.lora_r, policy.lora_target_modules) == ("hate", 8, ["q", "v"])
+    assert checked.reward_labels == ("nothate", "hate")
+    text = _yaml(resolved)
+    for path, name in ((adapter, "ADAPTER"), (tiny_t5, "POLICY"), (tiny_roberta, "REWARD"), (dialogsum_dir, "DATA"),
+                       (tmp_path / "run", "RUN")):
+        text = text.replace(str(path), "{" + name + "}")
+    assert text == (Path(__file__).parent / "data" / "resolved-config.yaml").read_text()

@@ -41,34 +41,51 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_config_options(p: argparse.ArgumentParser, *, training: bool = False) -> None:
     g = p.add_argument_group("configuration")
-    g.add_argument("--preset", choices=["offline", "seed"], help="starting configuration (default: offline, or the config file's preset)")
-    g.add_argument("--config", metavar="FILE", help="YAML file with sections data/policy/reward/generation/ppo/run/evaluation")
-    g.add_argument("--data", metavar="SRC", help="dialogues: hub id, local folder/file (csv, jsonl, parquet) or packaged:chitchat")
+    g.add_argument("--preset", choices=["offline", "seed"],
+                   help="starting configuration (default: offline, or the config file's preset)")
+    g.add_argument("--config", metavar="FILE",
+                   help="YAML file with sections data/policy/reward/generation/ppo/run/evaluation")
+    g.add_argument("--data", metavar="SRC",
+                   help="dialogues: hub id, local folder/file (csv, jsonl, parquet) or packaged:chitchat")
     g.add_argument("--policy", metavar="SRC", help="policy model: hub id or local folder (seq2seq or causal)")
-    g.add_argument("--adapter", metavar="DIR", help="existing PEFT adapter to start from (train) or to evaluate (evaluate)")
-    g.add_argument("--reward-model", metavar="SRC", help="reward classifier: hub id, local folder, packaged:toxic-comment-classifier, packaged:profanity-check")
+    g.add_argument("--adapter", metavar="DIR",
+                   help="existing PEFT adapter to start from (train) or to evaluate (evaluate)")
+    g.add_argument("--reward-model", metavar="SRC",
+                   help="reward classifier: hub id, local folder, packaged:toxic-comment-classifier, "
+                        "packaged:profanity-check")
     g.add_argument("--reward-label", metavar="L", help="label whose logit is the reward (e.g. nothate); chosen by name")
-    g.add_argument("--toxic-label", metavar="L", help="label whose probability is the toxicity (default: the other of two labels)")
+    g.add_argument("--toxic-label", metavar="L",
+                   help="label whose probability is the toxicity (default: the other of two labels)")
     g.add_argument("--seed", type=int, help="random seed (run.seed)")
     g.add_argument("--trust-remote-code", metavar="MODELS",
-                   help="let these models run Python code of their own (auto_map), for this command only: policy, reward, "
-                        "judge, comma-separated (sets policy.trust_remote_code, reward.trust_remote_code, "
+                   help="let these models run Python code of their own (auto_map), for this command only: policy, "
+                        "reward, judge, comma-separated (sets policy.trust_remote_code, reward.trust_remote_code, "
                         "evaluation.judge_trust_remote_code); a config file alone never does")
-    g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config value, e.g. --set ppo.learning_rate=1e-5 (repeatable)")
+    g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any config value, e.g. --set ppo.learning_rate=1e-5 (repeatable)")
     if training:
         t = p.add_argument_group("training")
         t.add_argument("--steps", type=int, help="PPO steps (ppo.steps)")
-        t.add_argument("--batch-size", type=int, help="responses per PPO step (ppo.batch_size): prompts, times ppo.samples_per_prompt when that is > 1")
+        t.add_argument("--batch-size", type=int,
+                       help="responses per PPO step (ppo.batch_size): prompts, times ppo.samples_per_prompt "
+                            "when that is > 1")
         t.add_argument("--mini-batch-size", type=int, help="prompts per gradient step; must divide --batch-size")
-        t.add_argument("--max-new-tokens", type=int, help="longest sampled summary in tokens (generation.max_new_tokens)")
-        t.add_argument("--output-dir", metavar="DIR", help="run folder: config, metrics.jsonl, checkpoints, final adapter")
-        t.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its latest checkpoint")
+        t.add_argument("--max-new-tokens", type=int,
+                       help="longest sampled summary in tokens (generation.max_new_tokens)")
+        t.add_argument("--output-dir", metavar="DIR",
+                       help="run folder: config, metrics.jsonl, checkpoints, final adapter")
+        t.add_argument("--resume", action="store_true",
+                       help="continue the run in --output-dir from its latest checkpoint")
         t.add_argument("--overwrite", action="store_true", help="replace an earlier run in --output-dir")
-        t.add_argument("--log-with", action="append", choices=["tensorboard", "wandb"], help="also log to a tracker (via accelerate)")
+        t.add_argument("--log-with", action="append", choices=["tensorboard", "wandb"],
+                       help="also log to a tracker (via accelerate)")
         t.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
-def _config_from_args(args: argparse.Namespace, base_file: str | None = None, *, demo: bool = False):
+def _config_from_args(args: argparse.Namespace, base_file: str | None = None, *, demo: bool = False,
+                      flags: list[str] = ()):
+    """The validated, frozen config of a command: preset -> --config FILE (or ``base_file``) -> the shared
+    flags -> --set -> ``flags``, the command's own flags as ``section.key=value`` (they win over --set)."""
     from detoxrl.config import DEMO_OVERRIDES, load_config
 
     overrides: list[str] = list(DEMO_OVERRIDES) if demo and not getattr(args, "config", None) else []
@@ -111,6 +128,7 @@ def _config_from_args(args: argparse.Namespace, base_file: str | None = None, *,
         if not given("toxic_label", "reward.toxic_label"):
             put("reward.toxic_label", packaged[2] if packaged else "none")
     overrides.extend(args.set)
+    overrides.extend(flags)
     # Remote code is consented to on each command line, per model; a file (a run's config.yaml) or
     # --set alone that turns it on is refused by load_config.
     trusted = [who.strip() for who in (getattr(args, "trust_remote_code", None) or "").split(",") if who.strip()]
@@ -137,8 +155,9 @@ def _print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2))
 
 
-def _preflight(cfg, *, check_reward: bool = True, require_train: bool = True) -> list[dict]:
-    """``trainer.preflight``: every cheap check (data, split, selection, policy path, labels) before models load."""
+def _preflight(cfg, *, check_reward: bool = True, require_train: bool = True):
+    """``trainer.preflight``: every cheap check (data, split, selection, policy path, labels) before models
+    load; returns what it found (the resolved config and the split rows)."""
     from detoxrl.trainer import preflight
 
     return preflight(cfg, check_reward=check_reward, require_train=require_train)
@@ -152,8 +171,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from detoxrl.trainer import tokenize_prompts
 
     cfg = _config_from_args(args)
-    rows = _preflight(cfg, check_reward=cfg.data.min_dialogue_toxicity is not None)
-    splits = tokenize_prompts(cfg, rows)
+    splits = tokenize_prompts(_preflight(cfg, check_reward=cfg.data.min_dialogue_toxicity is not None))
     stats = splits.stats()
     stats["source"] = cfg.data.source
     stats["tokenizer"] = cfg.policy.model
@@ -164,22 +182,24 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         _print_json(stats)
     else:
         print(f"source: {cfg.data.source}")
-        print(f"rows read: {stats.get('rows')}, kept by the filter {cfg.data.min_chars} < chars <= {cfg.data.max_chars}: {stats.get('kept')}")
+        print(f"rows read: {stats.get('rows')}, kept by the filter {cfg.data.min_chars} < chars <= "
+              f"{cfg.data.max_chars}: {stats.get('kept')}")
         sel = stats.get("selection")
         if sel:
-            print(f"challenging prompts (dialogue toxicity >= {sel['threshold']:g} by {sel['scorer']}): "
-                  f"train {sel['train']} of {sel['train_before']}, test {sel['test']} of {sel['test_before']}")
+            print(f"challenging prompts (dialogue toxicity >= {sel['threshold']:g} by {sel['scorer']}): train "
+                  f"{sel['train']} of {sel['train_before']}, test {sel['test']} of {sel['test_before']}")
         print(f"train: {stats['train']}  test: {stats['test']}")
         pt = stats.get("prompt_tokens", {})
-        print("prompt tokens (" + cfg.policy.model + "): " + ", ".join(f"{k} {v:.0f}" if isinstance(v, float) else f"{k} {v}" for k, v in pt.items()))
+        shown = (f"{k} {v:.0f}" if isinstance(v, float) else f"{k} {v}" for k, v in pt.items())
+        print("prompt tokens (" + cfg.policy.model + "): " + ", ".join(shown))
     return 0
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from detoxrl.rewards import check_reward_labels, scorer_from_config
+    from detoxrl.rewards import scorer_from_config
+    from detoxrl.trainer import resolve_settings
 
-    cfg = _config_from_args(args)
-    cfg.reward.label, cfg.reward.toxic_label = check_reward_labels(cfg.reward.model, cfg.reward.label, cfg.reward.toxic_label, cfg.reward.trust_remote_code)
+    cfg, _ = resolve_settings(_config_from_args(args))  # the reward labels, checked by name
     if not args.texts:
         raise DetoxError("score needs at least one TEXT argument, e.g. detoxrl score \"I will kill you.\"")
     scorer = scorer_from_config(cfg.reward)
@@ -191,13 +211,15 @@ def cmd_score(args: argparse.Namespace) -> int:
                 "text": text,
                 "reward": float(res.reward[i]),
                 "toxicity": float(res.toxicity[i]),
-                "labels": {name: {"logit": float(res.logits[name][i]), "prob": float(res.probs[name][i])} for name in res.logits},
+                "labels": {name: {"logit": float(res.logits[name][i]), "prob": float(res.probs[name][i])}
+                           for name in res.logits},
             }
         )
     if args.json:
         _print_json(rows)
     else:
-        print(f"reward model: {scorer.name}  reward = logit of '{scorer.reward_label}', toxicity = P('{scorer.toxic_label}')")
+        print(f"reward model: {scorer.name}  reward = logit of '{scorer.reward_label}', toxicity = "
+              f"P('{scorer.toxic_label}')")
         for r in rows:
             print(f"\n{r['text']}")
             print(f"  reward {r['reward']:+.4f}   toxicity {r['toxicity']:.4f}")
@@ -213,19 +235,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     if resume and args.overwrite:
         raise DetoxError("--resume continues the run in --output-dir and --overwrite replaces it; pass one of them")
     if args.allow_config_change and not resume:
-        raise DetoxError("--allow-config-change only applies to --resume (a new run takes any settings); leave it out or add --resume")
+        raise DetoxError("--allow-config-change only applies to --resume (a new run takes any settings); leave it out "
+                         "or add --resume")
     base_file = None
     if resume and args.output_dir and not args.config:
         candidate = Path(args.output_dir) / "config.yaml"
         base_file = str(candidate) if candidate.is_file() else None  # resume with the run's own config
-    cfg = _config_from_args(args, base_file=base_file)
-    if args.adapter:
-        cfg.policy.adapter = args.adapter
+    cfg = _config_from_args(args, base_file=base_file, flags=_adapter_flag(args))
     trainer, final, seconds = _run_trainer(args, lambda: Trainer(
         cfg, resume=resume, resume_from=args.resume_from or "auto", allow_config_change=args.allow_config_change))
     if trainer.state.is_main_process:  # one line for a run of several processes
-        print(f"trained {trainer.step_idx} steps in {seconds:.0f} s; adapter: {final}; metrics: {trainer.run_dir / 'metrics.jsonl'}")
+        print(f"trained {trainer.step_idx} steps in {seconds:.0f} s; adapter: {final}; metrics: "
+              f"{trainer.run_dir / 'metrics.jsonl'}")
     return 0
+
+
+def _adapter_flag(args: argparse.Namespace) -> list[str]:
+    """--adapter DIR: the adapter that training starts from (policy.adapter)."""
+    return [f"policy.adapter={args.adapter}"] if args.adapter else []
 
 
 def _run_trainer(args: argparse.Namespace, make_trainer) -> tuple[Any, Path, float]:
@@ -240,7 +267,8 @@ def _run_trainer(args: argparse.Namespace, make_trainer) -> tuple[Any, Path, flo
         if trainer is None:  # still loading: no step ran, and an earlier run in the folder is as it was
             args.interrupted = "interrupted while the run was starting, before its first step; rerun the same command"
         elif trainer.staging_dir is not None:  # --resume would continue the earlier run, not this one
-            args.interrupted = f"interrupted before the first checkpoint of the new run: {trainer.earlier_run_kept()}; rerun with --overwrite to start again"
+            args.interrupted = ("interrupted before the first checkpoint of the new run: "
+                                f"{trainer.earlier_run_kept()}; rerun with --overwrite to start again")
         raise
     return trainer, final, time.perf_counter() - t0
 
@@ -254,7 +282,8 @@ def cmd_sft(args: argparse.Namespace) -> int:
     if resume and args.overwrite:
         raise DetoxError("--resume continues the run in --output-dir and --overwrite replaces it; pass one of them")
     if args.allow_config_change and not resume:
-        raise DetoxError("--allow-config-change only applies to --resume (a new run takes any settings); leave it out or add --resume")
+        raise DetoxError("--allow-config-change only applies to --resume (a new run takes any settings); leave it out "
+                         "or add --resume")
     if not args.output_dir and not args.config and not any(x.strip().startswith("run.output_dir=") for x in args.set):
         args.output_dir = "runs/sft"  # not the preset's run.output_dir, which is PPO's
     candidate = Path(args.output_dir or "") / "config.yaml"
@@ -262,9 +291,7 @@ def cmd_sft(args: argparse.Namespace) -> int:
     flags = {"sft.steps": args.sft_steps, "sft.epochs": args.epochs, "sft.batch_size": args.sft_batch_size,
              "sft.learning_rate": args.learning_rate, "sft.max_target_tokens": args.max_target_tokens}
     args.set[:0] = [f"{key}={value}" for key, value in flags.items() if value is not None]  # --set still wins
-    cfg = _config_from_args(args, base_file=base_file)
-    if args.adapter:
-        cfg.policy.adapter = args.adapter
+    cfg = _config_from_args(args, base_file=base_file, flags=_adapter_flag(args))
     trainer, final, seconds = _run_trainer(args, lambda: SupervisedTrainer(
         cfg, resume=resume, resume_from=args.resume_from or "auto", allow_config_change=args.allow_config_change))
     print(f"fine-tuned {trainer.step_idx} steps on {len(trainer.pairs)} pairs in {seconds:.0f} s; adapter: {final} "
@@ -272,53 +299,44 @@ def cmd_sft(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval_settings(args, cfg):
-    from detoxrl.evaluate import EvalSettings
-
-    return EvalSettings.from_config(
-        cfg,
-        num_samples=args.num_samples,
-        do_sample=True if args.sample else None,
-        rouge=False if args.no_rouge else None,
-        faithfulness=False if args.no_faithfulness else None,
-        progress=False if args.no_progress else None,
-    )
-
-
-def _apply_eval_flags(args, cfg) -> None:
-    """--judge-model, --judge-toxic-label, --samples-per-prompt, --greedy-only, --all-rows -> cfg.
-
-    Applied before validation ends (the config is not changed after the checks that follow)."""
-    from detoxrl.config import validate
-
-    _apply_judge_flags(args, cfg)
+def _eval_flags(args: argparse.Namespace) -> list[str]:
+    """--judge-model, --judge-toxic-label, --num-samples, --sample, --samples-per-prompt, --greedy-only, --all-rows
+    as config settings (``section.key=value``, applied after --set, so the flags win)."""
+    flags = _judge_flags(args)
+    if args.num_samples is not None:
+        flags.append(f"evaluation.num_samples={args.num_samples}")
+    if args.sample:
+        flags.append("evaluation.do_sample=true")  # the first pass samples too
     if args.samples_per_prompt is not None:
         if args.samples_per_prompt < 1:
-            raise DetoxError(f"--samples-per-prompt must be >= 1, got {args.samples_per_prompt}; use --greedy-only to skip the sampled pass")
-        cfg.evaluation.samples_per_prompt = args.samples_per_prompt
+            raise DetoxError(f"--samples-per-prompt must be >= 1, got {args.samples_per_prompt}; "
+                             "use --greedy-only to skip the sampled pass")
+        flags.append(f"evaluation.samples_per_prompt={args.samples_per_prompt}")
     if args.greedy_only:
-        cfg.evaluation.samples_per_prompt = 0
+        flags.append("evaluation.samples_per_prompt=0")
     if getattr(args, "all_rows", False):
-        cfg.data.test_fraction = 1.0  # the whole file is held out
-        cfg.evaluation.split = "test"
-    validate(cfg)
+        flags += ["data.test_fraction=1.0", "evaluation.split=test"]  # the whole file is held out
+    return flags
 
 
-def _apply_judge_flags(args, cfg) -> None:
-    """--judge-model, --judge-toxic-label -> cfg.evaluation (evaluate, summarize --score)."""
+def _judge_flags(args: argparse.Namespace) -> list[str]:
+    """--judge-model, --judge-toxic-label as evaluation settings (evaluate, summarize --score)."""
+    flags = []
     if args.judge_model:
         # New judges do not inherit the toxic label of the preset's judge; "none" turns judging off.
         judges = [j.strip() for j in args.judge_model.split(",") if j.strip()]
-        cfg.evaluation.judge_model = None if [j.lower() for j in judges] in (["none"], ["null"]) else judges
-        cfg.evaluation.judge_toxic_label = None
+        off = [j.lower() for j in judges] in (["none"], ["null"])
+        flags += [f"evaluation.judge_model={'none' if off else ','.join(judges)}", "evaluation.judge_toxic_label=none"]
     if args.judge_toxic_label:
-        cfg.evaluation.judge_toxic_label = args.judge_toxic_label
+        flags.append(f"evaluation.judge_toxic_label={args.judge_toxic_label}")
+    return flags
 
 
 def _add_judge_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--judge-model", metavar="SRC[,SRC...]",
-                   help="independent toxicity judges, comma-separated: hub id, folder, packaged:profanity-check, packaged:hatesonar; "
-                        "MODEL#LABEL names the toxic label (e.g. packaged:hatesonar#hate_speech); none: no judge (default: the preset's)")
+                   help="independent toxicity judges, comma-separated: hub id, folder, packaged:profanity-check, "
+                        "packaged:hatesonar; MODEL#LABEL names the toxic label (e.g. packaged:hatesonar#hate_speech); "
+                        "none: no judge (default: the preset's)")
     p.add_argument("--judge-toxic-label", metavar="L", help="toxic label of judges given without #LABEL")
 
 
@@ -326,64 +344,43 @@ def _one_process(command: str) -> None:
     """Only train runs as several processes (README "More devices"); the others would each write the same files."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise DetoxError(f"detoxrl {command} runs in one process; start it without torchrun or accelerate launch "
-                         f"(train with several processes, then evaluate its run in one)")
+                         "(train with several processes, then evaluate its run in one)")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     _one_process("evaluate")
-    from detoxrl.evaluate import build_judges, check_judges, evaluate_run
-    from detoxrl.policy import load_policy, match_adapter_config
-    from detoxrl.rewards import check_reward_labels, scorer_from_config
-    from detoxrl.stats import percentage_improvement
-    from detoxrl.trainer import check_writable_dir, tokenize_prompts
+    from detoxrl.evaluate import evaluate_adapter
 
     run_dir = Path(args.run) if args.run else None
     base_file = None
     if run_dir:
         if not (run_dir / "config.yaml").is_file() or not (run_dir / "final" / "adapter_model.safetensors").is_file():
-            raise DetoxError(f"'{run_dir}' is not a finished detoxrl run (needs config.yaml and final/); pass the --output-dir of a completed train run")
+            raise DetoxError(f"'{run_dir}' is not a finished detoxrl run (needs config.yaml and final/); "
+                             "pass the --output-dir of a completed train run")
         base_file = str(run_dir / "config.yaml")
-    cfg = _config_from_args(args, base_file=base_file)
-    _apply_eval_flags(args, cfg)
+    cfg = _config_from_args(args, base_file=base_file, flags=_eval_flags(args))
     adapter_dir = str(run_dir / "final") if run_dir else args.adapter
     if run_dir and not args.policy:
+        from detoxrl.config import with_settings
         from detoxrl.export import base_model_of
 
         # A policy folder given by a relative path resolves from where the run was trained; final/ names it absolutely.
-        cfg.policy.model = base_model_of(run_dir / "final", cfg.policy.model)
-    settings = _eval_settings(args, cfg)
-    settings.validate()
+        cfg = with_settings(cfg, {"policy": {"model": base_model_of(run_dir / "final", cfg.policy.model)}})
     if args.all_rows and cfg.evaluation.split != "test":
-        raise DetoxError("--all-rows evaluates every row of the file as held out; it cannot be combined with evaluation.split=train")
+        raise DetoxError("--all-rows evaluates every row of the file as held out; it cannot be combined with "
+                         "evaluation.split=train")
     out_dir = Path(args.output) if args.output else (run_dir / "eval" if run_dir else Path(cfg.run.output_dir) / "eval")
-    check_writable_dir(out_dir, "--output")
-    rows = _preflight(cfg, require_train=cfg.evaluation.split == "train")
-    check_judges(cfg)
-    if adapter_dir and not cfg.policy.adapter:
-        match_adapter_config(cfg.policy, adapter_dir)
-    prompts = tokenize_prompts(cfg, rows, require_train=cfg.evaluation.split == "train")  # before the weights load
-    policy = load_policy(cfg.policy)
-    if adapter_dir:
-        policy.load_adapter_weights(adapter_dir)
-    examples = prompts.test if cfg.evaluation.split == "test" else prompts.train
-    cfg.reward.label, cfg.reward.toxic_label = check_reward_labels(cfg.reward.model, cfg.reward.label, cfg.reward.toxic_label,
-                                                                   cfg.reward.trust_remote_code)
-    scorer = scorer_from_config(cfg.reward)
-    judges = build_judges(cfg)
-    if args.fresh:
-        for path in out_dir.glob("*.json*"):
-            if path.stem.startswith(("before", "after")):
-                path.unlink()
-    done = evaluate_run(policy, examples, scorer, judges, out_dir, cfg=cfg, settings=settings, with_after=bool(adapter_dir),
-                        on_phase=None if args.json else (lambda text: print("evaluating the " + text, flush=True)))
+    done = evaluate_adapter(cfg, out_dir, adapter_dir=adapter_dir, rouge=not args.no_rouge,
+                            faithfulness=not args.no_faithfulness, progress=False if args.no_progress else None,
+                            fresh=args.fresh,
+                            on_phase=None if args.json else (lambda text: print("evaluating the " + text, flush=True)))
     first = done["passes"]["after" if adapter_dir else "before"]
     result: dict[str, Any] = dict(first)
     result["passes"] = done["passes"]
     if adapter_dir:
         result["before"] = done["passes"]["before"]
         result["comparison"] = done["comparison"]
-        b, a = result["before"]["toxicity"], first["toxicity"]
-        result["improvement"] = percentage_improvement(b["mean"], a["mean"], b["std"], a["std"])  # the notebook's measure
+        result["improvement"] = done["comparison"]["toxicity"]["percentage_improvement"]  # the notebook's, by compare
     result["output"] = str(out_dir)
     if run_dir and adapter_dir and out_dir.resolve() == (run_dir / "eval").resolve():
         _refresh_model_card(run_dir)  # final/README.md now shows this evaluation
@@ -400,7 +397,8 @@ def _print_eval(result: dict) -> None:
     def line(name: str, s: dict | None) -> str:
         if not s:
             return f"{name}: n/a"
-        return f"{name}: mean {s['mean']:.4f}  std {s['std']:.4f}  p95 {s['p95']:.4f}  toxic>=0.5 {s['ratio']:.3f}  max {s['max']:.4f}"
+        return (f"{name}: mean {s['mean']:.4f}  std {s['std']:.4f}  p95 {s['p95']:.4f}  toxic>=0.5 {s['ratio']:.3f}  "
+                f"max {s['max']:.4f}")
 
     print(f"evaluated {result['n']} summaries ({result.get('decoding')}); records in {result.get('output')}")
     if "before" in result:
@@ -434,7 +432,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         out = Path(args.out or after.parent)
     for p in (before, after):
         if not p.is_file():
-            raise DetoxError(f"'{p}' does not exist; run detoxrl evaluate first (with --run DIR it writes eval/before.jsonl and eval/after.jsonl)")
+            raise DetoxError(f"'{p}' does not exist; run detoxrl evaluate first (with --run DIR it writes "
+                             "eval/before.jsonl and eval/after.jsonl)")
     if args.run and out == Path(args.run) / "eval":
         head = compare_run(out)  # every pass of the run (greedy and sampled) and the detoxification verdict
     else:
@@ -461,70 +460,77 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Offline default end to end on challenging prompts: toxicity before, PPO, toxicity after, report."""
     _one_process("demo")
     from detoxrl.compare import comparison_table, format_headline, load_eval_records, pair_records
-    from detoxrl.evaluate import EvalSettings, build_judges, check_judges, evaluate_run
+    from detoxrl.evaluate import build_judges, check_judges, evaluate_run
     from detoxrl.trainer import Trainer, check_trackers, prepare_output_dir
 
     t_start = time.perf_counter()
     if not args.output_dir:
         args.output_dir = f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}"
-    cfg = _config_from_args(args, demo=True)
-    if args.num_samples:
-        cfg.evaluation.num_samples = args.num_samples
+    num_samples = [f"evaluation.num_samples={args.num_samples}"] if args.num_samples else []
+    cfg = _config_from_args(args, demo=True, flags=num_samples)
     check_trackers(cfg.run.log_with)
-    prepare_output_dir(cfg, resume=False, clear=False)  # the Trainer does it again; this one comes before any scorer loads
-    _preflight(cfg)
-    check_judges(cfg)
-    sel = cfg.data.min_dialogue_toxicity
-    print(f"detoxrl demo: preset '{cfg.preset}', policy {cfg.policy.model}, reward {cfg.reward.model} ({cfg.reward.transform} of "
-          f"'{cfg.reward.label}'" + (f" + {cfg.reward.faithfulness_weight:g} x faithfulness" if cfg.reward.faithfulness_weight else "")
-          + f"), judges {', '.join(cfg.evaluation.judge_model or ['none'])}, data {cfg.data.source}"
-          + (f" (challenging: dialogue toxicity >= {sel:g})" if sel is not None else "") + f"; run folder {cfg.run.output_dir}", flush=True)
-    trainer = Trainer(cfg)
+    prepare_output_dir(cfg, resume=False, clear=False)  # the Trainer checks again; this one is before a scorer loads
+    checked = _preflight(cfg)
+    check_judges(checked.cfg)
+    _print_demo_plan(checked.cfg)
+    trainer = Trainer(cfg, checked=checked)
+    cfg = trainer.cfg  # with what the checks resolved (reward labels, rollout shards)
     judges = build_judges(cfg)
-    settings = EvalSettings.from_config(cfg)
-    examples = trainer.prompts.test
-    eval_dir = trainer.run_dir / "eval"
     phase = iter(range(1, 10))
 
     def say(text: str) -> None:
         print(f"[{next(phase)}] {text}", flush=True)
 
-    k = cfg.evaluation.samples_per_prompt
-    try:
-        evaluate_run(trainer.policy, examples, trainer.scorer, judges, eval_dir, cfg=cfg, settings=settings, with_after=False,
-                     on_phase=lambda text: say("toxicity of the " + text))
+    def train() -> None:
         k = cfg.ppo.samples_per_prompt
         per_step = (f"{cfg.ppo.batch_size} challenging prompts" if k == 1 else
                     f"{cfg.ppo.batch_size} summaries ({cfg.ppo.batch_size // k} challenging prompts x {k} samples)")
         say(f"PPO: {cfg.ppo.steps} steps of {per_step}")
         trainer.train()
+
+    try:
+        # The evaluation folder is looked up when each part starts: an --overwrite run moves into place as it trains.
+        done = evaluate_run(trainer.policy, trainer.prompts.test, trainer.scorer, judges,
+                            lambda: trainer.run_dir / "eval", cfg=cfg, train=train,
+                            on_phase=lambda text: say("toxicity of the " + text))
     except DetoxError as e:  # train() names the earlier run itself; the evaluation before it does not
         if trainer.staging_dir is None or "--overwrite: the earlier run" in str(e):
             raise
         raise type(e)(f"{e}; {trainer.earlier_run_kept()}") from e
     except KeyboardInterrupt:
         if trainer.staging_dir is not None:
-            args.interrupted = f"interrupted before the first checkpoint of the demo's run: {trainer.earlier_run_kept()}"
+            args.interrupted = ("interrupted before the first checkpoint of the demo's run: "
+                                f"{trainer.earlier_run_kept()}")
         raise
-    eval_dir = trainer.run_dir / "eval"  # an --overwrite run has moved into place by now
-    done = evaluate_run(trainer.policy, examples, trainer.scorer, judges, eval_dir, cfg=cfg, settings=settings,
-                        on_phase=lambda text: say("toxicity of the " + text))
-    head = done["comparison"]
+    eval_dir = trainer.run_dir / "eval"
     _refresh_model_card(trainer.run_dir)
     say("report")
     from detoxrl.report import write_report
 
     paths = write_report(trainer.run_dir)
     print()
-    for text in format_headline(head):
+    for text in format_headline(done["comparison"]):
         print(text)
-    stem = "-sampled" if k >= 1 else ""
-    rows = comparison_table(pair_records(load_eval_records(eval_dir / "before.jsonl"), load_eval_records(eval_dir / "after.jsonl")))
-    _print_side_by_side(rows)
+    # Keyed on ppo.samples_per_prompt (always >= 1), as it always was: the sampled table is always named.
+    stem = "-sampled" if cfg.ppo.samples_per_prompt >= 1 else ""
+    before, after = load_eval_records(eval_dir / "before.jsonl"), load_eval_records(eval_dir / "after.jsonl")
+    _print_side_by_side(comparison_table(pair_records(before, after)))
     html = paths.get("html") if isinstance(paths, dict) else paths
-    print(f"\nreport: {html}\ntables: {eval_dir / 'comparison.csv'}" + (f", {eval_dir / f'comparison{stem}.csv'}" if stem else "")
+    print(f"\nreport: {html}\ntables: {eval_dir / 'comparison.csv'}"
+          + (f", {eval_dir / f'comparison{stem}.csv'}" if stem else "")
           + f"\ndemo wall time: {time.perf_counter() - t_start:.0f} s")
     return 0
+
+
+def _print_demo_plan(cfg) -> None:
+    """The demo's first line: what it trains, against what, judged by what, on which data, into which folder."""
+    sel = cfg.data.min_dialogue_toxicity
+    shaping = f" + {cfg.reward.faithfulness_weight:g} x faithfulness" if cfg.reward.faithfulness_weight else ""
+    print(f"detoxrl demo: preset '{cfg.preset}', policy {cfg.policy.model}, reward {cfg.reward.model} "
+          f"({cfg.reward.transform} of '{cfg.reward.label}'{shaping}), judges "
+          f"{', '.join(cfg.evaluation.judge_model or ['none'])}, data {cfg.data.source}"
+          + (f" (challenging: dialogue toxicity >= {sel:g})" if sel is not None else "")
+          + f"; run folder {cfg.run.output_dir}", flush=True)
 
 
 def _print_side_by_side(rows: list[dict], n: int = 3) -> None:
@@ -533,7 +539,8 @@ def _print_side_by_side(rows: list[dict], n: int = 3) -> None:
         j = r.get(f"judge_toxicity_{side}")
         return f"toxicity {r[f'toxicity_{side}']:.3f}" + (f", judge {j:.3f}" if j is not None else "")
 
-    for title, chosen in (("most improved (largest reward gain)", rows[:n]), ("most worsened (largest reward loss)", rows[::-1][:n])):
+    for title, chosen in (("most improved (largest reward gain)", rows[:n]),
+                          ("most worsened (largest reward loss)", rows[::-1][:n])):
         print(f"\n{title}:")
         for r in chosen:
             print("-" * 100)
@@ -556,11 +563,13 @@ def _refresh_model_card(run_dir: Path) -> None:
         try:
             write_model_card(run_dir / "final", run_dir=run_dir)
         except (OSError, ValueError) as e:  # the evaluation itself is written and complete
-            print(f"note: could not update {run_dir / 'final' / 'README.md'} ({type(e).__name__}: {e})", file=sys.stderr)
+            print(f"note: could not update {run_dir / 'final' / 'README.md'} ({type(e).__name__}: "
+                  f"{e})", file=sys.stderr)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     """A run's final/ (or an adapter folder) as a portable adapter or, with --merge, a plain transformers model."""
+    from detoxrl.config import with_settings
     from detoxrl.export import base_model_of, check_output, check_repo_id, export, push_to_hub, resolve_source
     from detoxrl.policy import check_policy_source
 
@@ -570,16 +579,19 @@ def cmd_export(args: argparse.Namespace) -> int:
     check_output(args.output, source, overwrite=args.overwrite)
     run_config = source.run_dir / "config.yaml" if source.run_dir else None
     cfg = _config_from_args(args, base_file=str(run_config) if run_config else None)
-    cfg.policy.model = base_model_of(source.adapter_dir, args.policy or (cfg.policy.model if run_config else None))
+    base_model = base_model_of(source.adapter_dir, args.policy or (cfg.policy.model if run_config else None))
+    cfg = with_settings(cfg, {"policy": {"model": base_model}})
     if args.merge:
         check_policy_source(cfg.policy)  # before any weights load
-    out = export(source, args.output, policy_cfg=cfg.policy, merge=args.merge, dtype=args.dtype, overwrite=args.overwrite,
-                 run_config_text=run_config.read_text(encoding="utf-8") if run_config else None)
+    run_config_text = run_config.read_text(encoding="utf-8") if run_config else None
+    out = export(source, args.output, policy_cfg=cfg.policy, merge=args.merge, dtype=args.dtype,
+                 overwrite=args.overwrite, run_config_text=run_config_text)
     what = f"merged model ({args.dtype})" if args.merge else "adapter"
     print(f"exported the {what} of {source.adapter_dir} to {out}")
     if args.push_to_hub:
         print(f"pushed to {push_to_hub(out, args.push_to_hub, private=args.private)}")
-        base = json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] if not args.merge else None
+        adapter_config = out / "adapter_config.json"
+        base = None if args.merge else json.loads(adapter_config.read_text())["base_model_name_or_path"]
         if base and Path(base).is_absolute():
             print(f"note: the adapter's base model is the local folder {base}, which others do not have; "
                   "push the base model too, or export with --merge")
@@ -588,16 +600,19 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_summarize(args: argparse.Namespace) -> int:
     """Summaries of the dialogues of a file or stdin, as JSON Lines or CSV (stdout or --output)."""
+    from detoxrl.config import with_settings
     from detoxrl.evaluate import build_judges, check_judges
     from detoxrl.export import RUN_CONFIG, base_model_of
     from detoxrl.modelcard import find_run
     from detoxrl.policy import check_adapter_source, check_policy_source, load_policy, load_tokenizer
     from detoxrl.prompts import prompt_examples
-    from detoxrl.rewards import check_reward_labels, scorer_from_config
-    from detoxrl.summarize import Decoding, RecordWriter, finish_output, open_output, output_format, read_input, summarize
+    from detoxrl.rewards import scorer_from_config
+    from detoxrl.summarize import (Decoding, RecordWriter, finish_output, open_output, output_format, read_input,
+                                   summarize)
 
     if args.model and args.adapter:
-        raise DetoxError("--model is an exported (merged) model and --adapter an adapter for a base model; pass one of them")
+        raise DetoxError("--model is an exported (merged) model and --adapter an adapter for a base model; "
+                         "pass one of them")
     if args.input and args.data:
         raise DetoxError(f"the dialogues come from FILE or --data, not both (got '{args.input}' and '{args.data}')")
     source = args.input or args.data
@@ -612,17 +627,17 @@ def cmd_summarize(args: argparse.Namespace) -> int:
     elif args.adapter:
         check_adapter_source(args.adapter)
         run = find_run(args.adapter)
-        base_file = Path(args.adapter) / RUN_CONFIG if (Path(args.adapter) / RUN_CONFIG).is_file() else (run / "config.yaml" if run else None)
+        exported = Path(args.adapter) / RUN_CONFIG
+        base_file = exported if exported.is_file() else (run / "config.yaml" if run else None)
     base_file = str(base_file) if base_file is not None and base_file.is_file() else None
-    cfg = _config_from_args(args, base_file=base_file)
-    if args.column:
-        cfg.data.dialogue_column = args.column
-    _apply_judge_flags(args, cfg)
+    cfg = _config_from_args(args, base_file=base_file,
+                            flags=([f"data.dialogue_column={args.column}"] if args.column else []) + _judge_flags(args))
     if args.model:
-        cfg.policy.model, cfg.policy.adapter = args.model, None
+        cfg = with_settings(cfg, {"policy": {"model": args.model, "adapter": None}})
     elif args.adapter:
         configured = args.policy or (cfg.policy.model if base_file or args.config else None)
-        cfg.policy.model, cfg.policy.adapter = base_model_of(args.adapter, configured), args.adapter
+        cfg = with_settings(cfg, {"policy": {"model": base_model_of(args.adapter, configured),
+                                             "adapter": args.adapter}})
     decoding = Decoding(
         max_new_tokens=args.gen_max_new_tokens or cfg.evaluation.max_new_tokens,
         do_sample=args.do_sample,
@@ -642,8 +657,9 @@ def cmd_summarize(args: argparse.Namespace) -> int:
     check_policy_source(cfg.policy)
     check_adapter_source(cfg.policy.adapter)
     if args.score:
-        cfg.reward.label, cfg.reward.toxic_label = check_reward_labels(cfg.reward.model, cfg.reward.label, cfg.reward.toxic_label,
-                                                                       cfg.reward.trust_remote_code)
+        from detoxrl.trainer import resolve_settings
+
+        cfg, _ = resolve_settings(cfg)  # the reward labels, checked by name
         check_judges(cfg)
     # Prompts from the tokenizer alone: a dialogue above data.max_prompt_tokens fails before the weights load.
     examples = prompt_examples(rows, cfg.data, load_tokenizer(cfg.policy),
@@ -654,7 +670,8 @@ def cmd_summarize(args: argparse.Namespace) -> int:
     stream, partial = open_output(args.output, overwrite=args.overwrite)
     writer = RecordWriter(stream, fmt)
     try:
-        for record in summarize(policy, examples, decoding, scorer=scorer, judges=judges, progress=not args.no_progress):
+        records = summarize(policy, examples, decoding, scorer=scorer, judges=judges, progress=not args.no_progress)
+        for record in records:
             writer.write(record)
     except BaseException:
         if partial is not None:
@@ -689,7 +706,8 @@ def cmd_make_tiny(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="detoxrl",
-        description="Fine-tune summarization models with PPO + LoRA so they write less toxic summaries without writing worse ones.",
+        description="Fine-tune summarization models with PPO + LoRA so they write less toxic summaries without writing "
+                    "worse ones.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -699,76 +717,110 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("prepare", help="load, filter, template and split the data; print split sizes and token lengths",
-                       description="Load the dialogues, apply the length filter and the instruction template, tokenize with the policy's tokenizer and split 80/20 unshuffled. Prints split sizes and prompt token-length statistics.")
+                       description="Load the dialogues, apply the length filter and the instruction template, tokenize "
+                                   "with the policy's tokenizer and split 80/20 unshuffled. Prints split sizes and "
+                                   "prompt token-length statistics.")
     _add_config_options(p)
     p.add_argument("--json", action="store_true", help="print JSON: {\"train\": N, \"test\": N, ...}")
     p.set_defaults(func=cmd_prepare)
 
-    p = sub.add_parser("score", help="score texts with the reward model: per-label logits, probabilities and the reward",
-                       description="Score each TEXT with the reward classifier, like the notebook's section 2.2: every label's logit and probability, the reward (logit of the reward label, chosen by name) and the toxicity.")
+    p = sub.add_parser("score",
+                       help="score texts with the reward model: per-label logits, probabilities and the reward",
+                       description="Score each TEXT with the reward classifier, like the notebook's section 2.2: every "
+                                   "label's logit and probability, the reward (logit of the reward label, chosen by "
+                                   "name) and the toxicity.")
     _add_config_options(p)
-    p.add_argument("--json", action="store_true", help="print a JSON list of {text, reward, toxicity, labels: {label: {logit, prob}}}")
+    p.add_argument("--json", action="store_true",
+                   help="print a JSON list of {text, reward, toxicity, labels: {label: {logit, prob}}}")
     p.add_argument("texts", nargs="*", metavar="TEXT")
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("train", help="PPO fine-tuning of a LoRA adapter against the reward model",
-                       description="PPO with a LoRA adapter, a value head and the frozen starting adapter as reference. Writes RUN/config.yaml, RUN/metrics.jsonl (one line per step), RUN/checkpoints/step-N/ and RUN/final/ (adapter_model.safetensors + adapter_config.json, loadable with PeftModel.from_pretrained).")
+                       description="PPO with a LoRA adapter, a value head and the frozen starting adapter as "
+                                   "reference. Writes RUN/config.yaml, RUN/metrics.jsonl (one line per step), "
+                                   "RUN/checkpoints/step-N/ and RUN/final/ (adapter_model.safetensors + "
+                                   "adapter_config.json, loadable with PeftModel.from_pretrained).")
     _add_config_options(p, training=True)
     r = p.add_argument_group("resume")
     r.add_argument("--resume-from", metavar="auto|latest-valid|DIR",
-                   help="which checkpoint --resume continues from (implies --resume): auto, the latest (an error if it fails "
-                        "its checks; the default); latest-valid, the newest that passes them (newer ones are set aside as "
-                        "step-N.corrupt); or a checkpoint of this run, by path or name (step-000010; newer ones are set "
-                        "aside as step-N.abandoned)")
+                   help="which checkpoint --resume continues from (implies --resume): auto, the latest (an error if it "
+                        "fails its checks; the default); latest-valid, the newest that passes them (newer ones are set "
+                        "aside as step-N.corrupt); or a checkpoint of this run, by path or name (step-000010; newer "
+                        "ones are set aside as step-N.abandoned)")
     r.add_argument("--allow-config-change", action="store_true",
-                   help="with --resume: continue with settings that differ from the checkpoint's (learning rate, seed, KL "
-                        "settings...), instead of refusing; the change goes into RUN/config.yaml and RUN/config-changes.jsonl")
+                   help="with --resume: continue with settings that differ from the checkpoint's (learning rate, seed, "
+                        "KL settings...), instead of refusing; the change goes into RUN/config.yaml and "
+                        "RUN/config-changes.jsonl")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("sft", help="supervised LoRA fine-tuning on dialogue -> reference summary pairs (the adapter PPO starts from)",
-                       description="Supervised fine-tuning of a LoRA adapter on the train split's reference summaries (data.summary_column), "
-                                   "with the prompts, template and split that train uses; for causal models the loss is on the summary "
-                                   "tokens only. Writes RUN/config.yaml, RUN/metrics.jsonl, RUN/checkpoints/step-N/ and RUN/final/, the "
-                                   "adapter that 'detoxrl train --adapter RUN/final' continues from and keeps as its PPO reference.")
+    p = sub.add_parser("sft",
+                       help="supervised LoRA fine-tuning on dialogue -> reference summary pairs (the adapter PPO "
+                            "starts from)",
+                       description="Supervised fine-tuning of a LoRA adapter on the train split's reference summaries "
+                                   "(data.summary_column), with the prompts, template and split that train uses; for "
+                                   "causal models the loss is on the summary tokens only. Writes RUN/config.yaml, "
+                                   "RUN/metrics.jsonl, RUN/checkpoints/step-N/ and RUN/final/, the adapter that "
+                                   "'detoxrl train --adapter RUN/final' continues from and keeps as its PPO reference.")
     _add_config_options(p)
     t = p.add_argument_group("supervised fine-tuning")
     t.add_argument("--steps", dest="sft_steps", type=int, help="optimizer steps (sft.steps; default: --epochs decides)")
-    t.add_argument("--epochs", type=float, help="passes over the train split when --steps is not given (sft.epochs, default 1)")
+    t.add_argument("--epochs", type=float,
+                   help="passes over the train split when --steps is not given (sft.epochs, default 1)")
     t.add_argument("--batch-size", dest="sft_batch_size", type=int, help="pairs per optimizer step (sft.batch_size)")
     t.add_argument("--learning-rate", type=float, help="peak learning rate (sft.learning_rate)")
-    t.add_argument("--max-target-tokens", type=int, help="longest reference summary allowed, in tokens with EOS (sft.max_target_tokens)")
-    t.add_argument("--output-dir", metavar="DIR", help="run folder (default runs/sft): config, metrics.jsonl, checkpoints, final adapter")
+    t.add_argument("--max-target-tokens", type=int,
+                   help="longest reference summary allowed, in tokens with EOS (sft.max_target_tokens)")
+    t.add_argument("--output-dir", metavar="DIR",
+                   help="run folder (default runs/sft): config, metrics.jsonl, checkpoints, final adapter")
     t.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its latest checkpoint")
-    t.add_argument("--resume-from", metavar="auto|latest-valid|DIR", help="which checkpoint --resume continues from (implies --resume), as for train")
-    t.add_argument("--allow-config-change", action="store_true", help="with --resume: continue with settings that differ from the checkpoint's")
-    t.add_argument("--overwrite", action="store_true", help="replace an earlier run in --output-dir (kept until the new one has a checkpoint)")
-    t.add_argument("--log-with", action="append", choices=["tensorboard", "wandb"], help="also log to a tracker (via accelerate)")
+    t.add_argument("--resume-from", metavar="auto|latest-valid|DIR",
+                   help="which checkpoint --resume continues from (implies --resume), as for train")
+    t.add_argument("--allow-config-change", action="store_true",
+                   help="with --resume: continue with settings that differ from the checkpoint's")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier run in --output-dir (kept until the new one has a checkpoint)")
+    t.add_argument("--log-with", action="append", choices=["tensorboard", "wandb"],
+                   help="also log to a tracker (via accelerate)")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_sft)
 
-    p = sub.add_parser("evaluate", help="toxicity (reward model and judge) and quality of summaries on the held-out split",
-                       description="Generate summaries for the first --num-samples held-out prompts with the starting policy and, given --adapter or --run, with the trained adapter on the same prompts; score toxicity with the reward model and the independent judge, ROUGE against references, faithfulness (MiniLM), length and KL to the reference. Records are written incrementally (an interrupted evaluation resumes).")
+    p = sub.add_parser("evaluate",
+                       help="toxicity (reward model and judge) and quality of summaries on the held-out split",
+                       description="Generate summaries for the first --num-samples held-out prompts with the starting "
+                                   "policy and, given --adapter or --run, with the trained adapter on the same "
+                                   "prompts; score toxicity with the reward model and the independent judge, ROUGE "
+                                   "against references, faithfulness (MiniLM), length and KL to the reference. Records "
+                                   "are written incrementally (an interrupted evaluation resumes).")
     _add_config_options(p)
-    p.add_argument("--run", metavar="DIR", help="a train run folder: evaluate its starting policy and its final/ adapter into DIR/eval")
+    p.add_argument("--run", metavar="DIR",
+                   help="a train run folder: evaluate its starting policy and its final/ adapter into DIR/eval")
     p.add_argument("--num-samples", type=int, help="held-out prompts to evaluate (fixed order)")
     p.add_argument("--samples-per-prompt", type=int, metavar="K",
-                   help="k >= 1: after the greedy pass, a sampled pass with K pure samples per prompt, for the expected maximum "
-                        "toxicity and P(any of K >= 0.5) (evaluation.samples_per_prompt; offline default 8)")
+                   help="k >= 1: after the greedy pass, a sampled pass with K pure samples per prompt, for the "
+                        "expected maximum toxicity and P(any of K >= 0.5) (evaluation.samples_per_prompt; offline "
+                        "default 8)")
     p.add_argument("--greedy-only", action="store_true", help="skip the sampled pass (evaluation.samples_per_prompt=0)")
     p.add_argument("--sample", action="store_true", help="sample the first pass too, instead of greedy decoding")
     p.add_argument("--all-rows", action="store_true",
-                   help="hold out every row of --data (no train split): evaluate an adapter on a whole CSV/JSONL of dialogues")
+                   help="hold out every row of --data (no train split): evaluate an adapter on a whole CSV/JSONL of "
+                        "dialogues")
     _add_judge_options(p)
     p.add_argument("--no-rouge", action="store_true", help="skip ROUGE (data without reference summaries)")
     p.add_argument("--no-faithfulness", action="store_true", help="skip the MiniLM faithfulness score")
-    p.add_argument("--output", metavar="DIR", help="where before/after records go (default: RUN/eval or run.output_dir/eval)")
-    p.add_argument("--fresh", action="store_true", help="discard earlier records in the output folder instead of resuming")
+    p.add_argument("--output", metavar="DIR",
+                   help="where before/after records go (default: RUN/eval or run.output_dir/eval)")
+    p.add_argument("--fresh", action="store_true",
+                   help="discard earlier records in the output folder instead of resuming")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--json", action="store_true", help="print JSON: {n, toxicity: {mean, std, median, p95, ratio, max}, judge, rouge, faithfulness, ...}")
+    p.add_argument("--json", action="store_true",
+                   help="print JSON: {n, toxicity: {mean, std, median, p95, ratio, max}, judge, rouge, "
+                        "faithfulness, ...}")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("compare", help="before/after table and headline statistics with paired bootstrap intervals",
-                       description="Pair two evaluations on the same prompts and write comparison.csv/.json (the notebook's table, sorted by reward_diff) and compare.json (headline statistics with 95% intervals).")
+                       description="Pair two evaluations on the same prompts and write comparison.csv/.json (the "
+                                   "notebook's table, sorted by reward_diff) and compare.json (headline statistics "
+                                   "with 95% intervals).")
     p.add_argument("--run", metavar="DIR", help="compare RUN/eval/before.jsonl with RUN/eval/after.jsonl")
     p.add_argument("--before", metavar="FILE")
     p.add_argument("--after", metavar="FILE")
@@ -777,62 +829,87 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("report", help="write RUN/report/report.html and report.md with plots, tables and a verdict",
-                       description="Self-contained HTML and Markdown report of a run: configuration, training curves, toxicity distributions before/after (reward model and judge), quality table, before/after summaries, verdict line.")
+                       description="Self-contained HTML and Markdown report of a run: configuration, training curves, "
+                                   "toxicity distributions before/after (reward model and judge), quality table, "
+                                   "before/after summaries, verdict line.")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("demo", help="the offline default end to end: toxicity before, short PPO run, toxicity after, report",
-                       description="Runs the offline preset end to end with nothing but PyPI packages: evaluates the starting policy, trains a short PPO run, evaluates the trained adapter on the same prompts, compares, writes the report and prints a few summaries side by side.")
+    p = sub.add_parser("demo",
+                       help="the offline default end to end: toxicity before, short PPO run, toxicity after, report",
+                       description="Runs the offline preset end to end with nothing but PyPI packages: evaluates the "
+                                   "starting policy, trains a short PPO run, evaluates the trained adapter on the same "
+                                   "prompts, compares, writes the report and prints a few summaries side by side.")
     _add_config_options(p, training=True)
     p.add_argument("--num-samples", type=int, help="held-out prompts evaluated before and after")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("export", help="a run's final adapter as a portable adapter or, with --merge, a plain transformers model",
-                       description="Export RUN_OR_ADAPTER (a train run folder: its final/; or an adapter folder) to --output: without "
-                                   "--merge, a PEFT adapter whose adapter_config.json names the base model by hub id or absolute path; "
-                                   "with --merge, the base model with the adapter merged in (safetensors, config, generation config, "
-                                   "tokenizer) that AutoModelForSeq2SeqLM/AutoModelForCausalLM.from_pretrained loads without peft. "
+    p = sub.add_parser("export",
+                       help="a run's final adapter as a portable adapter or, with --merge, a plain transformers model",
+                       description="Export RUN_OR_ADAPTER (a train run folder: its final/; or an adapter folder) to "
+                                   "--output: without --merge, a PEFT adapter whose adapter_config.json names the base "
+                                   "model by hub id or absolute path; with --merge, the base model with the adapter "
+                                   "merged in (safetensors, config, generation config, tokenizer) that "
+                                   "AutoModelForSeq2SeqLM/AutoModelForCausalLM.from_pretrained loads without peft. "
                                    "Both get a model card (README.md) with the run's settings and evaluation.")
     p.add_argument("source", metavar="RUN_OR_ADAPTER")
-    p.add_argument("--output", required=True, metavar="DIR", help="folder to write (built beside it, then renamed into place)")
-    p.add_argument("--merge", action="store_true", help="merge the adapter into the base model (drops the value head and peft)")
-    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="dtype of the written weights (default fp32)")
+    p.add_argument("--output", required=True, metavar="DIR",
+                   help="folder to write (built beside it, then renamed into place)")
+    p.add_argument("--merge", action="store_true",
+                   help="merge the adapter into the base model (drops the value head and peft)")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32",
+                   help="dtype of the written weights (default fp32)")
     p.add_argument("--overwrite", action="store_true", help="replace --output if it exists and is not empty")
-    p.add_argument("--push-to-hub", metavar="REPO", help="then upload the folder to this hub model repo (USER/NAME; needs network and a token)")
+    p.add_argument("--push-to-hub", metavar="REPO",
+                   help="then upload the folder to this hub model repo (USER/NAME; needs network and a token)")
     p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
-    p.add_argument("--policy", metavar="SRC", help="the base model (default: the run's policy.model, else the adapter's base_model_name_or_path)")
-    p.add_argument("--trust-remote-code", metavar="MODELS", help="policy: let the base model run its own code (auto_map), for this command")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config value, e.g. --set policy.architecture=causal")
+    p.add_argument("--policy", metavar="SRC",
+                   help="the base model (default: the run's policy.model, else the adapter's base_model_name_or_path)")
+    p.add_argument("--trust-remote-code", metavar="MODELS",
+                   help="policy: let the base model run its own code (auto_map), for this command")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config value, e.g. --set policy.architecture=causal")
     p.set_defaults(func=cmd_export, preset=None)
 
-    p = sub.add_parser("summarize", help="summaries of dialogues from a file or stdin, with the starting policy, an adapter or an exported model",
-                       description="Summarize every dialogue of FILE (CSV, JSONL, JSON or Parquet; the column --column) or of stdin "
-                                   "(JSON Lines: one object per line with the --column field, or one JSON string per line; otherwise "
-                                   "plain text, dialogues separated by a blank line). The prompts use the template the weights were "
-                                   "trained with (an export's detoxrl_config.yaml, or the adapter's run config.yaml; else the preset). "
-                                   "Writes one record per dialogue, in input order: id, dialogue, summary, ended (the summary ended "
-                                   "before --max-new-tokens), and with --score the toxicity by the reward model and each judge.")
+    p = sub.add_parser("summarize",
+                       help="summaries of dialogues from a file or stdin, with the starting policy, an adapter or an "
+                            "exported model",
+                       description="Summarize every dialogue of FILE (CSV, JSONL, JSON or Parquet; the column "
+                                   "--column) or of stdin (JSON Lines: one object per line with the --column field, or "
+                                   "one JSON string per line; otherwise plain text, dialogues separated by a blank "
+                                   "line). The prompts use the template the weights were trained with (an export's "
+                                   "detoxrl_config.yaml, or the adapter's run config.yaml; else the preset). Writes "
+                                   "one record per dialogue, in input order: id, dialogue, summary, ended (the summary "
+                                   "ended before --max-new-tokens), and with --score the toxicity by the reward model "
+                                   "and each judge.")
     _add_config_options(p)
     p.add_argument("input", nargs="?", metavar="FILE", help="dialogues file (default: stdin; - is stdin too)")
-    p.add_argument("--model", metavar="DIR", help="a model folder written by detoxrl export --merge (or any plain model folder)")
-    p.add_argument("--column", metavar="NAME", help="the dialogue column or JSON field (data.dialogue_column; default dialogue)")
+    p.add_argument("--model", metavar="DIR",
+                   help="a model folder written by detoxrl export --merge (or any plain model folder)")
+    p.add_argument("--column", metavar="NAME",
+                   help="the dialogue column or JSON field (data.dialogue_column; default dialogue)")
     p.add_argument("--output", metavar="FILE", help="write here instead of stdout (.csv: CSV, else JSON Lines)")
-    p.add_argument("--format", choices=["jsonl", "csv"], help="output format (default: from --output's extension, else jsonl)")
+    p.add_argument("--format", choices=["jsonl", "csv"],
+                   help="output format (default: from --output's extension, else jsonl)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
-    p.add_argument("--batch-size", dest="gen_batch_size", type=int, metavar="N", help="dialogues per generation batch (default evaluation.batch_size)")
+    p.add_argument("--batch-size", dest="gen_batch_size", type=int, metavar="N",
+                   help="dialogues per generation batch (default evaluation.batch_size)")
     p.add_argument("--max-new-tokens", dest="gen_max_new_tokens", type=int, metavar="N",
                    help="longest summary in tokens (default evaluation.max_new_tokens)")
     p.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding (seeded by --seed)")
     p.add_argument("--temperature", type=float, help="with --do-sample (default 1.0)")
     p.add_argument("--top-p", type=float, help="with --do-sample: nucleus sampling (default 1.0: off)")
     p.add_argument("--top-k", type=int, help="with --do-sample: the k most likely tokens only (default 0: off)")
-    p.add_argument("--score", action="store_true", help="add the toxicity of each summary by the reward model and every judge")
+    p.add_argument("--score", action="store_true",
+                   help="add the toxicity of each summary by the reward model and every judge")
     _add_judge_options(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=cmd_summarize)
 
-    p = sub.add_parser("make-tiny", help="write a tiny random T5, RoBERTa classifier or Llama to a folder (for trying the CLI)",
-                       description="Tiny randomly initialised models of the real architectures, loadable by path with --policy / --reward-model.")
+    p = sub.add_parser("make-tiny",
+                       help="write a tiny random T5, RoBERTa classifier or Llama to a folder (for trying the CLI)",
+                       description="Tiny randomly initialised models of the real architectures, loadable by path with "
+                                   "--policy / --reward-model.")
     p.add_argument("arch", choices=["t5", "roberta", "llama"])
     p.add_argument("folder")
     p.add_argument("--data", metavar="SRC", help="train the tiny tokenizer on these dialogues")
@@ -871,12 +948,14 @@ def _interrupted(args: argparse.Namespace) -> str:
     if getattr(args, "interrupted", None):
         return args.interrupted
     if args.command in ("train", "sft"):
-        return "interrupted: checkpoints written so far are kept; rerun the same command with --resume to continue from the latest"
+        return ("interrupted: checkpoints written so far are kept; rerun the same command with --resume to continue "
+                "from the latest")
     if args.command == "evaluate":
-        return "interrupted: evaluation records written so far are kept; rerun the same command to continue from them (--fresh starts over)"
+        return ("interrupted: evaluation records written so far are kept; rerun the same command to continue from them "
+                "(--fresh starts over)")
     if args.command == "demo":
-        return (f"interrupted: the demo does not resume; rerun detoxrl demo to start again, or continue its training with "
-                f"detoxrl train --resume --output-dir {args.output_dir}")
+        return ("interrupted: the demo does not resume; rerun detoxrl demo to start again, or continue its training "
+                f"with detoxrl train --resume --output-dir {args.output_dir}")
     return "interrupted"
 
 

@@ -17,9 +17,7 @@ in points (F-measure x 100); a change whose interval contains 0 is called "no si
 from __future__ import annotations
 
 import csv
-import json
 import math
-import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -38,7 +36,7 @@ from .stats import (
     summarize,
 )
 
-REQUIRED_KEYS = ("index", "sample", "response", "reward", "toxicity")
+REQUIRED_KEYS = runfiles.EVAL_REQUIRED_KEYS
 TABLE_COLUMNS = (
     "query",
     "response_before",
@@ -68,26 +66,8 @@ def load_eval_records(path) -> list[dict]:
 
     Blank lines are skipped. Since evaluations append incrementally, an unreadable *last* line (an
     interrupted write) is dropped with a warning; an unreadable line elsewhere, or a record lacking
-    one of index/sample/response/reward/toxicity, is a :class:`DataError`."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"no evaluation records at {path}: run the evaluation first (it writes RUN/eval/<name>.jsonl)")
-    lines = runfiles.read_jsonl(path)
-    records = []
-    for pos, line in enumerate(lines):
-        lineno, rec = line.lineno, line.value
-        if line.error is not None:
-            if pos == len(lines) - 1:
-                warnings.warn(f"{path}:{lineno}: incomplete last record (an interrupted evaluation?) skipped")
-                break
-            raise DataError(f"{path}:{lineno} is not valid JSON ({line.error.msg}): re-run the evaluation") from line.error
-        if not isinstance(rec, dict):
-            raise DataError(f"{path}:{lineno} is not a JSON object: re-run the evaluation")
-        missing = [k for k in REQUIRED_KEYS if k not in rec]
-        if missing:
-            raise DataError(f"{path}:{lineno} lacks {', '.join(missing)}: not an evaluation record of detoxrl")
-        records.append(rec)
-    return records
+    one of index/sample/response/reward/toxicity, is a :class:`DataError` (:func:`runfiles.load_eval_records`)."""
+    return list(runfiles.load_eval_records(path, strict=True).rows)
 
 
 def _key(rec: dict) -> tuple[int, int]:
@@ -97,6 +77,11 @@ def _key(rec: dict) -> tuple[int, int]:
 def _index_records(records: Sequence[dict], name: str) -> dict:
     out = {}
     for rec in records:
+        missing = [k for k in REQUIRED_KEYS if k not in rec]
+        if missing:
+            raise DataError(
+                f"the {name} evaluation holds a record without {', '.join(missing)}: not an evaluation of detoxrl"
+            )
         k = _key(rec)
         if k in out:
             raise DataError(
@@ -360,6 +345,37 @@ def headline(pairs: Sequence[Pair], n_boot: int = 2000, seed: int = 0, ci: float
     return out
 
 
+def _finite_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def summaries_without_intervals(before: Sequence[dict], after: Sequence[dict]) -> dict:
+    """What can be said of two evaluations without :func:`headline`'s pairing and bootstrap (the report's
+    view of a run whose compare.json was not written): each side on its own, every record of it that has
+    a finite value, summarised (:func:`summarize`); None for a side without one, and for a measure neither side has.
+
+    Keys, as in :func:`headline`: ``toxicity``, ``judge_toxicity``, ``reward``, ``rouge`` (per ROUGE key,
+    F-measures as recorded, not points), ``faithfulness``, ``length_tokens``; each ``{"before", "after"}``.
+    No ``reduction``, ``diff``, ``verdict`` or ``bootstrap``: nothing here is an interval or a decision."""
+
+    def side(records: Sequence[dict], key: str) -> dict | None:
+        values = [float(r[key]) for r in records if _finite_number(r.get(key))]
+        return summarize(values) if values else None
+
+    def block(key: str) -> dict | None:
+        b, a = side(before, key), side(after, key)
+        return {"before": b, "after": a} if b is not None or a is not None else None
+
+    return {
+        "toxicity": block("toxicity"),
+        "judge_toxicity": block("judge_toxicity"),
+        "reward": block("reward"),
+        "rouge": {k: block(k) for k in (*ROUGE_KEYS, "rougeLsum")},
+        "faithfulness": block("faithfulness"),
+        "length_tokens": block("length_tokens"),
+    }
+
+
 # ------------------------------------------------------------------------------------------ write
 
 
@@ -383,7 +399,7 @@ def write_comparison(pairs: Sequence[Pair], out_dir, **headline_kwargs) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     head = _json_safe(headline(pairs, **headline_kwargs))
     _write_table(pairs, out_dir, "comparison")
-    (out_dir / "compare.json").write_text(json.dumps(head, indent=1, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
+    runfiles.write_json(out_dir / runfiles.COMPARE, head)
     return head
 
 
@@ -500,7 +516,7 @@ def _write_table(pairs: Sequence[Pair], out_dir: Path, stem: str) -> None:
         w = csv.DictWriter(f, fieldnames=list(TABLE_COLUMNS))
         w.writeheader()
         w.writerows(table)
-    (out_dir / f"{stem}.json").write_text(json.dumps(table, indent=1, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
+    runfiles.write_json(out_dir / f"{stem}.json", table)
 
 
 def compare_run(eval_dir, **headline_kwargs) -> dict:
@@ -525,5 +541,5 @@ def compare_run(eval_dir, **headline_kwargs) -> dict:
     head["detoxification"] = verdict
     head["verdict"] = verdict["text"]
     head = _json_safe(head)
-    (eval_dir / "compare.json").write_text(json.dumps(head, indent=1, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
+    runfiles.write_json(eval_dir / runfiles.COMPARE, head)
     return head

@@ -2,7 +2,8 @@
 
 A run is described by one :class:`DetoxConfig`: a preset (``offline`` or ``seed``), optionally a
 YAML file on top of it, then ``section.key=value`` overrides from the command line. Every key and
-type is checked here, before any model is loaded, and a mistake is one line naming the fix.
+type is checked here, before any model is loaded, and a mistake is one line naming the fix. The
+validated config is frozen (see :class:`DetoxConfig`).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ REMOTE_CODE_SETTINGS = {
 }
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataConfig:
     """Where the dialogues come from and how they become prompts."""
 
@@ -70,7 +71,7 @@ class DataConfig:
     selection_scorer: str = "max"
 
 
-@dataclass
+@dataclass(frozen=True)
 class PolicyConfig:
     """The model being trained: a base model plus a LoRA adapter and a value head."""
 
@@ -85,7 +86,7 @@ class PolicyConfig:
     trust_remote_code: bool = False  # run the policy's own Python code (auto_map); needs --trust-remote-code policy
 
 
-@dataclass
+@dataclass(frozen=True)
 class RewardConfig:
     """The classifier whose score is maximised."""
 
@@ -110,7 +111,7 @@ class RewardConfig:
     trust_remote_code: bool = False  # run the reward model's own Python code (auto_map); needs --trust-remote-code reward
 
 
-@dataclass
+@dataclass(frozen=True)
 class GenerationConfig:
     """Sampling settings for rollouts."""
 
@@ -122,7 +123,7 @@ class GenerationConfig:
     top_p: float = 1.0
 
 
-@dataclass
+@dataclass(frozen=True)
 class PPOConfig:
     """PPO hyper-parameters (defaults follow trl 0.11.4 and the notebook)."""
 
@@ -165,7 +166,7 @@ class PPOConfig:
     capture_logprobs: str = "auto"  # auto | on | off
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunConfig:
     """Where a run writes and how it logs."""
 
@@ -180,7 +181,7 @@ class RunConfig:
     release_memory: bool = True  # glibc: hand freed tensors back to the OS (lower peak RSS); see detoxrl.runtime
 
 
-@dataclass
+@dataclass(frozen=True)
 class EvalConfig:
     """Held-out evaluation."""
 
@@ -202,7 +203,7 @@ class EvalConfig:
     judge_trust_remote_code: bool = False
 
 
-@dataclass
+@dataclass(frozen=True)
 class SFTConfig:
     """Supervised fine-tuning (``detoxrl sft``): the LoRA adapter learns the reference summaries of the
     train split (the same prompts as PPO), the starting adapter and reference of a later ``train --adapter``."""
@@ -223,8 +224,13 @@ class SFTConfig:
 SFT_SCHEDULES = ("linear", "constant")
 
 
-@dataclass
+@dataclass(frozen=True)
 class DetoxConfig:
+    """One run's settings. Frozen, as every section: once :func:`load_config` has validated it, nothing
+    changes it. What the checks derive from the models (the reward labels, an adapter's LoRA settings,
+    the rollout shards of a launch) goes into a new config (:func:`with_settings`), which a run records
+    in its config.yaml. (The lists inside are shared by such copies: replace them, never edit them.)"""
+
     preset: str = "offline"
     data: DataConfig = field(default_factory=DataConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
@@ -445,21 +451,26 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
-def _apply_section(section_obj: Any, values: dict[str, Any], section: str) -> None:
+def _apply_section(section_obj: Any, values: dict[str, Any], section: str) -> Any:
+    """A copy of ``section_obj`` with ``values`` (checked and coerced, key by key, in order)."""
     if not isinstance(values, dict):
         raise ConfigError(f"config section '{section}' must be a mapping of key: value, got {values!r}")
     hints = typing.get_type_hints(type(section_obj))
+    changes = {}
     for key, value in values.items():
         if key not in hints:
             elsewhere = [name for name, cls in _SECTION_CLASSES.items() if name != section and key in typing.get_type_hints(cls)]
             if elsewhere:
-                raise ConfigError(f"unknown config key '{section}.{key}': {key} belongs to section {elsewhere[0]}; write {elsewhere[0]}.{key}")
+                raise ConfigError(f"unknown config key '{section}.{key}': {key} belongs to section {elsewhere[0]}; "
+                                  f"write {elsewhere[0]}.{key}")
             raise ConfigError(f"unknown config key '{section}.{key}'{_did_you_mean(key, list(hints))}")
-        setattr(section_obj, key, _coerce(value, hints[key], f"{section}.{key}"))
+        changes[key] = _coerce(value, hints[key], f"{section}.{key}")
+    return dataclasses.replace(section_obj, **changes)
 
 
-def apply_mapping(cfg: DetoxConfig, mapping: dict[str, Any]) -> None:
-    """Apply a nested ``{section: {key: value}}`` mapping (a YAML file's contents) to ``cfg``."""
+def apply_mapping(cfg: DetoxConfig, mapping: dict[str, Any]) -> DetoxConfig:
+    """A copy of ``cfg`` with a nested ``{section: {key: value}}`` mapping (a YAML file's contents)
+    applied; ``cfg`` itself is frozen and stays as it is."""
     if not isinstance(mapping, dict):
         raise ConfigError("a config file must be a YAML mapping of sections (data:, policy:, ppo:, ...)")
     for section, values in mapping.items():
@@ -467,7 +478,17 @@ def apply_mapping(cfg: DetoxConfig, mapping: dict[str, Any]) -> None:
             continue
         if section not in _SECTION_CLASSES:
             raise ConfigError(f"unknown config section '{section}'{_did_you_mean(section, list(_SECTION_CLASSES))}")
-        _apply_section(getattr(cfg, section), values or {}, section)
+        cfg = dataclasses.replace(cfg, **{section: _apply_section(getattr(cfg, section), values or {}, section)})
+    return cfg
+
+
+def with_settings(cfg: DetoxConfig, mapping: dict[str, dict[str, Any]]) -> DetoxConfig:
+    """A new validated config: ``cfg`` with ``{section: {key: value}}`` applied as a file's values are
+    (checked and coerced). For what a command or a check derives once the config is loaded (a run's
+    base model, the reward labels the model names, an adapter's LoRA settings); ``cfg`` is unchanged."""
+    new = apply_mapping(cfg, mapping)
+    validate(new)
+    return new
 
 
 def parse_override(text: str) -> tuple[str, str, str]:
@@ -519,25 +540,24 @@ def load_config(
     name = preset or file_mapping.get("preset") or "offline"
     if name not in PRESETS:
         raise ConfigError(f"unknown preset '{name}'; choose one of: {', '.join(PRESETS)}")
-    cfg = DetoxConfig(preset=name)
-    apply_mapping(cfg, PRESETS[name])
-    apply_mapping(cfg, file_mapping)
+    cfg = apply_mapping(DetoxConfig(preset=name), PRESETS[name])
+    cfg = apply_mapping(cfg, file_mapping)
     if overrides:
         if isinstance(overrides, dict):
-            apply_mapping(cfg, overrides)
+            cfg = apply_mapping(cfg, overrides)
         else:
             nested: dict[str, dict[str, str]] = {}
             for text in overrides:
                 section, key, value = parse_override(text)
                 nested.setdefault(section, {})[key] = value
-            apply_mapping(cfg, nested)
-    apply_remote_code_consent(cfg, trust_remote_code)
+            cfg = apply_mapping(cfg, nested)
+    cfg = apply_remote_code_consent(cfg, trust_remote_code)
     validate(cfg)
-    return cfg
+    return cfg  # frozen from here on: what a check derives goes into a new config (with_settings)
 
 
-def apply_remote_code_consent(cfg: DetoxConfig, allowed: Collection[str]) -> None:
-    """Turn on the trust_remote_code of the ``allowed`` models; refuse one that a file turned on.
+def apply_remote_code_consent(cfg: DetoxConfig, allowed: Collection[str]) -> DetoxConfig:
+    """``cfg`` with the trust_remote_code of the ``allowed`` models on; refuse one that a file turned on.
 
     A run folder's config.yaml (``evaluate --run``, ``train --resume``) or any other file must not
     be enough to execute code from a model folder: each command that does so says so itself.
@@ -551,12 +571,13 @@ def apply_remote_code_consent(cfg: DetoxConfig, allowed: Collection[str]) -> Non
         section, key = setting.split(".")
         obj = getattr(cfg, section)
         if who in allowed:
-            setattr(obj, key, True)
+            cfg = dataclasses.replace(cfg, **{section: dataclasses.replace(obj, **{key: True})})
         elif getattr(obj, key):
             raise ConfigError(
                 f"{setting} is true in the configuration, but a model's own Python code runs only when the command "
                 f"line allows it; add --trust-remote-code {who} to this command, or set {setting}=false"
             )
+    return cfg
 
 
 def validate(cfg: DetoxConfig) -> None:
@@ -698,6 +719,22 @@ def validate(cfg: DetoxConfig) -> None:
     _check_finite(cfg)
 
 
+def check_eval_pass(e: EvalConfig, samples_per_prompt: int) -> None:
+    """One evaluation pass: ``samples_per_prompt`` summaries per prompt with the settings ``e`` (the sampled
+    pass of ``evaluate``: ``evaluation.samples_per_prompt`` pure samples). Cheap checks, before any model
+    loads; a config from :func:`load_config` passes the first already."""
+    if e.num_samples <= 0 or e.batch_size <= 0 or e.max_new_tokens <= 0 or samples_per_prompt <= 0:
+        raise ConfigError(
+            "evaluation needs positive num_samples, samples_per_prompt, batch_size and max_new_tokens, got "
+            f"{e.num_samples}, {samples_per_prompt}, {e.batch_size} and {e.max_new_tokens}"
+        )
+    if samples_per_prompt > 1 and not e.do_sample:
+        raise ConfigError(
+            f"{samples_per_prompt} samples per prompt with greedy decoding are {samples_per_prompt} copies "
+            "of one summary; add --sample (evaluation.do_sample=true) or use one sample per prompt"
+        )
+
+
 def check_rollout_shards(batch_size: int, mini_batch_size: int, samples_per_prompt: int, shards: int, *, why: str = "ppo.rollout_shards") -> None:
     """A step's batch must split into ``shards`` equal shards of whole prompts, and each gradient step's
     ``mini_batch_size`` rows into ``shards`` equal parts (``why`` says where the number comes from)."""
@@ -726,8 +763,9 @@ def _shard_mini_batch(batch_size: int, mini_batch_size: int, shards: int) -> int
 
 
 def resolve_rollout_shards(cfg: DetoxConfig, num_processes: int) -> int:
-    """Set ``ppo.rollout_shards`` for a run on ``num_processes`` processes (none: one shard per process)
-    and check it: the shards must divide the batch and be spread evenly over the processes."""
+    """``ppo.rollout_shards`` for a run on ``num_processes`` processes (none: one shard per process),
+    checked: the shards must divide the batch and be spread evenly over the processes. The config is
+    not changed: the trainer runs with (and records) a copy that holds the number."""
     p = cfg.ppo
     given = p.rollout_shards is not None
     shards = p.rollout_shards if given else num_processes
@@ -738,7 +776,6 @@ def resolve_rollout_shards(cfg: DetoxConfig, num_processes: int) -> int:
             f"ppo.rollout_shards ({shards}) must be a multiple of the number of processes ({num_processes}): each process "
             f"runs the same number of shards; run on a number of processes that divides {shards}, or --set ppo.rollout_shards={num_processes}"
         )
-    p.rollout_shards = shards
     return shards
 
 

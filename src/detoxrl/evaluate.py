@@ -20,9 +20,8 @@ import dataclasses
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -30,8 +29,8 @@ from tqdm.auto import tqdm
 
 from detoxrl import runfiles
 from detoxrl.advantages import kl_k1, kl_k3, sequence_kl
-from detoxrl.config import DetoxConfig, GenerationConfig, RewardConfig
-from detoxrl.errors import ConfigError, DataError
+from detoxrl.config import DetoxConfig, EvalConfig, GenerationConfig, RewardConfig, check_eval_pass
+from detoxrl.errors import DataError
 from detoxrl.policy import POLICY_ADAPTER, REFERENCE_ADAPTER, Policy
 from detoxrl.prompts import PromptExample
 from detoxrl.rewards import Scorer, build_judge_scorer, check_judge, shape_rewards, texts_for_scoring
@@ -39,54 +38,6 @@ from detoxrl.rollout import capture_logprobs, forward_pass, generate
 from detoxrl.stats import expected_max, prob_any_toxic, summarize
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class EvalSettings:
-    num_samples: int = 64
-    samples_per_prompt: int = 1  # k > 1: expected maximum toxicity and P(any of k toxic)
-    do_sample: bool = False
-    max_new_tokens: int = 64
-    batch_size: int = 16
-    seed: int = 1234
-    temperature: float = 1.0
-    rouge: bool = True
-    faithfulness: bool = True
-    progress: bool = True
-
-    def validate(self) -> None:
-        """Cheap checks, before any model loads."""
-        if self.num_samples <= 0 or self.batch_size <= 0 or self.max_new_tokens <= 0 or self.samples_per_prompt <= 0:
-            raise ConfigError(
-                "evaluation needs positive num_samples, samples_per_prompt, batch_size and max_new_tokens, got "
-                f"{self.num_samples}, {self.samples_per_prompt}, {self.batch_size} and {self.max_new_tokens}"
-            )
-        if self.samples_per_prompt > 1 and not self.do_sample:
-            raise ConfigError(
-                f"{self.samples_per_prompt} samples per prompt with greedy decoding are {self.samples_per_prompt} copies "
-                "of one summary; add --sample (evaluation.do_sample=true) or use one sample per prompt"
-            )
-
-    def sampled(self, k: int) -> "EvalSettings":
-        """The sampled pass of the same evaluation: k pure samples per prompt (as in training)."""
-        return dataclasses.replace(self, do_sample=True, samples_per_prompt=k)
-
-    @classmethod
-    def from_config(cls, cfg: DetoxConfig, **overrides: Any) -> "EvalSettings":
-        e = cfg.evaluation
-        base = cls(
-            num_samples=e.num_samples,
-            do_sample=e.do_sample,
-            max_new_tokens=e.max_new_tokens,
-            batch_size=e.batch_size,
-            seed=e.seed,
-            temperature=cfg.generation.temperature,
-            progress=cfg.run.progress,
-        )
-        for k, v in overrides.items():
-            if v is not None:
-                setattr(base, k, v)
-        return base
 
 
 def adapter_fingerprint(policy: Policy, adapter: str) -> str:
@@ -123,8 +74,9 @@ def as_judges(judge: Scorer | Judges | None) -> Judges:
     return {judge.name: judge}
 
 
-def eval_signature(policy: Policy, adapter: str, settings: "EvalSettings", scorer: Scorer, judge: Scorer | Judges | None,
-                   reward_input: str, rouge: bool, reward_cfg: RewardConfig | None = None) -> str:
+def eval_signature(policy: Policy, adapter: str, settings: EvalConfig, scorer: Scorer, judge: Scorer | Judges | None,
+                   reward_input: str, rouge: bool, reward_cfg: RewardConfig | None = None, *,
+                   samples_per_prompt: int = 1, temperature: float = 1.0, faithfulness: bool = True) -> str:
     """What makes a record: model, adapter weights, decoding and scoring settings (a short hash)."""
     judges = as_judges(judge)
     parts = {
@@ -133,15 +85,15 @@ def eval_signature(policy: Policy, adapter: str, settings: "EvalSettings", score
         "do_sample": settings.do_sample,
         "max_new_tokens": settings.max_new_tokens,
         # Sampled outputs also depend on the noise: the seed, the temperature and the batching.
-        "sampling": [settings.seed, settings.temperature, settings.batch_size] if settings.do_sample else None,
+        "sampling": [settings.seed, temperature, settings.batch_size] if settings.do_sample else None,
         "reward": [scorer.name, getattr(scorer, "reward_label", None), getattr(scorer, "toxic_label", None), reward_input],
         "judge": [[spec, getattr(j, "toxic_label", None)] for spec, j in judges.items()] or None,
         "rouge": rouge,
-        "faithfulness": settings.faithfulness,
+        "faithfulness": faithfulness,
         "shaping": None if reward_cfg is None else [reward_cfg.transform, reward_cfg.weight, reward_cfg.faithfulness_weight,
                                                     reward_cfg.missing_eos_penalty, reward_cfg.logit_ceiling],
     }
-    if settings.samples_per_prompt > 1:
+    if samples_per_prompt > 1:
         # Since 2026-11-30 the k samples of a prompt are drawn together (prompt-major batches, one
         # shared prompt pass): other noise than the earlier sample-major batches, so those are redone.
         parts["layout"] = "prompt-major"
@@ -188,18 +140,29 @@ def evaluate_policy(
     out_path: str | Path,
     *,
     adapter: str,
-    settings: EvalSettings,
+    settings: EvalConfig,
+    samples_per_prompt: int = 1,
+    temperature: float = 1.0,
+    rouge: bool = True,
+    faithfulness: bool = True,
+    progress: bool = True,
     reward_input: str = "response",
     reward_cfg: RewardConfig | None = None,
 ) -> dict[str, Any]:
     """Generate, score and write records for ``examples[:num_samples]`` x k samples; return the summary.
+
+    ``settings``: the evaluation settings (number of prompts, batch size, decoding, seed); this pass
+    draws ``samples_per_prompt`` summaries per prompt (k > 1: expected maximum toxicity and P(any of k
+    toxic); ``settings.samples_per_prompt`` is what :func:`evaluate_run` reads to add a sampled pass)
+    at ``temperature``. ``rouge``, ``faithfulness``: measure them (``evaluate --no-rouge`` and
+    ``--no-faithfulness`` turn them off); ``progress``: a progress bar.
 
     ``judge`` is one scorer or ``{spec: scorer}`` (every judge is recorded; the first is also
     ``judge_toxicity``). With ``reward_cfg``, each record's ``reward`` is the shaped reward that
     training maximises (:func:`detoxrl.rewards.shape_rewards`: transform, weight, faithfulness term,
     EOS penalty), and ``score_logit`` the classifier's raw logit.
     """
-    settings.validate()
+    check_eval_pass(settings, samples_per_prompt)
     judges = as_judges(judge)
     if reward_cfg is not None:
         reward_input = reward_cfg.input
@@ -209,12 +172,13 @@ def evaluate_policy(
     if not examples:
         raise DataError("there are no prompts to evaluate (the split is empty); raise data.max_rows or widen the data.min_chars/max_chars filter")
     # No references in this data (e.g. chitchat): ROUGE is skipped (rouge is null in the summary).
-    rouge_on = settings.rouge and not all(e.reference is None for e in examples)
-    k = settings.samples_per_prompt
+    rouge_on = rouge and not all(e.reference is None for e in examples)
+    k = samples_per_prompt
     # Prompt-major: the k samples of a prompt lie in one batch and share one pass over the prompt
     # (rollout.generate's samples_per_prompt); a batch holds max(1, batch_size // k) prompts.
     keys = [(i, s) for i in range(len(examples)) for s in range(k)]
-    signature = eval_signature(policy, adapter, settings, scorer, judges, reward_input, rouge_on, reward_cfg)
+    signature = eval_signature(policy, adapter, settings, scorer, judges, reward_input, rouge_on, reward_cfg,
+                               samples_per_prompt=k, temperature=temperature, faithfulness=faithfulness)
     done = _resume_records(out_path, {key: examples[key[0]].id for key in keys}, signature)
     # Fixed batches of the full request: a resumed evaluation regenerates a partly written batch
     # whole (same prompts, same seed) and writes only its missing records.
@@ -222,15 +186,13 @@ def evaluate_policy(
     batches = [keys[start : start + rows_per_batch] for start in range(0, len(keys), rows_per_batch)]
     batches = [b for b in batches if any(k not in done for k in b)]
     faith = None
-    if (settings.faithfulness or (reward_cfg is not None and reward_cfg.faithfulness_weight)) and batches:
+    if (faithfulness or (reward_cfg is not None and reward_cfg.faithfulness_weight)) and batches:
         from detoxrl.quality import FaithfulnessScorer
 
         faith = FaithfulnessScorer()
-    # Pure sampling (no top-k/top-p) when sampled, at the evaluation's temperature.
-    decoding = GenerationConfig(
-        max_new_tokens=settings.max_new_tokens, do_sample=settings.do_sample, temperature=settings.temperature
-    )
-    bar = tqdm(total=len(keys) - len(done), desc=f"evaluate {out_path.stem}", unit="summary", disable=not settings.progress)
+    # Pure sampling (no top-k/top-p) when sampled, at this pass's temperature.
+    decoding = GenerationConfig(max_new_tokens=settings.max_new_tokens, do_sample=settings.do_sample, temperature=temperature)
+    bar = tqdm(total=len(keys) - len(done), desc=f"evaluate {out_path.stem}", unit="summary", disable=not progress)
     for chunk in batches:
         # One decoding seed per batch of the request: before and after see the same noise.
         torch.manual_seed(settings.seed + 7_919 * chunk[0][1] + chunk[0][0])
@@ -257,7 +219,7 @@ def evaluate_policy(
                                     faithfulness=faithful if reward_cfg.faithfulness_weight else None).tolist()
         else:
             rewards = scored.reward.tolist()
-        kl = _kl_to_reference(policy, rollout, adapter, settings.temperature)
+        kl = _kl_to_reference(policy, rollout, adapter, temperature)
         lengths = rollout.response_mask.sum(1).tolist()
         records = []
         for j, (i, s) in enumerate(chunk):
@@ -282,7 +244,7 @@ def evaluate_policy(
                 "rouge1": rouge[j]["rouge1"] if rouge[j] else None,
                 "rouge2": rouge[j]["rouge2"] if rouge[j] else None,
                 "rougeL": rouge[j]["rougeL"] if rouge[j] else None,
-                "faithfulness": None if (faithful[j] is None or not settings.faithfulness) else float(faithful[j]),
+                "faithfulness": None if (faithful[j] is None or not faithfulness) else float(faithful[j]),
                 "kl_k1": float(kl[0][j]),
                 "kl_k3": float(kl[1][j]),
                 "signature": signature,
@@ -291,12 +253,12 @@ def evaluate_policy(
         runfiles.append_jsonl(out_path, records)
         bar.update(sum(k not in done for k in chunk))
     bar.close()
-    summary = summarize_records(load_records(out_path), settings)
+    summary = summarize_records(load_records(out_path))
     summary.update(
         adapter="starting policy (reference adapter)" if adapter == REFERENCE_ADAPTER else "trained adapter",
         decoding="sampled" if settings.do_sample else "greedy",
         max_new_tokens=settings.max_new_tokens,
-        samples_per_prompt=settings.samples_per_prompt,
+        samples_per_prompt=k,
         reward_model=scorer.name,
         judge_model=next(iter(judges)) if judges else None,
         judge_models=list(judges),
@@ -336,7 +298,7 @@ def load_records(path: str | Path) -> list[dict]:
     return runfiles.strict_values(runfiles.read_jsonl(path))
 
 
-def summarize_records(records: list[dict], settings: EvalSettings | None = None) -> dict[str, Any]:
+def summarize_records(records: list[dict]) -> dict[str, Any]:
     """The evaluation summary: toxicity (reward model and every judge), quality, length, KL."""
     def column(key):
         vals = [r[key] for r in records if r.get(key) is not None]
@@ -413,46 +375,116 @@ def build_judge(cfg: DetoxConfig, device: str | torch.device = "cpu") -> Scorer 
 SAMPLED_SUFFIX = "-sampled"
 
 
+def evaluation_passes(cfg: DetoxConfig, samples_per_prompt: int | None = None) -> list[tuple[str, EvalConfig, int]]:
+    """The passes of an evaluation, as ``(file suffix, settings, samples per prompt)``: the configured
+    decoding (``cfg.evaluation``, one summary per prompt), then, when ``samples_per_prompt`` (default
+    ``evaluation.samples_per_prompt``) is >= 1, k pure samples per prompt (as in training)."""
+    k = cfg.evaluation.samples_per_prompt if samples_per_prompt is None else samples_per_prompt
+    passes = [("", cfg.evaluation, 1)]
+    if k >= 1:
+        passes.append((SAMPLED_SUFFIX, dataclasses.replace(cfg.evaluation, do_sample=True), k))
+    return passes
+
+
 def evaluate_run(
     policy: Policy,
     examples: list[PromptExample],
     scorer: Scorer,
     judges: Judges,
-    out_dir: str | Path,
+    out_dir: str | Path | Callable[[], Path],
     *,
     cfg: DetoxConfig,
-    settings: EvalSettings,
     with_after: bool = True,
+    train: Callable[[], Any] | None = None,
     samples_per_prompt: int | None = None,
-    on_phase=None,
+    rouge: bool = True,
+    faithfulness: bool = True,
+    progress: bool | None = None,
+    on_phase: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """The before/after sequence of ``evaluate`` and ``demo``: the starting policy (reference
-    adapter) and, with ``with_after``, the trained adapter, on the same prompts, first with the
-    configured decoding (``before.jsonl``/``after.jsonl``), then, when ``samples_per_prompt`` (default
+    """The before -> (train) -> after -> compare sequence of ``evaluate``, ``demo`` and any future command.
+
+    The starting policy (reference adapter) and, with ``with_after``, the trained adapter, on the same
+    prompts, in every pass of :func:`evaluation_passes`: first with the configured decoding
+    (``before.jsonl``/``after.jsonl``), then, when ``samples_per_prompt`` (default
     ``cfg.evaluation.samples_per_prompt``) is >= 1, with k pure samples per prompt
-    (``before-sampled.jsonl``/``after-sampled.jsonl``). Then :func:`detoxrl.compare.compare_run`
-    writes ``compare.json``. Returns ``{"passes": {name: summary}, "comparison": headline | None}``.
-    ``on_phase(text)`` is told what starts next (for the command line's progress lines).
+    (``before-sampled.jsonl``/``after-sampled.jsonl``), at ``generation.temperature``. Then
+    :func:`detoxrl.compare.compare_run` writes ``compare.json``. Returns ``{"passes": {name: summary},
+    "comparison": headline | None}``. ``rouge``, ``faithfulness``: as :func:`evaluate_policy`;
+    ``progress`` (default ``run.progress``): progress bars.
+
+    With ``train`` (``demo``), the starting policy is evaluated first (every pass), then ``train()``
+    trains the adapter, then every pass runs again: the starting policy's from its records, the trained
+    adapter's anew. ``out_dir`` may be a function giving the folder when each part starts (a run folder
+    that training moves into place). ``on_phase(text)`` is told what starts next (for progress lines).
     """
-    out_dir = Path(out_dir)
-    k = cfg.evaluation.samples_per_prompt if samples_per_prompt is None else samples_per_prompt
-    passes = [("", settings)]
-    if k >= 1:
-        passes.append((SAMPLED_SUFFIX, settings.sampled(k)))
-    summaries: dict[str, Any] = {}
-    for suffix, s in passes:
-        what = f"{'sampled, ' + str(s.samples_per_prompt) + ' per prompt' if s.do_sample else 'greedy'}"
-        sides = [("before", REFERENCE_ADAPTER)] + ([("after", POLICY_ADAPTER)] if with_after else [])
-        for name, adapter in sides:
-            if on_phase:
-                who = "starting policy" if adapter == REFERENCE_ADAPTER else "trained adapter"
-                on_phase(f"{who}, {what}, on {min(s.num_samples, len(examples))} held-out prompts")
-            summaries[name + suffix] = evaluate_policy(
-                policy, examples, scorer, judges, out_dir / f"{name}{suffix}.jsonl", adapter=adapter, settings=s, reward_cfg=cfg.reward
-            )
+    folder = out_dir if callable(out_dir) else (lambda: Path(out_dir))
+    options = dict(rouge=rouge, faithfulness=faithfulness, progress=cfg.run.progress if progress is None else progress)
+    if train is not None:
+        _evaluate_passes(policy, examples, scorer, judges, folder(), cfg=cfg, with_after=False,
+                         samples_per_prompt=samples_per_prompt, on_phase=on_phase, **options)
+        train()
+    out = Path(folder())
+    summaries = _evaluate_passes(policy, examples, scorer, judges, out, cfg=cfg, with_after=with_after,
+                                 samples_per_prompt=samples_per_prompt, on_phase=on_phase, **options)
     comparison = None
     if with_after:
         from detoxrl.compare import compare_run
 
-        comparison = compare_run(out_dir)
+        comparison = compare_run(out)
     return {"passes": summaries, "comparison": comparison}
+
+
+def _evaluate_passes(policy: Policy, examples: list[PromptExample], scorer: Scorer, judges: Judges, out_dir: Path, *,
+                     cfg: DetoxConfig, with_after: bool, samples_per_prompt: int | None,
+                     on_phase: Callable[[str], None] | None, **options: bool) -> dict[str, Any]:
+    """Every pass of the starting policy and, ``with_after``, of the trained adapter: ``{name: summary}``."""
+    summaries: dict[str, Any] = {}
+    for suffix, settings, k in evaluation_passes(cfg, samples_per_prompt):
+        what = f"{'sampled, ' + str(k) + ' per prompt' if settings.do_sample else 'greedy'}"
+        sides = [("before", REFERENCE_ADAPTER)] + ([("after", POLICY_ADAPTER)] if with_after else [])
+        for name, adapter in sides:
+            if on_phase:
+                who = "starting policy" if adapter == REFERENCE_ADAPTER else "trained adapter"
+                on_phase(f"{who}, {what}, on {min(settings.num_samples, len(examples))} held-out prompts")
+            summaries[name + suffix] = evaluate_policy(
+                policy, examples, scorer, judges, out_dir / f"{name}{suffix}.jsonl", adapter=adapter, settings=settings,
+                samples_per_prompt=k, temperature=cfg.generation.temperature, reward_cfg=cfg.reward, **options
+            )
+    return summaries
+
+
+def evaluate_adapter(cfg: DetoxConfig, out_dir: str | Path, *, adapter_dir: str | Path | None, rouge: bool = True,
+                     faithfulness: bool = True, progress: bool | None = None, fresh: bool = False,
+                     on_phase: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """``detoxrl evaluate``: every cheap check (the output folder, the data, the models' folders and
+    labels, the judges, the adapter's LoRA settings, the prompts' lengths) before any weights load;
+    then the policy (with the adapter ``adapter_dir``, if any), the reward model and the judges; then
+    :func:`evaluate_run` on the held-out split (or the train split, ``evaluation.split=train``) into
+    ``out_dir``. ``fresh`` first removes earlier records there. Returns what :func:`evaluate_run` does."""
+    from detoxrl.policy import load_policy
+    from detoxrl.rewards import scorer_from_config
+    from detoxrl.trainer import check_writable_dir, preflight, resolve_settings, tokenize_prompts
+
+    out_dir = Path(out_dir)
+    check_writable_dir(out_dir, "--output")
+    on_train = cfg.evaluation.split == "train"
+    checked = preflight(cfg, require_train=on_train)  # resolves the reward labels (once)
+    check_judges(checked.cfg)
+    if adapter_dir and not checked.cfg.policy.adapter:  # the evaluated adapter's LoRA settings, so its weights fit
+        lora, _ = resolve_settings(checked.cfg, check_reward=False, adapter_dir=adapter_dir)
+        checked = dataclasses.replace(checked, cfg=lora)
+    cfg = checked.cfg
+    prompts = tokenize_prompts(checked)  # before the weights load
+    policy = load_policy(cfg.policy)
+    if adapter_dir:
+        policy.load_adapter_weights(adapter_dir)
+    examples = prompts.train if on_train else prompts.test
+    scorer = scorer_from_config(cfg.reward)
+    judges = build_judges(cfg)
+    if fresh:
+        for path in out_dir.glob("*.json*"):
+            if path.stem.startswith(("before", "after")):
+                path.unlink()
+    return evaluate_run(policy, examples, scorer, judges, out_dir, cfg=cfg, with_after=bool(adapter_dir), rouge=rouge,
+                        faithfulness=faithfulness, progress=progress, on_phase=on_phase)

@@ -71,22 +71,19 @@ def evaluation_of(run: Path, adapter_dir: Path, *, final: bool | None = None, la
 def run_kind(run: Path | None) -> str:
     """``sft`` for a run of ``detoxrl sft`` (its metrics lines have ``sft/loss``), else ``ppo``."""
     try:
-        for line in runfiles.read_jsonl(runfiles.RunPaths(run).metrics):
-            if not line.ok:
-                break
-            if isinstance(line.value, dict):
-                return "sft" if "sft/loss" in line.value else "ppo"
+        steps = runfiles.load_metrics(runfiles.RunPaths(run).metrics).rows
     except (OSError, TypeError, UnicodeDecodeError):
-        pass
-    return "ppo"
+        return "ppo"
+    return "sft" if steps and "sft/loss" in steps[0] else "ppo"
 
 
 def _sft_configuration(cfg: dict[str, Any], run: Path) -> str:
     """The training table of an SFT run (its config.yaml's ``sft`` section and what its metrics say)."""
-    rows = []
+    rows: list[dict[str, Any]] = []
     try:
-        rows = runfiles.strict_values(runfiles.read_jsonl(runfiles.RunPaths(run).metrics))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        log = runfiles.load_metrics(runfiles.RunPaths(run).metrics)
+        rows = [] if log.bad_lines else log.rows  # a log with an unreadable line says nothing here
+    except (OSError, UnicodeDecodeError):
         pass
     losses = [r["sft/loss"] for r in rows if isinstance(r, dict) and isinstance(r.get("sft/loss"), (int, float))]
     sft = lambda key: _get(cfg, f"sft.{key}")  # noqa: E731

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import functools
 import json
 import os
@@ -548,13 +549,15 @@ def load_tokenizer(cfg: PolicyConfig):
     return _load_policy_tokenizer(cfg, source, detect_seq2seq(_policy_config(cfg, source), cfg.architecture))
 
 
-def match_adapter_config(cfg: PolicyConfig, adapter_dir: str | Path) -> None:
-    """Make the LoRA settings of ``cfg`` those of a saved adapter, so its weights fit when loaded."""
+def match_adapter_config(cfg: PolicyConfig, adapter_dir: str | Path) -> PolicyConfig:
+    """A copy of ``cfg`` with the LoRA settings of a saved adapter, so its weights fit when loaded
+    (``cfg`` is frozen and stays as it is)."""
     info = adapter_info(adapter_dir)
     if not info:
         raise ModelLoadError(f"'{adapter_dir}' is not a PEFT adapter folder (no adapter_config.json); pass a train run's final/ folder")
-    cfg.lora_r = int(info.get("r", cfg.lora_r))
-    cfg.lora_alpha = int(info.get("lora_alpha", cfg.lora_alpha))
     targets = info.get("target_modules")
     if targets:
-        cfg.lora_target_modules = sorted(targets) if isinstance(targets, (list, set)) else [targets]
+        targets = sorted(targets) if isinstance(targets, (list, set)) else [targets]
+    return dataclasses.replace(cfg, lora_r=int(info.get("r", cfg.lora_r)),
+                               lora_alpha=int(info.get("lora_alpha", cfg.lora_alpha)),
+                               lora_target_modules=targets or cfg.lora_target_modules)

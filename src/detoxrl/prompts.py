@@ -75,6 +75,19 @@ class PromptSplits:
         }
 
 
+@dataclass(frozen=True)
+class SplitRows:
+    """Dialogue rows through the length filter, ``max_rows``, the split and the challenging-prompt
+    selection (:func:`split_and_select`), before they become prompts. ``rows``: every row read."""
+
+    rows: list[dict]
+    train: list[dict]
+    test: list[dict]
+    n_rows: int  # rows read
+    n_kept: int  # rows kept by the length filter
+    selection: dict | None = None  # counts before/after the selection (None: no selection)
+
+
 def _summary(values: list[int]) -> dict:
     if not values:
         return {"min": None, "mean": None, "p50": None, "p95": None, "max": None}
@@ -585,12 +598,18 @@ def build_prompts(
     :func:`detoxrl.selection.dialogue_toxicity_for`); ``require_train=False`` allows an empty train
     part (evaluation of a whole file, ``test_fraction=1``).
     """
-    train_rows, test_rows, n_rows, n_kept, counts = split_and_select(
-        cfg, rows, dialogue_toxicity, require_train=require_train
-    )
-    examples = prompt_examples(train_rows + test_rows, cfg, tokenizer)
-    train, test = examples[: len(train_rows)], examples[len(train_rows) :]
-    return PromptSplits(train=train, test=test, source=cfg.source, n_rows=n_rows, n_filtered=n_kept, selection=counts)
+    rows = load_dialogue_rows(cfg) if rows is None else rows
+    split = SplitRows(rows, *split_and_select(cfg, rows, dialogue_toxicity, require_train=require_train))
+    return prompts_from_split(cfg, split, tokenizer)
+
+
+def prompts_from_split(cfg: DataConfig, split: SplitRows, tokenizer: Any) -> PromptSplits:
+    """The prompts of rows already filtered, split and selected (:func:`split_and_select`): rendered
+    and tokenized, nothing read or scored again."""
+    examples = prompt_examples(split.train + split.test, cfg, tokenizer)
+    train, test = examples[: len(split.train)], examples[len(split.train) :]
+    return PromptSplits(train=train, test=test, source=cfg.source, n_rows=split.n_rows, n_filtered=split.n_kept,
+                        selection=split.selection)
 
 
 def prompt_examples(rows: list[dict], cfg: DataConfig, tokenizer: Any, *, fix: str = "lower data.max_chars or raise data.max_prompt_tokens") -> list[PromptExample]:

@@ -17,14 +17,26 @@ A run folder (``--output-dir``)::
 JSON Lines files are appended to as a run goes, so a crash can leave the last line cut short.
 :func:`read_jsonl` never raises on a bad line: it returns each non-blank line with its value or
 its parse error, and each caller decides (skip it, drop a torn last line, refuse the file).
+
+Typed loaders read the files that the evaluation side shares: :func:`load_config` (``config.yaml``, a
+:class:`~detoxrl.config.DetoxConfig`), :func:`load_metrics` (``metrics.jsonl``, :class:`MetricsLog`),
+:func:`load_eval_records` (``eval/<pass>.jsonl``, :class:`EvalRecord`), :func:`load_compare`
+(``eval/compare.json``, :class:`Headline`) and :func:`load_comparison_table` (``eval/comparison.json``).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, TypedDict
+
+import yaml
+
+from detoxrl.config import PRESETS, DetoxConfig, apply_mapping
+from detoxrl.errors import ConfigError, DataError
 
 CONFIG = "config.yaml"
 CONFIG_CHANGES = "config-changes.jsonl"
@@ -81,6 +93,10 @@ class RunPaths:
     @property
     def compare(self) -> Path:
         return self.root / EVAL / COMPARE
+
+    @property
+    def comparison(self) -> Path:
+        return self.root / EVAL / COMPARISON
 
     @property
     def report(self) -> Path:
@@ -162,3 +178,208 @@ def append_jsonl(path: str | Path, records: Iterable[Any], **dumps_kwargs: Any) 
 def lines_text(lines: Iterable[JsonLine]) -> str:
     """The text of a JSON Lines file holding ``lines`` as they were read (to rewrite a file with some kept)."""
     return "".join(line.text + "\n" for line in lines)
+
+
+# ------------------------------------------------------------------------------- typed loaders
+
+
+class EvalRecord(TypedDict, total=False):
+    """One line of ``RUN/eval/<pass>.jsonl``: one generated summary, scored (written by :mod:`detoxrl.evaluate`).
+
+    ``index``, ``sample``, ``response``, ``reward`` and ``toxicity`` are always there
+    (:data:`EVAL_REQUIRED_KEYS`); a value that was not measured is None or absent."""
+
+    index: int
+    sample: int
+    id: str | None
+    prompt: str
+    dialogue: str
+    reference: str | None
+    response: str
+    length_tokens: int
+    decoding: str  # greedy | sampled
+    reward: float
+    score_logit: float
+    toxicity: float
+    judge_toxicity: float | None  # the first judge's
+    judges: dict[str, float]  # every judge by its spec
+    rouge1: float | None
+    rouge2: float | None
+    rougeL: float | None
+    faithfulness: float | None
+    kl_k1: float
+    kl_k3: float
+    signature: dict[str, Any]
+
+
+#: The keys every evaluation record has; a line without one of them is not a record of detoxrl.
+EVAL_REQUIRED_KEYS = ("index", "sample", "response", "reward", "toxicity")
+
+
+class ComparisonRow(TypedDict, total=False):
+    """One row of ``RUN/eval/comparison.json``: a before/after pair (:func:`detoxrl.compare.comparison_table`)."""
+
+    query: str
+    response_before: str
+    response_after: str
+    reward_before: float
+    reward_after: float
+    reward_diff: float
+    toxicity_before: float | None
+    toxicity_after: float | None
+    judge_toxicity_before: float | None
+    judge_toxicity_after: float | None
+    index: int
+    sample: int
+    id: str | None
+
+
+class Headline(TypedDict, total=False):
+    """``RUN/eval/compare.json``: the before/after measures of :func:`detoxrl.compare.headline`.
+
+    The blocks are mappings as compare writes them (summaries ``{"n", "mean", "std", ...}``, reductions
+    ``{"reduction", "low", "high", "n"}``, differences ``{"diff", "low", "high", "n"}``); a measure that
+    was not evaluated is None. A compare.json from an older detoxrl may lack keys or name them otherwise."""
+
+    n: int
+    prompts: int
+    samples_per_prompt: int | None
+    bootstrap: dict[str, Any]  # n_boot, seed, ci, resampled
+    decoding: str
+    toxicity: dict[str, Any] | None  # before, after, reduction, percentage_improvement[, expected_max, prob_any_toxic]
+    judge_toxicity: dict[str, Any] | None  # the first judge, as toxicity
+    judges: dict[str, dict[str, Any] | None]  # every judge by its spec, as toxicity
+    reward: dict[str, Any] | None  # before, after, diff
+    rouge: dict[str, dict[str, Any] | None] | None  # per ROUGE key, in points: before, after, diff
+    faithfulness: dict[str, Any] | None
+    length_tokens: dict[str, Any] | None
+    kl_to_reference: dict[str, Any] | None
+    distinct_summaries_per_100: dict[str, float | None]
+    sampled: Headline | None  # the sampled pass's headline (compare_run)
+    detoxification: dict[str, Any]  # status, text, reductions, increases (compare_run)
+    verdict: str
+
+
+@dataclass(frozen=True)
+class JsonObjects:
+    """The JSON objects of a JSON Lines file, in file order, and its lines that are not one (unreadable
+    text, such as a last line cut short by a crash, or a value that is not an object), left out."""
+
+    rows: list[dict[str, Any]]
+    bad_lines: tuple[JsonLine, ...] = ()
+
+
+@dataclass(frozen=True)
+class EvalRecords(JsonObjects):
+    """The records of an evaluation pass (``rows``: :class:`EvalRecord` mappings)."""
+
+    rows: list[EvalRecord]  # type: ignore[assignment]
+
+
+def _objects(lines: list[JsonLine]) -> tuple[list[dict[str, Any]], tuple[JsonLine, ...]]:
+    rows = [line.value for line in lines if line.ok and isinstance(line.value, dict)]
+    return rows, tuple(line for line in lines if not (line.ok and isinstance(line.value, dict)))
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+@dataclass(frozen=True)
+class MetricsLog(JsonObjects):
+    """``metrics.jsonl``: one mapping of metric name (``env/reward_mean``, ``time/step_s``, ...) to value per step."""
+
+    def values(self, key: str) -> list[float] | None:
+        """``key`` per step, NaN where a step has no number for it; None when no step has a finite one."""
+        values = [float(row[key]) if _is_number(row.get(key)) else math.nan for row in self.rows]
+        return values if any(math.isfinite(v) for v in values) else None
+
+    def steps(self) -> list[float]:
+        """The ``step`` of each row; 1, 2, ... when a row lacks a number for it."""
+        steps = [row.get("step") for row in self.rows]
+        if all(_is_number(s) for s in steps):
+            return [float(s) for s in steps]  # type: ignore[arg-type]
+        return [float(i) for i in range(1, len(self.rows) + 1)]
+
+
+def load_metrics(path: str | Path) -> MetricsLog:
+    """The steps of ``metrics.jsonl``; unreadable lines (a torn last line) are left out and kept in
+    ``bad_lines``. A missing file raises :class:`OSError`."""
+    return MetricsLog(*_objects(read_jsonl(path)))
+
+
+def load_config(path: str | Path) -> tuple[DetoxConfig, list[str]] | None:
+    """A run's ``config.yaml`` as a :class:`DetoxConfig`, to show the settings a run was made with: the
+    preset it names, then its settings, so that defaults fill in what an older run did not record.
+
+    Not validated (a run made under older rules still shows), and lenient: a setting this detoxrl does
+    not know (renamed since) or cannot read is left out, and its error returned with the config. None when
+    the file is not a mapping; an unreadable file raises :class:`OSError` or :class:`yaml.YAMLError`."""
+    mapping = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    if not isinstance(mapping, dict):
+        return None
+    preset = mapping.get("preset")
+    cfg = DetoxConfig(preset=str(preset)) if preset else DetoxConfig()
+    if cfg.preset in PRESETS:
+        cfg = apply_mapping(cfg, PRESETS[cfg.preset])
+    problems = []
+    for section, values in mapping.items():
+        items = values.items() if isinstance(values, dict) else [(None, values)]
+        for key, value in items:
+            try:
+                cfg = apply_mapping(cfg, {section: value if key is None else {key: value}})
+            except ConfigError as exc:
+                problems.append(str(exc))
+    return cfg, problems
+
+
+def load_eval_records(path: str | Path, *, strict: bool = False) -> EvalRecords:
+    """The records of an evaluation JSON Lines file, in file order.
+
+    ``strict=False`` (to show a run as it is): lines that are not a JSON object are left out and kept in
+    ``bad_lines``. ``strict=True`` (to compare): since evaluations append incrementally, an unreadable
+    *last* line (an interrupted write) is dropped with a warning; an unreadable line elsewhere, or a
+    record lacking one of :data:`EVAL_REQUIRED_KEYS`, is a :class:`DataError`. A missing file is a
+    :class:`DataError` either way."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"no evaluation records at {path}: run the evaluation first (it writes RUN/eval/<name>.jsonl)")
+    lines = read_jsonl(path)
+    if not strict:
+        return EvalRecords(*_objects(lines))
+    records: list[EvalRecord] = []
+    for pos, line in enumerate(lines):
+        lineno, rec = line.lineno, line.value
+        if line.error is not None:
+            if pos == len(lines) - 1:
+                warnings.warn(f"{path}:{lineno}: incomplete last record (an interrupted evaluation?) skipped")
+                return EvalRecords(records, (line,))
+            raise DataError(
+                f"{path}:{lineno} is not valid JSON ({line.error.msg}): re-run the evaluation"
+            ) from line.error
+        if not isinstance(rec, dict):
+            raise DataError(f"{path}:{lineno} is not a JSON object: re-run the evaluation")
+        missing = [k for k in EVAL_REQUIRED_KEYS if k not in rec]
+        if missing:
+            raise DataError(f"{path}:{lineno} lacks {', '.join(missing)}: not an evaluation record of detoxrl")
+        records.append(rec)  # type: ignore[arg-type]
+    return EvalRecords(records)
+
+
+def load_compare(path: str | Path) -> Headline | None:
+    """``compare.json``: its headline, or None when it is not a JSON object. Unreadable: :class:`OSError`
+    or :class:`json.JSONDecodeError`."""
+    value = json.loads(Path(path).read_text(encoding="utf-8"))
+    return value if isinstance(value, dict) else None  # type: ignore[return-value]
+
+
+def load_comparison_table(path: str | Path) -> list[ComparisonRow] | None:
+    """``comparison.json``: its rows (entries that are not objects left out), or None when it is not a
+    list. Unreadable: :class:`OSError` or :class:`json.JSONDecodeError`."""
+    value = json.loads(Path(path).read_text(encoding="utf-8"))
+    return [row for row in value if isinstance(row, dict)] if isinstance(value, list) else None
+
+
+def write_json(path: str | Path, value: Any) -> None:
+    """``value`` as indented UTF-8 JSON (no NaN: a measure that is undefined is null), newline-terminated."""
+    Path(path).write_text(json.dumps(value, indent=1, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")

@@ -37,15 +37,18 @@ SELECTION_MODES = ("reward", "judge", "max")
 DialogueToxicity = Callable[[Sequence[str]], list[float]]
 
 
-def scorer_specs(cfg: DetoxConfig) -> list[tuple[str, str, str]]:
+def scorer_specs(cfg: DetoxConfig, reward_labels: tuple[str, str] | None = None) -> list[tuple[str, str, str]]:
     """The ``(model, reward label, toxic label)`` of each classifier whose maximum is a dialogue's
-    toxicity. Labels are checked from the models' configs alone (no weights load)."""
+    toxicity. Labels are checked from the models' configs alone (no weights load); ``reward_labels``:
+    the reward model's, already checked (the preflight's), so they are not checked again."""
     from detoxrl.rewards import check_judge, check_reward_labels, parse_judge_spec
 
     mode = cfg.data.selection_scorer.strip()
     judges = cfg.evaluation.judge_model or []
 
     def reward() -> tuple[str, str, str]:
+        if reward_labels is not None:
+            return (cfg.reward.model, *reward_labels)
         label, toxic = check_reward_labels(cfg.reward.model, cfg.reward.label, cfg.reward.toxic_label, cfg.reward.trust_remote_code)
         return cfg.reward.model, label, toxic
 
@@ -180,8 +183,9 @@ def _role_of(cfg: DetoxConfig, model: str) -> Role:
     return JUDGE if model in judges else SELECTION
 
 
-def dialogue_toxicity_for(cfg: DetoxConfig) -> DialogueToxicity | None:
-    """The selection's scoring function for ``cfg``, or None when no selection is configured."""
+def dialogue_toxicity_for(cfg: DetoxConfig, reward_labels: tuple[str, str] | None = None) -> DialogueToxicity | None:
+    """The selection's scoring function for ``cfg``, or None when no selection is configured
+    (``reward_labels``: the reward model's labels, already checked; see :func:`scorer_specs`)."""
     if cfg.data.min_dialogue_toxicity is None:
         return None
-    return CachedDialogueToxicity(cfg)
+    return CachedDialogueToxicity(cfg, scorer_specs(cfg, reward_labels))

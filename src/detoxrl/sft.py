@@ -45,9 +45,8 @@ from detoxrl import runtime
 from detoxrl.config import SFT_RESUME_FREE_SETTINGS, DetoxConfig, SFTConfig
 from detoxrl.errors import ConfigError, DataError, DetoxError, TrainingError
 from detoxrl.policy import Policy, load_policy, load_tokenizer
-from detoxrl.prompts import PromptExample, split_and_select
+from detoxrl.prompts import PromptExample
 from detoxrl.rollout import Rollout, forward_pass
-from detoxrl.selection import dialogue_toxicity_for
 from detoxrl.trainer import (
     CONFIG_CHANGES,
     RunFolder,
@@ -82,13 +81,12 @@ class SFTPair:
 # Data: checks before any model loads
 
 
-def check_references(cfg: DetoxConfig, rows: list[dict]) -> list[dict]:
-    """The train rows of ``rows`` (PPO's split), each with a reference summary; else one line.
+def check_references(cfg: DetoxConfig, train: list[dict]) -> list[dict]:
+    """The train rows (PPO's split, as the preflight made it), each with a reference summary; else one line.
 
     Runs before the tokenizer loads: a data set without summaries (chitchat, a file without the
     column) or with empty ones is refused in a second.
     """
-    train, _, _, _, _ = split_and_select(cfg.data, rows, dialogue_toxicity_for(cfg))
     column = cfg.data.summary_column
     empty = [r for r in train if not (r.get("summary") or "").strip()]
     if len(empty) == len(train):
@@ -220,14 +218,15 @@ class SupervisedTrainer(RunFolder):
         check_trackers(cfg.run.log_with)
         point = find_resume_point(cfg, resume_from, kind="sft") if resume else None
         self.out_dir = Path(cfg.run.output_dir) if resume else prepare_output_dir(cfg, False, clear=False)
-        rows = preflight(cfg, check_reward=False)
-        check_references(cfg, rows)
+        checked = preflight(cfg, check_reward=False)
+        self.cfg = cfg = checked.cfg  # with the LoRA settings of the adapter it starts from, if any
+        check_references(cfg, checked.split.train)
         self.resume_plan = (check_resume_settings(cfg, point, allow_config_change=allow_config_change, free=SFT_RESUME_FREE_SETTINGS)
                             if resume else None)
         self.staging_dir = self.out_dir / NEW_RUN_DIR if not resume and existing_run(self.out_dir) else None
         self.run_dir = self.staging_dir or self.out_dir
         tokenizer = policy.tokenizer if policy else load_tokenizer(cfg.policy)
-        self.prompts = tokenize_prompts(cfg, rows, tokenizer=tokenizer)
+        self.prompts = tokenize_prompts(checked, tokenizer=tokenizer)
         self.pairs = build_pairs(self.prompts.train, tokenizer, cfg.sft.max_target_tokens)
         self.total_steps = total_steps(cfg.sft, len(self.pairs))
         seed_everything(cfg.run.seed)

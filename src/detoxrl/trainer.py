@@ -19,6 +19,7 @@ The run folder is never lost to a run that fails:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -48,10 +49,12 @@ from detoxrl.advantages import (
     token_rewards,
     whiten_with_moments,
 )
-from detoxrl.config import RESUME_FREE_SETTINGS, DetoxConfig, changed_settings, resolve_rollout_shards, validate
+from detoxrl.config import (RESUME_FREE_SETTINGS, DetoxConfig, changed_settings, resolve_rollout_shards, validate,
+                            with_settings)
 from detoxrl.errors import ConfigError, DataError, DetoxError, ModelLoadError, TrainingError
 from detoxrl.policy import Policy, check_adapter_source, check_policy_source, load_policy, load_tokenizer, match_adapter_config
-from detoxrl.prompts import PromptExample, PromptSplits, build_prompts, check_data_source, load_dialogue_rows, split_and_select
+from detoxrl.prompts import (PromptExample, PromptSplits, SplitRows, check_data_source, load_dialogue_rows,
+                             prompts_from_split, split_and_select)
 from detoxrl.rewards import Scorer, check_reward_labels, scorer_from_config, shape_rewards, texts_for_scoring
 from detoxrl.selection import dialogue_toxicity_for
 from detoxrl import runtime
@@ -89,15 +92,15 @@ def rollout_seed(seed: int, step: int, shard: int) -> int:
     return (step_seed(seed, step) + shard * 1_000_000_007) % (2**63 - 1)
 
 
-def check_launch(cfg: DetoxConfig, num_processes: int, *, deepspeed: bool = False, resume: bool = False) -> None:
+def check_launch(cfg: DetoxConfig, num_processes: int, *, deepspeed: bool = False, resume: bool = False) -> int:
     """What this launch's processes can run, before any model loads: ``ppo.rollout_shards`` resolved for
-    ``num_processes`` (:func:`detoxrl.config.resolve_rollout_shards`), and no --resume under DeepSpeed."""
+    ``num_processes`` (:func:`detoxrl.config.resolve_rollout_shards`, returned), and no --resume under DeepSpeed."""
     if resume and deepspeed:
         raise ConfigError(
             "--resume is not supported under DeepSpeed: its optimizer state is partitioned across the processes and a "
             "checkpoint holds the main process's part only; start a new run, or train without DeepSpeed (DDP) to resume"
         )
-    resolve_rollout_shards(cfg, num_processes)
+    return resolve_rollout_shards(cfg, num_processes)
 
 
 def batch_at(items: list, step: int, batch_size: int, seed: int, shuffle: bool = True) -> list:
@@ -352,37 +355,70 @@ def clear_output_dir(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def preflight(cfg: DetoxConfig, *, check_reward: bool = True, require_train: bool = True) -> list[dict]:
-    """All cheap checks, before any model loads. Returns the dialogue rows read.
+@dataclass(frozen=True)
+class Preflight:
+    """What the cheap checks found, handed on so that nothing is read or checked twice.
 
-    The length filter, the split and the challenging-prompt selection run here, so that a filter or
-    a threshold that empties a split is an error before the policy loads (the selection's scores
-    are cached: building the prompts afterwards does not score again).
+    ``cfg`` is the config the run goes on with: the caller's, with what the checks resolved from the
+    models (the reward labels, the LoRA settings of a starting adapter). The caller's own config is not
+    changed (it is frozen). ``split`` holds the dialogue rows after the length filter, the split and
+    the challenging-prompt selection; :func:`tokenize_prompts` turns them into prompts."""
+
+    cfg: DetoxConfig
+    split: SplitRows
+    reward_labels: tuple[str, str] | None = None  # (reward label, toxic label), when the reward was checked
+
+
+def resolve_settings(cfg: DetoxConfig, *, check_reward: bool = True,
+                     adapter_dir: str | Path | None = None) -> tuple[DetoxConfig, tuple[str, str] | None]:
+    """A copy of ``cfg`` with what the models say (no weights load): the LoRA settings of the adapter
+    ``adapter_dir`` (its weights must fit the policy) and, with ``check_reward``, the reward labels chosen
+    by name (the toxic label derived when not given). A run's config.yaml records them. Returns
+    ``(resolved config, (reward label, toxic label) or None)``; ``cfg`` itself is frozen."""
+    changes: dict[str, dict[str, Any]] = {}
+    if adapter_dir:  # the LoRA settings are the adapter's (an SFT adapter's r, alpha, targets): config.yaml says so
+        lora = match_adapter_config(cfg.policy, adapter_dir)
+        changes["policy"] = {"lora_r": lora.lora_r, "lora_alpha": lora.lora_alpha,
+                             "lora_target_modules": lora.lora_target_modules}
+    labels = None
+    if check_reward:
+        r = cfg.reward
+        labels = check_reward_labels(r.model, r.label, r.toxic_label, r.trust_remote_code)
+        changes["reward"] = {"label": labels[0], "toxic_label": labels[1]}
+    return (with_settings(cfg, changes) if changes else cfg), labels
+
+
+def preflight(cfg: DetoxConfig, *, check_reward: bool = True, require_train: bool = True) -> Preflight:
+    """All cheap checks, before any model loads: the config, the data source, the policy and adapter
+    folders, the reward labels, then the data itself. Returns what they found (:class:`Preflight`).
+
+    The length filter, the split and the challenging-prompt selection run here, once, so that a filter
+    or a threshold that empties a split is an error before the policy loads; the prompts are made from
+    the rows they keep (:func:`tokenize_prompts`).
     """
-    validate(cfg)  # a library caller may have edited the config after load_config
+    validate(cfg)  # a library caller may have built the config without load_config
     check_data_source(cfg.data)
     check_policy_source(cfg.policy)
     check_adapter_source(cfg.policy.adapter)
-    if cfg.policy.adapter:  # the LoRA settings are the adapter's (an SFT adapter's r, alpha, targets): config.yaml says so
-        match_adapter_config(cfg.policy, cfg.policy.adapter)
-    if check_reward:
-        label, toxic = check_reward_labels(cfg.reward.model, cfg.reward.label, cfg.reward.toxic_label, cfg.reward.trust_remote_code)
-        cfg.reward.label, cfg.reward.toxic_label = label, toxic
+    cfg, labels = resolve_settings(cfg, check_reward=check_reward, adapter_dir=cfg.policy.adapter)
     if require_train and cfg.data.test_fraction >= 1.0:
         raise DataError("data.test_fraction=1 holds every row out and leaves nothing to train on; use it with evaluate --all-rows only")
     rows = load_dialogue_rows(cfg.data)
-    split_and_select(cfg.data, rows, dialogue_toxicity_for(cfg), require_train=require_train)
-    return rows
+    scores = dialogue_toxicity_for(cfg, reward_labels=labels)  # None without a challenging-prompt selection
+    split = split_and_select(cfg.data, rows, scores, require_train=require_train)
+    return Preflight(cfg=cfg, split=SplitRows(rows, *split), reward_labels=labels)
 
 
-def tokenize_prompts(cfg: DetoxConfig, rows: list[dict], *, tokenizer: Any = None, require_train: bool = True) -> PromptSplits:
-    """The prompts of ``rows``, tokenized by the policy's tokenizer alone (loaded unless given).
+def tokenize_prompts(checked: Preflight, *, tokenizer: Any = None) -> PromptSplits:
+    """The prompts of the rows the preflight kept, tokenized by the policy's tokenizer alone (loaded
+    unless given); nothing is read, filtered or scored again.
 
     Called before the policy's weights load: a prompt above data.max_prompt_tokens is an error in
     seconds, not after minutes of loading.
     """
+    cfg = checked.cfg
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.policy)
-    return build_prompts(cfg.data, tokenizer, dialogue_toxicity_for(cfg), rows=rows, require_train=require_train)
+    return prompts_from_split(cfg.data, checked.split, tokenizer)
 
 
 class RunFolder:
@@ -477,6 +513,9 @@ class Trainer(RunFolder):
     ``resume_from`` names the checkpoint (``auto``, ``latest-valid`` or a folder) and
     ``allow_config_change`` lets settings that affect the result differ from the checkpoint's.
 
+    ``checked``: the :func:`preflight` of ``cfg`` when the caller has run it already (``detoxrl demo``), so
+    that the data is not read, filtered and scored again.
+
     ``run_dir`` is where the run writes: ``out_dir`` itself, or ``out_dir/new-run.incomplete`` while an
     --overwrite run has not yet replaced the earlier one (``staging_dir`` is then that folder).
 
@@ -488,11 +527,11 @@ class Trainer(RunFolder):
     """
 
     def __init__(self, cfg: DetoxConfig, *, resume: bool = False, scorer: Scorer | None = None, policy: Policy | None = None,
-                 resume_from: str = "auto", allow_config_change: bool = False):
+                 resume_from: str = "auto", allow_config_change: bool = False, checked: Preflight | None = None):
         from accelerate import Accelerator, PartialState
         from accelerate.utils import DistributedType
 
-        self.cfg = cfg
+        self.cfg = cfg  # until the checks below resolve it (rollout shards, reward labels, an adapter's LoRA settings)
         if cfg.run.release_memory:
             runtime.return_freed_memory()
         # The processes first (no model yet): the checks below need their number and must agree.
@@ -503,20 +542,24 @@ class Trainer(RunFolder):
 
         def checks():
             check_trackers(cfg.run.log_with)
-            check_launch(cfg, self.state.num_processes, deepspeed=deepspeed, resume=resume)
+            shards = check_launch(cfg, self.state.num_processes, deepspeed=deepspeed, resume=resume)
             # Before any model loads: the folder; with resume the checkpoint (its checksums), and the settings
             # once the preflight has resolved the reward labels (as they were when the checkpoint was saved).
             point = find_resume_point(cfg, resume_from) if resume else None
             out_dir = Path(cfg.run.output_dir) if resume else prepare_output_dir(cfg, False, clear=False)
-            rows = preflight(cfg, check_reward=scorer is None)
-            plan = check_resume_settings(cfg, point, allow_config_change=allow_config_change) if resume else None
+            found = preflight(cfg, check_reward=scorer is None) if checked is None else checked
+            found = dataclasses.replace(found, cfg=with_settings(found.cfg, {"ppo": {"rollout_shards": shards}}))
+            plan = check_resume_settings(found.cfg, point, allow_config_change=allow_config_change) if resume else None
             # An earlier run in the folder is replaced only once this one has a checkpoint (see train()).
             staging = out_dir / NEW_RUN_DIR if not resume and existing_run(out_dir) else None
-            prompts = tokenize_prompts(cfg, rows, tokenizer=policy.tokenizer if policy else None)
-            return out_dir, plan, staging, prompts
+            prompts = tokenize_prompts(found, tokenizer=policy.tokenizer if policy else None)
+            return found.cfg, out_dir, plan, staging, prompts
 
         # The main process first: it alone tidies the folder (a stopped --overwrite run) and fills caches.
-        self.out_dir, self.resume_plan, self.staging_dir, self.prompts = main_process_first(self.state, checks)
+        # From here on the trainer runs with the resolved config (and records it in config.yaml).
+        found = main_process_first(self.state, checks)
+        self.cfg, self.out_dir, self.resume_plan, self.staging_dir, self.prompts = found
+        cfg = self.cfg
         self.run_dir = self.staging_dir or self.out_dir
         self.shards = cfg.ppo.rollout_shards
         per_process = self.shards // self.state.num_processes
