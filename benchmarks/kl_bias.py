@@ -85,7 +85,7 @@ def main(argv=None) -> int:
     base = ["generation.min_new_tokens=1", f"generation.max_new_tokens={args.new_tokens}"]
     cfg32 = load_config("offline", overrides=base + ["policy.dtype=float32"])
     cfg16 = load_config("offline", overrides=base + ["policy.dtype=bfloat16"])
-    rows = preflight(cfg32, check_reward=False)
+    checked = preflight(cfg32, check_reward=False)
     policy32, policy16 = load_policy(cfg32.policy), load_policy(cfg16.policy)
     for policy in (policy32, policy16):
         move_adapter(policy, args.adapter, args.noise, args.seed)
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     with torch.no_grad():
         for p32, p16 in zip(policy32.model.parameters(), policy16.model.parameters()):
             p32.copy_(p16.float())
-    splits = tokenize_prompts(cfg32, rows, tokenizer=policy32.tokenizer)
+    splits = tokenize_prompts(checked, tokenizer=policy32.tokenizer)
     examples = (splits.train + splits.test)[: args.prompts]
     g = cfg16.generation
     per_summary = {"truth": [], "captured": [], "teacher_forced": []}

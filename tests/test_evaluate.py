@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import assert_close_for_dtype
 from detoxrl.compare import load_eval_records, pair_records
 from detoxrl.config import DataConfig, EvalConfig, GenerationConfig, PolicyConfig, load_config
 from detoxrl.errors import ConfigError, ModelLoadError
@@ -47,7 +48,9 @@ def models(wide_tiny_models):
 @pytest.fixture(scope="module")
 def policy(models):
     torch.manual_seed(0)
-    pol = load_policy(PolicyConfig(model=str(models["t5"])))
+    # float32 on every CPU (auto would pick bf16 where it is native): the captured-KL test below checks
+    # the float32 invariant; bf16 takes its log-probs from teacher-forced passes (test_capture.py).
+    pol = load_policy(PolicyConfig(model=str(models["t5"]), dtype="float32"))
     # Stand-in for training: move the trainable adapter away from the (frozen) starting adapter.
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -327,8 +330,9 @@ def test_kl_from_captured_logprobs_equals_two_forward_passes(policy, examples, d
     (plain, (k1, k3)), (captured, (c1, c3)) = runs
     assert plain.logprobs is None and captured.logprobs is not None
     assert torch.equal(plain.response_ids, captured.response_ids)
-    np.testing.assert_allclose(c1, k1, atol=1e-4)
-    np.testing.assert_allclose(c3, k3, atol=1e-4)
+    # Equal up to float32 rounding of sums near 1e3 (decoding attends eagerly, the passes with SDPA).
+    assert_close_for_dtype(torch.tensor(c1), torch.tensor(k1))
+    assert_close_for_dtype(torch.tensor(c3), torch.tensor(k3))
     assert max(abs(v) for v in k1) > 1e-3  # the adapters differ: a real KL, not zeros
 
 
