@@ -230,17 +230,20 @@ def generate(
 
 @contextlib.contextmanager
 def _decoding_attention(policy: Policy):
-    """On a CPU, decode with the model's eager attention instead of SDPA, then switch back.
+    """On a CPU, an encoder-decoder decodes with its eager attention instead of SDPA, then switches back.
 
     A decoding step attends from one query position to the cache. PyTorch's CPU SDPA kernel is
-    built for many query positions: with one, over 250 cached positions (a T5 cross-attention),
-    16 rows and 12 heads, it took 8.0 ms in bf16 against 1.0 ms for the eager matmul-softmax-matmul,
-    and 2.9 against 2.5 ms in fp32 (one thread, AVX-512 machine). Teacher-forced passes keep SDPA.
-    Models that cannot switch (not on transformers' attention interface) are left as they are.
+    built for many query positions: with one, over 250 encoder positions (a T5 cross-attention),
+    16 rows and 12 heads, it took 8.0 ms in bf16 against 1.0 ms for the eager matmul-softmax-matmul
+    (one thread, AVX-512 machine). Generating 16 x 32 tokens with the W1 T5 (2 threads, quiet):
+    bf16 7.2-7.5 s with SDPA, 5.8-6.6 s eager; fp32 11.4-12.3 s and 10.1-12.6 s. For causal models
+    eager was slower (SmolLM2: bf16 8.7 -> 11.4 s, fp32 12.8 -> 16.1 s), so they keep SDPA, as do
+    the teacher-forced passes. Models not on transformers' attention interface are left alone.
     """
     model = policy.model.base_model.model
     before = getattr(model.config, "_attn_implementation", None)
-    if policy.device.type != "cpu" or before != "sdpa" or not model._can_set_attn_implementation():
+    eager_pays = policy.is_seq2seq and policy.device.type == "cpu" and before == "sdpa"
+    if not eager_pays or not model._can_set_attn_implementation():
         yield
         return
     model.set_attn_implementation("eager")
