@@ -97,3 +97,23 @@ def test_trainer_captures_by_dtype_and_switch(tiny_config, one_thread, monkeypat
         metrics = trainer.step()
         assert seen == [expected], overrides
         assert torch.isfinite(torch.tensor(metrics["objective/kl"]))
+
+
+@pytest.mark.parametrize("dtype, old_value, flagged", [("bfloat16", "on", True), ("float32", "auto", False)])
+def test_resuming_a_run_from_before_the_setting_keeps_its_capture(tiny_config, tmp_path, dtype, old_value, flagged):
+    """A run recorded before ppo.capture_logprobs captured in every dtype: in bf16 that is 'on', and
+    resuming with today's 'auto' is a change to name; in float32 'auto' is the same as 'on'."""
+    from detoxrl.checkpoint import ResumePoint
+    from detoxrl.trainer import check_resume_settings
+
+    cfg = tiny_config(f"policy.dtype={dtype}", "ppo.rollout_shards=1")  # resolved, as a resuming trainer's is
+    old = cfg.to_dict()
+    del old["ppo"]["capture_logprobs"]
+    point = ResumePoint(tmp_path / "checkpoint-1", {"config": old})
+    if flagged:
+        with pytest.raises(ConfigError, match=rf'ppo.capture_logprobs "{old_value}" -> "auto"'):
+            check_resume_settings(cfg, point)
+        plan = check_resume_settings(cfg, point, allow_config_change=True)
+        assert plan.changes == {"ppo.capture_logprobs": (old_value, "auto")}
+    else:
+        assert check_resume_settings(cfg, point).changes == {}

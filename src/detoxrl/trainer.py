@@ -52,7 +52,8 @@ from detoxrl.advantages import (
 from detoxrl.config import (RESUME_FREE_SETTINGS, DetoxConfig, changed_settings, resolve_rollout_shards, validate,
                             with_settings)
 from detoxrl.errors import ConfigError, DataError, DetoxError, ModelLoadError, TrainingError
-from detoxrl.policy import Policy, check_adapter_source, check_policy_source, load_policy, load_tokenizer, match_adapter_config
+from detoxrl.policy import (DTYPES, Policy, check_adapter_source, check_policy_source, load_policy, load_tokenizer,
+                            match_adapter_config, resolve_dtype)
 from detoxrl.prompts import (PromptExample, PromptSplits, SplitRows, check_data_source, load_dialogue_rows,
                              prompts_from_split, split_and_select)
 from detoxrl.rewards import Scorer, check_reward_labels, scorer_from_config, shape_rewards, texts_for_scoring
@@ -276,7 +277,13 @@ def check_resume_settings(cfg: DetoxConfig, point: ckpt_lib.ResumePoint, *, allo
         return ResumePlan(point, None, {})
     ppo = old.get("ppo") if isinstance(old.get("ppo"), dict) else {}
     if ppo.get("rollout_shards") is None:  # a run from before rollout shards sampled each batch as one
-        old = {**old, "ppo": {**ppo, "rollout_shards": 1}}
+        ppo = {**ppo, "rollout_shards": 1}
+    if "capture_logprobs" not in ppo:  # a run from before the setting captured while decoding in any dtype
+        policy = old.get("policy") if isinstance(old.get("policy"), dict) else {}
+        dtype = str(policy.get("dtype", "auto"))
+        in_fp32 = (dtype == "auto" or dtype in DTYPES) and resolve_dtype(dtype) == torch.float32
+        ppo = {**ppo, "capture_logprobs": "auto" if in_fp32 else "on"}  # auto is the same as on in float32
+    old = {**old, "ppo": ppo}
     changes = changed_settings(old, cfg.to_dict(), free=free)
     if changes and not allow_config_change:
         shown = ", ".join(f"{key} {_show(a)} -> {_show(b)}" for key, (a, b) in changes.items())
