@@ -511,13 +511,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print()
     for text in format_headline(done["comparison"]):
         print(text)
-    # Keyed on ppo.samples_per_prompt (always >= 1), as it always was: the sampled table is always named.
-    stem = "-sampled" if cfg.ppo.samples_per_prompt >= 1 else ""
+    sampled_table = eval_dir / "comparison-sampled.csv"  # written only when a sampled pass ran
     before, after = load_eval_records(eval_dir / "before.jsonl"), load_eval_records(eval_dir / "after.jsonl")
     _print_side_by_side(comparison_table(pair_records(before, after)))
     html = paths.get("html") if isinstance(paths, dict) else paths
     print(f"\nreport: {html}\ntables: {eval_dir / 'comparison.csv'}"
-          + (f", {eval_dir / f'comparison{stem}.csv'}" if stem else "")
+          + (f", {sampled_table}" if sampled_table.exists() else "")
           + f"\ndemo wall time: {time.perf_counter() - t_start:.0f} s")
     return 0
 
