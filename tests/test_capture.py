@@ -2,8 +2,10 @@
 
 In bf16 the decoding pass (one position at a time, against a KV cache) rounds differently from a
 teacher-forced pass. The KL to the reference compares the policy's log-probs with teacher-forced
-reference log-probs, so in bf16 both must come from teacher-forced passes: then the KL of two
-identical adapters is 0 along the code path that bf16 runs, whatever the rounding.
+reference log-probs, so in bf16 both must come from teacher-forced passes run the same way (generate
+runs them after each decoded batch, the policy's reusing its prompt pass and the reference's
+making its own alike): then the KL of two identical adapters is 0 along the code path that bf16
+runs, whatever the rounding.
 """
 
 from __future__ import annotations
@@ -48,8 +50,12 @@ def _moved_bf16_policy(arch_dir, tiny_config):
     return policy
 
 
+@pytest.mark.parametrize("path", ["teacher_forced_in_generate", "logprobs_and_values"])
 @pytest.mark.parametrize("arch", ["tiny_t5", "tiny_llama"])
-def test_bf16_kl_of_identical_adapters_is_zero_along_the_bf16_path(arch, request, tiny_config, one_thread, monkeypatch):
+def test_bf16_kl_of_identical_adapters_is_zero_along_the_bf16_path(arch, path, request, tiny_config, one_thread,
+                                                                   monkeypatch):
+    """The trainer's bf16 path (generate's teacher-forced passes, the reference's beside the policy's)
+    and the ZeRO-3 path (both passes in logprobs_and_values) give a KL of 0 for equal adapters."""
     policy = _moved_bf16_policy(request.getfixturevalue(arch), tiny_config)
     # Take the path of a moved adapter: no shortcut for bitwise-equal adapters.
     monkeypatch.setattr(type(policy), "adapters_identical", lambda self, *a: False)
@@ -57,9 +63,11 @@ def test_bf16_kl_of_identical_adapters_is_zero_along_the_bf16_path(arch, request
     ids, texts = [e.input_ids for e in examples], [e.prompt for e in examples]
     capture = capture_logprobs("auto", policy.compute_dtype)
     assert capture is False
+    in_generate = path == "teacher_forced_in_generate"
     torch.manual_seed(1)
-    rollout = generate(policy, ids, texts, GenerationConfig(max_new_tokens=10), batch_size=6, capture=capture)
-    assert rollout.logprobs is None
+    rollout = generate(policy, ids, texts, GenerationConfig(max_new_tokens=10), batch_size=4, capture=capture,
+                       teacher_forced=in_generate, reference=REFERENCE_ADAPTER if in_generate else None)
+    assert (rollout.logprobs is not None) == in_generate and (rollout.ref_logprobs is not None) == in_generate
     passes = logprobs_and_values(policy, rollout, batch_size=3)
     mask = rollout.response_mask.bool()
     assert mask.sum() > 10
@@ -81,7 +89,7 @@ def test_trainer_captures_by_dtype_and_switch(tiny_config, one_thread, monkeypat
     real_generate = trainer_mod.generate
 
     def spy(*args, **kwargs):
-        seen.append(kwargs["capture"])
+        seen.append((kwargs["capture"], kwargs["teacher_forced"]))
         return real_generate(*args, **kwargs)
 
     monkeypatch.setattr(trainer_mod, "generate", spy)
@@ -95,7 +103,7 @@ def test_trainer_captures_by_dtype_and_switch(tiny_config, one_thread, monkeypat
         trainer = trainer_mod.Trainer(tiny_config(*overrides, "ppo.steps=1", batch_size=4, mini_batch_size=2,
                                                   max_new_tokens=4, max_rows=16, output_dir=tmp_path / f"run{i}"))
         metrics = trainer.step()
-        assert seen == [expected], overrides
+        assert seen == [(expected, not expected)], overrides  # bf16: teacher-forced passes in generate
         assert torch.isfinite(torch.tensor(metrics["objective/kl"]))
 
 

@@ -418,6 +418,77 @@ def test_capture_equals_a_full_forward_pass(arch, temperature, policies, tiny_co
         assert (scored[key][~mask] == 0).all()
 
 
+@pytest.mark.parametrize("k", [1, 2])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_teacher_forced_stats_equal_a_full_forward_pass(arch, k, policies, tiny_config):
+    """generate(teacher_forced=True) runs forward_pass right after each decoded batch, reusing the
+    batch's prompt pass (encoder output, or the prompt's key/value cache cut back to P-1 positions):
+    the same log-probs, values and entropy as a full pass over prompt and response, and the same
+    samples as a plain generate."""
+    policy = policies(arch, tiny_config, eos_boost=3.0)
+    examples = prompts_of_different_lengths(policy, tiny_config, 6)
+    ids, texts = [e.input_ids for e in examples], [e.prompt for e in examples]
+    decoding = GenerationConfig(max_new_tokens=10, temperature=0.7)
+    torch.manual_seed(3)
+    plain = generate(policy, ids, texts, decoding, batch_size=4, samples_per_prompt=k)
+    torch.manual_seed(3)
+    r = generate(policy, ids, texts, decoding, batch_size=4, samples_per_prompt=k, teacher_forced=True)
+    assert torch.equal(plain.response_ids, r.response_ids)
+    assert r.ref_logprobs is None  # no reference asked for
+    mask = r.response_mask.bool()
+    assert r.ended.any() and not r.ended.all()
+    with torch.no_grad():
+        full = forward_pass(policy, r, temperature=0.7, with_values=True, with_entropy=True)
+    for key in ("logprobs", "values", "entropy"):
+        assert_close_for_dtype(getattr(r, key)[mask], full[key][mask])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_teacher_forced_reference_is_the_same_computation(arch, policies, tiny_config):
+    """reference= runs the reference adapter's prompt and response passes as the policy's were run:
+    with equal adapters the two log-probs are bitwise equal; with a moved adapter the reference
+    log-probs are those of a full reference pass."""
+    policy = policies(arch, tiny_config, eos_boost=3.0)
+    examples = prompts_of_different_lengths(policy, tiny_config, 6)
+    ids, texts = [e.input_ids for e in examples], [e.prompt for e in examples]
+    decoding = GenerationConfig(max_new_tokens=8)
+    torch.manual_seed(4)
+    r = generate(policy, ids, texts, decoding, batch_size=4, teacher_forced=True, reference="reference")
+    mask = r.response_mask.bool()
+    assert torch.equal(r.logprobs[mask], r.ref_logprobs[mask])
+    lora_b = [p for n, p in policy.model.named_parameters() if "lora_B" in n and ".default." in n]
+    try:
+        with torch.no_grad():
+            for p in lora_b:
+                p.add_(torch.randn_like(p))
+        torch.manual_seed(4)
+        moved = generate(policy, ids, texts, decoding, batch_size=4, teacher_forced=True, reference="reference")
+        mask = moved.response_mask.bool()
+        with torch.no_grad(), policy.use_adapter("reference"):
+            ref = forward_pass(policy, moved, with_values=False)["logprobs"]
+        assert_close_for_dtype(moved.ref_logprobs[mask], ref[mask])
+        assert not torch.allclose(moved.logprobs[mask], moved.ref_logprobs[mask])
+        # logprobs_and_values takes both from the rollout: no pass is left to run.
+        scored = logprobs_and_values(policy, moved, batch_size=4)
+        assert torch.equal(scored["ref_logprobs"][mask], moved.ref_logprobs[mask])
+        assert torch.equal(scored["logprobs"][mask], moved.logprobs[mask])
+    finally:
+        policy.copy_adapter("reference", "default")
+    assert policy.adapters_identical()
+
+
+def test_generate_rejects_conflicting_log_prob_sources(policies, tiny_config):
+    policy = policies("tiny_t5", tiny_config)
+    ex = prompts_of_different_lengths(policy, tiny_config, 2)
+    args = (policy, [e.input_ids for e in ex], [e.prompt for e in ex], GenerationConfig(max_new_tokens=2))
+    with pytest.raises(ValueError, match="choose one"):
+        generate(*args, capture=True, teacher_forced=True)
+    with pytest.raises(ValueError, match="set teacher_forced=True"):
+        generate(*args, reference="reference")
+    with pytest.raises(ValueError, match="synced_gpus"):
+        generate(*args, teacher_forced=True, synced_gpus=True)
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_trimmed_rows_give_the_same_outputs(arch, policies, tiny_config):
     policy = policies(arch, tiny_config, eos_boost=3.0)

@@ -159,8 +159,9 @@ class PPOConfig:
     # (a multiple) run one after another, with the result of one shard per process.
     rollout_shards: int | None = None
     # Where the policy's old log-probs, values and entropy come from. "on": recorded while decoding
-    # (no extra pass). "off": a teacher-forced pass of the policy beside the reference pass, so the
-    # KL and the first ratio compare two results of the same computation. In bf16 the decoding pass
+    # (no extra pass). "off": teacher-forced passes of the policy and the reference, run the same way
+    # after each decoded batch (the policy's reuses the batch's prompt pass), so the KL and the first
+    # ratio compare two results of the same computation. In bf16 the decoding pass
     # (one token at a time, KV cache) rounds differently from a teacher-forced pass (log-probs apart
     # by up to ~1e-2), which biases the KL to the reference; "auto" captures only in float32.
     capture_logprobs: str = "auto"  # auto | on | off

@@ -198,6 +198,9 @@ def evaluate_policy(
         torch.manual_seed(settings.seed + 7_919 * chunk[0][1] + chunk[0][0])
         exs = [examples[i] for i, _ in chunk]
         prompts_here = exs[::k]  # chunk is prompt-major: every k-th row starts a prompt
+        # The adapter's log-probs for the KL, from the decoding pass where that is exact (float32), else
+        # from a teacher-forced pass that reuses the decoding's prompt pass.
+        capture = adapter != REFERENCE_ADAPTER and capture_logprobs("auto", policy.compute_dtype)
         rollout = generate(
             policy,
             [e.input_ids for e in prompts_here],
@@ -205,8 +208,9 @@ def evaluate_policy(
             decoding,
             batch_size=len(chunk),
             adapter=adapter,
-            # The adapter's log-probs for the KL, from the decoding pass where that is exact (float32).
-            capture=adapter != REFERENCE_ADAPTER and capture_logprobs("auto", policy.compute_dtype),
+            capture=capture,
+            teacher_forced=adapter != REFERENCE_ADAPTER and not capture,
+            reference=REFERENCE_ADAPTER if adapter != REFERENCE_ADAPTER and not capture else None,
             samples_per_prompt=k,
         )
         texts = texts_for_scoring(rollout.queries, rollout.responses, reward_input)
@@ -282,12 +286,14 @@ def _kl_to_reference(policy: Policy, rollout, adapter: str, temperature: float) 
         zeros = [0.0] * len(rollout)
         return zeros, zeros
     mask = rollout.response_mask.bool()
-    lp = rollout.logprobs  # captured while decoding with ``adapter``
+    lp = rollout.logprobs  # recorded by generate with ``adapter`` (captured or teacher-forced)
     if lp is None:
         with policy.use_adapter(adapter):
             lp = forward_pass(policy, rollout, temperature=temperature, with_values=False)["logprobs"]
-    with policy.use_adapter(REFERENCE_ADAPTER):
-        ref = forward_pass(policy, rollout, temperature=temperature, with_values=False)["logprobs"]
+    ref = rollout.ref_logprobs  # by the same computation as ``lp`` (generate's teacher-forced passes)
+    if ref is None:
+        with policy.use_adapter(REFERENCE_ADAPTER):
+            ref = forward_pass(policy, rollout, temperature=temperature, with_values=False)["logprobs"]
     k1 = sequence_kl(lp, ref, mask, kl_k1)
     k3 = sequence_kl(lp, ref, mask, kl_k3)
     return k1.tolist(), k3.tolist()

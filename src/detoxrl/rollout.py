@@ -39,6 +39,9 @@ class Rollout:
     logprobs: torch.Tensor | None = None
     values: torch.Tensor | None = None
     entropy: torch.Tensor | None = None
+    # ``generate(..., teacher_forced=True, reference=...)``: the reference adapter's log-probs, from
+    # the same computation as the policy's (float32 [B, T]).
+    ref_logprobs: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.response_ids.shape[0]
@@ -61,6 +64,7 @@ class Rollout:
             pick(self.logprobs),
             pick(self.values),
             pick(self.entropy),
+            pick(self.ref_logprobs),
         )
 
     def trimmed(self, seq2seq: bool) -> "Rollout":
@@ -88,6 +92,7 @@ class Rollout:
             cut(self.logprobs),
             cut(self.values),
             cut(self.entropy),
+            cut(self.ref_logprobs),
         )
 
 
@@ -155,6 +160,8 @@ def generate(
     progress: bool = False,
     adapter: str | None = None,
     capture: bool = False,
+    teacher_forced: bool = False,
+    reference: str | None = None,
     samples_per_prompt: int = 1,
     synced_gpus: bool = False,
 ) -> Rollout:
@@ -174,12 +181,25 @@ def generate(
     read from the same decoding steps: PPO's "old" log-probs and values then cost no extra forward
     pass. They equal :func:`forward_pass`'s up to float rounding (cached vs. full attention).
 
+    ``teacher_forced=True`` fills the same three fields from a teacher-forced pass instead, the one
+    bf16 needs (see :func:`capture_logprobs`): right after a batch is decoded, :func:`forward_pass`
+    runs over its responses and reuses the batch's prompt pass (seq2seq: the encoder output; causal:
+    the key/value cache of the prompt's first P-1 tokens), so it costs the response positions only.
+    ``reference`` (an adapter name, with ``teacher_forced``) also fills ``ref_logprobs`` with that
+    adapter's log-probs by the same computation on the same batch (its own prompt pass, then the
+    response pass): the KL of two equal adapters is then exactly 0, whatever the dtype.
+
     ``synced_gpus=True`` (DeepSpeed ZeRO-3, where each process holds a slice of the weights and every
     forward pass gathers them from all processes) keeps a process that has finished decoding running
     forward passes until all have; it needs ``capture=False`` (those extra passes are not decoding steps).
     """
-    if synced_gpus and capture:
-        raise ValueError("generate: synced_gpus runs extra forward passes after a batch has ended; use capture=False with it")
+    if synced_gpus and (capture or teacher_forced):
+        raise ValueError("generate: synced_gpus runs extra forward passes after a batch has ended; "
+                         "use capture=False and teacher_forced=False with it")
+    if capture and teacher_forced:
+        raise ValueError("generate: capture and teacher_forced are two ways to the same fields; choose one")
+    if reference and not teacher_forced:
+        raise ValueError("generate: reference log-probs come from the teacher-forced passes; set teacher_forced=True")
     k = int(samples_per_prompt)
     if k < 1:
         raise ValueError(f"samples_per_prompt must be >= 1, got {k}")
@@ -188,7 +208,7 @@ def generate(
     tok = policy.tokenizer
     hf_generation_config = _hf_generation_config(policy, decoding)
     policy.model.eval()
-    chunks_q, chunks_r, chunks_c = [], [], []
+    chunks_q, chunks_r, chunks_c, chunks_ref = [], [], [], []
     # Sort by prompt length so each generation batch carries little padding; restore order after.
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     per_batch = max(1, batch_size // k)
@@ -199,8 +219,10 @@ def generate(
         enc = tok.pad({"input_ids": [prompts[i] for i in idx]}, return_tensors="pt").to(policy.device)
         ctx = policy.use_adapter(adapter) if adapter else contextlib.nullcontext()
         with ctx:
-            # Outside the capture: the shared prompt pass is not a decoding step.
-            shared = _shared_prompt_pass(policy, enc["input_ids"], enc["attention_mask"], k) if k > 1 else {}
+            # Outside the capture: the shared prompt pass is not a decoding step. The teacher-forced
+            # passes reuse it, so then it is made for one sample per prompt too.
+            share = k > 1 or teacher_forced
+            shared = _shared_prompt_pass(policy, enc["input_ids"], enc["attention_mask"], k) if share else {}
             input_ids, attention_mask = enc["input_ids"].repeat_interleave(k, 0), enc["attention_mask"].repeat_interleave(k, 0)
             # The allocator keeps each token step's freed blocks for the next one (detoxrl.runtime).
             with (_DecodingCapture(policy, capture, decoding.temperature) as captured, runtime.decoding_allocator(),
@@ -212,8 +234,19 @@ def generate(
                     **shared,
                     **({"synced_gpus": True} if synced_gpus else {}),
                 )
-        seqs = out.sequences
-        resp = seqs[:, 1:] if policy.is_seq2seq else seqs[:, input_ids.shape[1] :]
+            seqs = out.sequences
+            resp = seqs[:, 1:] if policy.is_seq2seq else seqs[:, input_ids.shape[1] :]
+            if teacher_forced:  # after the decoding context: SDPA attention, as every full pass
+                state = _prompt_state_after_decoding(policy, shared, out, input_ids.shape[1])
+                stats = _teacher_forced(policy, input_ids, attention_mask, resp, state, decoding.temperature, True)
+                chunks_c.append((stats["logprobs"], stats["values"], stats["entropy"]))
+        if teacher_forced and reference:
+            with policy.use_adapter(reference):
+                # The same computation as the policy's: its own prompt pass (made as the policy's was),
+                # or none where the policy's could not be reused.
+                ref_state = _shared_prompt_pass(policy, enc["input_ids"], enc["attention_mask"], k) if state else None
+                ref = _teacher_forced(policy, input_ids, attention_mask, resp, ref_state, decoding.temperature, False)
+            chunks_ref.append(ref["logprobs"])
         chunks_q.append((rows, input_ids, attention_mask))
         chunks_r.append(resp)
         if capture:
@@ -221,11 +254,39 @@ def generate(
         bar.update(len(rows))
     bar.close()
     rollout = _assemble(policy, chunks_q, chunks_r, len(prompts) * k, [q for q in queries for _ in range(k)])
-    if capture:
+    rows_of = [q[0] for q in chunks_q]
+    if capture or teacher_forced:
         rollout.logprobs, rollout.values, rollout.entropy = (
-            _scatter_rows([c[k] for c in chunks_c], [q[0] for q in chunks_q], rollout.response_ids.shape) for k in range(3)
+            _scatter_rows([c[k] for c in chunks_c], rows_of, rollout.response_ids.shape) for k in range(3)
         )
+    if chunks_ref:
+        rollout.ref_logprobs = _scatter_rows(chunks_ref, rows_of, rollout.response_ids.shape)
     return rollout
+
+
+def _prompt_state_after_decoding(policy: Policy, shared: dict, out, prompt_len: int) -> dict[str, Any] | None:
+    """The prompt pass a decoded batch was sampled from, for :func:`forward_pass`'s ``prompt_state``:
+    a seq2seq model's encoder output, or a causal model's key/value cache cut back to the prompt's
+    first P-1 positions (decoding appended to it). None where it cannot be reused: a one-token prompt
+    (no shared pass), or a cache that cannot be cut back (sliding-window, linear-attention layers)."""
+    if policy.is_seq2seq:
+        return {"encoder_outputs": shared["encoder_outputs"]}
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+
+    cache, head = getattr(out, "past_key_values", None), prompt_len - 1
+    plain = type(cache) is DynamicCache and all(type(layer) is DynamicLayer for layer in cache.layers)
+    if not shared or not plain or cache.get_seq_length() < head:
+        return None
+    cache.crop(head - cache.get_seq_length())
+    return {"past_key_values": cache}
+
+
+def _teacher_forced(policy: Policy, input_ids, attention_mask, resp, state, temperature: float, policy_stats: bool):
+    """:func:`forward_pass` over one decoded batch (values and entropy too for the policy's stats)."""
+    mask, ended = response_mask_from_eos(resp, policy.eos_token_id)
+    batch = Rollout(input_ids, attention_mask, resp, mask, ended, [], [])
+    return forward_pass(policy, batch, temperature=temperature, with_values=policy_stats, with_entropy=policy_stats,
+                        prompt_state=state)
 
 
 @contextlib.contextmanager
@@ -392,12 +453,17 @@ def forward_pass(
     temperature: float = 1.0,
     with_values: bool = True,
     with_entropy: bool = False,
+    prompt_state: dict[str, Any] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Per-token log-probs of the response (and values, entropy) under the active adapter.
 
     One forward pass gives both: the value head reads the last hidden state of the same pass.
     Logits are divided by the sampling temperature so the log-probs are those of the distribution
     that was sampled from. Returned tensors are float32, shape [B, T].
+
+    ``prompt_state`` is a prompt pass already made under the active adapter, of exactly these
+    prompts: ``{"encoder_outputs": ...}`` (seq2seq), or ``{"past_key_values": cache}`` holding the
+    first P-1 prompt positions (causal); only the response positions are then computed.
     """
     model = policy.model
     resp, rmask = rollout.response_ids, rollout.response_mask
@@ -413,9 +479,24 @@ def forward_pass(
             decoder_attention_mask=dec_mask,
             output_hidden_states=with_values,
             use_cache=False,
+            **(prompt_state or {}),
         )
         logits = out.logits
         hidden = out.decoder_hidden_states[-1] if with_values else None
+    elif prompt_state is not None:  # the cache holds prompt positions 0..P-2
+        input_ids = torch.cat([rollout.query_ids[:, -1:], resp[:, :-1]], dim=1)
+        attn = torch.cat([rollout.query_mask, rmask[:, :-1]], dim=1)
+        position_ids = (attn.cumsum(dim=1) - 1).clamp(min=0)[:, -T:]
+        out = model(
+            input_ids=input_ids,
+            attention_mask=attn,
+            position_ids=position_ids,
+            past_key_values=prompt_state["past_key_values"],
+            output_hidden_states=with_values,
+            use_cache=True,  # the cache is read (and extended; it is thrown away after)
+        )
+        logits = out.logits
+        hidden = out.hidden_states[-1] if with_values else None
     else:
         input_ids = torch.cat([rollout.query_ids, resp], dim=1)
         attn = torch.cat([rollout.query_mask, rmask], dim=1)
@@ -451,15 +532,16 @@ def logprobs_and_values(
 ) -> dict[str, torch.Tensor]:
     """Old log-probs, values and entropy (trainable adapter) and reference log-probs, no gradient.
 
-    What ``generate(capture=True)`` already recorded is reused, so then only the reference pass
-    runs. Rows go through in prompt-length order, each chunk cut to its own padding. Positions
+    What ``generate`` already recorded (``capture`` or ``teacher_forced``, and ``reference``) is
+    reused, so then only what is missing runs. Rows go through in prompt-length order, each chunk cut to its own padding. Positions
     outside the response mask are 0.
     """
     captured = rollout.logprobs is not None and rollout.values is not None and rollout.entropy is not None
     # While the trainable adapter still equals the reference (before the first update) the
     # reference log-probs are the policy's own: exact, and one pass cheaper.
     same = policy.adapters_identical()
-    keys = ([] if same else ["ref_logprobs"]) + ([] if captured else ["logprobs", "values", "entropy"])
+    have_ref = same or (captured and rollout.ref_logprobs is not None)
+    keys = ([] if have_ref else ["ref_logprobs"]) + ([] if captured else ["logprobs", "values", "entropy"])
     out = {k: torch.zeros(rollout.response_ids.shape, dtype=torch.float32, device=rollout.response_ids.device) for k in keys}
     order = torch.argsort(rollout.query_mask.sum(1), stable=True).tolist()
     for start in range(0, len(order), batch_size):
@@ -471,13 +553,15 @@ def logprobs_and_values(
             cur = forward_pass(policy, sub, temperature=temperature, with_values=True, with_entropy=True)
             for k in ("logprobs", "values", "entropy"):
                 out[k][idx, :T] = cur[k]
-        if not same:
+        if not have_ref:
             with policy.use_adapter("reference"):
                 out["ref_logprobs"][idx, :T] = forward_pass(policy, sub, temperature=temperature, with_values=False)["logprobs"]
     if captured:
         out.update(logprobs=rollout.logprobs, values=rollout.values, entropy=rollout.entropy)
     if same:
         out["ref_logprobs"] = out["logprobs"]
+    elif "ref_logprobs" not in keys:
+        out["ref_logprobs"] = rollout.ref_logprobs
     # Zero outside the response mask, whichever way a value was computed.
     mask = rollout.response_mask.bool()
     return {k: torch.where(mask, v, torch.zeros((), dtype=v.dtype, device=v.device)) for k, v in out.items()}

@@ -52,8 +52,8 @@ from detoxrl.advantages import (
 from detoxrl.config import (RESUME_FREE_SETTINGS, DetoxConfig, changed_settings, resolve_rollout_shards, validate,
                             with_settings)
 from detoxrl.errors import ConfigError, DataError, DetoxError, ModelLoadError, TrainingError
-from detoxrl.policy import (DTYPES, Policy, check_adapter_source, check_policy_source, load_policy, load_tokenizer,
-                            match_adapter_config, resolve_dtype)
+from detoxrl.policy import (DTYPES, REFERENCE_ADAPTER, Policy, check_adapter_source, check_policy_source, load_policy,
+                            load_tokenizer, match_adapter_config, resolve_dtype)
 from detoxrl.prompts import (PromptExample, PromptSplits, SplitRows, check_data_source, load_dialogue_rows,
                              prompts_from_split, split_and_select)
 from detoxrl.rewards import Scorer, check_reward_labels, scorer_from_config, shape_rewards, texts_for_scoring
@@ -682,6 +682,7 @@ class Trainer(RunFolder):
         t0 = time.perf_counter()
         torch.manual_seed(rollout_seed(cfg.run.seed, step, shard))
         zero3 = self.zero_stage == 3
+        capture = capture_logprobs(ppo_cfg.capture_logprobs, self.policy.compute_dtype) and not zero3
         rollout = generate(
             self.policy,
             [e.input_ids for e in examples],
@@ -690,9 +691,14 @@ class Trainer(RunFolder):
             batch_size=ppo_cfg.batch_size // self.shards,
             progress=self.progress,
             # Old log-probs and values from the sampling pass itself where that is exact (float32, see
-            # rollout.capture_logprobs), and not under ZeRO-3, whose synced generation runs extra
+            # rollout.capture_logprobs), else from a teacher-forced pass over each decoded batch that
+            # reuses its prompt pass. Neither under ZeRO-3, whose synced generation runs extra
             # passes: logprobs_and_values computes them instead.
-            capture=capture_logprobs(ppo_cfg.capture_logprobs, self.policy.compute_dtype) and not zero3,
+            capture=capture,
+            teacher_forced=not capture and not zero3,
+            # With the teacher-forced passes, the reference's log-probs by the same computation (the
+            # KL of equal adapters is then exactly 0 in bf16); equal adapters need no reference pass.
+            reference=REFERENCE_ADAPTER if not capture and not zero3 and not self.policy.adapters_identical() else None,
             samples_per_prompt=k,  # rows prompt-major: i*k .. i*k+k-1 answer prompt i
             synced_gpus=zero3,
         )
