@@ -13,7 +13,11 @@ on LoRA B), for the same sampled responses:
 - truth: teacher-forced policy and reference passes in float32 arithmetic on the bf16 weights;
 - bf16 "captured" (before this change): log-probs recorded while decoding minus teacher-forced
   reference log-probs;
-- bf16 "teacher-forced" (``auto`` now): both from teacher-forced bf16 passes.
+- bf16 "teacher-forced": both from teacher-forced bf16 passes over the whole rollout in chunks
+  (``logprobs_and_values``: ``auto`` from 2026-12-01 morning, and the ZeRO-3 path today);
+- bf16 "in generate" (``auto`` now): generate's teacher-forced passes after each decoded batch, the
+  policy's on its prompt pass (the key/value cache of the prompt's first P-1 tokens) and the
+  reference's on its own prompt pass made the same way.
 
 It prints the mean per-summary KL (sum of k1 = log pi - log ref over the summary), the bias of each
 bf16 estimate against the float32 truth (mean and its standard error over summaries), the largest
@@ -38,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from detoxrl.config import load_config  # noqa: E402
 from detoxrl.policy import POLICY_ADAPTER, REFERENCE_ADAPTER, cpu_has_fast_bf16, load_policy  # noqa: E402
-from detoxrl.rollout import forward_pass, generate  # noqa: E402
+from detoxrl.rollout import _shared_prompt_pass, _teacher_forced, forward_pass, generate  # noqa: E402
 from detoxrl.trainer import preflight, tokenize_prompts  # noqa: E402
 
 
@@ -58,6 +62,15 @@ def move_adapter(policy, adapter: str | None, noise: float, seed: int) -> None:
 def teacher_forced(policy, rollout, adapter: str, temperature: float) -> torch.Tensor:
     with policy.use_adapter(adapter):
         return forward_pass(policy, rollout, temperature=temperature, with_values=False)["logprobs"]
+
+
+def in_generate(policy, rollout, adapter: str, temperature: float) -> torch.Tensor:
+    """What generate(teacher_forced=True) computes for one decoded batch (the rollout is one batch)."""
+    with torch.inference_mode(), policy.use_adapter(adapter):
+        shared = _shared_prompt_pass(policy, rollout.query_ids, rollout.query_mask, 1)
+        state = shared or None  # a one-token prompt has no prompt pass to reuse
+        return _teacher_forced(policy, rollout.query_ids, rollout.query_mask, rollout.response_ids, state, temperature,
+                               False)["logprobs"]
 
 
 def mean_and_se(values: torch.Tensor) -> tuple[float, float]:
@@ -97,10 +110,11 @@ def main(argv=None) -> int:
     splits = tokenize_prompts(checked, tokenizer=policy32.tokenizer)
     examples = (splits.train + splits.test)[: args.prompts]
     g = cfg16.generation
-    per_summary = {"truth": [], "captured": [], "teacher_forced": []}
-    token_err = {"captured": 0.0, "teacher_forced": 0.0}
-    ratio_dev = {"captured": 0.0, "teacher_forced": 0.0}
-    log_ratio = {"captured": [], "teacher_forced": []}
+    estimates = ("captured", "teacher_forced", "in_generate")
+    per_summary = {"truth": [], **{name: [] for name in estimates}}
+    token_err = {name: 0.0 for name in estimates}
+    ratio_dev = {name: 0.0 for name in estimates}
+    log_ratio = {name: [] for name in estimates}
     lengths = []
     for start in range(0, len(examples), args.batch_size):
         chunk = examples[start : start + args.batch_size]
@@ -113,6 +127,8 @@ def main(argv=None) -> int:
         lp16 = teacher_forced(policy16, rollout, POLICY_ADAPTER, g.temperature)
         ref16 = teacher_forced(policy16, rollout, REFERENCE_ADAPTER, g.temperature)
         cap16 = rollout.logprobs
+        gen16 = in_generate(policy16, rollout, POLICY_ADAPTER, g.temperature)
+        genref16 = in_generate(policy16, rollout, REFERENCE_ADAPTER, g.temperature)
 
         def kl_sum(lp, ref):
             return torch.where(mask, lp - ref, 0.0).sum(1)
@@ -120,7 +136,8 @@ def main(argv=None) -> int:
         per_summary["truth"].append(kl_sum(lp32, ref32))
         per_summary["captured"].append(kl_sum(cap16, ref16))
         per_summary["teacher_forced"].append(kl_sum(lp16, ref16))
-        for name, lp in (("captured", cap16), ("teacher_forced", lp16)):
+        per_summary["in_generate"].append(kl_sum(gen16, genref16))
+        for name, lp in (("captured", cap16), ("teacher_forced", lp16), ("in_generate", gen16)):
             token_err[name] = max(token_err[name], float((lp - lp32)[mask].abs().max()))
         # The first minibatch's ratio: the update's teacher-forced pass runs on minibatches of 4 rows,
         # each cut to its own padding, against the stored old log-probs.
@@ -129,7 +146,7 @@ def main(argv=None) -> int:
             rows_i = list(range(i, min(i + 4, len(chunk))))
             sub = rollout.select(rows_i).trimmed(policy16.is_seq2seq)
             minibatch[rows_i, : sub.response_ids.shape[1]] = teacher_forced(policy16, sub, POLICY_ADAPTER, g.temperature)
-        for name, old in (("captured", cap16), ("teacher_forced", lp16)):
+        for name, old in (("captured", cap16), ("teacher_forced", lp16), ("in_generate", gen16)):
             ratio_dev[name] = max(ratio_dev[name], float((minibatch - old)[mask].exp().sub(1).abs().max()))
             log_ratio[name].append((minibatch - old)[mask].abs())
         lengths.append(mask.sum(1))
@@ -137,7 +154,7 @@ def main(argv=None) -> int:
     length = torch.cat(lengths).double()
     rows_out = []
     truth_mean, truth_se = mean_and_se(kl["truth"])
-    for name in ("captured", "teacher_forced"):
+    for name in estimates:
         bias = kl[name] - kl["truth"]
         b_mean, b_se = mean_and_se(bias)
         per_token = float((bias.double() / length).mean())
