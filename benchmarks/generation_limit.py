@@ -11,7 +11,12 @@ measures, for one workload and dtype, on the same threads:
 * **detoxrl's generation**: ``rollout.generate`` of the first B notebook prompts, exactly N new
   tokens (pure sampling), median of 3 after a warm-up; its useful FLOPs are the analytic forward
   FLOPs of prompt + response (``common.t5_forward_flops`` / ``llama_forward_flops``: the prompt
-  pass is large-M work, the N decoding steps small-M work).
+  pass is large-M work, the N decoding steps small-M work);
+* the **weight-streaming bound**: a decoding step reads every decoder weight and the output layer
+  once; at the memory bandwidth measured here (a 512 MiB copy, read + write) that takes a time no
+  small-M product loop can beat, since the products above were timed with their weight in cache;
+* with ``--profile K``: one more generation under ``torch.profiler``, its K operators of largest
+  self CPU time (the profiler's own overhead inflates the many small ones).
 
     .venv/bin/python benchmarks/generation_limit.py --workload w1 --dtype bf16 --json-out benchmarks/results/gen-limit-w1-bf16.json
 """
@@ -59,6 +64,32 @@ def time_linear(m: int, k: int, n: int, dtype, repeats: int = 20) -> float:
     return best
 
 
+def measure_bandwidth_gbs(repeats: int = 5) -> float:
+    """Memory bandwidth of a 512 MiB copy (bytes read + written per second), best of ``repeats``."""
+    import torch
+
+    src = torch.ones(512 * 2**20, dtype=torch.uint8)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * src.numel() / best / 1e9
+
+
+def profile_generation(run, top: int) -> list[dict]:
+    """The ``top`` operators of largest self CPU time in one call of ``run``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    return [dict(op=e.key, calls=e.count, self_s=e.self_cpu_time_total / 1e6, share=e.self_cpu_time_total / total)
+            for e in events[:top]]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workload", choices=sorted(common.WORKLOADS), default="w1")
@@ -67,6 +98,8 @@ def main(argv=None) -> int:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cache", default=str(common.DEFAULT_CACHE))
+    ap.add_argument("--profile", type=int, default=0, metavar="K",
+                    help="profile one more generation and list its K operators of largest self CPU time")
     ap.add_argument("--json-out")
     args = ap.parse_args(argv)
     if args.dtype == "bf16" and not common.native_bf16():
@@ -100,6 +133,9 @@ def main(argv=None) -> int:
     step_flops = sum(2 * B * s["k"] * s["n"] * s["count"] for s in shapes)
     step_time = sum(s["seconds"] * s["count"] for s in shapes)
     small_m_limit = step_flops / step_time / 1e9
+    bandwidth = measure_bandwidth_gbs()
+    step_weight_bytes = sum(s["k"] * s["n"] * s["count"] for s in shapes) * torch.finfo(dtype).bits // 8
+    streaming_step_s = step_weight_bytes / (bandwidth * 1e9)
 
     cfg = load_config("seed", overrides={
         "policy": {"model": str(policy_dir), "dtype": common.DTYPES[args.dtype], "lora_r": w["lora"]["r"],
@@ -118,6 +154,11 @@ def main(argv=None) -> int:
         generate(policy, ids, prompts, decoding, batch_size=B, capture=dtype == torch.float32)
         times.append(time.perf_counter() - t0)
     gen_s = statistics.median(times[1:])
+    ops = []
+    if args.profile:
+        torch.manual_seed(0)
+        ops = profile_generation(lambda: generate(policy, ids, prompts, decoding, batch_size=B,
+                                                  capture=dtype == torch.float32), args.profile)
     if args.workload == "w1":
         per = [common.t5_forward_flops(model_cfg, len(x), N, w["lora"]["r"]) for x in ids]
     else:
@@ -132,6 +173,8 @@ def main(argv=None) -> int:
         matmul_peak_gflops=peak, small_m_limit_gflops=small_m_limit, shapes=shapes,
         generate_s=gen_s, generate_runs_s=times, gen_gflop=gen_flops / 1e9, decode_gflop=decode_flops / 1e9,
         achieved_gflops=gen_flops / gen_s / 1e9, ideal_s=ideal_s, fraction_of_ideal=ideal_s / gen_s,
+        bandwidth_gbs=bandwidth, step_weight_mb=step_weight_bytes / 1e6, streaming_step_s=streaming_step_s,
+        decoding_steps_at_streaming_bound_s=streaming_step_s * N, profile=ops,
     )
     print(f"generation, workload {args.workload}, {args.dtype}, {B} prompts x {N} tokens, {args.threads} threads "
           f"(CPU flags: {' '.join(result['cpu_flags'])})")
@@ -143,6 +186,13 @@ def main(argv=None) -> int:
     print(f"detoxrl generate: {gen_s:.2f} s for {gen_flops / 1e9:.0f} GFLOP ({decode_flops / 1e9:.0f} of them in decoding "
           f"steps) = {result['achieved_gflops']:.1f} GFLOP/s; at the limits it would take {ideal_s:.2f} s "
           f"({100 * result['fraction_of_ideal']:.0f}% of that speed reached)")
+    print(f"weight streaming: {step_weight_bytes / 1e6:.0f} MB of weights per decoding step at {bandwidth:.1f} GB/s = "
+          f"{1e3 * streaming_step_s:.1f} ms per step, {streaming_step_s * N:.2f} s for {N} steps "
+          f"(the small-M products alone: {1e3 * step_time:.1f} ms per step)")
+    if ops:
+        print(f"profile of one more generation (self CPU time, {args.profile} largest operators):")
+        for o in ops:
+            print(f"  {o['op']:<40}{o['calls']:>8} calls{o['self_s']:>9.2f} s{100 * o['share']:>6.1f}%")
     if args.json_out:
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_out).write_text(json.dumps(result, indent=2))

@@ -69,8 +69,8 @@ def in_generate(policy, rollout, adapter: str, temperature: float) -> torch.Tens
     with torch.inference_mode(), policy.use_adapter(adapter):
         shared = _shared_prompt_pass(policy, rollout.query_ids, rollout.query_mask, 1)
         state = shared or None  # a one-token prompt has no prompt pass to reuse
-        return _teacher_forced(policy, rollout.query_ids, rollout.query_mask, rollout.response_ids, state, temperature,
-                               False)["logprobs"]
+        return _teacher_forced(policy, rollout.query_ids, rollout.query_mask, rollout.response_ids, state,
+                               [slice(0, len(rollout))], 1, temperature, False)["logprobs"]
 
 
 def mean_and_se(values: torch.Tensor) -> tuple[float, float]:

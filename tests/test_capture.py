@@ -66,7 +66,8 @@ def test_bf16_kl_of_identical_adapters_is_zero_along_the_bf16_path(arch, path, r
     in_generate = path == "teacher_forced_in_generate"
     torch.manual_seed(1)
     rollout = generate(policy, ids, texts, GenerationConfig(max_new_tokens=10), batch_size=4, capture=capture,
-                       teacher_forced=in_generate, reference=REFERENCE_ADAPTER if in_generate else None)
+                       teacher_forced=in_generate, reference=REFERENCE_ADAPTER if in_generate else None,
+                       pass_batch_size=2 if in_generate else None)
     assert (rollout.logprobs is not None) == in_generate and (rollout.ref_logprobs is not None) == in_generate
     passes = logprobs_and_values(policy, rollout, batch_size=3)
     mask = rollout.response_mask.bool()

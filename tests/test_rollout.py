@@ -418,9 +418,9 @@ def test_capture_equals_a_full_forward_pass(arch, temperature, policies, tiny_co
         assert (scored[key][~mask] == 0).all()
 
 
-@pytest.mark.parametrize("k", [1, 2])
+@pytest.mark.parametrize("k, pass_rows", [(1, None), (2, None), (1, 2), (2, 4)])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_teacher_forced_stats_equal_a_full_forward_pass(arch, k, policies, tiny_config):
+def test_teacher_forced_stats_equal_a_full_forward_pass(arch, k, pass_rows, policies, tiny_config):
     """generate(teacher_forced=True) runs forward_pass right after each decoded batch, reusing the
     batch's prompt pass (encoder output, or the prompt's key/value cache cut back to P-1 positions):
     the same log-probs, values and entropy as a full pass over prompt and response, and the same
@@ -432,7 +432,8 @@ def test_teacher_forced_stats_equal_a_full_forward_pass(arch, k, policies, tiny_
     torch.manual_seed(3)
     plain = generate(policy, ids, texts, decoding, batch_size=4, samples_per_prompt=k)
     torch.manual_seed(3)
-    r = generate(policy, ids, texts, decoding, batch_size=4, samples_per_prompt=k, teacher_forced=True)
+    r = generate(policy, ids, texts, decoding, batch_size=4, samples_per_prompt=k, teacher_forced=True,
+                 pass_batch_size=pass_rows)  # chunks of pass_rows rows, each cut to its own padding
     assert torch.equal(plain.response_ids, r.response_ids)
     assert r.ref_logprobs is None  # no reference asked for
     mask = r.response_mask.bool()
@@ -443,8 +444,9 @@ def test_teacher_forced_stats_equal_a_full_forward_pass(arch, k, policies, tiny_
         assert_close_for_dtype(getattr(r, key)[mask], full[key][mask])
 
 
+@pytest.mark.parametrize("pass_rows", [None, 2])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_teacher_forced_reference_is_the_same_computation(arch, policies, tiny_config):
+def test_teacher_forced_reference_is_the_same_computation(arch, pass_rows, policies, tiny_config):
     """reference= runs the reference adapter's prompt and response passes as the policy's were run:
     with equal adapters the two log-probs are bitwise equal; with a moved adapter the reference
     log-probs are those of a full reference pass."""
@@ -453,7 +455,8 @@ def test_teacher_forced_reference_is_the_same_computation(arch, policies, tiny_c
     ids, texts = [e.input_ids for e in examples], [e.prompt for e in examples]
     decoding = GenerationConfig(max_new_tokens=8)
     torch.manual_seed(4)
-    r = generate(policy, ids, texts, decoding, batch_size=4, teacher_forced=True, reference="reference")
+    r = generate(policy, ids, texts, decoding, batch_size=4, teacher_forced=True, reference="reference",
+                 pass_batch_size=pass_rows)
     mask = r.response_mask.bool()
     assert torch.equal(r.logprobs[mask], r.ref_logprobs[mask])
     lora_b = [p for n, p in policy.model.named_parameters() if "lora_B" in n and ".default." in n]
@@ -462,7 +465,8 @@ def test_teacher_forced_reference_is_the_same_computation(arch, policies, tiny_c
             for p in lora_b:
                 p.add_(torch.randn_like(p))
         torch.manual_seed(4)
-        moved = generate(policy, ids, texts, decoding, batch_size=4, teacher_forced=True, reference="reference")
+        moved = generate(policy, ids, texts, decoding, batch_size=4, teacher_forced=True, reference="reference",
+                         pass_batch_size=pass_rows)
         mask = moved.response_mask.bool()
         with torch.no_grad(), policy.use_adapter("reference"):
             ref = forward_pass(policy, moved, with_values=False)["logprobs"]

@@ -211,6 +211,7 @@ def evaluate_policy(
             capture=capture,
             teacher_forced=adapter != REFERENCE_ADAPTER and not capture,
             reference=REFERENCE_ADAPTER if adapter != REFERENCE_ADAPTER and not capture else None,
+            pass_batch_size=16,  # the KL passes in chunks: a [rows, T, vocab] logits tensor each
             samples_per_prompt=k,
         )
         texts = texts_for_scoring(rollout.queries, rollout.responses, reward_input)

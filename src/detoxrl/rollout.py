@@ -162,6 +162,7 @@ def generate(
     capture: bool = False,
     teacher_forced: bool = False,
     reference: str | None = None,
+    pass_batch_size: int | None = None,
     samples_per_prompt: int = 1,
     synced_gpus: bool = False,
 ) -> Rollout:
@@ -188,6 +189,8 @@ def generate(
     ``reference`` (an adapter name, with ``teacher_forced``) also fills ``ref_logprobs`` with that
     adapter's log-probs by the same computation on the same batch (its own prompt pass, then the
     response pass): the KL of two equal adapters is then exactly 0, whatever the dtype.
+    ``pass_batch_size`` rows go through each teacher-forced pass and each chunk of a seq2seq model's
+    encoder pass, in prompt-length order, each chunk cut to its own padding; None: the whole batch.
 
     ``synced_gpus=True`` (DeepSpeed ZeRO-3, where each process holds a slice of the weights and every
     forward pass gathers them from all processes) keeps a process that has finished decoding running
@@ -213,45 +216,51 @@ def generate(
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     per_batch = max(1, batch_size // k)
     bar = tqdm(total=len(prompts) * k, desc="generate", unit="response", disable=not progress, leave=False)
-    for start in range(0, len(order), per_batch):
-        idx = order[start : start + per_batch]
-        rows = [i * k + s for i in idx for s in range(k)]
-        enc = tok.pad({"input_ids": [prompts[i] for i in idx]}, return_tensors="pt").to(policy.device)
-        ctx = policy.use_adapter(adapter) if adapter else contextlib.nullcontext()
-        with ctx:
-            # Outside the capture: the shared prompt pass is not a decoding step. The teacher-forced
-            # passes reuse it, so then it is made for one sample per prompt too.
-            share = k > 1 or teacher_forced
-            shared = _shared_prompt_pass(policy, enc["input_ids"], enc["attention_mask"], k) if share else {}
-            input_ids, attention_mask = enc["input_ids"].repeat_interleave(k, 0), enc["attention_mask"].repeat_interleave(k, 0)
-            # The allocator keeps each token step's freed blocks for the next one (detoxrl.runtime).
-            with (_DecodingCapture(policy, capture, decoding.temperature) as captured, runtime.decoding_allocator(),
-                  _decoding_attention(policy)):
-                out = policy.model.generate(
-                    input_ids=input_ids,
-                    attention_mask=attention_mask,
-                    generation_config=hf_generation_config,
-                    **shared,
-                    **({"synced_gpus": True} if synced_gpus else {}),
-                )
-            seqs = out.sequences
-            resp = seqs[:, 1:] if policy.is_seq2seq else seqs[:, input_ids.shape[1] :]
-            if teacher_forced:  # after the decoding context: SDPA attention, as every full pass
-                state = _prompt_state_after_decoding(policy, shared, out, input_ids.shape[1])
-                stats = _teacher_forced(policy, input_ids, attention_mask, resp, state, decoding.temperature, True)
-                chunks_c.append((stats["logprobs"], stats["values"], stats["entropy"]))
-        if teacher_forced and reference:
-            with policy.use_adapter(reference):
-                # The same computation as the policy's: its own prompt pass (made as the policy's was),
-                # or none where the policy's could not be reused.
-                ref_state = _shared_prompt_pass(policy, enc["input_ids"], enc["attention_mask"], k) if state else None
-                ref = _teacher_forced(policy, input_ids, attention_mask, resp, ref_state, decoding.temperature, False)
-            chunks_ref.append(ref["logprobs"])
-        chunks_q.append((rows, input_ids, attention_mask))
-        chunks_r.append(resp)
-        if capture:
-            chunks_c.append(captured.stats(policy, resp))
-        bar.update(len(rows))
+    # The allocator keeps freed blocks for the next token step and the next pass of the batch
+    # (prompt pass, teacher-forced passes): under the fixed 1 MiB threshold each activation would
+    # be a fresh mapping that the kernel zeroes again (detoxrl.runtime). Handed back on exit.
+    with runtime.decoding_allocator():
+        for start in range(0, len(order), per_batch):
+            idx = order[start : start + per_batch]
+            rows = [i * k + s for i in idx for s in range(k)]
+            enc = tok.pad({"input_ids": [prompts[i] for i in idx]}, return_tensors="pt").to(policy.device)
+            ctx = policy.use_adapter(adapter) if adapter else contextlib.nullcontext()
+            with ctx:
+                # Outside the capture: the shared prompt pass is not a decoding step. The teacher-forced
+                # passes reuse it, so then it is made for one sample per prompt too; a seq2seq encoder
+                # always runs here, in chunks cut to their own padding (cheaper than the padded batch).
+                share = k > 1 or teacher_forced or policy.is_seq2seq
+                chunks = _pass_chunks(len(idx), k, pass_batch_size)
+                shared = _shared_prompt_pass(policy, enc["input_ids"], enc["attention_mask"], k, chunks) if share else {}
+                input_ids, attention_mask = enc["input_ids"].repeat_interleave(k, 0), enc["attention_mask"].repeat_interleave(k, 0)
+                with _DecodingCapture(policy, capture, decoding.temperature) as captured, _decoding_attention(policy):
+                    out = policy.model.generate(
+                        input_ids=input_ids,
+                        attention_mask=attention_mask,
+                        generation_config=hf_generation_config,
+                        **shared,
+                        **({"synced_gpus": True} if synced_gpus else {}),
+                    )
+                seqs = out.sequences
+                resp = seqs[:, 1:] if policy.is_seq2seq else seqs[:, input_ids.shape[1] :]
+                if teacher_forced:  # after the decoding context: SDPA attention, as every full pass
+                    state = _prompt_state_after_decoding(policy, shared, out, input_ids.shape[1])
+                    stats = _teacher_forced(policy, input_ids, attention_mask, resp, state, chunks, k, decoding.temperature,
+                                            True)
+                    chunks_c.append((stats["logprobs"], stats["values"], stats["entropy"]))
+            if teacher_forced and reference:
+                with policy.use_adapter(reference):
+                    # The same computation as the policy's: its own prompt pass (made as the policy's was),
+                    # or none where the policy's could not be reused.
+                    ref_state = _shared_prompt_pass(policy, enc["input_ids"], enc["attention_mask"], k, chunks) if state else None
+                    ref = _teacher_forced(policy, input_ids, attention_mask, resp, ref_state, chunks, k, decoding.temperature,
+                                          False)
+                chunks_ref.append(ref["logprobs"])
+            chunks_q.append((rows, input_ids, attention_mask))
+            chunks_r.append(resp)
+            if capture:
+                chunks_c.append(captured.stats(policy, resp))
+            bar.update(len(rows))
     bar.close()
     rollout = _assemble(policy, chunks_q, chunks_r, len(prompts) * k, [q for q in queries for _ in range(k)])
     rows_of = [q[0] for q in chunks_q]
@@ -281,12 +290,42 @@ def _prompt_state_after_decoding(policy: Policy, shared: dict, out, prompt_len: 
     return {"past_key_values": cache}
 
 
-def _teacher_forced(policy: Policy, input_ids, attention_mask, resp, state, temperature: float, policy_stats: bool):
-    """:func:`forward_pass` over one decoded batch (values and entropy too for the policy's stats)."""
-    mask, ended = response_mask_from_eos(resp, policy.eos_token_id)
-    batch = Rollout(input_ids, attention_mask, resp, mask, ended, [], [])
-    return forward_pass(policy, batch, temperature=temperature, with_values=policy_stats, with_entropy=policy_stats,
-                        prompt_state=state)
+def _pass_chunks(n_prompts: int, k: int, pass_batch_size: int | None) -> list[slice]:
+    """Consecutive prompt rows (a batch is in prompt-length order) for passes of ``pass_batch_size`` rows."""
+    per = n_prompts if not pass_batch_size else max(1, pass_batch_size // k)
+    return [slice(i, min(i + per, n_prompts)) for i in range(0, n_prompts, per)]
+
+
+def _teacher_forced(policy: Policy, input_ids, attention_mask, resp, state, chunks: list[slice], k: int,
+                    temperature: float, policy_stats: bool) -> dict[str, torch.Tensor]:
+    """:func:`forward_pass` over one decoded batch ([B, P] prompts, k rows per prompt), chunk by chunk,
+    each chunk cut to its own prompt and response width, on its slice of the prompt pass ``state``
+    (None: full passes). Float32 [B, T]: log-probs, and values and entropy for the policy's stats."""
+    from transformers.cache_utils import DynamicCache
+    from transformers.modeling_outputs import BaseModelOutput
+
+    B, P = input_ids.shape
+    keys = ("logprobs", "values", "entropy") if policy_stats else ("logprobs",)
+    out = {key: torch.zeros(resp.shape, dtype=torch.float32, device=resp.device) for key in keys}
+    for c in chunks:
+        r = slice(c.start * k, c.stop * k)
+        width = int(attention_mask[r].sum(1).max())
+        q = slice(0, width) if policy.is_seq2seq else slice(P - width, P)
+        rmask, ended = response_mask_from_eos(resp[r], policy.eos_token_id)
+        T = max(1, int(rmask.sum(1).max()))
+        sub_state = None
+        if state is not None and policy.is_seq2seq:
+            sub_state = {"encoder_outputs": BaseModelOutput(last_hidden_state=state["encoder_outputs"].last_hidden_state[r, q])}
+        elif state is not None and width > 1:  # the cache holds prompt positions 0..P-2, left-padded
+            layers = state["past_key_values"].layers
+            sub_state = {"past_key_values": DynamicCache([(x.keys[r, :, P - width : P - 1], x.values[r, :, P - width : P - 1])
+                                                          for x in layers])}
+        batch = Rollout(input_ids[r, q], attention_mask[r, q], resp[r, :T], rmask[:, :T], ended, [], [])
+        res = forward_pass(policy, batch, temperature=temperature, with_values=policy_stats, with_entropy=policy_stats,
+                           prompt_state=sub_state)
+        for key in keys:
+            out[key][r, :T] = res[key]
+    return out
 
 
 @contextlib.contextmanager
@@ -314,18 +353,34 @@ def _decoding_attention(policy: Policy):
         model.set_attn_implementation(before)
 
 
-def _shared_prompt_pass(policy: Policy, input_ids: torch.Tensor, attention_mask: torch.Tensor, k: int) -> dict[str, Any]:
+def _shared_prompt_pass(policy: Policy, input_ids: torch.Tensor, attention_mask: torch.Tensor, k: int,
+                        chunks: list[slice] | None = None) -> dict[str, Any]:
     """``generate`` keyword arguments that let k samples of each prompt share one pass over it.
 
     Causal: the key/value cache of every prompt token but the last (generate feeds the last one to
     start decoding), with the position ids generate itself would use for left padding, repeated k
-    times. Seq2seq: the encoder's output, repeated k times. ``{}`` (no sharing) for a one-token prompt.
+    times. Seq2seq: the encoder's output, repeated k times; with ``chunks`` (rows of the batch, in
+    prompt-length order) computed chunk by chunk, each cut to its own padding, and padded back.
+    ``{}`` (no sharing) for a one-token causal prompt.
     """
     model = policy.model
     if policy.is_seq2seq:
-        encoder_outputs = model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
-        encoder_outputs["last_hidden_state"] = encoder_outputs.last_hidden_state.repeat_interleave(k, 0)
-        return {"encoder_outputs": encoder_outputs}
+        from transformers.modeling_outputs import BaseModelOutput
+
+        encoder = model.get_encoder()
+        if not chunks:
+            encoder_outputs = encoder(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
+            hidden = encoder_outputs.last_hidden_state
+        else:
+            hidden = None
+            for c in chunks:
+                width = int(attention_mask[c].sum(1).max())
+                part = encoder(input_ids=input_ids[c, :width], attention_mask=attention_mask[c, :width],
+                               return_dict=True).last_hidden_state
+                if hidden is None:
+                    hidden = part.new_zeros((input_ids.shape[0], input_ids.shape[1], part.shape[-1]))
+                hidden[c, :width] = part
+        return {"encoder_outputs": BaseModelOutput(last_hidden_state=hidden.repeat_interleave(k, 0))}
     if input_ids.shape[1] < 2:
         return {}
     head_ids, head_mask = input_ids[:, :-1], attention_mask[:, :-1]

@@ -699,6 +699,7 @@ class Trainer(RunFolder):
             # With the teacher-forced passes, the reference's log-probs by the same computation (the
             # KL of equal adapters is then exactly 0 in bf16); equal adapters need no reference pass.
             reference=REFERENCE_ADAPTER if not capture and not zero3 and not self.policy.adapters_identical() else None,
+            pass_batch_size=ppo_cfg.mini_batch_size // self.shards,  # as the update's: a [rows, T, vocab] logits peak
             samples_per_prompt=k,  # rows prompt-major: i*k .. i*k+k-1 answer prompt i
             synced_gpus=zero3,
         )
