@@ -472,7 +472,11 @@ def ppo_update_flops(forward: Sequence[dict], ppo_epochs: int = 1) -> dict:
     # detoxrl records the old log-probs and values while sampling, so its update runs no
     # old-policy forward pass: the same update, pol_fwd fewer FLOPs executed.
     without_old = ref + ppo_epochs * (pol_fwd + pol_bwd)
-    return dict(ref_forward=ref, policy_forward=pol_fwd, policy_backward=pol_bwd, total=total, total_without_old_pass=without_old)
+    # In bf16 detoxrl runs the old-policy and reference passes right after decoding (generate's
+    # teacher-forced passes, timed in its generate phase): its update phase is the training alone.
+    training = ppo_epochs * (pol_fwd + pol_bwd)
+    return dict(ref_forward=ref, policy_forward=pol_fwd, policy_backward=pol_bwd, total=total, total_without_old_pass=without_old,
+                training_only=training)
 
 
 def update_flops(workload: str, prompt_lens: Sequence[int], new_tokens: int, model_config: dict, ppo_epochs: int = 1) -> dict:

@@ -151,8 +151,9 @@ def print_table(result: dict) -> None:
                 line += (fmt(a / b, ".3f") if a and b else "-").rjust(width)
         print(line)
     if result.get("update_gflops"):
-        detoxrl_note = ": no old-policy pass" if result["update_gflops_detoxrl"] < result["update_gflops"] else \
-            ": in bf16 its old log-probs come from a teacher-forced pass (ppo.capture_logprobs=auto)"
+        detoxrl_note = (": no old-policy pass" if result["dtype"] == "fp32" else
+                        ": in bf16 the old-policy and reference passes run in its generate phase, right after decoding"
+                        " (ppo.capture_logprobs=auto), where trl counts them in its update")
         line = "update GFLOP/s".ljust(22)
         for s in names:
             line += fmt(systems[s].get("update_gflop_per_s"), ".1f").rjust(width)
@@ -245,8 +246,9 @@ def main(argv=None) -> int:
         measured_flops = common.measured(per_step_flops)
         result["update_gflops"] = common.median(f["total"] for f in measured_flops) / 1e9
         # detoxrl skips the old-policy pass where it captures log-probs while decoding (fp32); in bf16
-        # it runs it (ppo.capture_logprobs=auto), as trl does.
-        detoxrl_key = "total_without_old_pass" if args.dtype == "fp32" else "total"
+        # (ppo.capture_logprobs=auto) it runs the old-policy and reference passes right after decoding,
+        # in its generate phase, so its update phase is the training alone.
+        detoxrl_key = "total_without_old_pass" if args.dtype == "fp32" else "training_only"
         result["update_gflops_detoxrl"] = common.median(f[detoxrl_key] for f in measured_flops) / 1e9
         result["update_flops_per_step"] = per_step_flops
         print(f"update phase: {result['update_gflops']:.0f} GFLOP per step (median of the measured steps)", flush=True)
