@@ -463,8 +463,29 @@ def llama_forward_flops(cfg: dict, T: int, N: int, lora_r: int = 0) -> dict:
     return dict(linear=linear, attn=attn, lora=lora, vhead=vhead)
 
 
-def ppo_update_flops(forward: Sequence[dict], ppo_epochs: int = 1) -> dict:
-    """Sum the update's FLOPs over a batch given each sample's forward breakdown."""
+def t5_encoder_flops(cfg: dict, E: int, lora_r: int = 0) -> dict:
+    """The encoder's share of :func:`t5_forward_flops` (what a pass reusing the encoder output skips)."""
+    d, f = cfg["d_model"], cfg["d_ff"]
+    a = cfg["num_heads"] * cfg["d_kv"]
+    Le = cfg["num_layers"]
+    lora = 2 * (d * lora_r + lora_r * a) * Le * 2 * E if lora_r else 0
+    return dict(linear=2 * Le * E * (4 * d * a + 3 * d * f), attn=4 * a * Le * E * E, lora=lora, vhead=0)
+
+
+def llama_response_flops(cfg: dict, T: int, N: int, lora_r: int = 0) -> dict:
+    """A causal forward over the N response positions only, attending to all T (prompt cached)."""
+    h, f, V, L = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"], cfg["num_hidden_layers"]
+    hd = cfg.get("head_dim") or h // cfg["num_attention_heads"]
+    aq = cfg["num_attention_heads"] * hd
+    akv = cfg.get("num_key_value_heads", cfg["num_attention_heads"]) * hd
+    linear = 2 * L * N * (2 * h * aq + 2 * h * akv + 3 * h * f) + 2 * N * h * V
+    lora = 2 * L * N * ((h * lora_r + lora_r * aq) + (h * lora_r + lora_r * akv)) if lora_r else 0
+    return dict(linear=linear, attn=4 * aq * L * N * T, lora=lora, vhead=2 * h * N)
+
+
+def ppo_update_flops(forward: Sequence[dict], ppo_epochs: int = 1, response_only: Sequence[dict] | None = None) -> dict:
+    """Sum the update's FLOPs over a batch given each sample's forward breakdown (``response_only``:
+    the same forward without the prompt pass, as a pass reusing decoding's prompt pass runs it)."""
     ref = sum(x["linear"] + x["attn"] for x in forward)  # reference: base model, adapter off
     pol_fwd = sum(x["linear"] + x["attn"] + x["lora"] + x["vhead"] for x in forward)
     pol_bwd = sum(x["linear"] + 2 * x["attn"] + 2 * x["lora"] + 2 * x["vhead"] for x in forward)
@@ -472,11 +493,13 @@ def ppo_update_flops(forward: Sequence[dict], ppo_epochs: int = 1) -> dict:
     # detoxrl records the old log-probs and values while sampling, so its update runs no
     # old-policy forward pass: the same update, pol_fwd fewer FLOPs executed.
     without_old = ref + ppo_epochs * (pol_fwd + pol_bwd)
-    # In bf16 detoxrl runs the old-policy and reference passes right after decoding (generate's
-    # teacher-forced passes, timed in its generate phase): its update phase is the training alone.
-    training = ppo_epochs * (pol_fwd + pol_bwd)
-    return dict(ref_forward=ref, policy_forward=pol_fwd, policy_backward=pol_bwd, total=total, total_without_old_pass=without_old,
-                training_only=training)
+    out = dict(ref_forward=ref, policy_forward=pol_fwd, policy_backward=pol_bwd, total=total, total_without_old_pass=without_old)
+    if response_only is not None:
+        # In bf16 detoxrl's old-policy pass is teacher-forced on the prompt pass decoding made: the
+        # response positions only.
+        old = sum(x["linear"] + x["attn"] + x["lora"] + x["vhead"] for x in response_only)
+        out["total_old_pass_on_response"] = ref + old + ppo_epochs * (pol_fwd + pol_bwd)
+    return out
 
 
 def update_flops(workload: str, prompt_lens: Sequence[int], new_tokens: int, model_config: dict, ppo_epochs: int = 1) -> dict:
@@ -484,9 +507,12 @@ def update_flops(workload: str, prompt_lens: Sequence[int], new_tokens: int, mod
     r = WORKLOADS[workload]["lora"]["r"]
     if WORKLOADS[workload]["kind"] == "seq2seq":
         fwd = [t5_forward_flops(model_config, E, new_tokens, r) for E in prompt_lens]
+        enc = [t5_encoder_flops(model_config, E, r) for E in prompt_lens]
+        resp = [{k: x[k] - e[k] for k in x} for x, e in zip(fwd, enc)]
     else:
         fwd = [llama_forward_flops(model_config, E + new_tokens, new_tokens, r) for E in prompt_lens]
-    return ppo_update_flops(fwd, ppo_epochs)
+        resp = [llama_response_flops(model_config, E + new_tokens, new_tokens, r) for E in prompt_lens]
+    return ppo_update_flops(fwd, ppo_epochs, response_only=resp)
 
 
 def workload_update_flops(workload: str, cache=None, steps: int = 3, new_tokens: int = 64, data=None) -> list[dict]:

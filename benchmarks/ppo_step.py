@@ -152,8 +152,8 @@ def print_table(result: dict) -> None:
         print(line)
     if result.get("update_gflops"):
         detoxrl_note = (": no old-policy pass" if result["dtype"] == "fp32" else
-                        ": in bf16 the old-policy and reference passes run in its generate phase, right after decoding"
-                        " (ppo.capture_logprobs=auto), where trl counts them in its update")
+                        ": in bf16 its old-policy pass is teacher-forced on the prompt pass decoding made, the response"
+                        " positions only (ppo.capture_logprobs=auto); it runs right after decoding and is timed in the update")
         line = "update GFLOP/s".ljust(22)
         for s in names:
             line += fmt(systems[s].get("update_gflop_per_s"), ".1f").rjust(width)
@@ -246,9 +246,9 @@ def main(argv=None) -> int:
         measured_flops = common.measured(per_step_flops)
         result["update_gflops"] = common.median(f["total"] for f in measured_flops) / 1e9
         # detoxrl skips the old-policy pass where it captures log-probs while decoding (fp32); in bf16
-        # (ppo.capture_logprobs=auto) it runs the old-policy and reference passes right after decoding,
-        # in its generate phase, so its update phase is the training alone.
-        detoxrl_key = "total_without_old_pass" if args.dtype == "fp32" else "training_only"
+        # (ppo.capture_logprobs=auto) its old-policy pass is teacher-forced on decoding's prompt pass
+        # (response positions only); the trainer times it with the update, as trl's.
+        detoxrl_key = "total_without_old_pass" if args.dtype == "fp32" else "total_old_pass_on_response"
         result["update_gflops_detoxrl"] = common.median(f[detoxrl_key] for f in measured_flops) / 1e9
         result["update_flops_per_step"] = per_step_flops
         print(f"update phase: {result['update_gflops']:.0f} GFLOP per step (median of the measured steps)", flush=True)

@@ -13,6 +13,7 @@ it is padding. A response that never emits EOS is marked (``ended`` False) for t
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,9 @@ class Rollout:
     # ``generate(..., teacher_forced=True, reference=...)``: the reference adapter's log-probs, from
     # the same computation as the policy's (float32 [B, T]).
     ref_logprobs: torch.Tensor | None = None
+    # Seconds ``generate`` spent in those teacher-forced passes, not in sampling: the trainer times
+    # them with the other no-grad passes (the update phase, where trl runs them too).
+    pass_seconds: float = 0.0
 
     def __len__(self) -> int:
         return self.response_ids.shape[0]
@@ -212,6 +216,7 @@ def generate(
     hf_generation_config = _hf_generation_config(policy, decoding)
     policy.model.eval()
     chunks_q, chunks_r, chunks_c, chunks_ref = [], [], [], []
+    pass_seconds = 0.0
     # Sort by prompt length so each generation batch carries little padding; restore order after.
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     per_batch = max(1, batch_size // k)
@@ -244,11 +249,14 @@ def generate(
                 seqs = out.sequences
                 resp = seqs[:, 1:] if policy.is_seq2seq else seqs[:, input_ids.shape[1] :]
                 if teacher_forced:  # after the decoding context: SDPA attention, as every full pass
+                    t_pass = time.perf_counter()
                     state = _prompt_state_after_decoding(policy, shared, out, input_ids.shape[1])
                     stats = _teacher_forced(policy, input_ids, attention_mask, resp, state, chunks, k, decoding.temperature,
                                             True)
                     chunks_c.append((stats["logprobs"], stats["values"], stats["entropy"]))
+                    pass_seconds += time.perf_counter() - t_pass
             if teacher_forced and reference:
+                t_pass = time.perf_counter()
                 with policy.use_adapter(reference):
                     # The same computation as the policy's: its own prompt pass (made as the policy's was),
                     # or none where the policy's could not be reused.
@@ -256,6 +264,7 @@ def generate(
                     ref = _teacher_forced(policy, input_ids, attention_mask, resp, ref_state, chunks, k, decoding.temperature,
                                           False)
                 chunks_ref.append(ref["logprobs"])
+                pass_seconds += time.perf_counter() - t_pass
             chunks_q.append((rows, input_ids, attention_mask))
             chunks_r.append(resp)
             if capture:
@@ -270,6 +279,7 @@ def generate(
         )
     if chunks_ref:
         rollout.ref_logprobs = _scatter_rows(chunks_ref, rows_of, rollout.response_ids.shape)
+    rollout.pass_seconds = pass_seconds
     return rollout
 
 

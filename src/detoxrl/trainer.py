@@ -728,7 +728,9 @@ class Trainer(RunFolder):
         rewards, kl = token_rewards(scores, logprobs, ref_logprobs, mask, self.kl_ctl.value)
         advantages, returns = gae(rewards, token_stats["values"], mask, ppo_cfg.gamma, ppo_cfg.lam)
         part = _Shard(shard, examples, rollout, scored, shaped, faithful, token_stats, mask, kl, advantages, returns)
-        return part, t1 - t0, t2 - t1, time.perf_counter() - t2
+        # generate's teacher-forced passes (bf16) count with the other no-grad passes, not as sampling
+        passes = rollout.pass_seconds
+        return part, t1 - t0 - passes, t2 - t1, time.perf_counter() - t2 + passes
 
     def step(self) -> dict[str, Any]:
         cfg, gen_cfg, ppo_cfg = self.cfg, self.cfg.generation, self.cfg.ppo
