@@ -380,6 +380,12 @@ def seed_everything(seed: int = SEED) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
+def write_result(path, result: dict) -> None:
+    """A benchmark's JSON result at ``path`` (folders made as needed)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(result, indent=2) + "\n")
+
+
 def measure_matmul_peak_gflops(n: int = 2048, repeats: int = 10, threads: int = 2, dtype: str = "float32") -> float:
     """Best-of-``repeats`` GFLOP/s of an n x n matmul (2 n^3 FLOPs) on ``threads`` threads."""
     import torch
@@ -451,14 +457,17 @@ def t5_forward_flops(cfg: dict, E: int, D: int, lora_r: int = 0) -> dict:
     return dict(linear=linear, attn=attn, lora=lora, vhead=vhead)
 
 
-def llama_forward_flops(cfg: dict, T: int, N: int, lora_r: int = 0) -> dict:
+def llama_forward_flops(cfg: dict, T: int, N: int, lora_r: int = 0, computed: int | None = None) -> dict:
+    """A causal forward over T positions, N of them the response (logits and values there only);
+    ``computed``: only the last ``computed`` positions run, attending to all T (a cached prompt)."""
     h, f, V, L = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"], cfg["num_hidden_layers"]
     hd = cfg.get("head_dim") or h // cfg["num_attention_heads"]
     aq = cfg["num_attention_heads"] * hd
     akv = cfg.get("num_key_value_heads", cfg["num_attention_heads"]) * hd
-    linear = 2 * L * T * (2 * h * aq + 2 * h * akv + 3 * h * f) + 2 * N * h * V
-    attn = 4 * aq * L * T * T
-    lora = 2 * L * T * ((h * lora_r + lora_r * aq) + (h * lora_r + lora_r * akv)) if lora_r else 0
+    C = T if computed is None else computed
+    linear = 2 * L * C * (2 * h * aq + 2 * h * akv + 3 * h * f) + 2 * N * h * V
+    attn = 4 * aq * L * C * T
+    lora = 2 * L * C * ((h * lora_r + lora_r * aq) + (h * lora_r + lora_r * akv)) if lora_r else 0
     vhead = 2 * h * N
     return dict(linear=linear, attn=attn, lora=lora, vhead=vhead)
 
@@ -472,17 +481,6 @@ def t5_encoder_flops(cfg: dict, E: int, lora_r: int = 0) -> dict:
     return dict(linear=2 * Le * E * (4 * d * a + 3 * d * f), attn=4 * a * Le * E * E, lora=lora, vhead=0)
 
 
-def llama_response_flops(cfg: dict, T: int, N: int, lora_r: int = 0) -> dict:
-    """A causal forward over the N response positions only, attending to all T (prompt cached)."""
-    h, f, V, L = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"], cfg["num_hidden_layers"]
-    hd = cfg.get("head_dim") or h // cfg["num_attention_heads"]
-    aq = cfg["num_attention_heads"] * hd
-    akv = cfg.get("num_key_value_heads", cfg["num_attention_heads"]) * hd
-    linear = 2 * L * N * (2 * h * aq + 2 * h * akv + 3 * h * f) + 2 * N * h * V
-    lora = 2 * L * N * ((h * lora_r + lora_r * aq) + (h * lora_r + lora_r * akv)) if lora_r else 0
-    return dict(linear=linear, attn=4 * aq * L * N * T, lora=lora, vhead=2 * h * N)
-
-
 def ppo_update_flops(forward: Sequence[dict], ppo_epochs: int = 1, response_only: Sequence[dict] | None = None) -> dict:
     """Sum the update's FLOPs over a batch given each sample's forward breakdown (``response_only``:
     the same forward without the prompt pass, as a pass reusing decoding's prompt pass runs it)."""
@@ -493,7 +491,8 @@ def ppo_update_flops(forward: Sequence[dict], ppo_epochs: int = 1, response_only
     # detoxrl records the old log-probs and values while sampling, so its update runs no
     # old-policy forward pass: the same update, pol_fwd fewer FLOPs executed.
     without_old = ref + ppo_epochs * (pol_fwd + pol_bwd)
-    out = dict(ref_forward=ref, policy_forward=pol_fwd, policy_backward=pol_bwd, total=total, total_without_old_pass=without_old)
+    out = dict(ref_forward=ref, policy_forward=pol_fwd, policy_backward=pol_bwd, total=total,
+               total_without_old_pass=without_old)
     if response_only is not None:
         # In bf16 detoxrl's old-policy pass is teacher-forced on the prompt pass decoding made: the
         # response positions only.
@@ -511,7 +510,7 @@ def update_flops(workload: str, prompt_lens: Sequence[int], new_tokens: int, mod
         resp = [{k: x[k] - e[k] for k in x} for x, e in zip(fwd, enc)]
     else:
         fwd = [llama_forward_flops(model_config, E + new_tokens, new_tokens, r) for E in prompt_lens]
-        resp = [llama_response_flops(model_config, E + new_tokens, new_tokens, r) for E in prompt_lens]
+        resp = [llama_forward_flops(model_config, E + new_tokens, new_tokens, r, computed=new_tokens) for E in prompt_lens]
     return ppo_update_flops(fwd, ppo_epochs, response_only=resp)
 
 

@@ -194,8 +194,7 @@ def main(argv=None) -> int:
         for o in ops:
             print(f"  {o['op']:<40}{o['calls']:>8} calls{o['self_s']:>9.2f} s{100 * o['share']:>6.1f}%")
     if args.json_out:
-        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_out).write_text(json.dumps(result, indent=2))
+        common.write_result(args.json_out, result)
     return 0
 
 

@@ -30,7 +30,6 @@ per-token log-prob error, and the largest |ratio - 1| the first PPO minibatch wo
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -39,7 +38,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import common  # noqa: E402
 from detoxrl.config import load_config  # noqa: E402
 from detoxrl.policy import POLICY_ADAPTER, REFERENCE_ADAPTER, cpu_has_fast_bf16, load_policy  # noqa: E402
 from detoxrl.rollout import _shared_prompt_pass, _teacher_forced, forward_pass, generate  # noqa: E402
@@ -185,8 +186,7 @@ def main(argv=None) -> int:
     print(f"captured - teacher_forced, paired over the same summaries: {shift_mean:+.4f} +- {shift_se:.4f} per summary")
     print(f"in_generate - teacher_forced, paired over the same summaries: {gen_mean:+.4f} +- {gen_se:.4f} per summary")
     if args.json_out:
-        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_out).write_text(json.dumps(result, indent=2))
+        common.write_result(args.json_out, result)
     return 0
 
 

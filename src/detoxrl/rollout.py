@@ -229,6 +229,7 @@ def generate(
             idx = order[start : start + per_batch]
             rows = [i * k + s for i in idx for s in range(k)]
             enc = tok.pad({"input_ids": [prompts[i] for i in idx]}, return_tensors="pt").to(policy.device)
+            prompt_ids, prompt_mask = enc["input_ids"], enc["attention_mask"]
             ctx = policy.use_adapter(adapter) if adapter else contextlib.nullcontext()
             with ctx:
                 # Outside the capture: the shared prompt pass is not a decoding step. The teacher-forced
@@ -236,8 +237,8 @@ def generate(
                 # always runs here, in chunks cut to their own padding (cheaper than the padded batch).
                 share = k > 1 or teacher_forced or policy.is_seq2seq
                 chunks = _pass_chunks(len(idx), k, pass_batch_size)
-                shared = _shared_prompt_pass(policy, enc["input_ids"], enc["attention_mask"], k, chunks) if share else {}
-                input_ids, attention_mask = enc["input_ids"].repeat_interleave(k, 0), enc["attention_mask"].repeat_interleave(k, 0)
+                shared = _shared_prompt_pass(policy, prompt_ids, prompt_mask, k, chunks) if share else {}
+                input_ids, attention_mask = prompt_ids.repeat_interleave(k, 0), prompt_mask.repeat_interleave(k, 0)
                 with _DecodingCapture(policy, capture, decoding.temperature) as captured, _decoding_attention(policy):
                     out = policy.model.generate(
                         input_ids=input_ids,
@@ -251,8 +252,8 @@ def generate(
                 if teacher_forced:  # after the decoding context: SDPA attention, as every full pass
                     t_pass = time.perf_counter()
                     state = _prompt_state_after_decoding(policy, shared, out, input_ids.shape[1])
-                    stats = _teacher_forced(policy, input_ids, attention_mask, resp, state, chunks, k, decoding.temperature,
-                                            True)
+                    stats = _teacher_forced(policy, input_ids, attention_mask, resp, state, chunks, k,
+                                            decoding.temperature, True)
                     chunks_c.append((stats["logprobs"], stats["values"], stats["entropy"]))
                     pass_seconds += time.perf_counter() - t_pass
             if teacher_forced and reference:
@@ -260,9 +261,9 @@ def generate(
                 with policy.use_adapter(reference):
                     # The same computation as the policy's: its own prompt pass (made as the policy's was),
                     # or none where the policy's could not be reused.
-                    ref_state = _shared_prompt_pass(policy, enc["input_ids"], enc["attention_mask"], k, chunks) if state else None
-                    ref = _teacher_forced(policy, input_ids, attention_mask, resp, ref_state, chunks, k, decoding.temperature,
-                                          False)
+                    ref_state = _shared_prompt_pass(policy, prompt_ids, prompt_mask, k, chunks) if state else None
+                    ref = _teacher_forced(policy, input_ids, attention_mask, resp, ref_state, chunks, k,
+                                          decoding.temperature, False)
                 chunks_ref.append(ref["logprobs"])
                 pass_seconds += time.perf_counter() - t_pass
             chunks_q.append((rows, input_ids, attention_mask))
@@ -325,7 +326,8 @@ def _teacher_forced(policy: Policy, input_ids, attention_mask, resp, state, chun
         T = max(1, int(rmask.sum(1).max()))
         sub_state = None
         if state is not None and policy.is_seq2seq:
-            sub_state = {"encoder_outputs": BaseModelOutput(last_hidden_state=state["encoder_outputs"].last_hidden_state[r, q])}
+            hidden = state["encoder_outputs"].last_hidden_state
+            sub_state = {"encoder_outputs": BaseModelOutput(last_hidden_state=hidden[r, q])}
         elif state is not None and width > 1:  # the cache holds prompt positions 0..P-2, left-padded
             layers = state["past_key_values"].layers
             sub_state = {"past_key_values": DynamicCache([(x.keys[r, :, P - width : P - 1], x.values[r, :, P - width : P - 1])
@@ -377,19 +379,14 @@ def _shared_prompt_pass(policy: Policy, input_ids: torch.Tensor, attention_mask:
     if policy.is_seq2seq:
         from transformers.modeling_outputs import BaseModelOutput
 
-        encoder = model.get_encoder()
-        if not chunks:
-            encoder_outputs = encoder(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
-            hidden = encoder_outputs.last_hidden_state
-        else:
-            hidden = None
-            for c in chunks:
-                width = int(attention_mask[c].sum(1).max())
-                part = encoder(input_ids=input_ids[c, :width], attention_mask=attention_mask[c, :width],
-                               return_dict=True).last_hidden_state
-                if hidden is None:
-                    hidden = part.new_zeros((input_ids.shape[0], input_ids.shape[1], part.shape[-1]))
-                hidden[c, :width] = part
+        encoder, hidden = model.get_encoder(), None
+        for c in chunks or [slice(0, input_ids.shape[0])]:
+            width = int(attention_mask[c].sum(1).max())
+            part = encoder(input_ids=input_ids[c, :width], attention_mask=attention_mask[c, :width],
+                           return_dict=True).last_hidden_state
+            if hidden is None:
+                hidden = part.new_zeros((input_ids.shape[0], input_ids.shape[1], part.shape[-1]))
+            hidden[c, :width] = part
         return {"encoder_outputs": BaseModelOutput(last_hidden_state=hidden.repeat_interleave(k, 0))}
     if input_ids.shape[1] < 2:
         return {}
@@ -598,8 +595,8 @@ def logprobs_and_values(
     """Old log-probs, values and entropy (trainable adapter) and reference log-probs, no gradient.
 
     What ``generate`` already recorded (``capture`` or ``teacher_forced``, and ``reference``) is
-    reused, so then only what is missing runs. Rows go through in prompt-length order, each chunk cut to its own padding. Positions
-    outside the response mask are 0.
+    reused, so then only what is missing runs. Rows go through in prompt-length order, each chunk
+    cut to its own padding. Positions outside the response mask are 0.
     """
     captured = rollout.logprobs is not None and rollout.values is not None and rollout.entropy is not None
     # While the trainable adapter still equals the reference (before the first update) the
