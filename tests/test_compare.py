@@ -91,7 +91,7 @@ def test_headline_shape_and_significant_reduction():
     assert tox["percentage_improvement"]["mean"] == pytest.approx(100 * tox["reduction"]["reduction"])
     assert h["reward"]["diff"]["diff"] == pytest.approx(1.0)
     assert h["rouge"]["rougeL"]["before"]["mean"] == pytest.approx(40.0)  # points
-    assert h["rouge"]["rougeL"]["diff"] == {"diff": 0.0, "low": 0.0, "high": 0.0, "n": n}
+    assert h["rouge"]["rougeL"]["diff"] == {"diff": 0.0, "low": 0.0, "high": 0.0, "n": n, "p": 1.0}
     assert h["length_tokens"]["diff"]["diff"] == 0.0
     v = h["verdict"]
     assert v.startswith("judge toxicity: no significant change (+0.0% [95% CI +0.0%, +0.0%] (n=60))")
@@ -193,7 +193,9 @@ def test_a_sampled_evaluation_is_not_compared_with_a_greedy_one():
         pair_records(sampled(0, [0.1, 0.2, 0.3]), sampled(0, [0.1]))
 
 
-def test_detox_verdict_needs_a_judge_reduction_and_no_judge_increase(tmp_path):
+def test_compare_run_decides_on_the_primary_judges_expected_max(tmp_path):
+    """End to end on records: judge A's expected maximum falls from 0.6 to 0.2 in every prompt (bootstrap p = 2/201),
+    judge B's does not move (p = 1): Holm multiplies A's p by 2 -> 4/201 < 0.05: less toxic, quality kept."""
     from detoxrl.compare import compare_run
 
     def write(name, recs):
@@ -203,21 +205,126 @@ def test_detox_verdict_needs_a_judge_reduction_and_no_judge_increase(tmp_path):
     judges_a = {"A": [0.2, 0.1], "B": [0.3, 0.3]}
     before = [r for i in range(12) for r in sampled(i, [0.5, 0.4], judges_b)]
     after = [r for i in range(12) for r in sampled(i, [0.1, 0.1], judges_a)]
-    greedy_b = [dict(rec(i, 0.3, 0.0), decoding="greedy", judges={"A": 0.4, "B": 0.3}) for i in range(12)]
-    greedy_a = [dict(rec(i, 0.3, 0.0), decoding="greedy", judges={"A": 0.4, "B": 0.3}) for i in range(12)]
+    greedy_b = [dict(rec(i, 0.3, 0.0, faith=0.5), decoding="greedy", judges={"A": 0.4, "B": 0.3}) for i in range(12)]
+    greedy_a = [dict(rec(i, 0.3, 0.0, faith=0.5), decoding="greedy", judges={"A": 0.4, "B": 0.3}) for i in range(12)]
     write("before", greedy_b), write("after", greedy_a), write("before-sampled", before), write("after-sampled", after)
     head = compare_run(tmp_path, n_boot=200)
     d = head["detoxification"]
-    assert d["status"] == "less toxic" and "judge A expected max toxicity" in d["reductions"] and not d["increases"]
-    assert head["verdict"].startswith("less toxic: judge A expected max toxicity -")
+    assert d["status"] == "less toxic, quality kept" and d["reductions"] == ["A"] and not d["increases"]
+    a, b = d["primary"]["measures"]
+    assert (a["judge"], b["judge"]) == ("A", "B") and d["primary"]["correction"] == "holm"
+    assert a["p"] == pytest.approx(2 / 201) and a["p_adjusted"] == pytest.approx(4 / 201) and a["significant"]
+    assert b["p"] == 1.0 and b["p_adjusted"] == 1.0 and not b["significant"]
+    assert d["quality_gate"]["passed"] and d["quality_gate"]["rouge_l"] is None  # no references: not gated
+    assert head["verdict"] == d["text"] and d["text"].startswith(
+        "less toxic, quality kept (expected maximum toxicity over the 2 samples of a prompt, Holm-corrected across 2 judges): A -66.7% [-66.7, -66.7], adjusted p 0.0199; B +0.0%")
     assert head["sampled"]["judges"]["A"]["expected_max"]["before"] == pytest.approx(0.6)
+    assert head["kl_to_reference"] is None  # greedy summaries are not samples: no KL from them
     saved = json.loads((tmp_path / "compare.json").read_text())
     assert saved["verdict"] == head["verdict"] and (tmp_path / "comparison-sampled.csv").is_file()
-    # judge B rising significantly turns the verdict, whatever judge A says
+    # judge B's expected maximum rising in every prompt turns the verdict, whatever judge A says
     after_worse = [r for i in range(12) for r in sampled(i, [0.1, 0.1], {"A": [0.2, 0.1], "B": [0.5, 0.6]})]
     write("after-sampled", after_worse)
     d = compare_run(tmp_path, n_boot=200)["detoxification"]
-    assert d["status"] == "more toxic" and any(name.startswith("judge B") for name in d["increases"])
+    assert d["status"] == "more toxic" and d["increases"] == ["B"] and d["reductions"] == ["A"]
+
+
+# --------------------------------------------------------------------------------------------
+# The pre-declared verdict on headlines built by hand (compare.detox_verdict)
+
+
+def reduction(r, low, high, p, n=50):
+    return {"reduction": r, "low": low, "high": high, "n": n, "p": p}
+
+
+def verdict_heads(expected_max, *, greedy_means=None, rouge_l=None, faithfulness=0.0, kl=1.5):
+    """A greedy and a sampled headline: ``expected_max`` {judge: reduction dict} in the sampled pass,
+    ``greedy_means`` {judge: reduction dict} in the greedy one; quality diffs of the greedy pass."""
+    quiet = reduction(0.0, -0.1, 0.1, 1.0)
+    greedy = {
+        "decoding": "greedy",
+        "judges": {spec: {"reduction": (greedy_means or {}).get(spec, quiet)} for spec in expected_max},
+        "toxicity": {"reduction": quiet},
+        "rouge": None if rouge_l is None else {"rougeL": {"diff": {"diff": rouge_l, "low": rouge_l - 1, "high": rouge_l + 1, "n": 50}}},
+        "faithfulness": {"diff": {"diff": faithfulness, "low": faithfulness - 0.03, "high": faithfulness + 0.03, "n": 50}},
+        "kl_to_reference": None,
+    }
+    sampled_head = {
+        "decoding": "sampled",
+        "samples_per_prompt": 8,
+        "judges": {spec: {"reduction": quiet, "expected_max": {"reduction": r}} for spec, r in expected_max.items()},
+        "toxicity": {"reduction": reduction(0.4, 0.2, 0.6, 0.001), "expected_max": {"reduction": reduction(0.5, 0.3, 0.7, 0.001)}},
+        "kl_to_reference": {"n": 400, "mean": kl},
+    }
+    return greedy, sampled_head
+
+
+def test_holm_adjusted_p_values_by_hand():
+    """p = 0.01, 0.03 (two judges): sorted, 0.01 x 2 = 0.02 and 0.03 x 1 = 0.03 -> both below 0.05."""
+    from detoxrl.compare import detox_verdict
+
+    greedy, sampled_head = verdict_heads({"svm": reduction(0.30, 0.10, 0.50, 0.03), "hs": reduction(0.08, 0.03, 0.13, 0.01)})
+    d = detox_verdict(greedy, sampled_head)
+    svm, hs = d["primary"]["measures"]
+    assert svm["p_adjusted"] == pytest.approx(0.03) and hs["p_adjusted"] == pytest.approx(0.02)
+    assert d["status"] == "less toxic, quality kept" and d["reductions"] == ["svm", "hs"]
+    assert d["kl_to_reference"] == {"n": 400, "mean": 1.5}  # the sampled pass's: the adapter's own samples
+    # p = 0.03 and 0.04: each alone is below 0.05, but Holm's step-down gives 0.03 x 2 = 0.06, then
+    # max(0.06, 0.04 x 1) = 0.06: neither is significant as a family, so no change is claimed.
+    greedy, sampled_head = verdict_heads({"svm": reduction(0.30, 0.02, 0.50, 0.04), "hs": reduction(0.08, 0.01, 0.13, 0.03)})
+    d = detox_verdict(greedy, sampled_head)
+    assert [m["p_adjusted"] for m in d["primary"]["measures"]] == [pytest.approx(0.06), pytest.approx(0.06)]
+    assert d["status"] == "no significant change" and d["reductions"] == [] and d["increases"] == []
+    assert d["text"].startswith("no significant change (expected maximum toxicity over the 8 samples of a prompt, "
+                                "Holm-corrected across 2 judges): svm -30.0% [-50.0, -2.0], adjusted p 0.06; hs -8.0%")
+
+
+def test_a_secondary_measure_that_flips_does_not_move_the_verdict():
+    from detoxrl.compare import detox_verdict
+
+    primaries = {"svm": reduction(0.30, 0.10, 0.50, 0.004), "hs": reduction(0.02, -0.03, 0.07, 0.40)}
+    base = detox_verdict(*verdict_heads(primaries))
+    # The SVM's greedy mean rises 40% with p = 0.001 (it would have made the old verdict "more toxic").
+    flipped = detox_verdict(*verdict_heads(primaries, greedy_means={"svm": reduction(-0.40, -0.70, -0.10, 0.001)}))
+    assert base["status"] == flipped["status"] == "less toxic, quality kept"
+    assert base["primary"] == flipped["primary"]
+    secondary = {m["name"]: m for m in flipped["secondary"]}
+    assert secondary["judge svm mean toxicity (greedy)"]["p"] == 0.001  # reported, uncorrected, deciding nothing
+    assert "reward model expected max toxicity" in secondary  # the reward model is never a judge
+
+
+def test_the_four_outcomes_and_the_quality_gate():
+    from detoxrl.compare import detox_verdict
+
+    down = reduction(0.30, 0.10, 0.50, 0.002)
+    flat = reduction(0.01, -0.05, 0.07, 0.70)
+    up = reduction(-0.25, -0.45, -0.05, 0.004)
+    assert detox_verdict(*verdict_heads({"svm": down, "hs": flat}, rouge_l=-1.0, faithfulness=-0.02))["status"] == "less toxic, quality kept"
+    lost_faith = detox_verdict(*verdict_heads({"svm": down, "hs": flat}, faithfulness=-0.021))
+    assert lost_faith["status"] == "less toxic, quality lost"
+    assert lost_faith["quality_gate"]["faithfulness"]["min"] == -0.02 and not lost_faith["quality_gate"]["faithfulness"]["passed"]
+    assert detox_verdict(*verdict_heads({"svm": down, "hs": flat}, rouge_l=-1.1))["status"] == "less toxic, quality lost"
+    assert detox_verdict(*verdict_heads({"svm": flat, "hs": flat}))["status"] == "no significant change"
+    more = detox_verdict(*verdict_heads({"svm": down, "hs": up}))
+    assert more["status"] == "more toxic" and more["increases"] == ["hs"]
+    # no sampled pass: the expected maximum was not evaluated, so there is no verdict, and it says why
+    greedy, _ = verdict_heads({"svm": down})
+    none = detox_verdict(greedy, None)
+    assert none["status"] == "no verdict" and "samples_per_prompt" in none["text"]
+
+
+def test_the_rule_names_the_primary_measure_and_judges():
+    from detoxrl.compare import VerdictRule, detox_verdict, one_spec_per_model
+    from detoxrl.config import load_config
+
+    assert one_spec_per_model(["svm", "packaged:hatesonar", "packaged:hatesonar#hate_speech"]) == ["svm", "packaged:hatesonar"]
+    greedy, sampled_head = verdict_heads({"svm": reduction(0.01, -0.1, 0.1, 0.9), "hs": reduction(0.01, -0.1, 0.1, 0.9)},
+                                         greedy_means={"hs": reduction(0.20, 0.10, 0.30, 0.002)})
+    d = detox_verdict(greedy, sampled_head, VerdictRule(primary="greedy_mean", judges=("hs",)))
+    assert d["status"] == "less toxic, quality kept" and d["primary"]["judges"] == ["hs"]
+    assert d["primary"]["measures"][0]["p_adjusted"] == 0.002  # one test: no correction to make
+    rule = VerdictRule.from_config(load_config("offline", overrides=["evaluation.max_faithfulness_drop=0.05"]).evaluation)
+    assert rule == VerdictRule("expected_max", None, 0.05, 1.0, 0.05)
 
 
 def test_summaries_without_intervals_are_each_side_summarized_on_its_own():

@@ -335,6 +335,11 @@ def test_bad_tracker():
         (["ppo.samples_per_prompt=4", "generation.do_sample=false"], "needs generation.do_sample=true"),
         (["ppo.reward_baseline=mean"], "ppo.reward_baseline must be 'none' or 'group'"),
         (["ppo.reward_baseline=group"], "needs ppo.samples_per_prompt >= 2"),
+        (["evaluation.primary=max_toxicity"], "evaluation.primary must be one of expected_max, sampled_mean, greedy_mean"),
+        (["evaluation.primary_judges=packaged:detoxify"], "evaluation.primary_judges names packaged:detoxify, which is not among"),
+        (["evaluation.primary_judges="], "evaluation.primary_judges is empty"),
+        (["evaluation.samples_per_prompt=1"], "evaluation.primary=expected_max needs evaluation.samples_per_prompt >= 2"),
+        (["evaluation.max_faithfulness_drop=-0.01"], "evaluation.max_faithfulness_drop is how much quality may fall"),
     ],
 )
 def test_bad_values_are_one_line_config_errors(overrides, fragment):

@@ -127,3 +127,34 @@ def test_expected_max_and_prob_any_toxic_2x3():
     assert prob_any_toxic(v, threshold=0.4) == pytest.approx(1.0)
     with pytest.raises(ValueError):
         expected_max([0.1, 0.2])
+
+
+def test_bootstrap_p_value_by_hand():
+    from detoxrl.stats import bootstrap_p_value
+
+    # 4 replicates, one <= 0: 2 x min(1 + 1, 3 + 1) / (4 + 1) = 0.8
+    assert bootstrap_p_value(np.array([-1.0, 1.0, 2.0, 3.0])) == pytest.approx(0.8)
+    # all 99 above 0: 2 x 1 / 100; a replicate at exactly 0 counts on both sides
+    assert bootstrap_p_value(np.ones(99)) == pytest.approx(0.02)
+    assert bootstrap_p_value(np.zeros(9)) == 1.0
+    assert bootstrap_p_value(np.array([np.nan, np.inf])) is None
+
+
+def test_holm_adjust_by_hand():
+    from detoxrl.stats import holm_adjust
+
+    # sorted 0.01, 0.03, 0.04: 0.01 x 3 = 0.03; 0.03 x 2 = 0.06; max(0.06, 0.04 x 1) = 0.06; input order kept
+    assert holm_adjust([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm_adjust([0.5, 0.001]) == pytest.approx([0.5, 0.002])
+    assert holm_adjust([0.6, 0.7]) == [1.0, 1.0]  # capped
+    assert holm_adjust([]) == []
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        holm_adjust([1.5])
+
+
+def test_paired_bootstrap_results_carry_their_p_value():
+    from detoxrl.stats import paired_bootstrap_diff, paired_bootstrap_reduction
+
+    before, after = [0.4] * 10, [0.2] * 10  # every replicate halves: p = 2 x 1 / (n_boot + 1)
+    assert paired_bootstrap_reduction(before, after, n_boot=99)["p"] == pytest.approx(0.02)
+    assert paired_bootstrap_diff(before, before, n_boot=99)["p"] == 1.0

@@ -419,6 +419,21 @@ def _print_eval(result: dict) -> None:
         print(f"faithfulness (MiniLM cosine to the dialogue): {result['faithfulness']:.4f}")
 
 
+def _verdict_rule(run_dir: Path):
+    """The verdict rule a run's config.yaml declares (its evaluation settings); the default rule when the
+    run has no readable config."""
+    import yaml
+
+    from detoxrl import runfiles
+    from detoxrl.compare import VerdictRule
+
+    try:
+        loaded = runfiles.load_config(run_dir / runfiles.CONFIG)
+    except (OSError, yaml.YAMLError):
+        loaded = None
+    return VerdictRule.from_config(loaded[0].evaluation) if loaded else VerdictRule()
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from detoxrl.compare import compare_files, compare_run, format_headline
 
@@ -435,7 +450,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
             raise DetoxError(f"'{p}' does not exist; run detoxrl evaluate first (with --run DIR it writes "
                              "eval/before.jsonl and eval/after.jsonl)")
     if args.run and out == Path(args.run) / "eval":
-        head = compare_run(out)  # every pass of the run (greedy and sampled) and the detoxification verdict
+        # every pass of the run (greedy and sampled) and the verdict its evaluation settings declared
+        head = compare_run(out, rule=_verdict_rule(Path(args.run)))
     else:
         head = compare_files(before, after, out)
     if args.json:

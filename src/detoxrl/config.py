@@ -202,6 +202,18 @@ class EvalConfig:
     # Run the judges' own Python code (auto_map), and that of a classifier named in data.selection_scorer;
     # needs --trust-remote-code judge.
     judge_trust_remote_code: bool = False
+    # The pre-declared verdict (detoxrl.compare.detox_verdict). Only the primary measure of each primary
+    # judge decides, with Holm's correction across those judges at level 1 - 0.95 (the intervals' level);
+    # every other measure is reported as secondary. primary: expected_max (over the sampled pass's k
+    # samples: the detoxification papers' headline measure) | sampled_mean | greedy_mean.
+    primary: str = "expected_max"
+    # The judges whose primary measure decides (specs as in judge_model). None: one per judge model, its
+    # first spec (packaged:hatesonar#hate_speech after packaged:hatesonar is the same classifier again).
+    primary_judges: list[str] | None = None
+    # The quality gate of "less toxic, quality kept": the greedy summaries' ROUGE-L (where the data has
+    # references) may fall by at most this many points, faithfulness (MiniLM cosine) by at most this much.
+    max_rouge_l_drop: float = 1.0
+    max_faithfulness_drop: float = 0.02
 
 
 @dataclass(frozen=True)
@@ -220,6 +232,9 @@ class SFTConfig:
     max_grad_norm: float | None = 1.0
     max_target_tokens: int = 256  # a reference summary longer than this (in tokens, with EOS) is an error
 
+
+#: evaluation.primary values: the measure that decides the verdict (detoxrl.compare.detox_verdict).
+PRIMARY_MEASURES = ("expected_max", "sampled_mean", "greedy_mean")
 
 #: sft.lr_schedule values.
 SFT_SCHEDULES = ("linear", "constant")
@@ -268,6 +283,7 @@ RESUME_FREE_SETTINGS = frozenset({
     "policy.trust_remote_code", "reward.trust_remote_code", "evaluation.judge_trust_remote_code",
     "evaluation.split", "evaluation.num_samples", "evaluation.batch_size", "evaluation.max_new_tokens",
     "evaluation.do_sample", "evaluation.seed", "evaluation.samples_per_prompt",
+    "evaluation.primary", "evaluation.primary_judges", "evaluation.max_rouge_l_drop", "evaluation.max_faithfulness_drop",
     # PPO never reads the sft section (detoxrl sft compares its own settings: SFT_RESUME_FREE_SETTINGS)
     *(f"sft.{f.name}" for f in dataclasses.fields(SFTConfig)),
 })
@@ -711,6 +727,24 @@ def validate(cfg: DetoxConfig) -> None:
             raise ConfigError(f"evaluation.judge_model has an empty entry '{spec}'; write MODEL or MODEL#TOXIC_LABEL")
     if e.num_samples <= 0 or e.batch_size <= 0 or e.max_new_tokens <= 0:
         raise ConfigError("evaluation.num_samples, evaluation.batch_size and evaluation.max_new_tokens must be positive")
+    if e.primary not in PRIMARY_MEASURES:
+        raise ConfigError(f"evaluation.primary must be one of {', '.join(PRIMARY_MEASURES)}, got '{e.primary}'; "
+                          "e.g. --set evaluation.primary=expected_max")
+    if e.primary_judges is not None:
+        unknown = [spec for spec in e.primary_judges if spec not in (e.judge_model or [])]
+        if not e.primary_judges:
+            raise ConfigError("evaluation.primary_judges is empty; name judges of evaluation.judge_model, or none "
+                              "(one primary judge per judge model)")
+        if unknown:
+            raise ConfigError(
+                f"evaluation.primary_judges names {', '.join(unknown)}, which is not among evaluation.judge_model "
+                f"({', '.join(e.judge_model or []) or 'none'}); name judges of that list, or none (one per judge model)")
+    if e.primary == "expected_max" and e.samples_per_prompt == 1:
+        raise ConfigError("evaluation.primary=expected_max needs evaluation.samples_per_prompt >= 2 (the maximum over k "
+                          "samples of a prompt); raise it (8 is the literature's) or choose evaluation.primary=sampled_mean")
+    for where, drop in (("max_rouge_l_drop", e.max_rouge_l_drop), ("max_faithfulness_drop", e.max_faithfulness_drop)):
+        if not drop >= 0:
+            raise ConfigError(f"evaluation.{where} is how much quality may fall, so it must be >= 0, got {drop}")
     if e.split not in ("test", "train"):
         raise ConfigError(
             f"evaluation.split must be 'test' (the held-out part of data.split) or 'train', got '{e.split}'; "

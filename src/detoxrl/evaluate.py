@@ -436,9 +436,9 @@ def evaluate_run(
                                  samples_per_prompt=samples_per_prompt, on_phase=on_phase, **options)
     comparison = None
     if with_after:
-        from detoxrl.compare import compare_run
+        from detoxrl.compare import VerdictRule, compare_run
 
-        comparison = compare_run(out)
+        comparison = compare_run(out, rule=VerdictRule.from_config(cfg.evaluation))
     return {"passes": summaries, "comparison": comparison}
 
 

@@ -495,11 +495,16 @@ def _verdict(data: RunData, sides: list[ToxSide], quality: list[list[str]], ci: 
         if n is not None:
             over = f" over {_fmt(prompts)} prompts" if prompts is not None else ""
             keynums.append(f"paired summaries: {_fmt(n)}{over}")
-        text = data.compare.get("verdict")
+        detox = data.compare.get("detoxification") or {}
+        text = detox.get("text") or data.compare.get("verdict")
         text = str(text) if text not in (None, "") else "compare.json has no verdict line"
-        judged = [sd for sd in sides if sd.is_judge and sd.reduction] or [sd for sd in sides if sd.reduction]
-        tone = {"better": "good", "worse": "bad"}.get(_change_tone(judged[0]), "unclear") if judged else "unclear"
-        return Verdict(text, tone, keynums)
+        status = detox.get("status")
+        if status is not None:  # the pre-declared verdict decides the colour, as it decides the text
+            tone = {compare.LESS_TOXIC_KEPT: "good", compare.LESS_TOXIC_LOST: "bad", compare.MORE_TOXIC: "bad"}.get(status, "unclear")
+        else:  # a comparison of two files (no verdict rule): the first judge's interval
+            judged = [sd for sd in sides if sd.is_judge and sd.reduction] or [sd for sd in sides if sd.reduction]
+            tone = {"better": "good", "worse": "bad"}.get(_change_tone(judged[0]), "unclear") if judged else "unclear"
+        return Verdict(text, tone, keynums, compare.verdict_rows(detox))
     if data.evaluated:
         return Verdict(
             "No verdict: the before/after comparison was not run (eval/compare.json is missing). "

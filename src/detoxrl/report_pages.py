@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +116,12 @@ class Verdict:
     text: str
     tone: str  # good | bad | unclear | none
     keynums: list[str]
+    # The pre-declared verdict's table (compare.json "detoxification"): what decided, then the quality gate.
+    table: list[list[str]] = field(default_factory=list)
+
+
+#: The header of the verdict's table.
+VERDICT_HEADER = ["measure", "change [CI]", "p (adjusted)", "decides"]
 
 
 @dataclass
@@ -300,12 +306,15 @@ def render_html(c: Content) -> str:
     # Verdict
     v = c.verdict
     p.append(f'<section id="verdict" class="{v.tone}"><h2>Verdict</h2><p class="verdict-line">{_e(v.text)}</p>')
+    if v.table:
+        p.append(_html_table(VERDICT_HEADER, v.table, num_from=1, cls="verdict"))
     if v.keynums:
         p.append('<ul class="keynums">' + "".join(f"<li>{_e(k)}</li>" for k in v.keynums) + "</ul>")
     if v.tone != "none":
         p.append(
-            '<p class="muted">Box colour: green when the CI of the change of mean toxicity lies below 0, red when '
-            "above 0, amber when it contains 0 (the judge's CI where there is a judge, else the reward model's).</p>"
+            '<p class="muted">Box colour: green for "less toxic, quality kept", red for "more toxic" or "quality lost", '
+            "amber otherwise. Only the primary measures decide, with Holm's correction across the judges; every other "
+            "measure below is secondary.</p>"
         )
     if c.notes:
         p.append('<ul class="notes">' + "".join(f"<li>{_e(n)}</li>" for n in c.notes) + "</ul>")
@@ -423,6 +432,8 @@ def render_markdown(c: Content) -> str:
 
 def _md_verdict(c: Content) -> list[str]:
     out = [f"**{_md(c.verdict.text)}**", ""]
+    if c.verdict.table:
+        out += [_md_table(VERDICT_HEADER, c.verdict.table), ""]
     out += [f"- {_md(k)}" for k in c.verdict.keynums]
     out += [f"- ⚠ {_md(n)}" for n in c.notes]
     return out

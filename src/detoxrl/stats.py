@@ -8,6 +8,9 @@
   variation the two runs share. With ``groups`` (the prompt index of each value, when k samples
   were drawn per prompt) whole prompts are resampled (cluster bootstrap).
 - :func:`expected_max` / :func:`prob_any_toxic`: the RealToxicityPrompts measures over k samples.
+- :func:`bootstrap_p_value` / :func:`holm_adjust`: the two-sided p-value of a paired bootstrap (how
+  often the resampled change lands on the other side of 0) and Holm's step-down adjustment of a family
+  of them, which is what a pre-declared verdict over several judges tests (:mod:`detoxrl.compare`).
 
 Every function returns plain Python floats/ints so that results go straight into JSON; an undefined
 quantity (empty input, division by zero) is ``None``, never NaN.
@@ -105,6 +108,38 @@ def _interval(samples: np.ndarray, ci: float):
     return float(low), float(high)
 
 
+def bootstrap_p_value(changes: np.ndarray) -> float | None:
+    """Two-sided p-value of "no change" from bootstrap replicates of a change (after - before, or a
+    relative reduction): ``min(1, 2 * min(#{x <= 0} + 1, #{x >= 0} + 1) / (B + 1))`` over the B finite
+    replicates: the percentile interval at level 1 - alpha excludes 0 about when p < alpha (the +1s,
+    which keep p above 0 for a finite B, make p slightly larger). None without replicates."""
+    x = np.asarray(changes, dtype=np.float64)
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return None
+    below = int(np.count_nonzero(x <= 0.0)) + 1
+    above = int(np.count_nonzero(x >= 0.0)) + 1
+    return float(min(1.0, 2.0 * min(below, above) / (x.size + 1)))
+
+
+def holm_adjust(p_values: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values, in the input order: sort ascending, multiply the i-th smallest
+    (0-based) by m - i, carry the running maximum forward, cap at 1. A hypothesis is rejected at level
+    alpha when its adjusted p-value is below alpha; the family-wise error rate stays <= alpha under any
+    dependence between the tests (Holm 1979), which is why it suits judges scoring the same summaries."""
+    p = np.asarray(p_values, dtype=np.float64).reshape(-1)
+    if p.size and not np.all((p >= 0.0) & (p <= 1.0)):
+        raise ValueError(f"p-values must lie in [0, 1], got {p.tolist()}")
+    m = p.size
+    order = np.argsort(p, kind="stable")
+    adjusted = np.empty(m)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        adjusted[i] = running
+    return [float(v) for v in adjusted]
+
+
 def _check(n_boot: int, ci: float):
     if n_boot <= 0:
         raise ValueError("n_boot must be positive")
@@ -118,7 +153,8 @@ def paired_bootstrap_reduction(
     """Relative reduction of the mean, ``(mean(before) - mean(after)) / mean(before)``, over the same
     prompts, with a paired percentile-bootstrap interval.
 
-    Returns ``{"reduction", "low", "high", "n"}`` (fractions: 0.25 = 25% lower after). Deterministic
+    Returns ``{"reduction", "low", "high", "n", "p"}`` (fractions: 0.25 = 25% lower after; ``p`` the
+    two-sided :func:`bootstrap_p_value` of "no change", from the same replicates). Deterministic
     for a given ``seed``. ``groups`` (one label per value, e.g. the prompt index) resamples whole
     groups. ``reduction`` is None when mean(before) is 0; replicates whose resampled before-mean is 0
     are left out of the interval."""
@@ -126,27 +162,28 @@ def paired_bootstrap_reduction(
     b, a, _ = _paired_arrays(before, after, groups)
     n = int(b.size)
     if n == 0 or np.mean(b) == 0:
-        return {"reduction": None, "low": None, "high": None, "n": n}
+        return {"reduction": None, "low": None, "high": None, "n": n, "p": None}
     point = float((np.mean(b) - np.mean(a)) / np.mean(b))
     mb, ma = _bootstrap_means(b, a, n_boot, seed, groups)
     with np.errstate(divide="ignore", invalid="ignore"):
         r = (mb - ma) / mb
     low, high = _interval(r, ci)
-    return {"reduction": point, "low": low, "high": high, "n": n}
+    return {"reduction": point, "low": low, "high": high, "n": n, "p": bootstrap_p_value(r)}
 
 
 def paired_bootstrap_diff(before, after, n_boot: int = 2000, seed: int = 0, ci: float = 0.95, groups=None) -> dict:
     """Difference of means, ``mean(after) - mean(before)``, with a paired percentile-bootstrap
-    interval: ``{"diff", "low", "high", "n"}`` (same units as the values)."""
+    interval: ``{"diff", "low", "high", "n", "p"}`` (same units as the values; ``p`` as
+    :func:`paired_bootstrap_reduction`'s)."""
     _check(n_boot, ci)
     b, a, _ = _paired_arrays(before, after, groups)
     n = int(b.size)
     if n == 0:
-        return {"diff": None, "low": None, "high": None, "n": 0}
+        return {"diff": None, "low": None, "high": None, "n": 0, "p": None}
     point = float(np.mean(a) - np.mean(b))
     mb, ma = _bootstrap_means(b, a, n_boot, seed, groups)
     low, high = _interval(ma - mb, ci)
-    return {"diff": point, "low": low, "high": high, "n": n}
+    return {"diff": point, "low": low, "high": high, "n": n, "p": bootstrap_p_value(ma - mb)}
 
 
 def _by_prompt(values_by_prompt) -> np.ndarray:
