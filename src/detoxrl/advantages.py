@@ -3,7 +3,7 @@
 Pure tensor functions, no model code. Shapes: ``B`` = batch, ``T`` = response length (right
 padded). ``mask`` is 1 on real response tokens and 0 on padding; it may be bool, int or float.
 Every computation is done in float32 (inputs are cast with ``.float()``), because log-prob
-ratios, KL and advantages are the statistics that bf16 rounding would change (DESIGN.md).
+ratios, KL and advantages are the statistics that bf16 rounding would change (docs/performance.md, "bf16 and the KL").
 
 Padding is ignored with ``torch.where`` rather than multiplication, so that whatever sits on
 padded positions (garbage log-probs, even inf or NaN) cannot leak into a result.

@@ -341,7 +341,7 @@ def _add_judge_options(p: argparse.ArgumentParser) -> None:
 
 
 def _one_process(command: str) -> None:
-    """Only train runs as several processes (README "More devices"); the others would each write the same files."""
+    """Only train runs as several processes (docs/devices.md); the others would each write the same files."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise DetoxError(f"detoxrl {command} runs in one process; start it without torchrun or accelerate launch "
                          "(train with several processes, then evaluate its run in one)")

@@ -330,7 +330,7 @@ def changed_settings(old: dict[str, Any], new: dict[str, Any], *, free: Collecti
 # Presets
 
 
-# The offline preset's system turn and reward ceiling (README "Detoxification" measures both).
+# The offline preset's system turn and reward ceiling (docs/results.md "Detoxification" measures both).
 OFFLINE_SYSTEM_PROMPT = "You summarize conversations. Write one or two sentences that say what the people in the conversation talk about."
 OFFLINE_LOGIT_CEILING = 2.19722  # log(0.9 / 0.1)
 
@@ -356,12 +356,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         "data": {"source": PACKAGED_CHITCHAT, "use_chat_template": True, "max_prompt_tokens": 1024,
                  "system_prompt": OFFLINE_SYSTEM_PROMPT},
         "policy": {"model": PACKAGED_SMOLLM2, "lora_r": 16, "lora_alpha": 32},
-        # The recipe that won the ablation (benchmarks/detox_recipe.py, README "Detoxification"): the
+        # The recipe that won the ablation (benchmarks/detox_recipe.py, docs/results.md "Detoxification"): the
         # BiLSTM's logit clipped at P(non-toxic) = 0.99, so only toxicity costs and blandness earns nothing.
         # The ceiling is P(non-toxic) = 0.9: only a summary the BiLSTM finds more than 10% toxic costs
         # reward; at 0.99 the chitchat demo paid for moving clean summaries from 0.03 to 0.01 (blandness).
         # On DialogSum the ablation's winner differs (no system turn, ceiling 0.99, 4 samples per prompt
-        # with the group baseline, 16 responses per step): README "Detoxification" gives the command.
+        # with the group baseline, 16 responses per step): docs/results.md "Detoxification" gives the command.
         "reward": {"model": PACKAGED_BILSTM, "label": "non-toxic", "toxic_label": "toxic", "transform": "clipped_logit",
                    "logit_ceiling": OFFLINE_LOGIT_CEILING},
         "generation": {"max_new_tokens": 32},
@@ -380,7 +380,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 # challenging prompts, the dialogues whose own toxicity is >= 0.3, where there is toxicity to remove.
 # 12 PPO steps, then up to 64 held-out prompts (all 51 of chitchat's challenging ones) greedy and
 # with 8 samples each, summaries of at most 32 tokens as in training: with 16 prompts no change was
-# significant (README "Detoxification"); 51 x 8 samples give the intervals room to exclude 0.
+# significant (docs/results.md "Detoxification"); 51 x 8 samples give the intervals room to exclude 0.
 DEMO_OVERRIDES = ["data.min_dialogue_toxicity=0.3", "ppo.steps=12", "evaluation.num_samples=64", "evaluation.max_new_tokens=32"]
 
 _SECTION_CLASSES = {

@@ -5,7 +5,7 @@ The per-token log-probs and entropy they are computed from, and ``masked_mean``,
 
 Shapes: ``B`` = batch, ``T`` = response length (right padded), ``V`` = vocabulary. ``mask`` is 1
 on real response tokens, 0 on padding. All arithmetic is float32 (inputs cast with ``.float()``):
-the ratio exp(logp - old_logp) is where bf16 rounding would bite first (DESIGN.md).
+the ratio exp(logp - old_logp) is where bf16 rounding would bite first (docs/performance.md, "bf16 and the KL").
 
 References: Schulman et al. 2017 (PPO, arXiv:1707.06347); trl 0.11.4 ``PPOTrainer.loss``;
 CleanRL ``ppo.py``; "The N+ Implementation Details of RLHF with PPO" (Huang et al. 2024).
