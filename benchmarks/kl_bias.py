@@ -44,7 +44,7 @@ import common  # noqa: E402
 from detoxrl.config import load_config  # noqa: E402
 from detoxrl.policy import POLICY_ADAPTER, REFERENCE_ADAPTER, cpu_has_fast_bf16, load_policy  # noqa: E402
 from detoxrl.rollout import _shared_prompt_pass, _teacher_forced, forward_pass, generate  # noqa: E402
-from detoxrl.trainer import preflight, tokenize_prompts  # noqa: E402
+from detoxrl.preflight import preflight, tokenize_prompts  # noqa: E402
 
 
 def move_adapter(policy, adapter: str | None, noise: float, seed: int) -> None:

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     from detoxrl.config import GenerationConfig, load_config
     from detoxrl.policy import POLICY_ADAPTER, load_policy
     from detoxrl.rollout import _hf_generation_config, generate
-    from detoxrl.trainer import preflight, tokenize_prompts
+    from detoxrl.preflight import preflight, tokenize_prompts
 
     cfg = load_config("offline", overrides=["data.min_dialogue_toxicity=0.3"])
     checked = preflight(cfg, check_reward=False)

@@ -113,7 +113,7 @@ def test_resuming_a_run_from_before_the_setting_keeps_its_capture(tiny_config, t
     """A run recorded before ppo.capture_logprobs captured in every dtype: in bf16 that is 'on', and
     resuming with today's 'auto' is a change to name; in float32 'auto' is the same as 'on'."""
     from detoxrl.checkpoint import ResumePoint
-    from detoxrl.trainer import check_resume_settings
+    from detoxrl.runfolder import check_resume_settings
 
     cfg = tiny_config(f"policy.dtype={dtype}", "ppo.rollout_shards=1")  # resolved, as a resuming trainer's is
     old = cfg.to_dict()

@@ -150,7 +150,7 @@ def test_missing_optimizer_file_is_model_load_error(trained, tiny_config, tiny_l
 def test_trainer_state_that_is_empty_or_of_the_wrong_type(content, trained, tiny_config, tiny_llama):
     """``{}`` gave a KeyError traceback on resume, a wrong type a TypeError: one line instead, and
     before any model loads (the trainer reads the state when it checks the output folder)."""
-    from detoxrl.trainer import prepare_output_dir
+    from detoxrl.runfolder import prepare_output_dir
 
     _, _, _, run, path = trained
     (path / ck.STATE_FILE).write_text(content)

@@ -25,7 +25,9 @@ from detoxrl.config import PPOConfig, load_config, resolve_rollout_shards
 from detoxrl.errors import ConfigError
 from detoxrl.losses import policy_loss, value_loss
 from detoxrl.rollout import Rollout
-from detoxrl.trainer import Trainer, check_launch, rollout_seed, step_seed
+from detoxrl.preflight import check_launch
+from detoxrl.schedule import rollout_seed, step_seed
+from detoxrl.trainer import Trainer
 from detoxrl.update import UpdateBatch, UpdateHooks, ppo_update
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -19,7 +19,8 @@ from detoxrl.policy import Policy, load_policy
 from detoxrl.prompts import build_prompts
 from detoxrl.rewards import FunctionScorer
 from detoxrl.rollout import forward_pass, generate
-from detoxrl.trainer import NEW_RUN_DIR, OLD_RUN_DIR, Trainer
+from detoxrl.runfolder import NEW_RUN_DIR, OLD_RUN_DIR
+from detoxrl.trainer import Trainer
 from conftest import assert_close_for_dtype
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -569,7 +570,7 @@ def test_overwrite_that_fails_before_its_first_checkpoint_keeps_the_earlier_run(
 def test_overwrite_killed_while_moving_into_place_is_finished_by_the_next_run(tiny_config, tmp_path, capsys):
     """A kill between the renames of the swap leaves the earlier run's files half in
     RUN/old-run.being-replaced: the next train finishes the move (the new run had its checkpoint)."""
-    from detoxrl.trainer import _ALL_MOVED, recover_overwrite
+    from detoxrl.runfolder import ALL_MOVED as _ALL_MOVED, recover_overwrite
 
     out = tmp_path / "run"
     Trainer(tiny_config(output_dir=out, steps=1, batch_size=4, mini_batch_size=2, max_new_tokens=6)).train()
@@ -734,7 +735,9 @@ def test_preflight_resolves_into_a_new_config_and_config_yaml_is_unchanged(tiny_
     settings of the starting adapter, the rollout shards) goes into a new config, whose config.yaml is
     byte for byte what a run wrote when these were written back into the caller's config
     (tests/data/resolved-config.yaml, written by the code before the config was frozen)."""
-    from detoxrl.trainer import _yaml, check_launch, preflight, with_settings
+    from detoxrl.config import with_settings
+    from detoxrl.preflight import check_launch, preflight
+    from detoxrl.runfolder import config_yaml as _yaml
 
     adapter = tmp_path / "adapter"
     adapter.mkdir()

@@ -31,9 +31,9 @@ from typing import Any, Callable
 
 import torch
 
-from detoxrl.errors import DetoxError, ModelLoadError
+from detoxrl.errors import DetoxError, ModelLoadError, first_line
 from detoxrl.runfiles import RunPaths
-from detoxrl.policy import Policy, _first_line, load_tensor_file, load_value_head, save_value_head
+from detoxrl.policy import Policy, load_tensor_file, load_value_head, save_value_head
 
 STATE_FILE = "trainer_state.json"
 #: What a checkpoint folder holds besides trainer_state.json (each one listed with size and sha256).
@@ -301,12 +301,12 @@ def load_checkpoint(ckpt: Path, policy: Policy, optimizer: torch.optim.Optimizer
     except ModelLoadError:
         raise
     except Exception as e:  # missing, truncated, not a torch file
-        raise ModelLoadError(f"checkpoint '{ckpt}' has a missing or corrupt optimizer.pt ({type(e).__name__}: {_first_line(e)}); {fix}") from e
+        raise ModelLoadError(f"checkpoint '{ckpt}' has a missing or corrupt optimizer.pt ({type(e).__name__}: {first_line(e)}); {fix}") from e
     try:
         optimizer.load_state_dict(saved)
     except Exception as e:  # not an optimizer state, or one of another policy's parameters
         raise ModelLoadError(
-            f"checkpoint '{ckpt}' has an optimizer.pt that does not fit this policy ({type(e).__name__}: {_first_line(e)}); "
+            f"checkpoint '{ckpt}' has an optimizer.pt that does not fit this policy ({type(e).__name__}: {first_line(e)}); "
             f"resume with the run's own config, or {fix}"
         ) from e
     return state

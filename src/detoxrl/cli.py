@@ -156,9 +156,9 @@ def _print_json(obj: Any) -> None:
 
 
 def _preflight(cfg, *, check_reward: bool = True, require_train: bool = True):
-    """``trainer.preflight``: every cheap check (data, split, selection, policy path, labels) before models
+    """``preflight.preflight``: every cheap check (data, split, selection, policy path, labels) before models
     load; returns what it found (the resolved config and the split rows)."""
-    from detoxrl.trainer import preflight
+    from detoxrl.preflight import preflight
 
     return preflight(cfg, check_reward=check_reward, require_train=require_train)
 
@@ -168,7 +168,7 @@ def _preflight(cfg, *, check_reward: bool = True, require_train: bool = True):
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from detoxrl.trainer import tokenize_prompts
+    from detoxrl.preflight import tokenize_prompts
 
     cfg = _config_from_args(args)
     splits = tokenize_prompts(_preflight(cfg, check_reward=cfg.data.min_dialogue_toxicity is not None))
@@ -197,7 +197,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def cmd_score(args: argparse.Namespace) -> int:
     from detoxrl.rewards import scorer_from_config
-    from detoxrl.trainer import resolve_settings
+    from detoxrl.preflight import resolve_settings
 
     cfg, _ = resolve_settings(_config_from_args(args))  # the reward labels, checked by name
     if not args.texts:
@@ -477,7 +477,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _one_process("demo")
     from detoxrl.compare import comparison_table, format_headline, load_eval_records, pair_records
     from detoxrl.evaluate import build_judges, check_judges, evaluate_run
-    from detoxrl.trainer import Trainer, check_trackers, prepare_output_dir
+    from detoxrl.runfolder import check_trackers, prepare_output_dir
+    from detoxrl.trainer import Trainer
 
     t_start = time.perf_counter()
     if not args.output_dir:
@@ -672,7 +673,7 @@ def cmd_summarize(args: argparse.Namespace) -> int:
     check_policy_source(cfg.policy)
     check_adapter_source(cfg.policy.adapter)
     if args.score:
-        from detoxrl.trainer import resolve_settings
+        from detoxrl.preflight import resolve_settings
 
         cfg, _ = resolve_settings(cfg)  # the reward labels, checked by name
         check_judges(cfg)

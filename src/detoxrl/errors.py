@@ -5,6 +5,8 @@ package...) is raised as a :class:`DetoxError` whose message is one line naming 
 and how to fix it. The CLI prints it without a traceback and exits with status 2.
 """
 
+import sys
+
 
 class DetoxError(Exception):
     """A problem the user can fix; the message says what is wrong and how to fix it.
@@ -29,3 +31,13 @@ class ModelLoadError(DetoxError):
 
 class TrainingError(DetoxError):
     """A run that stopped learning (every minibatch of a PPO step skipped): never reported as success."""
+
+
+def note(line: str) -> None:
+    """A ``note:`` line on stderr: something the user should know that is not an error."""
+    print(f"note: {line}", file=sys.stderr, flush=True)
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message, at most 200 characters: for a one-line error."""
+    return (str(e).strip().splitlines() or [""])[0][:200]

@@ -471,7 +471,8 @@ def evaluate_adapter(cfg: DetoxConfig, out_dir: str | Path, *, adapter_dir: str 
     ``out_dir``. ``fresh`` first removes earlier records there. Returns what :func:`evaluate_run` does."""
     from detoxrl.policy import load_policy
     from detoxrl.rewards import scorer_from_config
-    from detoxrl.trainer import check_writable_dir, preflight, resolve_settings, tokenize_prompts
+    from detoxrl.preflight import preflight, resolve_settings, tokenize_prompts
+    from detoxrl.runfolder import check_writable_dir
 
     out_dir = Path(out_dir)
     check_writable_dir(out_dir, "--output")

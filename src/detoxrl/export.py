@@ -109,7 +109,7 @@ def base_model_of(adapter_dir: str | Path, configured: str | None = None) -> str
 def check_output(output: str | Path, source: ExportSource, *, overwrite: bool) -> Path:
     """Every check of ``--output`` before anything loads: not the folder being exported (nor one that
     holds it), not a file, writable, and empty unless ``overwrite``."""
-    from detoxrl.trainer import check_writable_dir
+    from detoxrl.runfolder import check_writable_dir
 
     out = Path(output).expanduser()
     check_writable_dir(out, "--output")

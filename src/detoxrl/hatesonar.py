@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from detoxrl.config import PACKAGED_HATESONAR
 from detoxrl.errors import ModelLoadError
 from detoxrl.packaged import HATESONAR, ONNX, ONNXRUNTIME, locate, pip_command, require_module
-from detoxrl.rewards import NON_TOXIC, ScoreResult, _check_texts, _empty_result, _f32, _log_odds, check_reward_labels
+from detoxrl.scores import NON_TOXIC, ScoreResult, as_f32, check_texts, empty_result, log_odds, resolve_labels
 
 # Output order of the ONNX classifier (classlabels_ints 0, 1, 2).
 HATESONAR_CLASSES = ["hate_speech", "offensive_language", "neither"]
@@ -161,7 +161,7 @@ class HateSonarScorer:
     name = PACKAGED_HATESONAR
 
     def __init__(self, label: str = NON_TOXIC, toxic_label: str | None = None, *, batch_size: int = 512) -> None:
-        self.reward_label, self.toxic_label = check_reward_labels(self.name, label, toxic_label)
+        self.reward_label, self.toxic_label = resolve_labels(self.name, HATESONAR_LABELS, label, toxic_label, NON_TOXIC, TOXIC)
         self.labels = list(HATESONAR_LABELS)
         self.batch_size = max(1, int(batch_size))
         # Both modules first: a missing onnxruntime/onnx is named even when hatesonar is missing too.
@@ -171,7 +171,7 @@ class HateSonarScorer:
 
     def predict_proba(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
         """Class probabilities, float64 [N, 3] (hate_speech, offensive_language, neither), in input order."""
-        texts = _check_texts(texts, type(self).__name__)
+        texts = check_texts(texts, type(self).__name__)
         parts = []
         with tqdm(total=len(texts), disable=not progress, desc=f"scoring {self.name}", unit="text") as bar:
             for start in range(0, len(texts), self.batch_size):
@@ -185,17 +185,17 @@ class HateSonarScorer:
         return p / p.sum(axis=1, keepdims=True)  # the model's float32 softmax, summed to 1 in float64
 
     def score(self, texts: list[str], progress: bool = False) -> ScoreResult:
-        texts = _check_texts(texts, type(self).__name__)
+        texts = check_texts(texts, type(self).__name__)
         if not texts:
-            return _empty_result(self.labels)
+            return empty_result(self.labels)
         p = torch.from_numpy(self.predict_proba(texts, progress=progress))
-        logits = {c: _log_odds(p[:, i]) for i, c in enumerate(HATESONAR_CLASSES)}
-        probs = {c: _f32(p[:, i]) for i, c in enumerate(HATESONAR_CLASSES)}
+        logits = {c: log_odds(p[:, i]) for i, c in enumerate(HATESONAR_CLASSES)}
+        probs = {c: as_f32(p[:, i]) for i, c in enumerate(HATESONAR_CLASSES)}
         neither = p[:, HATESONAR_CLASSES.index("neither")]
         logits[TOXIC] = -logits["neither"]
         logits[NON_TOXIC] = logits["neither"].clone()
-        probs[TOXIC] = _f32(1 - neither)
-        probs[NON_TOXIC] = _f32(neither)
+        probs[TOXIC] = as_f32(1 - neither)
+        probs[NON_TOXIC] = as_f32(neither)
         return ScoreResult(
             reward=logits[self.reward_label].clone(),
             toxicity=probs[self.toxic_label].clone(),

@@ -29,7 +29,8 @@ import torch
 from torch import nn
 
 from detoxrl.config import PACKAGED_SMOLLM2, PolicyConfig
-from detoxrl.errors import ConfigError, ModelLoadError
+from detoxrl.errors import ConfigError, ModelLoadError, first_line
+from detoxrl.tokenstats import entropy_from_logits, logprobs_from_logits
 
 POLICY_ADAPTER = "default"
 REFERENCE_ADAPTER = "reference"
@@ -164,7 +165,7 @@ def read_adapter_state(folder: str | Path) -> dict[str, torch.Tensor]:
         raise
     except Exception as e:  # safetensors and torch raise their own error types on truncated files
         raise ModelLoadError(
-            f"adapter file '{path}' is corrupt ({type(e).__name__}: {_first_line(e)}); use an earlier checkpoint or save the adapter again"
+            f"adapter file '{path}' is corrupt ({type(e).__name__}: {first_line(e)}); use an earlier checkpoint or save the adapter again"
         ) from e
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise ModelLoadError(f"adapter file '{path}' does not hold a mapping of names to tensors; pass a folder written by PeftModel.save_pretrained")
@@ -179,7 +180,7 @@ def read_adapter_config(folder: str | Path):
         return PeftConfig.from_pretrained(str(folder))
     except Exception as e:  # a broken adapter_config.json, an unknown peft_type
         raise ModelLoadError(
-            f"could not load adapter '{folder}' ({type(e).__name__}: {_first_line(e)}); "
+            f"could not load adapter '{folder}' ({type(e).__name__}: {first_line(e)}); "
             "its adapter_config.json is damaged: pass a folder written by PeftModel.save_pretrained"
         ) from e
 
@@ -250,7 +251,7 @@ def _is_plain_model_folder(folder: Path) -> bool:
 class PolicyModule(nn.Module):
     """The PEFT model and the value head as one module: what ``accelerate.prepare`` wraps (DDP, DeepSpeed).
 
-    Its forward is :func:`detoxrl.rollout.forward_pass` (log-probs and values of a rollout), so the
+    Its forward is :func:`forward_pass` (log-probs and values of a rollout), so the
     update's passes through the wrapped module are the ones whose gradients DDP averages, the value
     head's included. Generation, the capture hooks and the reference adapter's passes use the plain
     modules (``Policy.model``, ``Policy.value_head``: the same objects, ``accelerator.unwrap_model`` of
@@ -264,8 +265,6 @@ class PolicyModule(nn.Module):
         self.is_seq2seq = is_seq2seq
 
     def forward(self, rollout, **kwargs) -> dict[str, torch.Tensor]:
-        from detoxrl.rollout import forward_pass
-
         return forward_pass(self, rollout, **kwargs)
 
 
@@ -370,7 +369,7 @@ def _set_adapter_state(model, state: dict[str, torch.Tensor], adapter: str, fold
         result = set_peft_model_state_dict(model, state, adapter_name=adapter)
     except Exception as e:  # wrong shapes
         raise ModelLoadError(
-            f"could not load adapter '{folder}' ({type(e).__name__}: {_first_line(e)}); "
+            f"could not load adapter '{folder}' ({type(e).__name__}: {first_line(e)}); "
             "pass a folder written by PeftModel.save_pretrained for this --policy"
         ) from e
     unexpected = getattr(result, "unexpected_keys", [])
@@ -411,7 +410,7 @@ def load_policy(cfg: PolicyConfig, device: str | torch.device = "cpu") -> Policy
         )
     except Exception as e:  # truncated weights, a wrong class... (safetensors raises its own types)
         raise ModelLoadError(
-            f"could not load policy '{cfg.model}' ({type(e).__name__}: {_first_line(e)}); "
+            f"could not load policy '{cfg.model}' ({type(e).__name__}: {first_line(e)}); "
             "its folder needs config.json, weights and a tokenizer as save_pretrained writes them"
         ) from e
     # A head that the checkpoint lacks is initialised at random (e.g. a classifier loaded as a
@@ -430,7 +429,7 @@ def load_policy(cfg: PolicyConfig, device: str | torch.device = "cpu") -> Policy
             model.add_adapter(REFERENCE_ADAPTER, copy.deepcopy(adapter_cfg))
         except Exception as e:  # target modules this base lacks, an unknown peft_type
             raise ModelLoadError(
-                f"could not load adapter '{cfg.adapter}' ({type(e).__name__}: {_first_line(e)}); "
+                f"could not load adapter '{cfg.adapter}' ({type(e).__name__}: {first_line(e)}); "
                 "pass a folder written by PeftModel.save_pretrained for this --policy"
             ) from e
         for name in (POLICY_ADAPTER, REFERENCE_ADAPTER):
@@ -475,10 +474,6 @@ def load_policy(cfg: PolicyConfig, device: str | torch.device = "cpu") -> Policy
     return policy
 
 
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [""])[0][:200]
-
-
 def _hidden_size(model_config) -> int:
     for name in ("hidden_size", "d_model", "n_embd"):
         if hasattr(model_config, name):
@@ -515,7 +510,7 @@ def _policy_config(cfg: PolicyConfig, source: str):
         return AutoConfig.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError) as e:  # ValueError: a config transformers cannot map to a model class
         raise ModelLoadError(
-            f"could not load policy '{cfg.model}' ({_first_line(e)}); pass a local model folder or a reachable hub id to --policy"
+            f"could not load policy '{cfg.model}' ({first_line(e)}); pass a local model folder or a reachable hub id to --policy"
         ) from e
 
 
@@ -529,7 +524,7 @@ def _load_policy_tokenizer(cfg: PolicyConfig, source: str, is_seq2seq: bool):
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=cfg.trust_remote_code)
     except Exception as e:  # OSError for a missing file, ValueError for a tokenizer with no backend...
         raise ModelLoadError(
-            f"could not load the tokenizer of policy '{cfg.model}' ({type(e).__name__}: {_first_line(e)}); "
+            f"could not load the tokenizer of policy '{cfg.model}' ({type(e).__name__}: {first_line(e)}); "
             "its folder needs the tokenizer files that save_pretrained writes, or pass a reachable hub id to --policy"
         ) from None
     check_tokenizer(tokenizer, cfg.model, POLICY)
@@ -561,3 +556,90 @@ def match_adapter_config(cfg: PolicyConfig, adapter_dir: str | Path) -> PolicyCo
     return dataclasses.replace(cfg, lora_r=int(info.get("r", cfg.lora_r)),
                                lora_alpha=int(info.get("lora_alpha", cfg.lora_alpha)),
                                lora_target_modules=targets or cfg.lora_target_modules)
+
+
+# --------------------------------------------------------------------------------------------
+# The policy's forward pass over a rollout (its log-probs, values and entropy)
+
+
+def value_of(policy, hidden: torch.Tensor) -> torch.Tensor:
+    """The value head on hidden states [B, T, H] -> float32 [B, T], in the head's own dtype (float32 as
+    loaded; bf16 if an engine such as DeepSpeed's has cast the whole module)."""
+    head = policy.value_head
+    return head(hidden.to(head.weight.dtype)).float().squeeze(-1)
+
+
+def forward_pass(
+    policy: Policy,
+    rollout,
+    *,
+    temperature: float = 1.0,
+    with_values: bool = True,
+    with_entropy: bool = False,
+    prompt_state: dict[str, Any] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Per-token log-probs of the response (and values, entropy) under the active adapter.
+
+    One forward pass gives both: the value head reads the last hidden state of the same pass.
+    Logits are divided by the sampling temperature so the log-probs are those of the distribution
+    that was sampled from. Returned tensors are float32, shape [B, T].
+
+    ``prompt_state`` is a prompt pass already made under the active adapter, of exactly these
+    prompts: ``{"encoder_outputs": ...}`` (seq2seq), or ``{"past_key_values": cache}`` holding the
+    first P-1 prompt positions (causal); only the response positions are then computed.
+    """
+    model = policy.model
+    resp, rmask = rollout.response_ids, rollout.response_mask
+    T = resp.shape[1]
+    if policy.is_seq2seq:
+        start = model.base_model.model.config.decoder_start_token_id
+        dec_in = torch.cat([torch.full_like(resp[:, :1], start), resp[:, :-1]], dim=1)
+        dec_mask = torch.cat([torch.ones_like(rmask[:, :1]), rmask[:, :-1]], dim=1)
+        out = model(
+            input_ids=rollout.query_ids,
+            attention_mask=rollout.query_mask,
+            decoder_input_ids=dec_in,
+            decoder_attention_mask=dec_mask,
+            output_hidden_states=with_values,
+            use_cache=False,
+            **(prompt_state or {}),
+        )
+        logits = out.logits
+        hidden = out.decoder_hidden_states[-1] if with_values else None
+    elif prompt_state is not None:  # the cache holds prompt positions 0..P-2
+        input_ids = torch.cat([rollout.query_ids[:, -1:], resp[:, :-1]], dim=1)
+        attn = torch.cat([rollout.query_mask, rmask[:, :-1]], dim=1)
+        position_ids = (attn.cumsum(dim=1) - 1).clamp(min=0)[:, -T:]
+        out = model(
+            input_ids=input_ids,
+            attention_mask=attn,
+            position_ids=position_ids,
+            past_key_values=prompt_state["past_key_values"],
+            output_hidden_states=with_values,
+            use_cache=True,  # the cache is read (and extended; it is thrown away after)
+        )
+        logits = out.logits
+        hidden = out.hidden_states[-1] if with_values else None
+    else:
+        input_ids = torch.cat([rollout.query_ids, resp], dim=1)
+        attn = torch.cat([rollout.query_mask, rmask], dim=1)
+        position_ids = (attn.cumsum(dim=1) - 1).clamp(min=0)
+        out = model(
+            input_ids=input_ids,
+            attention_mask=attn,
+            position_ids=position_ids,
+            output_hidden_states=with_values,
+            use_cache=False,
+            logits_to_keep=T + 1,  # only the positions that predict response tokens
+        )
+        logits = out.logits[:, :-1]
+        hidden = out.hidden_states[-1][:, -T - 1 : -1] if with_values else None
+    logits = logits.float()
+    if temperature != 1.0:  # no [B, T, V] copy when there is nothing to scale
+        logits = logits / temperature
+    result = {"logprobs": logprobs_from_logits(logits, resp)}
+    if with_values:
+        result["values"] = value_of(policy, hidden)
+    if with_entropy:
+        result["entropy"] = entropy_from_logits(logits)
+    return result

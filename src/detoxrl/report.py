@@ -34,8 +34,8 @@ import yaml
 from detoxrl import compare, runfiles
 from detoxrl.config import DetoxConfig
 from detoxrl.errors import DataError, DetoxError
-from detoxrl.report_pages import Content, TableRow, Verdict, _cfg, _diff_class, _finite, _fmt, _is_num
-from detoxrl.report_pages import _num, _pct, _squash, _tox, markdown_sections as _markdown_sections
+from detoxrl.report_pages import Content, TableRow, Verdict, cfg_value, diff_class, is_finite, fmt, is_num
+from detoxrl.report_pages import as_num, fmt_pct, squash, fmt_tox, markdown_sections as _markdown_sections
 from detoxrl.report_pages import render_html, render_markdown
 from detoxrl.report_plots import ALL_PLOTS, PLOT_TITLES, TOXICITY_PLOT, TRAINING_PLOTS, write_plots
 
@@ -144,7 +144,7 @@ def load_run(run_dir: str | Path) -> RunData:
 
 
 def _values(records: list[runfiles.EvalRecord] | None, key: str) -> list[float]:
-    return [float(r[key]) for r in records or [] if _finite(r.get(key))]  # type: ignore[literal-required]
+    return [float(r[key]) for r in records or [] if is_finite(r.get(key))]  # type: ignore[literal-required]
 
 
 def _short_model(name: Any) -> str:
@@ -162,7 +162,7 @@ def _config_rows(cfg: DetoxConfig | None, evaluated_prompts: int | None = None) 
         return []
 
     def join(*parts: tuple[str, Any]) -> str:
-        return ", ".join(f"{label} {_cfg(v)}".strip() for label, v in parts if v not in (None, ""))
+        return ", ".join(f"{label} {cfg_value(v)}".strip() for label, v in parts if v not in (None, ""))
 
     data, policy_cfg, reward_cfg, gen_cfg, ppo, ev_cfg = (cfg.data, cfg.policy, cfg.reward, cfg.generation,
                                                           cfg.ppo, cfg.evaluation)
@@ -180,10 +180,10 @@ def _config_rows(cfg: DetoxConfig | None, evaluated_prompts: int | None = None) 
     if policy_cfg.adapter:
         policy += f"; starting adapter {policy_cfg.adapter}"
     transform = reward_cfg.transform or "logit"
-    ceiling = f" (ceiling {_cfg(reward_cfg.logit_ceiling)})" if transform == "clipped_logit" else ""
+    ceiling = f" (ceiling {cfg_value(reward_cfg.logit_ceiling)})" if transform == "clipped_logit" else ""
     reward = f"{_short_model(reward_cfg.model)}; reward = {transform}{ceiling} of label '{reward_cfg.label}'"
     if reward_cfg.faithfulness_weight:
-        reward += f" + {_cfg(reward_cfg.faithfulness_weight)} × faithfulness"
+        reward += f" + {cfg_value(reward_cfg.faithfulness_weight)} × faithfulness"
     if reward_cfg.toxic_label:
         reward += f"; toxicity = P('{reward_cfg.toxic_label}')"
     if reward_cfg.input:
@@ -237,11 +237,11 @@ def _config_rows(cfg: DetoxConfig | None, evaluated_prompts: int | None = None) 
         ("learning rate", ppo.learning_rate),
         ("KL penalty", kl),
         ("clip ratio / value clip",
-         f"{_cfg(ppo.clip_ratio)} / {_cfg(ppo.clip_value)}" if ppo.clip_ratio is not None else None),
+         f"{cfg_value(ppo.clip_ratio)} / {cfg_value(ppo.clip_value)}" if ppo.clip_ratio is not None else None),
         ("evaluation", ev),
         ("seed", cfg.run.seed),
     ]
-    return [(k, _cfg(v)) for k, v in rows]
+    return [(k, cfg_value(v)) for k, v in rows]
 
 
 def _training_summary(metrics: runfiles.MetricsLog) -> tuple[list[list[str]], list[str]]:
@@ -253,13 +253,13 @@ def _training_summary(metrics: runfiles.MetricsLog) -> tuple[list[list[str]], li
         if values is None:
             continue
         finite = [v for v in values if math.isfinite(v)]
-        rows.append([label, _fmt(finite[0]), _fmt(finite[-1]), _fmt(min(finite)), _fmt(max(finite))])
+        rows.append([label, fmt(finite[0]), fmt(finite[-1]), fmt(min(finite)), fmt(max(finite))])
         if len(finite) < len(values):
             notes.append(f"{label}: {len(values) - len(finite)} step(s) not logged or not finite")
     skipped = metrics.values("ppo/skipped_minibatches")
     if skipped is not None:
         total = int(sum(v for v in skipped if not math.isnan(v)))
-        rows.append(["skipped minibatches (total)", "", _fmt(total), "", ""])
+        rows.append(["skipped minibatches (total)", "", fmt(total), "", ""])
         if total > 0:
             notes.append(
                 f"{total} minibatch(es) were skipped by the guard (non-finite loss or runaway ratio); "
@@ -267,7 +267,7 @@ def _training_summary(metrics: runfiles.MetricsLog) -> tuple[list[list[str]], li
             )
     step_t = metrics.values("time/step_s")
     if step_t is not None:
-        rows.append(["training time (total s)", "", _fmt(sum(v for v in step_t if not math.isnan(v))), "", ""])
+        rows.append(["training time (total s)", "", fmt(sum(v for v in step_t if not math.isnan(v))), "", ""])
     for key, label in (("objective/kl", "KL k1"), ("objective/kl_k3", "KL k3")):
         values = metrics.values(key)
         # k3 is >= 0 for every token, so any negative mean is a bug; k1 is a one-sample estimate
@@ -331,9 +331,9 @@ def _tox_sides(data: RunData, head: dict | None = None) -> list[ToxSide]:
 
         imp = sub("percentage_improvement")  # detoxrl.compare: percent
         if imp is None and sub("improvement") is not None:  # an older compare.json: fractions
-            imp = {k: float(v) * 100 if _finite(v) else None for k, v in sub("improvement").items()}
+            imp = {k: float(v) * 100 if is_finite(v) else None for k, v in sub("improvement").items()}
         k = block.get("samples_per_prompt")
-        k_s = f"{k} samples" if _is_num(k) else "the samples"
+        k_s = f"{k} samples" if is_num(k) else "the samples"
         extra = []
         extra_changes = []
         for ek, label, short in (("expected_max", f"expected max over {k_s} of a prompt", "expected max"),
@@ -349,25 +349,25 @@ def _tox_sides(data: RunData, head: dict | None = None) -> list[ToxSide]:
 def _ci_label(data: RunData) -> str:
     bootstrap = (data.compare or {}).get("bootstrap")
     ci = bootstrap.get("ci") if isinstance(bootstrap, dict) else None
-    return f"{float(ci):.0%}" if _finite(ci) and 0 < float(ci) < 1 else "95%"
+    return f"{float(ci):.0%}" if is_finite(ci) and 0 < float(ci) < 1 else "95%"
 
 
 def _change_text(side: ToxSide, r: dict | None = None) -> str:
     """Relative change of the mean (or of ``r``), after vs before (-23.1% = 23.1% lower after), with its interval."""
     r = side.reduction if r is None else r
-    if not r or not _finite(r.get("reduction")):
+    if not r or not is_finite(r.get("reduction")):
         return "–" if not r else "undefined (mean before is 0)"
-    s = _pct(-float(r["reduction"]), signed=True)
-    if _finite(r.get("low")) and _finite(r.get("high")):
-        s += f" [{_pct(-float(r['high']), True)}, {_pct(-float(r['low']), True)}]"
+    s = fmt_pct(-float(r["reduction"]), signed=True)
+    if is_finite(r.get("low")) and is_finite(r.get("high")):
+        s += f" [{fmt_pct(-float(r['high']), True)}, {fmt_pct(-float(r['low']), True)}]"
     return s
 
 
 def _change_tone(side: ToxSide, r: dict | None = None) -> str:
     r = (side.reduction if r is None else r) or {}
-    if _finite(r.get("low")) and float(r["low"]) > 0:
+    if is_finite(r.get("low")) and float(r["low"]) > 0:
         return "better"
-    if _finite(r.get("high")) and float(r["high"]) < 0:
+    if is_finite(r.get("high")) and float(r["high"]) < 0:
         return "worse"
     return ""
 
@@ -380,18 +380,18 @@ def _tox_rows(sides: list[ToxSide], ci: str) -> list[TableRow]:
         for s in sides:
             b, a = (s.before or {}).get(key), (s.after or {}).get(key)
             if key == "n":
-                cells.append((_fmt(b), _fmt(a), "", ""))
+                cells.append((fmt(b), fmt(a), "", ""))
             else:
-                change = _tox(float(a) - float(b), signed=True) if _finite(a) and _finite(b) else "–"
-                cells.append((_tox(b), _tox(a), change, _diff_class(b, a, lower_is_better=True)))
+                change = fmt_tox(float(a) - float(b), signed=True) if is_finite(a) and is_finite(b) else "–"
+                cells.append((fmt_tox(b), fmt_tox(a), change, diff_class(b, a, lower_is_better=True)))
         rows.append(TableRow(label, cells=cells))
     labels = list(dict.fromkeys(label for s in sides for label, _, _ in s.extra))
     for label in labels:
         cells = []
         for s in sides:
             b, a = next(((b, a) for lab, b, a in s.extra if lab == label), (None, None))
-            change = _tox(float(a) - float(b), signed=True) if _finite(a) and _finite(b) else "–"
-            cells.append((_tox(b), _tox(a), change, _diff_class(b, a, lower_is_better=True)))
+            change = fmt_tox(float(a) - float(b), signed=True) if is_finite(a) and is_finite(b) else "–"
+            cells.append((fmt_tox(b), fmt_tox(a), change, diff_class(b, a, lower_is_better=True)))
         rows.append(TableRow(label, cells=cells))
     if any(s.reduction for s in sides):
         rows.append(
@@ -411,7 +411,7 @@ def _tox_rows(sides: list[ToxSide], ci: str) -> list[TableRow]:
         span = []
         for s in sides:
             imp = s.improvement_pct or {}
-            span.append((f"{_fmt(imp.get('mean'), fixed=2)}% / {_fmt(imp.get('std'), fixed=2)}%" if imp else "–", ""))
+            span.append((f"{fmt(imp.get('mean'), fixed=2)}% / {fmt(imp.get('std'), fixed=2)}%" if imp else "–", ""))
         label = "the notebook's “percentage improvement” of mean / std (positive = lower after)"
         rows.append(TableRow(label, span=span))
     return rows
@@ -423,15 +423,15 @@ def _diff_row(label: str, block: Any, fixed: int = 4) -> list[str] | None:
     ``{"diff", "low", "high"}`` mapping."""
     if not isinstance(block, dict):
         return None
-    b, a = _num(block.get("before")), _num(block.get("after"))
+    b, a = as_num(block.get("before")), as_num(block.get("after"))
     if b is None and a is None:
         return None
     d, low, high = block.get("diff"), block.get("low"), block.get("high")
     if isinstance(d, dict):
         d, low, high = d.get("diff"), d.get("low"), d.get("high")
-    d = float(d) if _finite(d) else (a - b if a is not None and b is not None else None)
-    ci = f"[{_fmt(low, True, fixed)}, {_fmt(high, True, fixed)}]" if _finite(low) and _finite(high) else "–"
-    return [label, _fmt(b, fixed=fixed), _fmt(a, fixed=fixed), _fmt(d, True, fixed), ci]
+    d = float(d) if is_finite(d) else (a - b if a is not None and b is not None else None)
+    ci = f"[{fmt(low, True, fixed)}, {fmt(high, True, fixed)}]" if is_finite(low) and is_finite(high) else "–"
+    return [label, fmt(b, fixed=fixed), fmt(a, fixed=fixed), fmt(d, True, fixed), ci]
 
 
 ROUGE_LABELS = {"rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "rougeLsum": "ROUGE-Lsum"}
@@ -449,7 +449,7 @@ def _quality_rows(data: RunData) -> list[list[str]]:
         for k in sorted(rouge, key=lambda k: (order.index(k) if k in order else 99, k)):
             blk = rouge[k]
             label = ROUGE_LABELS.get(k, k)
-            points = isinstance(blk, dict) and any((_num(blk.get(side)) or 0.0) > 1.0 for side in ("before", "after"))
+            points = isinstance(blk, dict) and any((as_num(blk.get(side)) or 0.0) > 1.0 for side in ("before", "after"))
             rows.append(_diff_row(label + (" (points, F×100)" if points else ""), blk, 2 if points else 4))
     rows.append(_diff_row(FAITH_LABEL, data.compare.get("faithfulness")))
     length = data.compare.get("length_tokens", data.compare.get("length"))  # type: ignore[misc]
@@ -466,7 +466,7 @@ def _reward_row(data: RunData) -> list[str] | None:
 def select_examples(rows: list[dict[str, Any]], k: int = N_EXAMPLES) -> tuple[list[dict], list[dict]]:
     """The ``k`` most improved rows (largest reward_diff first) and the ``k`` most worsened
     (smallest first), without overlap. Rows without a finite reward_diff are left out."""
-    ok = [r for r in rows if _finite(r.get("reward_diff"))]
+    ok = [r for r in rows if is_finite(r.get("reward_diff"))]
     ok.sort(key=lambda r: float(r["reward_diff"]), reverse=True)
     n_top = min(k, (len(ok) + 1) // 2) if len(ok) < 2 * k else k
     top = ok[:n_top]
@@ -480,9 +480,9 @@ def _verdict(data: RunData, sides: list[ToxSide], quality: list[list[str]], ci: 
     compare gave the judge's (else the reward model's) change. Without compare.json there is no verdict."""
     keynums: list[str] = []
     for side in sorted(sides, key=lambda sd: not sd.is_judge):  # the independent judge first
-        b, a = _num(side.before), _num(side.after)
+        b, a = as_num(side.before), as_num(side.after)
         if b is not None or a is not None:
-            line = f"{side.name}: mean toxicity {_tox(b)} → {_tox(a)}"
+            line = f"{side.name}: mean toxicity {fmt_tox(b)} → {fmt_tox(a)}"
             if side.reduction:
                 line += f", relative change {_change_text(side)} ({ci} CI)"
             keynums.append(line)
@@ -493,8 +493,8 @@ def _verdict(data: RunData, sides: list[ToxSide], quality: list[list[str]], ci: 
     if data.compare is not None and data.compare_written:
         n, prompts = data.compare.get("n"), data.compare.get("prompts")
         if n is not None:
-            over = f" over {_fmt(prompts)} prompts" if prompts is not None else ""
-            keynums.append(f"paired summaries: {_fmt(n)}{over}")
+            over = f" over {fmt(prompts)} prompts" if prompts is not None else ""
+            keynums.append(f"paired summaries: {fmt(n)}{over}")
         detox = data.compare.get("detoxification") or {}
         text = detox.get("text") or data.compare.get("verdict")
         text = str(text) if text not in (None, "") else "compare.json has no verdict line"
@@ -523,7 +523,7 @@ def _template_parts(cfg: DetoxConfig | None) -> tuple[str, str]:
     if not isinstance(template, str) or "{dialogue}" not in template:
         return "", ""
     head, tail = template.split("{dialogue}", 1)
-    return _squash(head), _squash(tail)
+    return squash(head), squash(tail)
 
 
 def _examples(data: RunData, notes: list[str]) -> tuple[list[dict[str, Any]], str]:
@@ -571,7 +571,7 @@ def _content(data: RunData, plots: dict[str, Path], missing: list[str]) -> Conte
 
     train_rows, train_notes = _training_summary(data.metrics) if data.metrics.rows else ([], [])
     steps_planned = cfg.ppo.steps if cfg else None
-    if _is_num(steps_planned) and data.metrics.rows and len(data.metrics.rows) < int(steps_planned):
+    if is_num(steps_planned) and data.metrics.rows and len(data.metrics.rows) < int(steps_planned):
         train_notes.insert(0, f"only {len(data.metrics.rows)} of {int(steps_planned)} planned steps were logged")
 
     quality = _quality_rows(data)
@@ -626,7 +626,7 @@ def _write_plots(data: RunData, out_dir: Path) -> tuple[dict[str, Path], list[st
         judge_before, judge_after = _values(data.before, "judge_toxicity"), _values(data.after, "judge_toxicity")
         if judge_before or judge_after:
             panels.append((f"judge: {judge_model}", judge_before, judge_after))
-    return write_plots(data.metrics, panels, float(target_kl) if _is_num(target_kl) else None, out_dir)
+    return write_plots(data.metrics, panels, float(target_kl) if is_num(target_kl) else None, out_dir)
 
 
 # --------------------------------------------------------------------------------------------

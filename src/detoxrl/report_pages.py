@@ -30,26 +30,26 @@ NO_EXAMPLES = "No paired before/after summaries to show."
 # --------------------------------------------------------------------------------------------
 
 
-def _is_num(x: Any) -> bool:
+def is_num(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)  # numpy floats are floats
 
 
-def _num(x: Any) -> float | None:
+def as_num(x: Any) -> float | None:
     """A number, or the ``mean`` of a summary dict; None for anything else."""
     if isinstance(x, dict):
         x = x.get("mean")
-    return float(x) if _is_num(x) else None
+    return float(x) if is_num(x) else None
 
 
-def _finite(x: Any) -> bool:
-    return _is_num(x) and math.isfinite(float(x))
+def is_finite(x: Any) -> bool:
+    return is_num(x) and math.isfinite(float(x))
 
 
-def _fmt(x: Any, signed: bool = False, fixed: int | None = None) -> str:
+def fmt(x: Any, signed: bool = False, fixed: int | None = None) -> str:
     """A number for a table: ``fixed`` decimals when given, else 4 significant digits."""
     if x is None:
         return "–"
-    if isinstance(x, bool) or not _is_num(x):
+    if isinstance(x, bool) or not is_num(x):
         return str(x)
     x = float(x)
     if not math.isfinite(x):
@@ -64,12 +64,12 @@ def _fmt(x: Any, signed: bool = False, fixed: int | None = None) -> str:
     return f"{x:{sign}#.4g}".rstrip(".")
 
 
-def _tox(x: Any, signed: bool = False) -> str:
+def fmt_tox(x: Any, signed: bool = False) -> str:
     """A probability (toxicity): four decimals, so before/after columns line up."""
-    return _fmt(x, signed=signed, fixed=4)
+    return fmt(x, signed=signed, fixed=4)
 
 
-def _cfg(x: Any) -> str:
+def cfg_value(x: Any) -> str:
     if x is None or x == "":
         return "–"
     if isinstance(x, float):
@@ -77,18 +77,18 @@ def _cfg(x: Any) -> str:
     return str(x)
 
 
-def _pct(x: Any, signed: bool = False) -> str:
-    if not _finite(x):
+def fmt_pct(x: Any, signed: bool = False) -> str:
+    if not is_finite(x):
         return "–"
     return f"{float(x) * 100:+.1f}%" if signed else f"{float(x) * 100:.1f}%"
 
 
-def _squash(text: Any) -> str:
+def squash(text: Any) -> str:
     return " ".join(str(text or "").split())
 
 
-def _diff_class(before: Any, after: Any, lower_is_better: bool) -> str:
-    b, a = _num(before), _num(after)
+def diff_class(before: Any, after: Any, lower_is_better: bool) -> str:
+    b, a = as_num(before), as_num(after)
     if b is None or a is None or a == b:
         return ""
     better = (a < b) if lower_is_better else (a > b)
@@ -244,7 +244,7 @@ def _preview(text: Any, n: int = QUERY_PREVIEW_CHARS) -> str:
 
 def _query_preview(r: dict[str, Any], template: tuple[str, str]) -> str:
     """The query without the prompt template around the dialogue, shortened."""
-    q = _squash(r.get("query"))
+    q = squash(r.get("query"))
     head, tail = template
     if head and q.startswith(head):
         q = q[len(head):].lstrip()
@@ -262,17 +262,17 @@ def _html_example_rows(rows: list[dict[str, Any]], title: str, template: tuple[s
         preview = _e(_query_preview(r, template))
         qcell = f'<details><summary>{preview}</summary><div class="text">{_e(q)}</div></details>'
         rew = (
-            f'{_e(_fmt(r.get("reward_before"), fixed=3))} → {_e(_fmt(r.get("reward_after"), fixed=3))}'
-            f'<br><span class="{_diff_class(r.get("reward_before"), r.get("reward_after"), False)}">'
-            f'Δ {_e(_fmt(r.get("reward_diff"), True, 3))}</span>'
+            f'{_e(fmt(r.get("reward_before"), fixed=3))} → {_e(fmt(r.get("reward_after"), fixed=3))}'
+            f'<br><span class="{diff_class(r.get("reward_before"), r.get("reward_after"), False)}">'
+            f'Δ {_e(fmt(r.get("reward_diff"), True, 3))}</span>'
         )
         tox = (
-            f'<span class="{_diff_class(r.get("toxicity_before"), r.get("toxicity_after"), True)}">'
-            f'{_e(_tox(r.get("toxicity_before")))} → {_e(_tox(r.get("toxicity_after")))}</span>'
+            f'<span class="{diff_class(r.get("toxicity_before"), r.get("toxicity_after"), True)}">'
+            f'{_e(fmt_tox(r.get("toxicity_before")))} → {_e(fmt_tox(r.get("toxicity_after")))}</span>'
         )
         judge = (
-            f'<span class="{_diff_class(r.get("judge_toxicity_before"), r.get("judge_toxicity_after"), True)}">'
-            f'{_e(_tox(r.get("judge_toxicity_before")))} → {_e(_tox(r.get("judge_toxicity_after")))}</span>'
+            f'<span class="{diff_class(r.get("judge_toxicity_before"), r.get("judge_toxicity_after"), True)}">'
+            f'{_e(fmt_tox(r.get("judge_toxicity_before")))} → {_e(fmt_tox(r.get("judge_toxicity_after")))}</span>'
         )
         out.append(
             '<tr class="example">'
@@ -333,7 +333,7 @@ def render_html(c: Content) -> str:
     if c.has_metrics:
         p.append(
             f"<p>{c.steps_logged} PPO step(s) logged"
-            + (f" of {_e(_fmt(c.steps_planned))} planned" if c.steps_planned is not None else "")
+            + (f" of {_e(fmt(c.steps_planned))} planned" if c.steps_planned is not None else "")
             + ".</p>"
         )
         if c.train_notes:
@@ -448,7 +448,7 @@ def _md_config(c: Content) -> list[str]:
 def _md_training(c: Content) -> list[str]:
     out: list[str] = []
     if c.has_metrics:
-        planned = f" of {_fmt(c.steps_planned)} planned" if c.steps_planned is not None else ""
+        planned = f" of {fmt(c.steps_planned)} planned" if c.steps_planned is not None else ""
         out += [f"{c.steps_logged} PPO step(s) logged{planned}.", ""]
         out += [f"- ⚠ {_md(n)}" for n in c.train_notes]
         if c.train_notes:
@@ -518,10 +518,10 @@ def _md_examples(c: Content) -> list[str]:
                         _query_preview(r, c.template),
                         r.get("response_before"),
                         r.get("response_after"),
-                        f"{_fmt(r.get('reward_before'), fixed=3)} → {_fmt(r.get('reward_after'), fixed=3)} "
-                        f"(Δ {_fmt(r.get('reward_diff'), True, 3)})",
-                        f"{_tox(r.get('toxicity_before'))} → {_tox(r.get('toxicity_after'))}",
-                        f"{_tox(r.get('judge_toxicity_before'))} → {_tox(r.get('judge_toxicity_after'))}",
+                        f"{fmt(r.get('reward_before'), fixed=3)} → {fmt(r.get('reward_after'), fixed=3)} "
+                        f"(Δ {fmt(r.get('reward_diff'), True, 3)})",
+                        f"{fmt_tox(r.get('toxicity_before'))} → {fmt_tox(r.get('toxicity_after'))}",
+                        f"{fmt_tox(r.get('judge_toxicity_before'))} → {fmt_tox(r.get('judge_toxicity_after'))}",
                     ]
                 )
             hdr = ["query", "response before", "response after", "reward", "toxicity (reward model)",

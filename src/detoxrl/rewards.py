@@ -21,12 +21,9 @@ query and the response (what the notebook did, defect #4).
 
 from __future__ import annotations
 
-import difflib
 import importlib
-import math
-from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable, Protocol, Sequence, runtime_checkable
+from typing import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -36,12 +33,19 @@ from detoxrl.errors import ConfigError, DetoxError, ModelLoadError
 from detoxrl.modelcheck import JUDGE, REWARD, Role, check_load_report, check_model_folder, check_tokenizer
 from detoxrl.keras_bilstm import BILSTM_CLASSES, BILSTM_MAXLEN, KerasBiLSTM, KerasTokenizerState, load_keras_tokenizer, pad_sequences
 from detoxrl.packaged import BILSTM_TOKENIZER, BILSTM_WEIGHTS, PROFANITY_CHECK, locate, require_module
+from detoxrl.scores import (  # noqa: F401 - EPS, MAX_LOGIT, Scorer: part of this module's interface
+    EPS,
+    MAX_LOGIT,
+    NON_TOXIC,
+    ScoreResult,
+    Scorer,
+    as_f32,
+    check_texts,
+    empty_result,
+    log_odds,
+    resolve_labels,
+)
 
-# Probabilities are clamped to [EPS, 1-EPS] before a log-odds is taken: rewards stay within +-13.8.
-EPS = 1e-6
-_MAX_LOGIT = math.log((1 - EPS) / EPS)
-
-NON_TOXIC = "non-toxic"
 BILSTM_LABELS = BILSTM_CLASSES + [NON_TOXIC]
 SVM_LABELS = [NON_TOXIC, "toxic"]
 PYTHON_PREFIX = "python:"  # "python:package.module:function" -> FunctionScorer
@@ -56,29 +60,6 @@ PACKAGED_LABELS: dict[str, tuple[list[str], str, str]] = {
 
 # --------------------------------------------------------------------------------------------
 # Results and the scorer interface
-
-
-@dataclass
-class ScoreResult:
-    """Scores of N texts, in the order the texts were given. All tensors are float32 [N] on the CPU."""
-
-    reward: torch.Tensor  # value to maximise: raw logit of the chosen (non-toxic) label
-    toxicity: torch.Tensor  # probability of the toxic label, in [0, 1]
-    logits: dict[str, torch.Tensor]  # per label name
-    probs: dict[str, torch.Tensor]  # per label name
-
-    def __len__(self) -> int:
-        return int(self.reward.shape[0])
-
-
-@runtime_checkable
-class Scorer(Protocol):
-    name: str
-    labels: list[str]
-    reward_label: str
-    toxic_label: str
-
-    def score(self, texts: list[str], progress: bool = False) -> ScoreResult: ...
 
 
 def texts_for_scoring(queries: Sequence[str], responses: Sequence[str], mode: str = "response") -> list[str]:
@@ -97,43 +78,8 @@ def texts_for_scoring(queries: Sequence[str], responses: Sequence[str], mode: st
     return [f"{str(q).strip()}\n{str(r).strip()}".strip() for q, r in zip(queries, responses)]
 
 
-def _check_texts(texts: Sequence[str], who: str) -> list[str]:
-    if isinstance(texts, str):
-        raise TypeError(f"{who}.score takes a list of texts, got a single string")
-    texts = list(texts)
-    for i, t in enumerate(texts):
-        if not isinstance(t, str):
-            raise TypeError(f"{who}.score: text {i} is {type(t).__name__}, not str")
-    return texts
-
-
-def _f32(x) -> torch.Tensor:
-    """A fresh, ordinary (non-inference) float32 CPU tensor."""
-    if isinstance(x, torch.Tensor):
-        return x.detach().to("cpu", torch.float32).clone()
-    return torch.as_tensor(x, dtype=torch.float32).clone()
-
-
-def _log_odds(p: torch.Tensor) -> torch.Tensor:
-    p = p.to(torch.float64).clamp(EPS, 1 - EPS)
-    return torch.log(p / (1 - p)).to(torch.float32)
-
-
-def _empty_result(labels: list[str]) -> ScoreResult:
-    z = torch.zeros(0, dtype=torch.float32)
-    return ScoreResult(z.clone(), z.clone(), {k: z.clone() for k in labels}, {k: z.clone() for k in labels})
-
-
 # --------------------------------------------------------------------------------------------
 # Label validation (cheap: config only)
-
-
-def _suggest(name: str, choices: list[str], default: str | None = None) -> str:
-    """The closest label to a mistyped one; else ``default`` (or the first label)."""
-    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
-    if close:
-        return close[0]
-    return default if default in choices else choices[0]
 
 
 def _read_hf_labels(model: str, trust_remote_code: bool = False, role: Role = REWARD) -> list[str]:
@@ -182,36 +128,13 @@ def check_reward_labels(
     if model.startswith(PYTHON_PREFIX):
         load_function(model)  # imported now: a missing module or function is reported before any model loads
     labels = model_labels(model, trust_remote_code, role)
-    shown = ", ".join(labels)
     _, default_label, default_toxic = PACKAGED_LABELS.get(model, (labels, None, None))
-    if label not in labels:
-        raise ConfigError(
-            f"reward label '{label}' is not a label of {model}; its labels are: {shown}; "
-            f"pass --reward-label {_suggest(label, labels, default_label)}"
-        )
-    if model.startswith(PYTHON_PREFIX):
+    if model.startswith(PYTHON_PREFIX):  # one output, the reward itself: no toxic label to resolve
+        if label not in labels:
+            raise ConfigError(f"reward label '{label}' is not a label of {model}; its labels are: {', '.join(labels)}; "
+                              f"pass --reward-label {labels[0]}")
         return label, "reward"
-    if toxic_label is None:
-        if default_toxic is not None:
-            toxic_label = default_toxic
-        elif len(labels) == 2:
-            toxic_label = labels[1 - labels.index(label)]
-        else:
-            raise ConfigError(
-                f"{model} has {len(labels)} labels ({shown}); say which one is toxicity: "
-                f"pass --toxic-label (reward.toxic_label), e.g. {_suggest('toxic', [x for x in labels if x != label])}"
-            )
-    elif toxic_label not in labels:
-        raise ConfigError(
-            f"toxic label '{toxic_label}' is not a label of {model}; its labels are: {shown}; "
-            f"pass --toxic-label {_suggest(toxic_label, labels, default_toxic)}"
-        )
-    if toxic_label == label:
-        raise ConfigError(
-            f"the reward label and the toxic label of {model} are both '{label}': the reward would "
-            f"maximise toxicity; pass the non-toxic label as --reward-label"
-        )
-    return label, toxic_label
+    return resolve_labels(model, labels, label, toxic_label, default_label, default_toxic)
 
 
 # --------------------------------------------------------------------------------------------
@@ -298,9 +221,9 @@ class HFClassifierScorer:
         self._toxic_index = self.labels.index(self.toxic_label)
 
     def score(self, texts: list[str], progress: bool = False) -> ScoreResult:
-        texts = _check_texts(texts, type(self).__name__)
+        texts = check_texts(texts, type(self).__name__)
         if not texts:
-            return _empty_result(self.labels)
+            return empty_result(self.labels)
         encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length, padding=False)["input_ids"]
         order = sorted(range(len(texts)), key=lambda i: len(encoded[i]), reverse=True)
         logits = torch.empty(len(texts), len(self.labels), dtype=torch.float32)
@@ -315,7 +238,7 @@ class HFClassifierScorer:
                 out = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
                 logits[torch.tensor(idx)] = out.float().cpu()
                 bar.update(len(idx))
-        logits = _f32(logits)
+        logits = as_f32(logits)
         probs = logits.softmax(dim=-1)
         return ScoreResult(
             reward=logits[:, self._reward_index].clone(),
@@ -364,9 +287,9 @@ class BiLSTMScorer:
         return pad_sequences(self.tokenizer.texts_to_sequences(texts), BILSTM_MAXLEN)
 
     def score(self, texts: list[str], progress: bool = False) -> ScoreResult:
-        texts = _check_texts(texts, type(self).__name__)
+        texts = check_texts(texts, type(self).__name__)
         if not texts:
-            return _empty_result(self.labels)
+            return empty_result(self.labels)
         ids = self.encode(texts)
         chunks = []
         with torch.inference_mode(), tqdm(
@@ -375,7 +298,7 @@ class BiLSTMScorer:
             for start in range(0, len(texts), self.batch_size):
                 chunks.append(self.model(ids[start : start + self.batch_size].to(self.device)).float().cpu())
                 bar.update(min(self.batch_size, len(texts) - start))
-        z = _f32(torch.cat(chunks)).clamp(-_MAX_LOGIT, _MAX_LOGIT)
+        z = as_f32(torch.cat(chunks)).clamp(-MAX_LOGIT, MAX_LOGIT)
         p = torch.sigmoid(z)
         logits = {c: z[:, i].clone() for i, c in enumerate(BILSTM_CLASSES)}
         probs = {c: p[:, i].clone() for i, c in enumerate(BILSTM_CLASSES)}
@@ -410,9 +333,9 @@ class SVMScorer:
         self._predict_prob = require_module(module, spec).predict_prob
 
     def score(self, texts: list[str], progress: bool = False) -> ScoreResult:
-        texts = _check_texts(texts, type(self).__name__)
+        texts = check_texts(texts, type(self).__name__)
         if not texts:
-            return _empty_result(self.labels)
+            return empty_result(self.labels)
         parts = []
         with tqdm(total=len(texts), disable=not progress, desc=f"scoring {self.name}", unit="text") as bar:
             for start in range(0, len(texts), self.batch_size):
@@ -420,9 +343,9 @@ class SVMScorer:
                 parts.append(torch.as_tensor(self._predict_prob(chunk), dtype=torch.float64).reshape(-1))
                 bar.update(len(chunk))
         p = torch.cat(parts).clamp(EPS, 1 - EPS)
-        toxic_logit = _log_odds(p)
+        toxic_logit = log_odds(p)
         logits = {NON_TOXIC: -toxic_logit, "toxic": toxic_logit.clone()}
-        probs = {NON_TOXIC: _f32(1 - p), "toxic": _f32(p)}
+        probs = {NON_TOXIC: as_f32(1 - p), "toxic": as_f32(p)}
         return ScoreResult(
             reward=logits[self.reward_label].clone(),
             toxicity=probs[self.toxic_label].clone(),
@@ -453,9 +376,9 @@ class FunctionScorer:
         self.batch_size = batch_size
 
     def score(self, texts: list[str], progress: bool = False) -> ScoreResult:
-        texts = _check_texts(texts, type(self).__name__)
+        texts = check_texts(texts, type(self).__name__)
         if not texts:
-            return _empty_result(self.labels)
+            return empty_result(self.labels)
         step = self.batch_size or len(texts)
         values: list[float] = []
         with tqdm(total=len(texts), disable=not progress, desc=f"scoring {self.name}", unit="text") as bar:
@@ -532,12 +455,12 @@ class CombinedScorer:
         self.toxic_label = f"{self.scorers[0].name}/{self.scorers[0].toxic_label}"
 
     def score(self, texts: list[str], progress: bool = False) -> ScoreResult:
-        texts = _check_texts(texts, type(self).__name__)
+        texts = check_texts(texts, type(self).__name__)
         results = [s.score(texts, progress=progress) for s in self.scorers]
         reward = sum(w * r.reward for w, r in zip(self.weights, results))
         if not isinstance(reward, torch.Tensor):
             reward = torch.zeros(len(texts))
-        reward = _f32(reward)
+        reward = as_f32(reward)
         logits, probs = {}, {}
         for s, r in zip(self.scorers, results):
             logits.update({f"{s.name}/{k}": v for k, v in r.logits.items()})

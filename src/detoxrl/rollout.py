@@ -22,8 +22,7 @@ from tqdm.auto import tqdm
 
 from detoxrl import runtime
 from detoxrl.config import GenerationConfig
-from detoxrl.policy import Policy
-from detoxrl.tokenstats import entropy_from_logits, logprobs_from_logits
+from detoxrl.policy import Policy, forward_pass, value_of  # noqa: F401 - forward_pass: this module's interface too
 
 
 @dataclass
@@ -470,13 +469,6 @@ class _DecodingCapture:
         return torch.stack(self.logprobs, dim=1), values, torch.stack(self.entropy, dim=1)
 
 
-def value_of(policy, hidden: torch.Tensor) -> torch.Tensor:
-    """The value head on hidden states [B, T, H] -> float32 [B, T], in the head's own dtype (float32 as
-    loaded; bf16 if an engine such as DeepSpeed's has cast the whole module)."""
-    head = policy.value_head
-    return head(hidden.to(head.weight.dtype)).float().squeeze(-1)
-
-
 def _scatter_rows(parts: list[torch.Tensor], rows: list[list[int]], shape) -> torch.Tensor:
     full = torch.zeros(shape, dtype=torch.float32, device=parts[0].device)
     for part, idx in zip(parts, rows):
@@ -506,82 +498,6 @@ def _assemble(policy: Policy, chunks_q, chunks_r, n: int, queries: list[str]) ->
     responses = [r.strip() for r in responses]
     device = policy.device
     return Rollout(query_ids.to(device), query_mask.to(device), response_ids.to(device), response_mask.to(device), ended.to(device), list(queries), responses)
-
-
-def forward_pass(
-    policy: Policy,
-    rollout: Rollout,
-    *,
-    temperature: float = 1.0,
-    with_values: bool = True,
-    with_entropy: bool = False,
-    prompt_state: dict[str, Any] | None = None,
-) -> dict[str, torch.Tensor]:
-    """Per-token log-probs of the response (and values, entropy) under the active adapter.
-
-    One forward pass gives both: the value head reads the last hidden state of the same pass.
-    Logits are divided by the sampling temperature so the log-probs are those of the distribution
-    that was sampled from. Returned tensors are float32, shape [B, T].
-
-    ``prompt_state`` is a prompt pass already made under the active adapter, of exactly these
-    prompts: ``{"encoder_outputs": ...}`` (seq2seq), or ``{"past_key_values": cache}`` holding the
-    first P-1 prompt positions (causal); only the response positions are then computed.
-    """
-    model = policy.model
-    resp, rmask = rollout.response_ids, rollout.response_mask
-    T = resp.shape[1]
-    if policy.is_seq2seq:
-        start = model.base_model.model.config.decoder_start_token_id
-        dec_in = torch.cat([torch.full_like(resp[:, :1], start), resp[:, :-1]], dim=1)
-        dec_mask = torch.cat([torch.ones_like(rmask[:, :1]), rmask[:, :-1]], dim=1)
-        out = model(
-            input_ids=rollout.query_ids,
-            attention_mask=rollout.query_mask,
-            decoder_input_ids=dec_in,
-            decoder_attention_mask=dec_mask,
-            output_hidden_states=with_values,
-            use_cache=False,
-            **(prompt_state or {}),
-        )
-        logits = out.logits
-        hidden = out.decoder_hidden_states[-1] if with_values else None
-    elif prompt_state is not None:  # the cache holds prompt positions 0..P-2
-        input_ids = torch.cat([rollout.query_ids[:, -1:], resp[:, :-1]], dim=1)
-        attn = torch.cat([rollout.query_mask, rmask[:, :-1]], dim=1)
-        position_ids = (attn.cumsum(dim=1) - 1).clamp(min=0)[:, -T:]
-        out = model(
-            input_ids=input_ids,
-            attention_mask=attn,
-            position_ids=position_ids,
-            past_key_values=prompt_state["past_key_values"],
-            output_hidden_states=with_values,
-            use_cache=True,  # the cache is read (and extended; it is thrown away after)
-        )
-        logits = out.logits
-        hidden = out.hidden_states[-1] if with_values else None
-    else:
-        input_ids = torch.cat([rollout.query_ids, resp], dim=1)
-        attn = torch.cat([rollout.query_mask, rmask], dim=1)
-        position_ids = (attn.cumsum(dim=1) - 1).clamp(min=0)
-        out = model(
-            input_ids=input_ids,
-            attention_mask=attn,
-            position_ids=position_ids,
-            output_hidden_states=with_values,
-            use_cache=False,
-            logits_to_keep=T + 1,  # only the positions that predict response tokens
-        )
-        logits = out.logits[:, :-1]
-        hidden = out.hidden_states[-1][:, -T - 1 : -1] if with_values else None
-    logits = logits.float()
-    if temperature != 1.0:  # no [B, T, V] copy when there is nothing to scale
-        logits = logits / temperature
-    result = {"logprobs": logprobs_from_logits(logits, resp)}
-    if with_values:
-        result["values"] = value_of(policy, hidden)
-    if with_entropy:
-        result["entropy"] = entropy_from_logits(logits)
-    return result
 
 
 @torch.inference_mode()

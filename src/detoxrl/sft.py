@@ -6,7 +6,7 @@ for seq2seq and causal policies alike; ``detoxrl train --adapter RUN/final`` con
 it is then PPO's frozen reference.
 
 - **Data**: PPO's, step for step: the rows, length filter, unshuffled split and challenging-prompt
-  selection of :func:`detoxrl.trainer.preflight`, the prompts (template, chat template, system turn)
+  selection of :func:`detoxrl.preflight.preflight`, the prompts (template, chat template, system turn)
   of :func:`detoxrl.prompts.build_prompts`, the train part only. A prompt's target is its row's
   reference summary (``data.summary_column``), tokenized without special tokens, then EOS: the token
   that ends a sampled summary, so the adapter learns to stop.
@@ -23,7 +23,7 @@ it is then PPO's frozen reference.
   :mod:`detoxrl.checkpoint`): ``config.yaml``, ``metrics.jsonl`` (one line per step),
   ``checkpoints/step-N/`` with checksums (``trainer_state.json`` says ``"kind": "sft"``), ``final/``.
   The batch of a step and its dropout noise derive from ``(run.seed, step)``
-  (:func:`detoxrl.trainer.batch_at`, :func:`detoxrl.trainer.step_seed`), so a resumed run equals one
+  (:func:`detoxrl.schedule.batch_at`, :func:`detoxrl.schedule.step_seed`), so a resumed run equals one
   that never stopped.
 """
 
@@ -43,29 +43,14 @@ from detoxrl import checkpoint as ckpt_lib
 from detoxrl import runfiles
 from detoxrl import runtime
 from detoxrl.config import SFT_RESUME_FREE_SETTINGS, DetoxConfig, SFTConfig
-from detoxrl.errors import ConfigError, DataError, DetoxError, TrainingError
+from detoxrl.errors import ConfigError, DataError, DetoxError, TrainingError, note
 from detoxrl.policy import Policy, load_policy, load_tokenizer
 from detoxrl.prompts import PromptExample
 from detoxrl.rollout import Rollout, forward_pass
-from detoxrl.trainer import (
-    CONFIG_CHANGES,
-    RunFolder,
-    _atomic_write,
-    _flat,
-    _note,
-    _yaml,
-    batch_at,
-    check_resume_settings,
-    check_trackers,
-    existing_run,
-    find_resume_point,
-    NEW_RUN_DIR,
-    preflight,
-    prepare_output_dir,
-    seed_everything,
-    step_seed,
-    tokenize_prompts,
-)
+from detoxrl.preflight import preflight, tokenize_prompts
+from detoxrl.runfolder import (CONFIG_CHANGES, NEW_RUN_DIR, RunFolder, atomic_write, check_resume_settings, check_trackers,
+                               config_yaml, existing_run, find_resume_point, flat_hparams, prepare_output_dir)
+from detoxrl.schedule import batch_at, seed_everything, step_seed
 
 
 @dataclass
@@ -241,16 +226,16 @@ class SupervisedTrainer(RunFolder):
             if self.staging_dir is not None:
                 shutil.rmtree(self.staging_dir, ignore_errors=True)
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            _atomic_write(self.run_dir / "config.yaml", _yaml(cfg))
+            atomic_write(self.run_dir / "config.yaml", config_yaml(cfg))
         if cfg.run.log_with:
-            self.accelerator.init_trackers("detoxrl-sft", config=_flat(cfg.to_dict()))
+            self.accelerator.init_trackers("detoxrl-sft", config=flat_hparams(cfg.to_dict()))
 
     def _resume(self) -> None:
         plan = self.resume_plan
         state = ckpt_lib.load_checkpoint(plan.ckpt, self.policy, self.optimizer)
         self.step_idx = state["step"]
         for line in ckpt_lib.set_aside(plan.point.newer):
-            _note(line)
+            note(line)
         self._truncate_logs(self.step_idx)
         if plan.changes or plan.old_config is None:
             record = {
@@ -260,7 +245,7 @@ class SupervisedTrainer(RunFolder):
                 "changes": {key: {"old": a, "new": b} for key, (a, b) in plan.changes.items()} if plan.old_config is not None else None,
             }
             runfiles.append_jsonl(self.out_dir / CONFIG_CHANGES, [record])
-        _atomic_write(self.out_dir / "config.yaml", _yaml(self.cfg))
+        atomic_write(self.out_dir / "config.yaml", config_yaml(self.cfg))
 
     def batch_pairs(self, step: int) -> list[SFTPair]:
         """The pairs of ``step``: consecutive slices of per-epoch seeded permutations, as PPO's prompts."""
@@ -334,10 +319,10 @@ class SupervisedTrainer(RunFolder):
                                 tok_s=f"{m['time/tokens_per_s'] or 0:.0f}")
                 if self.step_idx % self.cfg.run.save_every == 0 or self.step_idx == stop:
                     self.save_checkpoint()
-                    self._replace_earlier_run()
+                    self.replace_earlier_run()
             bar.close()
             final = ckpt_lib.save_final(self.run_dir, self.policy, card=self._model_card)
-            self._replace_earlier_run()
+            self.replace_earlier_run()
         except DetoxError as e:
             if self.staging_dir is None:
                 raise

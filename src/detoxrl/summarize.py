@@ -201,7 +201,7 @@ def open_output(path: str | None, *, overwrite: bool) -> tuple[IO[str], Path | N
 
 
 def check_output_file(out: Path, *, overwrite: bool) -> None:
-    from detoxrl.trainer import check_writable_dir
+    from detoxrl.runfolder import check_writable_dir
 
     if out.is_dir():
         raise DetoxError(f"--output '{out}' is a folder; pass a file (.jsonl or .csv)")

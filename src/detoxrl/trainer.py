@@ -1,31 +1,16 @@
 """The PPO trainer: wires prompts -> policy -> rollout -> rewards -> advantages -> update.
 
-It holds no RL math of its own (that lives in :mod:`detoxrl.advantages` and :mod:`detoxrl.losses`).
-Everything random is derived from ``(seed, step)``, so a run stopped after step k and resumed from
-its checkpoint produces the same metrics and adapter weights as a run that never stopped.
-
-The run folder is never lost to a run that fails:
-
-- ``--overwrite`` of an earlier run writes the new one into ``RUN/new-run.incomplete/`` and moves it
-  into place (the earlier run's files out, through ``RUN/old-run.being-replaced/``) only once it has
-  written its first checkpoint, or finished. A run that fails or is killed before that leaves the
-  earlier run as it was; the next ``train`` in the folder removes what it left, or finishes a move
-  that a kill interrupted (:func:`recover_overwrite`).
-- ``--resume`` continues from a checkpoint that passes its checks (:mod:`detoxrl.checkpoint`), with
-  the settings it was trained with: a change that affects the result is refused unless allowed, and
-  then recorded in ``config.yaml`` and ``config-changes.jsonl`` (:func:`prepare_resume`).
+It holds no RL math of its own (that lives in :mod:`detoxrl.advantages` and :mod:`detoxrl.losses`)
+and no run-folder code (:mod:`detoxrl.runfolder`: overwrite, resume, the metrics lines). Everything
+random is derived from ``(seed, step)`` (:mod:`detoxrl.schedule`), so a run stopped after step k and
+resumed from its checkpoint produces the same metrics and adapter weights as a run that never stopped.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
-import math
-import os
-import random
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,440 +34,22 @@ from detoxrl.advantages import (
     token_rewards,
     whiten_with_moments,
 )
-from detoxrl.config import (RESUME_FREE_SETTINGS, DetoxConfig, changed_settings, resolve_rollout_shards, validate,
-                            with_settings)
-from detoxrl.errors import ConfigError, DataError, DetoxError, ModelLoadError, TrainingError
-from detoxrl.policy import (DTYPES, REFERENCE_ADAPTER, Policy, check_adapter_source, check_policy_source, load_policy,
-                            load_tokenizer, match_adapter_config, resolve_dtype)
-from detoxrl.prompts import (PromptExample, PromptSplits, SplitRows, check_data_source, load_dialogue_rows,
-                             prompts_from_split, split_and_select)
-from detoxrl.rewards import Scorer, check_reward_labels, scorer_from_config, shape_rewards, texts_for_scoring
-from detoxrl.selection import dialogue_toxicity_for
+from detoxrl.config import DetoxConfig, with_settings
+from detoxrl.errors import DetoxError, ModelLoadError, TrainingError, note
+from detoxrl.policy import REFERENCE_ADAPTER, Policy, load_policy
+from detoxrl.preflight import Preflight, check_launch, preflight, tokenize_prompts
+from detoxrl.prompts import PromptExample
+from detoxrl.rewards import Scorer, scorer_from_config, shape_rewards, texts_for_scoring
 from detoxrl import runtime
 from detoxrl.rollout import capture_logprobs, generate, logprobs_and_values
+from detoxrl.runfolder import (CONFIG_CHANGES, NEW_RUN_DIR, ResumePlan, RunFolder, atomic_write, check_resume_settings,
+                               check_trackers, config_yaml, existing_run, find_resume_point, flat_hparams,
+                               prepare_output_dir)
+from detoxrl.schedule import batch_at, rollout_seed, seed_everything
 from detoxrl.tokenstats import masked_mean
 from detoxrl.update import UpdateBatch, UpdateHooks, ppo_update
 
-#: With several rollout shards: per step, the prompts of each shard and the process that ran it.
-SHARDS_LOG = runfiles.SHARDS
-MANAGED = (runfiles.METRICS, runfiles.CHECKPOINTS, runfiles.FINAL, runfiles.EVAL, runfiles.REPORT, runfiles.CONFIG,
-           runfiles.CONFIG_CHANGES, "detoxrl", SHARDS_LOG)  # detoxrl/: tracker logs
-#: Inside the run folder: an --overwrite run until its first checkpoint, and the earlier run's files
-#: while the new run moves into place.
-NEW_RUN_DIR, OLD_RUN_DIR = "new-run.incomplete", "old-run.being-replaced"
-_ALL_MOVED = "ALL-FILES-OF-THE-EARLIER-RUN-MOVED-HERE"  # in OLD_RUN_DIR: the first half of the move is done
-CONFIG_CHANGES = runfiles.CONFIG_CHANGES
 KL_SETTINGS = ("ppo.init_kl_coef", "ppo.adaptive_kl", "ppo.target_kl", "ppo.kl_horizon")
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def step_seed(seed: int, step: int) -> int:
-    """A distinct, reproducible seed per step (so resume needs no saved RNG state)."""
-    return (seed * 1_000_003 + step * 7_919 + 17) % (2**63 - 1)
-
-
-def rollout_seed(seed: int, step: int, shard: int) -> int:
-    """The sampling seed of rollout shard ``shard`` of ``step`` (its minibatch order uses this + 1): the
-    same whichever process runs the shard. Shard 0's is :func:`step_seed`, so a one-shard run samples
-    as runs did before there were shards."""
-    return (step_seed(seed, step) + shard * 1_000_000_007) % (2**63 - 1)
-
-
-def check_launch(cfg: DetoxConfig, num_processes: int, *, deepspeed: bool = False, resume: bool = False) -> int:
-    """What this launch's processes can run, before any model loads: ``ppo.rollout_shards`` resolved for
-    ``num_processes`` (:func:`detoxrl.config.resolve_rollout_shards`, returned), and no --resume under DeepSpeed."""
-    if resume and deepspeed:
-        raise ConfigError(
-            "--resume is not supported under DeepSpeed: its optimizer state is partitioned across the processes and a "
-            "checkpoint holds the main process's part only; start a new run, or train without DeepSpeed (DDP) to resume"
-        )
-    return resolve_rollout_shards(cfg, num_processes)
-
-
-def batch_at(items: list, step: int, batch_size: int, seed: int, shuffle: bool = True) -> list:
-    """The items of ``step``: consecutive slices of per-epoch seeded permutations (file order without
-    ``shuffle``); an epoch boundary may fall inside a batch. A function of (seed, step) alone, so a
-    resumed run visits the same items as one that never stopped (PPO prompts, SFT pairs)."""
-    n, out, perms = len(items), [], {}
-    for pos in range(step * batch_size, (step + 1) * batch_size):
-        epoch, within = divmod(pos, n)
-        if not shuffle:
-            out.append(items[within])
-            continue
-        if epoch not in perms:
-            perms[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 104_729 * epoch))
-        out.append(items[int(perms[epoch][within])])
-    return out
-
-
-def prepare_output_dir(cfg: DetoxConfig, resume: bool, *, clear: bool = True) -> Path:
-    """Refuse to clobber an earlier run unless asked; say how to resume or overwrite.
-
-    ``clear=False`` only checks: the trainer never clears an overwritten run itself, it writes the
-    new run beside it and swaps once the new run has a checkpoint (:meth:`Trainer.train`), so that a
-    run which fails early does not cost the user the previous one. With ``resume`` the latest
-    checkpoint is checked (:func:`find_resume_point`: trainer_state.json, step, checksums); the
-    settings are compared by the trainer, once the preflight has resolved the reward labels.
-    """
-    out = Path(cfg.run.output_dir)
-    check_writable_dir(out, "--output-dir")
-    if resume:
-        find_resume_point(cfg)
-        return out
-    existing = existing_run(out)
-    if existing and not cfg.run.overwrite:
-        raise DetoxError(
-            f"output dir '{out}' already holds a run ({', '.join(existing)}); pass --resume to continue it, "
-            "--overwrite to replace it, or choose another --output-dir"
-        )
-    for line in recover_overwrite(out):
-        _note(line)
-    if clear:
-        clear_output_dir(out)
-    return out
-
-
-def existing_run(out: Path) -> list[str]:
-    """What of an earlier run ``out`` holds (including an --overwrite run in progress or stopped)."""
-    return [name for name in (*MANAGED, NEW_RUN_DIR, OLD_RUN_DIR) if (out / name).exists()]
-
-
-def _note(line: str) -> None:
-    print(f"note: {line}", file=sys.stderr, flush=True)
-
-
-# --------------------------------------------------------------------------------------------
-# --overwrite: the new run moves into place only once it has a checkpoint
-
-
-def recover_overwrite(out: Path) -> list[str]:
-    """Clean up after an --overwrite run that stopped (an error, Ctrl-C or a kill) in ``out``.
-
-    - Only ``new-run.incomplete/``: the new run stopped before its first checkpoint, and the earlier
-      run was never touched. The folder (the new run's config.yaml and first metrics) is removed.
-    - ``old-run.being-replaced/`` too: the new run had a checkpoint and was being moved into place
-      when it stopped. The move is finished (as it would have been), then the earlier run is deleted.
-
-    Returns a line per thing done, for the user.
-    """
-    new, old = out / NEW_RUN_DIR, out / OLD_RUN_DIR
-    if old.is_dir():
-        if not (old / _ALL_MOVED).exists() and not new.is_dir():  # not a state this code leaves; undo it
-            for item in old.iterdir():
-                if not (out / item.name).exists():
-                    item.rename(out / item.name)
-            shutil.rmtree(old)
-            return [f"found '{old}' without the new run it was making room for; moved the earlier run's files back into '{out}'"]
-        _swap_in(out, new, old)
-        return [f"an --overwrite run in '{out}' was stopped while it moved into place (after its first checkpoint): "
-                "finished the move; the folder holds the new run, resume it with --resume"]
-    if new.is_dir():
-        shutil.rmtree(new)
-        return [f"removed '{new}', left by an --overwrite run that stopped before its first checkpoint; "
-                f"the run in '{out}' is the earlier one, unchanged"]
-    return []
-
-
-def _swap_in(out: Path, new: Path, old: Path) -> None:
-    """Replace the run files of ``out`` by those of ``new``; each step can be redone after a kill.
-
-    1. every run file of ``out`` moves into ``old`` (then a marker says so);
-    2. every file of ``new`` moves into ``out``, and ``new`` goes;
-    3. ``old`` goes.
-    """
-    old.mkdir(exist_ok=True)
-    if not (old / _ALL_MOVED).exists():
-        for name in MANAGED:
-            if (out / name).exists() or (out / name).is_symlink():
-                (out / name).rename(old / name)
-        (old / _ALL_MOVED).touch()
-    if new.is_dir():
-        for item in sorted(new.iterdir()):
-            item.rename(out / item.name)
-        new.rmdir()
-    shutil.rmtree(old)
-
-
-# --------------------------------------------------------------------------------------------
-# --resume: which checkpoint, with which settings
-
-
-@dataclass
-class ResumePlan:
-    """What ``--resume`` continues from: the checkpoint (verified), the settings it was trained with
-    (``old_config``, None if unknown), the changed settings that affect the result (``changes``,
-    allowed by the caller) and the newer checkpoints to set aside."""
-
-    point: ckpt_lib.ResumePoint
-    old_config: dict[str, Any] | None
-    changes: dict[str, tuple[Any, Any]]
-
-    @property
-    def ckpt(self) -> Path:
-        return self.point.ckpt
-
-    @property
-    def step(self) -> int:
-        return self.point.state["step"]
-
-
-def prepare_resume(cfg: DetoxConfig, *, resume_from: str = "auto", allow_config_change: bool = False) -> ResumePlan:
-    """Every check of ``--resume`` that needs no model: :func:`find_resume_point`, then
-    :func:`check_resume_settings`. Changes nothing in the run folder but the overwrite clean-up."""
-    return check_resume_settings(cfg, find_resume_point(cfg, resume_from), allow_config_change=allow_config_change)
-
-
-def find_resume_point(cfg: DetoxConfig, resume_from: str = "auto", *, kind: str = "ppo") -> ckpt_lib.ResumePoint:
-    """The folder (and what a stopped --overwrite run left in it), then the checkpoint that
-    ``resume_from`` names, with its checksums (:func:`detoxrl.checkpoint.select_checkpoint`), and
-    that it was written by the same command (``kind``: ppo for train, sft for sft)."""
-    out = Path(cfg.run.output_dir)
-    check_writable_dir(out, "--output-dir")
-    for line in recover_overwrite(out):
-        _note(line)
-    point = ckpt_lib.select_checkpoint(out, resume_from)
-    found = point.state.get("kind", "ppo")
-    if found != kind:
-        command = {"ppo": "train", "sft": "sft"}
-        raise DetoxError(
-            f"--resume: checkpoint '{point.ckpt}' was written by detoxrl {command.get(found, found)}, not by detoxrl "
-            f"{command.get(kind, kind)}; continue it with detoxrl {command.get(found, found)} --resume, or pass another --output-dir"
-        )
-    return point
-
-
-def check_resume_settings(cfg: DetoxConfig, point: ckpt_lib.ResumePoint, *, allow_config_change: bool = False,
-                          free=RESUME_FREE_SETTINGS) -> ResumePlan:
-    """Compare ``cfg`` with the settings the checkpoint was trained with (its own record, or the run's
-    config.yaml for a checkpoint from before detoxrl kept one). A difference in a setting that affects
-    the result (any but ``free``, :data:`detoxrl.config.RESUME_FREE_SETTINGS` for PPO) is an error naming
-    each ``key old -> new``, unless ``allow_config_change``."""
-    out = Path(cfg.run.output_dir)
-    old = point.state.get("config")
-    source = f"checkpoint '{point.ckpt}'"
-    if old is None:
-        old, source = _read_run_config(out), f"'{out / 'config.yaml'}'"
-    if old is None:
-        if not allow_config_change:
-            raise ConfigError(
-                f"--resume: neither checkpoint '{point.ckpt}' nor '{out / 'config.yaml'}' records the settings the run was "
-                f"trained with, so a change cannot be ruled out; restore config.yaml, or pass --allow-config-change to "
-                f"continue with the settings given now"
-            )
-        return ResumePlan(point, None, {})
-    ppo = old.get("ppo") if isinstance(old.get("ppo"), dict) else {}
-    if ppo.get("rollout_shards") is None:  # a run from before rollout shards sampled each batch as one
-        ppo = {**ppo, "rollout_shards": 1}
-    if "capture_logprobs" not in ppo:  # a run from before the setting captured while decoding in any dtype
-        policy = old.get("policy") if isinstance(old.get("policy"), dict) else {}
-        dtype = str(policy.get("dtype", "auto"))
-        in_fp32 = (dtype == "auto" or dtype in DTYPES) and resolve_dtype(dtype) == torch.float32
-        ppo = {**ppo, "capture_logprobs": "auto" if in_fp32 else "on"}  # auto is the same as on in float32
-    old = {**old, "ppo": ppo}
-    changes = changed_settings(old, cfg.to_dict(), free=free)
-    if changes and not allow_config_change:
-        shown = ", ".join(f"{key} {_show(a)} -> {_show(b)}" for key, (a, b) in changes.items())
-        raise ConfigError(
-            f"--resume: these settings differ from those of {source}: {shown}; resume with the run's own settings "
-            f"(leave those flags out), or pass --allow-config-change to continue with the new ones "
-            f"(recorded in {out / CONFIG_CHANGES})"
-        )
-    return ResumePlan(point, old, changes)
-
-
-def _read_run_config(out: Path) -> dict[str, Any] | None:
-    import yaml
-
-    try:
-        data = yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _show(value: Any) -> str:
-    """A setting's value as --set takes it (none, true, 0.0002); strings and lists quoted."""
-    return "none" if value is None else json.dumps(value) if isinstance(value, (bool, str, list, dict)) else str(value)
-
-
-def _yaml(cfg: DetoxConfig) -> str:
-    import yaml
-
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def check_writable_dir(path: str | Path, option: str) -> None:
-    """Refuse a folder that cannot be created or written: a file there, or no write permission.
-
-    mkdir would otherwise fail only once the models have loaded (minutes in), with a traceback.
-    Nothing is created here: the nearest existing ancestor is where the folder would be made.
-    """
-    path = Path(path).expanduser()
-    if path.exists() and not path.is_dir():
-        raise DetoxError(f"{option} '{path}' is a file, not a folder; pass a folder to {option}")
-    existing = path
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise DetoxError(f"{option} '{path}' lies under '{existing}', which is a file; pass a folder to {option}")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise DetoxError(f"{option} '{path}' is not writable (no write permission in '{existing}'); pass a folder you can write to {option}")
-
-
-def check_trackers(log_with: list[str]) -> None:
-    """A tracker whose package is missing: accelerate would drop it with a log line only."""
-    from accelerate.utils import is_tensorboard_available, is_wandb_available
-
-    available = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available}
-    install = {"tensorboard": "pip install tensorboard==2.21.0", "wandb": "pip install wandb"}
-    for tracker in log_with:
-        if tracker in available and not available[tracker]():  # unknown names: config.validate's message
-            raise DetoxError(f"--log-with {tracker}: {tracker} is not installed; run: {install[tracker]} (or leave --log-with {tracker} out)")
-
-
-def clear_output_dir(out: Path) -> None:
-    """Delete what an earlier run wrote into ``out`` (only detoxrl's own files) and create ``out``."""
-    for name in MANAGED:
-        target = out / name
-        if target.is_dir():
-            shutil.rmtree(target)
-        elif target.exists():
-            target.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-
-
-@dataclass(frozen=True)
-class Preflight:
-    """What the cheap checks found, handed on so that nothing is read or checked twice.
-
-    ``cfg`` is the config the run goes on with: the caller's, with what the checks resolved from the
-    models (the reward labels, the LoRA settings of a starting adapter). The caller's own config is not
-    changed (it is frozen). ``split`` holds the dialogue rows after the length filter, the split and
-    the challenging-prompt selection; :func:`tokenize_prompts` turns them into prompts."""
-
-    cfg: DetoxConfig
-    split: SplitRows
-    reward_labels: tuple[str, str] | None = None  # (reward label, toxic label), when the reward was checked
-
-
-def resolve_settings(cfg: DetoxConfig, *, check_reward: bool = True,
-                     adapter_dir: str | Path | None = None) -> tuple[DetoxConfig, tuple[str, str] | None]:
-    """A copy of ``cfg`` with what the models say (no weights load): the LoRA settings of the adapter
-    ``adapter_dir`` (its weights must fit the policy) and, with ``check_reward``, the reward labels chosen
-    by name (the toxic label derived when not given). A run's config.yaml records them. Returns
-    ``(resolved config, (reward label, toxic label) or None)``; ``cfg`` itself is frozen."""
-    changes: dict[str, dict[str, Any]] = {}
-    if adapter_dir:  # the LoRA settings are the adapter's (an SFT adapter's r, alpha, targets): config.yaml says so
-        lora = match_adapter_config(cfg.policy, adapter_dir)
-        changes["policy"] = {"lora_r": lora.lora_r, "lora_alpha": lora.lora_alpha,
-                             "lora_target_modules": lora.lora_target_modules}
-    labels = None
-    if check_reward:
-        r = cfg.reward
-        labels = check_reward_labels(r.model, r.label, r.toxic_label, r.trust_remote_code)
-        changes["reward"] = {"label": labels[0], "toxic_label": labels[1]}
-    return (with_settings(cfg, changes) if changes else cfg), labels
-
-
-def preflight(cfg: DetoxConfig, *, check_reward: bool = True, require_train: bool = True) -> Preflight:
-    """All cheap checks, before any model loads: the config, the data source, the policy and adapter
-    folders, the reward labels, then the data itself. Returns what they found (:class:`Preflight`).
-
-    The length filter, the split and the challenging-prompt selection run here, once, so that a filter
-    or a threshold that empties a split is an error before the policy loads; the prompts are made from
-    the rows they keep (:func:`tokenize_prompts`).
-    """
-    validate(cfg)  # a library caller may have built the config without load_config
-    check_data_source(cfg.data)
-    check_policy_source(cfg.policy)
-    check_adapter_source(cfg.policy.adapter)
-    cfg, labels = resolve_settings(cfg, check_reward=check_reward, adapter_dir=cfg.policy.adapter)
-    if require_train and cfg.data.test_fraction >= 1.0:
-        raise DataError("data.test_fraction=1 holds every row out and leaves nothing to train on; use it with evaluate --all-rows only")
-    rows = load_dialogue_rows(cfg.data)
-    scores = dialogue_toxicity_for(cfg, reward_labels=labels)  # None without a challenging-prompt selection
-    split = split_and_select(cfg.data, rows, scores, require_train=require_train)
-    return Preflight(cfg=cfg, split=SplitRows(rows, *split), reward_labels=labels)
-
-
-def tokenize_prompts(checked: Preflight, *, tokenizer: Any = None) -> PromptSplits:
-    """The prompts of the rows the preflight kept, tokenized by the policy's tokenizer alone (loaded
-    unless given); nothing is read, filtered or scored again.
-
-    Called before the policy's weights load: a prompt above data.max_prompt_tokens is an error in
-    seconds, not after minutes of loading.
-    """
-    cfg = checked.cfg
-    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.policy)
-    return prompts_from_split(cfg.data, checked.split, tokenizer)
-
-
-class RunFolder:
-    """What a training command does with its run folder, shared by PPO (:class:`Trainer`) and SFT
-    (:class:`detoxrl.sft.SupervisedTrainer`): the metrics lines (main process only), their truncation
-    on resume, and the --overwrite swap. Needs ``cfg``, ``state`` (accelerate's PartialState),
-    ``shards``, ``accelerator``, ``out_dir``, ``staging_dir`` and ``run_dir``."""
-
-    def earlier_run_kept(self) -> str:
-        """What a stop before the first checkpoint of an --overwrite run leaves (one clause, for messages)."""
-        return (f"--overwrite: the earlier run in '{self.out_dir}' is unchanged (a new run replaces it only at its first "
-                f"checkpoint); this run's partial output is in '{self.staging_dir}', which the next train in that folder removes")
-
-    def _replace_earlier_run(self) -> None:
-        """--overwrite: the new run has a checkpoint (or has finished), so it takes the earlier run's place."""
-        if self.staging_dir is None:
-            return
-        if self.state.is_main_process:
-            _swap_in(self.out_dir, self.staging_dir, self.out_dir / OLD_RUN_DIR)
-        self.staging_dir, self.run_dir = None, self.out_dir
-        self.state.wait_for_everyone()
-
-    def _model_card(self, folder: Path) -> str:
-        """The model card of the final adapter (:mod:`detoxrl.modelcard`); a card that cannot be written
-        costs the run nothing but its card."""
-        from detoxrl.modelcard import model_card
-
-        try:
-            return model_card(folder, run_dir=self.run_dir, final=True)
-        except Exception as e:  # noqa: BLE001 - the adapter matters more than its README
-            _note(f"the model card of {self.run_dir / 'final'} could not be written ({type(e).__name__}: {e}); "
-                  f"detoxrl export writes it again")
-            return f"# detoxrl adapter\n\nThe model card could not be written ({type(e).__name__}).\n"
-
-    def _log(self, metrics: dict[str, Any], shards: list = ()) -> None:
-        """One metrics line per step (and, with several rollout shards, which prompts each shard and
-        process took: ``shards.jsonl``), written by the main process only."""
-        if self.state.is_main_process:
-            runfiles.append_jsonl(self.run_dir / runfiles.METRICS, [_jsonable(metrics)])
-            if self.shards > 1:
-                record = {"step": metrics["step"], "shards": [{"shard": s, "process": r, "prompts": ids} for s, r, ids in shards]}
-                runfiles.append_jsonl(self.run_dir / SHARDS_LOG, [record])
-        if self.cfg.run.log_with:
-            self.accelerator.log({k: v for k, v in metrics.items() if k != "step"}, step=metrics["step"])
-
-    def _truncate_logs(self, upto_step: int) -> None:
-        """A resumed run drops the lines of steps after its checkpoint (they will be recomputed)."""
-        for name in ("metrics.jsonl", SHARDS_LOG):
-            path = self.run_dir / name
-            if not path.is_file():
-                continue
-            kept = []
-            for line in runfiles.read_jsonl(path):  # an unreadable line: cut short by the crash that stopped the run
-                row = line.value
-                if line.ok and isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= upto_step:
-                    kept.append(line)
-            _atomic_write(path, runfiles.lines_text(kept))  # a kill now must not cost the earlier lines
 
 
 @dataclass
@@ -606,7 +173,7 @@ class Trainer(RunFolder):
             if self.staging_dir is not None:
                 shutil.rmtree(self.staging_dir, ignore_errors=True)
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            _atomic_write(self.run_dir / "config.yaml", _yaml(cfg))  # with the rollout shards it runs with
+            atomic_write(self.run_dir / "config.yaml", config_yaml(cfg))  # with the rollout shards it runs with
         # DDP (or DeepSpeed) around the trainable module: the update's passes go through it, so that its
         # backward averages the gradients of all processes. The checkpoint (if any) is loaded first.
         if plugin is not None and plugin.is_auto("train_micro_batch_size_per_gpu"):
@@ -615,7 +182,7 @@ class Trainer(RunFolder):
         self.policy.partitioned = self.zero_stage == 3
         self.state.wait_for_everyone()
         if cfg.run.log_with:
-            self.accelerator.init_trackers("detoxrl", config=_flat(cfg.to_dict()))
+            self.accelerator.init_trackers("detoxrl", config=flat_hparams(cfg.to_dict()))
 
     def _resume(self, plan: ResumePlan) -> None:
         """Load the checkpoint; set newer ones aside; apply and record allowed changes of settings."""
@@ -624,7 +191,7 @@ class Trainer(RunFolder):
         self.step_idx = state["step"]
         main = self.state.is_main_process
         for line in ckpt_lib.set_aside(plan.point.newer) if main else []:
-            _note(line)
+            note(line)
         kl_state = state["kl_controller"]
         kl_changed = plan.old_config is None or any(key in plan.changes for key in KL_SETTINGS)
         if not kl_changed:
@@ -654,7 +221,7 @@ class Trainer(RunFolder):
             }
             runfiles.append_jsonl(self.out_dir / CONFIG_CHANGES, [record])
         # config.yaml says what the run trains with from here on (new step count, allowed changes).
-        _atomic_write(self.out_dir / "config.yaml", _yaml(self.cfg))
+        atomic_write(self.out_dir / "config.yaml", config_yaml(self.cfg))
 
     # ------------------------------------------------------------------ data order
     def batch_examples(self, step: int) -> list[PromptExample]:
@@ -909,10 +476,10 @@ class Trainer(RunFolder):
                 bar.set_postfix(reward=f"{m['env/reward_mean']:.3f}", kl=f"{m['objective/kl']:.3f}", s=f"{m['time/step_s']:.1f}")
                 if self.step_idx % self.cfg.run.save_every == 0 or self.step_idx == total:
                     self.save_checkpoint()
-                    self._replace_earlier_run()
+                    self.replace_earlier_run()
             bar.close()
             final = self.save_final()
-            self._replace_earlier_run()
+            self.replace_earlier_run()
         except DetoxError as e:
             if self.staging_dir is None:
                 raise
@@ -987,18 +554,3 @@ def _group_metrics(rewards: torch.Tensor, k: int) -> dict[str, float]:
         "env/group_reward_std": float(grouped.std(dim=1, unbiased=False).mean()),
         "env/uniform_group_fraction": float((grouped.amax(dim=1) - grouped.amin(dim=1) == 0).float().mean()),
     }
-
-
-def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
-
-
-def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flat(v, key + "."))
-        else:
-            out[key] = v if isinstance(v, (int, float, str, bool)) else str(v)
-    return out

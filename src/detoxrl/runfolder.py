@@ -1,0 +1,356 @@
+"""The life of a run folder: made, overwritten without losing the earlier run, resumed.
+
+:mod:`detoxrl.runfiles` names the files and reads them; this module decides what happens to a folder
+when a training command (``train``, ``sft``, ``demo``) starts, stops and continues:
+
+- ``--overwrite`` of an earlier run writes the new one into ``RUN/new-run.incomplete/`` and moves it
+  into place (the earlier run's files out, through ``RUN/old-run.being-replaced/``) only once it has
+  written its first checkpoint, or finished. A run that fails or is killed before that leaves the
+  earlier run as it was; the next ``train`` in the folder removes what it left, or finishes a move
+  that a kill interrupted (:func:`recover_overwrite`).
+- ``--resume`` continues from a checkpoint that passes its checks (:mod:`detoxrl.checkpoint`), with
+  the settings it was trained with: a change that affects the result is refused unless allowed, and
+  then recorded in ``config.yaml`` and ``config-changes.jsonl`` (:func:`prepare_resume`).
+- :class:`RunFolder`: what a running trainer writes there (metrics lines, the swap, the model card).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from detoxrl import checkpoint as ckpt_lib
+from detoxrl import runfiles
+from detoxrl.config import RESUME_FREE_SETTINGS, DetoxConfig, changed_settings
+from detoxrl.errors import ConfigError, DetoxError, note
+from detoxrl.policy import DTYPES, resolve_dtype
+
+#: With several rollout shards: per step, the prompts of each shard and the process that ran it.
+SHARDS_LOG = runfiles.SHARDS
+MANAGED = (runfiles.METRICS, runfiles.CHECKPOINTS, runfiles.FINAL, runfiles.EVAL, runfiles.REPORT, runfiles.CONFIG,
+           runfiles.CONFIG_CHANGES, "detoxrl", SHARDS_LOG)  # detoxrl/: tracker logs
+#: Inside the run folder: an --overwrite run until its first checkpoint, and the earlier run's files
+#: while the new run moves into place.
+NEW_RUN_DIR, OLD_RUN_DIR = "new-run.incomplete", "old-run.being-replaced"
+ALL_MOVED = "ALL-FILES-OF-THE-EARLIER-RUN-MOVED-HERE"  # in OLD_RUN_DIR: the first half of the move is done
+CONFIG_CHANGES = runfiles.CONFIG_CHANGES
+
+
+def prepare_output_dir(cfg: DetoxConfig, resume: bool, *, clear: bool = True) -> Path:
+    """Refuse to clobber an earlier run unless asked; say how to resume or overwrite.
+
+    ``clear=False`` only checks: the trainer never clears an overwritten run itself, it writes the
+    new run beside it and swaps once the new run has a checkpoint (:meth:`Trainer.train`), so that a
+    run which fails early does not cost the user the previous one. With ``resume`` the latest
+    checkpoint is checked (:func:`find_resume_point`: trainer_state.json, step, checksums); the
+    settings are compared by the trainer, once the preflight has resolved the reward labels.
+    """
+    out = Path(cfg.run.output_dir)
+    check_writable_dir(out, "--output-dir")
+    if resume:
+        find_resume_point(cfg)
+        return out
+    existing = existing_run(out)
+    if existing and not cfg.run.overwrite:
+        raise DetoxError(
+            f"output dir '{out}' already holds a run ({', '.join(existing)}); pass --resume to continue it, "
+            "--overwrite to replace it, or choose another --output-dir"
+        )
+    for line in recover_overwrite(out):
+        note(line)
+    if clear:
+        clear_output_dir(out)
+    return out
+
+
+def existing_run(out: Path) -> list[str]:
+    """What of an earlier run ``out`` holds (including an --overwrite run in progress or stopped)."""
+    return [name for name in (*MANAGED, NEW_RUN_DIR, OLD_RUN_DIR) if (out / name).exists()]
+
+
+# --------------------------------------------------------------------------------------------
+# --overwrite: the new run moves into place only once it has a checkpoint
+
+
+def recover_overwrite(out: Path) -> list[str]:
+    """Clean up after an --overwrite run that stopped (an error, Ctrl-C or a kill) in ``out``.
+
+    - Only ``new-run.incomplete/``: the new run stopped before its first checkpoint, and the earlier
+      run was never touched. The folder (the new run's config.yaml and first metrics) is removed.
+    - ``old-run.being-replaced/`` too: the new run had a checkpoint and was being moved into place
+      when it stopped. The move is finished (as it would have been), then the earlier run is deleted.
+
+    Returns a line per thing done, for the user.
+    """
+    new, old = out / NEW_RUN_DIR, out / OLD_RUN_DIR
+    if old.is_dir():
+        if not (old / ALL_MOVED).exists() and not new.is_dir():  # not a state this code leaves; undo it
+            for item in old.iterdir():
+                if not (out / item.name).exists():
+                    item.rename(out / item.name)
+            shutil.rmtree(old)
+            return [f"found '{old}' without the new run it was making room for; moved the earlier run's files back into '{out}'"]
+        swap_in(out, new, old)
+        return [f"an --overwrite run in '{out}' was stopped while it moved into place (after its first checkpoint): "
+                "finished the move; the folder holds the new run, resume it with --resume"]
+    if new.is_dir():
+        shutil.rmtree(new)
+        return [f"removed '{new}', left by an --overwrite run that stopped before its first checkpoint; "
+                f"the run in '{out}' is the earlier one, unchanged"]
+    return []
+
+
+def swap_in(out: Path, new: Path, old: Path) -> None:
+    """Replace the run files of ``out`` by those of ``new``; each step can be redone after a kill.
+
+    1. every run file of ``out`` moves into ``old`` (then a marker says so);
+    2. every file of ``new`` moves into ``out``, and ``new`` goes;
+    3. ``old`` goes.
+    """
+    old.mkdir(exist_ok=True)
+    if not (old / ALL_MOVED).exists():
+        for name in MANAGED:
+            if (out / name).exists() or (out / name).is_symlink():
+                (out / name).rename(old / name)
+        (old / ALL_MOVED).touch()
+    if new.is_dir():
+        for item in sorted(new.iterdir()):
+            item.rename(out / item.name)
+        new.rmdir()
+    shutil.rmtree(old)
+
+
+# --------------------------------------------------------------------------------------------
+# --resume: which checkpoint, with which settings
+
+
+@dataclass
+class ResumePlan:
+    """What ``--resume`` continues from: the checkpoint (verified), the settings it was trained with
+    (``old_config``, None if unknown), the changed settings that affect the result (``changes``,
+    allowed by the caller) and the newer checkpoints to set aside."""
+
+    point: ckpt_lib.ResumePoint
+    old_config: dict[str, Any] | None
+    changes: dict[str, tuple[Any, Any]]
+
+    @property
+    def ckpt(self) -> Path:
+        return self.point.ckpt
+
+    @property
+    def step(self) -> int:
+        return self.point.state["step"]
+
+
+def prepare_resume(cfg: DetoxConfig, *, resume_from: str = "auto", allow_config_change: bool = False) -> ResumePlan:
+    """Every check of ``--resume`` that needs no model: :func:`find_resume_point`, then
+    :func:`check_resume_settings`. Changes nothing in the run folder but the overwrite clean-up."""
+    return check_resume_settings(cfg, find_resume_point(cfg, resume_from), allow_config_change=allow_config_change)
+
+
+def find_resume_point(cfg: DetoxConfig, resume_from: str = "auto", *, kind: str = "ppo") -> ckpt_lib.ResumePoint:
+    """The folder (and what a stopped --overwrite run left in it), then the checkpoint that
+    ``resume_from`` names, with its checksums (:func:`detoxrl.checkpoint.select_checkpoint`), and
+    that it was written by the same command (``kind``: ppo for train, sft for sft)."""
+    out = Path(cfg.run.output_dir)
+    check_writable_dir(out, "--output-dir")
+    for line in recover_overwrite(out):
+        note(line)
+    point = ckpt_lib.select_checkpoint(out, resume_from)
+    found = point.state.get("kind", "ppo")
+    if found != kind:
+        command = {"ppo": "train", "sft": "sft"}
+        raise DetoxError(
+            f"--resume: checkpoint '{point.ckpt}' was written by detoxrl {command.get(found, found)}, not by detoxrl "
+            f"{command.get(kind, kind)}; continue it with detoxrl {command.get(found, found)} --resume, or pass another --output-dir"
+        )
+    return point
+
+
+def check_resume_settings(cfg: DetoxConfig, point: ckpt_lib.ResumePoint, *, allow_config_change: bool = False,
+                          free=RESUME_FREE_SETTINGS) -> ResumePlan:
+    """Compare ``cfg`` with the settings the checkpoint was trained with (its own record, or the run's
+    config.yaml for a checkpoint from before detoxrl kept one). A difference in a setting that affects
+    the result (any but ``free``, :data:`detoxrl.config.RESUME_FREE_SETTINGS` for PPO) is an error naming
+    each ``key old -> new``, unless ``allow_config_change``."""
+    out = Path(cfg.run.output_dir)
+    old = point.state.get("config")
+    source = f"checkpoint '{point.ckpt}'"
+    if old is None:
+        old, source = _read_run_config(out), f"'{out / 'config.yaml'}'"
+    if old is None:
+        if not allow_config_change:
+            raise ConfigError(
+                f"--resume: neither checkpoint '{point.ckpt}' nor '{out / 'config.yaml'}' records the settings the run was "
+                f"trained with, so a change cannot be ruled out; restore config.yaml, or pass --allow-config-change to "
+                f"continue with the settings given now"
+            )
+        return ResumePlan(point, None, {})
+    ppo = old.get("ppo") if isinstance(old.get("ppo"), dict) else {}
+    if ppo.get("rollout_shards") is None:  # a run from before rollout shards sampled each batch as one
+        ppo = {**ppo, "rollout_shards": 1}
+    if "capture_logprobs" not in ppo:  # a run from before the setting captured while decoding in any dtype
+        policy = old.get("policy") if isinstance(old.get("policy"), dict) else {}
+        dtype = str(policy.get("dtype", "auto"))
+        in_fp32 = (dtype == "auto" or dtype in DTYPES) and resolve_dtype(dtype) == torch.float32
+        ppo = {**ppo, "capture_logprobs": "auto" if in_fp32 else "on"}  # auto is the same as on in float32
+    old = {**old, "ppo": ppo}
+    changes = changed_settings(old, cfg.to_dict(), free=free)
+    if changes and not allow_config_change:
+        shown = ", ".join(f"{key} {_show(a)} -> {_show(b)}" for key, (a, b) in changes.items())
+        raise ConfigError(
+            f"--resume: these settings differ from those of {source}: {shown}; resume with the run's own settings "
+            f"(leave those flags out), or pass --allow-config-change to continue with the new ones "
+            f"(recorded in {out / CONFIG_CHANGES})"
+        )
+    return ResumePlan(point, old, changes)
+
+
+def _read_run_config(out: Path) -> dict[str, Any] | None:
+    import yaml
+
+    try:
+        data = yaml.safe_load((out / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _show(value: Any) -> str:
+    """A setting's value as --set takes it (none, true, 0.0002); strings and lists quoted."""
+    return "none" if value is None else json.dumps(value) if isinstance(value, (bool, str, list, dict)) else str(value)
+
+
+def config_yaml(cfg: DetoxConfig) -> str:
+    """A config as config.yaml holds it."""
+    import yaml
+
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """``text`` into ``path`` through a temporary file and a rename: a kill leaves the old file or the new one."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def check_writable_dir(path: str | Path, option: str) -> None:
+    """Refuse a folder that cannot be created or written: a file there, or no write permission.
+
+    mkdir would otherwise fail only once the models have loaded (minutes in), with a traceback.
+    Nothing is created here: the nearest existing ancestor is where the folder would be made.
+    """
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise DetoxError(f"{option} '{path}' is a file, not a folder; pass a folder to {option}")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise DetoxError(f"{option} '{path}' lies under '{existing}', which is a file; pass a folder to {option}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise DetoxError(f"{option} '{path}' is not writable (no write permission in '{existing}'); pass a folder you can write to {option}")
+
+
+def check_trackers(log_with: list[str]) -> None:
+    """A tracker whose package is missing: accelerate would drop it with a log line only."""
+    from accelerate.utils import is_tensorboard_available, is_wandb_available
+
+    available = {"tensorboard": is_tensorboard_available, "wandb": is_wandb_available}
+    install = {"tensorboard": "pip install tensorboard==2.21.0", "wandb": "pip install wandb"}
+    for tracker in log_with:
+        if tracker in available and not available[tracker]():  # unknown names: config.validate's message
+            raise DetoxError(f"--log-with {tracker}: {tracker} is not installed; run: {install[tracker]} (or leave --log-with {tracker} out)")
+
+
+def clear_output_dir(out: Path) -> None:
+    """Delete what an earlier run wrote into ``out`` (only detoxrl's own files) and create ``out``."""
+    for name in MANAGED:
+        target = out / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+
+class RunFolder:
+    """What a training command does with its run folder, shared by PPO (:class:`Trainer`) and SFT
+    (:class:`detoxrl.sft.SupervisedTrainer`): the metrics lines (main process only), their truncation
+    on resume, and the --overwrite swap. Needs ``cfg``, ``state`` (accelerate's PartialState),
+    ``shards``, ``accelerator``, ``out_dir``, ``staging_dir`` and ``run_dir``."""
+
+    def earlier_run_kept(self) -> str:
+        """What a stop before the first checkpoint of an --overwrite run leaves (one clause, for messages)."""
+        return (f"--overwrite: the earlier run in '{self.out_dir}' is unchanged (a new run replaces it only at its first "
+                f"checkpoint); this run's partial output is in '{self.staging_dir}', which the next train in that folder removes")
+
+    def replace_earlier_run(self) -> None:
+        """--overwrite: the new run has a checkpoint (or has finished), so it takes the earlier run's place."""
+        if self.staging_dir is None:
+            return
+        if self.state.is_main_process:
+            swap_in(self.out_dir, self.staging_dir, self.out_dir / OLD_RUN_DIR)
+        self.staging_dir, self.run_dir = None, self.out_dir
+        self.state.wait_for_everyone()
+
+    def _model_card(self, folder: Path) -> str:
+        """The model card of the final adapter (:mod:`detoxrl.modelcard`); a card that cannot be written
+        costs the run nothing but its card."""
+        from detoxrl.modelcard import model_card
+
+        try:
+            return model_card(folder, run_dir=self.run_dir, final=True)
+        except Exception as e:  # noqa: BLE001 - the adapter matters more than its README
+            note(f"the model card of {self.run_dir / 'final'} could not be written ({type(e).__name__}: {e}); "
+                  f"detoxrl export writes it again")
+            return f"# detoxrl adapter\n\nThe model card could not be written ({type(e).__name__}).\n"
+
+    def _log(self, metrics: dict[str, Any], shards: list = ()) -> None:
+        """One metrics line per step (and, with several rollout shards, which prompts each shard and
+        process took: ``shards.jsonl``), written by the main process only."""
+        if self.state.is_main_process:
+            runfiles.append_jsonl(self.run_dir / runfiles.METRICS, [_jsonable(metrics)])
+            if self.shards > 1:
+                record = {"step": metrics["step"], "shards": [{"shard": s, "process": r, "prompts": ids} for s, r, ids in shards]}
+                runfiles.append_jsonl(self.run_dir / SHARDS_LOG, [record])
+        if self.cfg.run.log_with:
+            self.accelerator.log({k: v for k, v in metrics.items() if k != "step"}, step=metrics["step"])
+
+    def _truncate_logs(self, upto_step: int) -> None:
+        """A resumed run drops the lines of steps after its checkpoint (they will be recomputed)."""
+        for name in ("metrics.jsonl", SHARDS_LOG):
+            path = self.run_dir / name
+            if not path.is_file():
+                continue
+            kept = []
+            for line in runfiles.read_jsonl(path):  # an unreadable line: cut short by the crash that stopped the run
+                row = line.value
+                if line.ok and isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= upto_step:
+                    kept.append(line)
+            atomic_write(path, runfiles.lines_text(kept))  # a kill now must not cost the earlier lines
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
+
+
+def flat_hparams(d: dict, prefix: str = "") -> dict[str, Any]:
+    """A nested config mapping as the flat ``section.key`` scalars that trackers take as hyper-parameters."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flat_hparams(v, key + "."))
+        else:
+            out[key] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out

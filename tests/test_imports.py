@@ -1,0 +1,66 @@
+"""The shape of the package: imports run one way (no cycles, lazy imports included), and no module
+reaches into another module's private names."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "detoxrl"
+
+
+def _imports(path: Path) -> list[tuple[str, list[str]]]:
+    """(module, names) for every ``from detoxrl[.module] import names`` and ``import detoxrl.module`` in a
+    file, at any depth (a lazy import inside a function is still an edge of the graph)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:  # from . import x / from .x import y
+                base = node.module or ""
+            elif node.module and (node.module == "detoxrl" or node.module.startswith("detoxrl.")):
+                base = node.module[len("detoxrl."):] if node.module != "detoxrl" else ""
+            else:
+                continue
+            names = [a.name for a in node.names]
+            if base:
+                out.append((base.split(".")[0], names))
+            else:  # from detoxrl import compare, runfiles
+                out += [(n, []) for n in names]
+        elif isinstance(node, ast.Import):
+            out += [(a.name.split(".")[1], []) for a in node.names if a.name.startswith("detoxrl.")]
+    return out
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = {p.stem for p in PACKAGE.glob("*.py")}
+    return {p.stem: {m for m, _ in _imports(p) if m in modules and m != p.stem} for p in PACKAGE.glob("*.py")}
+
+
+def test_no_import_cycle():
+    graph = _graph()
+    cycles, state = [], {}
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = "open"
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                cycles.append(" -> ".join(path[path.index(nxt):] + [nxt]) if nxt in path else f"{node} -> {nxt}")
+            elif nxt not in state:
+                visit(nxt, path + [nxt])
+        state[node] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert not cycles, f"import cycles: {cycles}"
+
+
+def test_no_module_imports_another_modules_private_names():
+    offenders = []
+    for path in sorted(PACKAGE.glob("*.py")):
+        for module, names in _imports(path):
+            private = [n for n in names if n.startswith("_") and not n.startswith("__")]
+            if private and module != path.stem:
+                offenders.append(f"{path.stem} imports {', '.join(private)} from {module}")
+    assert not offenders, offenders
