@@ -437,6 +437,32 @@ def test_evaluate_again_resumes_and_prints_text(evaluated, tiny_run, monkeypatch
     assert len((tiny_run["dir"] / "eval" / "after.jsonl").read_text().splitlines()) == 6
 
 
+def test_evaluate_a_checkpoint_reuses_the_starting_policy_records(evaluated, tiny_run, monkeypatch):
+    """evaluate --run RUN --checkpoint STEP: the checkpoint against the starting policy, whose records of
+    RUN/eval are reused (only the checkpoint is generated), into RUN/eval-checkpoints/step-STEP."""
+    import detoxrl.evaluate
+    from detoxrl.checkpoint import STEP_FOLDER, list_checkpoints
+    from detoxrl.policy import REFERENCE_ADAPTER
+
+    run_dir = tiny_run["dir"]
+    step = int(STEP_FOLDER.fullmatch(list_checkpoints(run_dir)[0].name).group(1))
+    real, adapters = detoxrl.evaluate.generate, []
+
+    def spy(*args, **kwargs):
+        adapters.append(kwargs.get("adapter"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(detoxrl.evaluate, "generate", spy)
+    rc, out, err = cli("evaluate", "--run", run_dir, "--checkpoint", step, "--num-samples", 6, "--json",
+                       "--no-faithfulness", "--no-progress")
+    assert rc == 0, err
+    out_dir = run_dir / "eval-checkpoints" / f"step-{step:06d}"
+    assert json.loads(out)["output"] == str(out_dir) and (out_dir / "compare.json").is_file()
+    assert adapters and REFERENCE_ADAPTER not in adapters
+    rc, _, err = cli("evaluate", "--run", run_dir, "--checkpoint", 999)
+    assert rc == 2 and "has no checkpoint of step 999 (kept: step-" in err and len(err.strip().splitlines()) == 1
+
+
 def test_compare_run(evaluated, tiny_run):
     rc, out, err = cli("compare", "--run", tiny_run["dir"], "--json")
     assert rc == 0, err

@@ -360,6 +360,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         base_file = str(run_dir / "config.yaml")
     cfg = _config_from_args(args, base_file=base_file, flags=_eval_flags(args))
     adapter_dir = str(run_dir / "final") if run_dir else args.adapter
+    default_out = run_dir / "eval" if run_dir else Path(cfg.run.output_dir) / "eval"
+    if args.checkpoint is not None:
+        adapter_dir, default_out = _checkpoint_to_evaluate(run_dir, args.checkpoint)
     if run_dir and not args.policy:
         from detoxrl.config import with_settings
         from detoxrl.export import base_model_of
@@ -369,7 +372,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.all_rows and cfg.evaluation.split != "test":
         raise DetoxError("--all-rows evaluates every row of the file as held out; it cannot be combined with "
                          "evaluation.split=train")
-    out_dir = Path(args.output) if args.output else (run_dir / "eval" if run_dir else Path(cfg.run.output_dir) / "eval")
+    out_dir = Path(args.output) if args.output else default_out
+    if args.checkpoint is not None:
+        _reuse_starting_policy_records(run_dir / "eval", out_dir)
     done = evaluate_adapter(cfg, out_dir, adapter_dir=adapter_dir, rouge=not args.no_rouge,
                             faithfulness=not args.no_faithfulness, progress=False if args.no_progress else None,
                             fresh=args.fresh,
@@ -389,6 +394,32 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         _print_eval(result)
     return 0
+
+
+def _checkpoint_to_evaluate(run_dir: Path | None, step: int) -> tuple[str, Path]:
+    """``evaluate --run RUN --checkpoint STEP``: the checkpoint's adapter folder and its default output folder."""
+    from detoxrl.checkpoint import checkpoint_dir, list_checkpoints
+
+    if run_dir is None:
+        raise DetoxError("--checkpoint names a checkpoint of a run: pass --run DIR with it")
+    ckpt = checkpoint_dir(run_dir, step)
+    if not (ckpt / "adapter_model.safetensors").is_file():
+        kept = [p.name for p in list_checkpoints(run_dir)]
+        raise DetoxError(f"run '{run_dir}' has no checkpoint of step {step} (kept: {', '.join(kept) or 'none'}); "
+                         "pass one of those steps, or train with --set run.keep_checkpoints=0 to keep every checkpoint")
+    return str(ckpt), run_dir / "eval-checkpoints" / ckpt.name
+
+
+def _reuse_starting_policy_records(run_eval: Path, out_dir: Path) -> None:
+    """The starting policy's records of the run's own evaluation, copied into a checkpoint's output folder:
+    the same prompts, seeds and model, so the evaluation keeps them (their signature matches) and runs the
+    checkpoint alone."""
+    import shutil
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for src in sorted(run_eval.glob("before*.jsonl")) if run_eval.is_dir() else []:
+        if not (out_dir / src.name).exists():
+            shutil.copyfile(src, out_dir / src.name)
 
 
 def _print_eval(result: dict) -> None:
@@ -823,6 +854,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_judge_options(p)
     p.add_argument("--no-rouge", action="store_true", help="skip ROUGE (data without reference summaries)")
     p.add_argument("--no-faithfulness", action="store_true", help="skip the MiniLM faithfulness score")
+    p.add_argument("--checkpoint", type=int, metavar="STEP",
+                   help="with --run: evaluate the run's checkpoint of this step instead of final/ (default output "
+                        "RUN/eval-checkpoints/step-STEP, the starting policy's records reused from RUN/eval): toxicity "
+                        "against quality and KL over training")
     p.add_argument("--output", metavar="DIR",
                    help="where before/after records go (default: RUN/eval or run.output_dir/eval)")
     p.add_argument("--fresh", action="store_true",
