@@ -169,12 +169,15 @@ def main(argv=None) -> int:
     ap.add_argument("--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
                     help="a setting added to every seed's demo (the recipe under test)")
     ap.add_argument("--fresh", action="store_true", help="rerun seeds whose run folder is complete")
+    ap.add_argument("--keep-checkpoints", action="store_true",
+                    help="keep every checkpoint (run.keep_checkpoints=0: changes nothing computed) for detox_frontier.py")
     args = ap.parse_args(argv)
     out_root = (ROOT / args.out_root) if not Path(args.out_root).is_absolute() else Path(args.out_root)
     threads = max(1, 2 // args.jobs) if args.jobs > 1 else None
+    extra = args.extra + (["run.keep_checkpoints=0"] if args.keep_checkpoints else [])
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        rows = list(pool.map(lambda s: run_seed(s, out_root, threads, args.extra, args.fresh), args.seeds))
+        rows = list(pool.map(lambda s: run_seed(s, out_root, threads, extra, args.fresh), args.seeds))
     counts = {v: sum(r["verdict"] == v for r in rows) for v in dict.fromkeys(r["verdict"] for r in rows)}
     result = {
         "benchmark": "detox_seeds",
