@@ -222,6 +222,13 @@ def test_compare_run_decides_on_the_primary_judges_expected_max(tmp_path):
     assert head["kl_to_reference"] is None  # greedy summaries are not samples: no KL from them
     saved = json.loads((tmp_path / "compare.json").read_text())
     assert saved["verdict"] == head["verdict"] and (tmp_path / "comparison-sampled.csv").is_file()
+    # judge A's greedy mean (a secondary measure) doubling in every prompt does not move the verdict
+    write("after", [dict(rec(i, 0.3, 0.0, faith=0.5), decoding="greedy", judges={"A": 0.8, "B": 0.3}) for i in range(12)])
+    flipped = compare_run(tmp_path, n_boot=200)["detoxification"]
+    assert flipped["status"] == "less toxic, quality kept" and flipped["primary"] == d["primary"]
+    secondary = {m["name"]: m for m in flipped["secondary"]}["judge A mean toxicity (greedy)"]
+    assert secondary["reduction"] == pytest.approx(-1.0) and secondary["p"] == pytest.approx(2 / 201)
+    write("after", greedy_a)
     # judge B's expected maximum rising in every prompt turns the verdict, whatever judge A says
     after_worse = [r for i in range(12) for r in sampled(i, [0.1, 0.1], {"A": [0.2, 0.1], "B": [0.5, 0.6]})]
     write("after-sampled", after_worse)
