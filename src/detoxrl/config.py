@@ -380,11 +380,11 @@ PRESETS: dict[str, dict[str, Any]] = {
 # challenging prompts, the dialogues whose own toxicity is >= 0.3, where there is toxicity to remove
 # (chitchat: 172 to train on, 51 held out). Training: the group baseline (4 samples of each of 4
 # prompts per step, each summary's reward compared with its 3 siblings': RLOO) with the reward ceiling
-# at P(non-toxic) = 0.99, 24 steps at learning rate 4e-4 (docs/results.md, "The demo over seeds").
-# Evaluation: all 51 held-out prompts, greedy and with 8 samples each, summaries of at most 32 tokens as
-# in training.
-DEMO_OVERRIDES = ["data.min_dialogue_toxicity=0.3", "ppo.steps=24", "ppo.batch_size=16", "ppo.samples_per_prompt=4",
-                  "ppo.reward_baseline=group", "ppo.learning_rate=4e-4", "reward.logit_ceiling=4.59512",
+# at P(non-toxic) = 0.99, 20 steps (docs/results.md, "The demo over seeds", says what it holds to and
+# which recipes were tried). Evaluation: all 51 held-out prompts, greedy and with 8 samples each,
+# summaries of at most 32 tokens as in training.
+DEMO_OVERRIDES = ["data.min_dialogue_toxicity=0.3", "ppo.steps=20", "ppo.batch_size=16", "ppo.samples_per_prompt=4",
+                  "ppo.reward_baseline=group", "reward.logit_ceiling=4.59512",
                   "evaluation.num_samples=64", "evaluation.max_new_tokens=32"]
 
 _SECTION_CLASSES = {
