@@ -76,7 +76,7 @@ def row(seed: int, run_dir: Path, head: dict, seconds: float | None) -> dict:
         for m in detox["primary"]["measures"] if m.get("evaluated")
     ]
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    train_s = sum(float(m.get("time/step", 0.0) or 0.0) for m in metrics)
+    train_s = sum(float(m.get("time/step_s", 0.0) or 0.0) for m in metrics)
     kl = detox.get("kl_to_reference") or {}
     return {
         "seed": seed,
