@@ -34,6 +34,7 @@ from detoxrl.advantages import (
     token_rewards,
     whiten_with_moments,
 )
+from detoxrl.collective import Processes, main_process_first
 from detoxrl.config import DetoxConfig, with_settings
 from detoxrl.errors import DetoxError, ModelLoadError, TrainingError, note
 from detoxrl.policy import REFERENCE_ADAPTER, Policy, load_policy
@@ -145,6 +146,7 @@ class Trainer(RunFolder):
             log_with=cfg.run.log_with or None,
             project_dir=str(self.run_dir),
         )
+        self.processes = Processes(self.state, self.accelerator.device)
         plugin = self.accelerator.state.deepspeed_plugin if deepspeed else None
         self.zero_stage = plugin.zero_stage if plugin is not None else None
 
@@ -316,7 +318,7 @@ class Trainer(RunFolder):
                 parts[0].advantages = masked_whiten(parts[0].advantages, parts[0].mask)
             else:
                 # Over all real tokens of the whole batch: every shard's (count, sum, sum of squares), added up.
-                moments = self._sum_over_processes(sum(masked_moments(sh.advantages, sh.mask) for sh in parts))
+                moments = self.processes.sum(sum(masked_moments(sh.advantages, sh.mask) for sh in parts))
                 for sh in parts:
                     sh.advantages = whiten_with_moments(sh.advantages, sh.mask, moments)
         update_stats = ppo_update(
@@ -338,8 +340,8 @@ class Trainer(RunFolder):
 
         k = ppo_cfg.samples_per_prompt
         raw = self._rows(parts, lambda sh: sh.shaped)
-        faithful = self._gather_lists([sh.faithful for sh in parts]) if self.faithfulness else None
-        times = self._max_over_processes({"time/generate_s": t_generate, "time/score_s": t_score, "time/update_s": t_passes + t3 - t2,
+        faithful = self.processes.gather_lists([sh.faithful for sh in parts]) if self.faithfulness else None
+        times = self.processes.max({"time/generate_s": t_generate, "time/score_s": t_score, "time/update_s": t_passes + t3 - t2,
                                           "time/step_s": t3 - t0})
         metrics = {
             "step": step + 1,
@@ -349,7 +351,7 @@ class Trainer(RunFolder):
             "objective/entropy": self._token_mean(parts, lambda sh: sh.token_stats["entropy"]),
             "ppo/returns/mean": self._token_mean(parts, lambda sh: sh.returns),
             "ppo/policy/advantages_mean": self._token_mean(parts, lambda sh: sh.advantages),
-            **self._mean_over_processes(update_stats),
+            **self.processes.mean_of_floats(update_stats),
             "env/reward_mean": float(raw.mean()),
             "env/reward_std": float(raw.std(unbiased=False)) if len(raw) > 1 else 0.0,
             **(_group_metrics(raw, k) if k > 1 else {}),
@@ -362,7 +364,7 @@ class Trainer(RunFolder):
             **times,
         }
         self.step_idx += 1
-        shards = self._gather_lists([[(sh.shard, self.state.process_index, [e.id for e in sh.examples])] for sh in parts])
+        shards = self.processes.gather_lists([[(sh.shard, self.state.process_index, [e.id for e in sh.examples])] for sh in parts])
         self._log(metrics, shards)
         self.last_rollout = parts[-1].rollout
         self.last_shards = parts
@@ -387,7 +389,7 @@ class Trainer(RunFolder):
             clip_grad_norm=self.accelerator.clip_grad_norm_,
             forward=lambda sub: self.prepared_model(sub, temperature=temperature, with_values=True),  # through DDP
             no_sync=lambda: self.accelerator.no_sync(self.prepared_model),
-            all_agree=self._all_agree,
+            all_agree=self.processes.all_agree,
         )
 
     # ------------------------------------------------------------------ across processes
@@ -407,53 +409,8 @@ class Trainer(RunFolder):
         if self.shards == 1:
             return float(masked_mean(per_token(parts[0]), parts[0].mask))
         sums = sum(torch.stack([torch.where(sh.mask.bool(), per_token(sh).double(), 0.0).sum(), sh.mask.double().sum()]) for sh in parts)
-        total, count = self._sum_over_processes(sums).tolist()
+        total, count = self.processes.sum(sums).tolist()
         return total / count
-
-    def _sum_over_processes(self, tensor: torch.Tensor) -> torch.Tensor:
-        if self.state.num_processes == 1:
-            return tensor
-        from accelerate.utils import reduce
-
-        return reduce(tensor.to(self.accelerator.device), reduction="sum").cpu()
-
-    def _mean_over_processes(self, stats: dict[str, float]) -> dict[str, float]:
-        """Update statistics: each process has the mean over its shards; this is the mean over all shards.
-        (The applied and skipped counts are the same everywhere: every process takes every decision.)"""
-        keys = [key for key, value in stats.items() if isinstance(value, float)]
-        if self.state.num_processes == 1 or not keys:
-            return stats
-        from accelerate.utils import reduce
-
-        means = reduce(torch.tensor([stats[key] for key in keys], dtype=torch.float64, device=self.accelerator.device), reduction="mean")
-        return {**stats, **dict(zip(keys, means.tolist()))}
-
-    def _max_over_processes(self, times: dict[str, float]) -> dict[str, float]:
-        """Times: a step takes as long as its slowest process."""
-        if self.state.num_processes == 1:
-            return times
-        import torch.distributed as dist
-
-        values = torch.tensor(list(times.values()), dtype=torch.float64, device=self.accelerator.device)
-        dist.all_reduce(values, op=dist.ReduceOp.MAX)
-        return dict(zip(times, values.tolist()))
-
-    def _gather_lists(self, local: list[list]) -> list:
-        """The concatenation, in shard order, of every process's lists (Python objects)."""
-        mine = [item for part in local for item in part]
-        if self.state.num_processes == 1:
-            return mine
-        from accelerate.utils import gather_object
-
-        return gather_object(mine)
-
-    def _all_agree(self, ok: bool) -> bool:
-        """True when every process says ``ok``: a minibatch is skipped by all or by none."""
-        if self.state.num_processes == 1:
-            return ok
-        from accelerate.utils import reduce
-
-        return float(reduce(torch.tensor([0.0 if ok else 1.0], device=self.accelerator.device), reduction="sum")) == 0.0
 
     def _said_once(self, error: DetoxError) -> DetoxError:
         """An error that every process raises: the main one says it, the others stop quietly."""
@@ -512,35 +469,6 @@ class Trainer(RunFolder):
         import deepspeed
 
         return deepspeed.zero.GatheredParameters(self.policy.trainable_parameters(), modifier_rank=None)
-
-
-def main_process_first(state, fn):
-    """``fn()`` on the main process, then on the others (which then find what it wrote: the tidied run
-    folder, filled caches). A :class:`DetoxError` on the main process is raised by every process (the
-    others quietly: the main one says it), so that none of them waits for it for ever."""
-    if state.num_processes == 1:
-        return fn()
-    from accelerate.utils import broadcast_object_list
-
-    if state.is_main_process:
-        try:
-            result = fn()
-        except DetoxError as e:
-            broadcast_object_list([(type(e), str(e))])
-            raise
-        except BaseException as e:
-            broadcast_object_list([(DetoxError, f"the main process failed ({type(e).__name__}: {e})")])
-            raise
-        broadcast_object_list([None])
-        return result
-    failure = [None]
-    broadcast_object_list(failure)
-    if failure[0] is not None:
-        kind, message = failure[0]
-        error = kind(message)
-        error.quiet = True
-        raise error
-    return fn()
 
 
 def _group_metrics(rewards: torch.Tensor, k: int) -> dict[str, float]:
