@@ -394,6 +394,29 @@ def test_train_interrupted_before_the_first_checkpoint_of_an_overwrite(tiny, tmp
 
 
 
+@needs_data
+def test_demo_end_to_end_on_tiny_models(tiny, tmp_path):
+    """detoxrl demo (detoxrl.demo.run_demo): the plan line, the numbered phases, the verdict and its table,
+    the side-by-side summaries, compare.json with the pre-declared verdict, the report."""
+    run_dir = tmp_path / "demo"
+    rc, out, err = cli(
+        "demo", "--preset", "seed", "--policy", tiny["t5"], "--reward-model", tiny["reward"], "--reward-label", "nothate",
+        "--data", DATA, "--steps", 1, "--batch-size", 8, "--mini-batch-size", 4, "--max-new-tokens", 8, "--num-samples", 4,
+        "--output-dir", run_dir, "--no-progress", "--set", f"evaluation.judge_model={tiny['judge']}",
+        "--set", "evaluation.judge_toxic_label=toxic", "--set", "evaluation.max_new_tokens=8", "--set", "evaluation.batch_size=4",
+        "--set", "evaluation.samples_per_prompt=2", "--set", "data.min_dialogue_toxicity=none", *TINY)
+    assert rc == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("detoxrl demo: preset 'seed'") and lines[1] == "[1] toxicity of the starting policy, greedy, on 4 held-out prompts"
+    assert "[3] PPO: 1 steps of 8 summaries (2 challenging prompts x 4 samples)" in lines
+    head = json.loads((run_dir / "eval" / "compare.json").read_text())
+    detox = head["detoxification"]
+    assert detox["primary"]["measure"] == "expected_max" and detox["primary"]["judges"] == [str(tiny["judge"])]
+    assert f"verdict: {head['verdict']}" in lines and head["verdict"] == detox["text"]
+    assert "most improved (largest reward gain):" in lines and lines[-1].startswith("demo wall time: ")
+    assert (run_dir / "report" / "report.html").is_file() and (run_dir / "final" / "README.md").is_file()
+
+
 # --------------------------------------------------------------------------------------------
 # evaluate, compare, report on the finished tiny run
 

@@ -388,7 +388,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         result["improvement"] = done["comparison"]["toxicity"]["percentage_improvement"]  # the notebook's, by compare
     result["output"] = str(out_dir)
     if run_dir and adapter_dir and out_dir.resolve() == (run_dir / "eval").resolve():
-        _refresh_model_card(run_dir)  # final/README.md now shows this evaluation
+        from detoxrl.modelcard import refresh_model_card
+
+        refresh_model_card(run_dir)  # final/README.md now shows this evaluation
     if args.json:
         _print_json(result)
     else:
@@ -506,8 +508,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """Offline default end to end on challenging prompts: toxicity before, PPO, toxicity after, report."""
     _one_process("demo")
-    from detoxrl.compare import comparison_table, format_headline, load_eval_records, pair_records
-    from detoxrl.evaluate import build_judges, check_judges, evaluate_run
+    from detoxrl.demo import closing_lines, demo_plan, run_demo
+    from detoxrl.evaluate import check_judges
     from detoxrl.runfolder import check_trackers, prepare_output_dir
     from detoxrl.trainer import Trainer
 
@@ -520,98 +522,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     prepare_output_dir(cfg, resume=False, clear=False)  # the Trainer checks again; this one is before a scorer loads
     checked = _preflight(cfg)
     check_judges(checked.cfg)
-    _print_demo_plan(checked.cfg)
+    print(demo_plan(checked.cfg), flush=True)
     trainer = Trainer(cfg, checked=checked)
-    cfg = trainer.cfg  # with what the checks resolved (reward labels, rollout shards)
-    judges = build_judges(cfg)
-    phase = iter(range(1, 10))
-
-    def say(text: str) -> None:
-        print(f"[{next(phase)}] {text}", flush=True)
-
-    def train() -> None:
-        k = cfg.ppo.samples_per_prompt
-        per_step = (f"{cfg.ppo.batch_size} challenging prompts" if k == 1 else
-                    f"{cfg.ppo.batch_size} summaries ({cfg.ppo.batch_size // k} challenging prompts x {k} samples)")
-        say(f"PPO: {cfg.ppo.steps} steps of {per_step}")
-        trainer.train()
-
     try:
-        # The evaluation folder is looked up when each part starts: an --overwrite run moves into place as it trains.
-        done = evaluate_run(trainer.policy, trainer.prompts.test, trainer.scorer, judges,
-                            lambda: trainer.run_dir / "eval", cfg=cfg, train=train,
-                            on_phase=lambda text: say("toxicity of the " + text))
-    except DetoxError as e:  # train() names the earlier run itself; the evaluation before it does not
-        if trainer.staging_dir is None or "--overwrite: the earlier run" in str(e):
-            raise
-        raise type(e)(f"{e}; {trainer.earlier_run_kept()}") from e
+        result = run_demo(trainer, say=lambda text: print(text, flush=True))
     except KeyboardInterrupt:
         if trainer.staging_dir is not None:
             args.interrupted = ("interrupted before the first checkpoint of the demo's run: "
                                 f"{trainer.earlier_run_kept()}")
         raise
-    eval_dir = trainer.run_dir / "eval"
-    _refresh_model_card(trainer.run_dir)
-    say("report")
-    from detoxrl.report import write_report
-
-    paths = write_report(trainer.run_dir)
-    print()
-    for text in format_headline(done["comparison"]):
-        print(text)
-    sampled_table = eval_dir / "comparison-sampled.csv"  # written only when a sampled pass ran
-    before, after = load_eval_records(eval_dir / "before.jsonl"), load_eval_records(eval_dir / "after.jsonl")
-    _print_side_by_side(comparison_table(pair_records(before, after)))
-    html = paths.get("html") if isinstance(paths, dict) else paths
-    print(f"\nreport: {html}\ntables: {eval_dir / 'comparison.csv'}"
-          + (f", {sampled_table}" if sampled_table.exists() else "")
-          + f"\ndemo wall time: {time.perf_counter() - t_start:.0f} s")
+    print("\n".join(closing_lines(result)))
+    print(f"demo wall time: {time.perf_counter() - t_start:.0f} s")
     return 0
-
-
-def _print_demo_plan(cfg) -> None:
-    """The demo's first line: what it trains, against what, judged by what, on which data, into which folder."""
-    sel = cfg.data.min_dialogue_toxicity
-    shaping = f" + {cfg.reward.faithfulness_weight:g} x faithfulness" if cfg.reward.faithfulness_weight else ""
-    print(f"detoxrl demo: preset '{cfg.preset}', policy {cfg.policy.model}, reward {cfg.reward.model} "
-          f"({cfg.reward.transform} of '{cfg.reward.label}'{shaping}), judges "
-          f"{', '.join(cfg.evaluation.judge_model or ['none'])}, data {cfg.data.source}"
-          + (f" (challenging: dialogue toxicity >= {sel:g})" if sel is not None else "")
-          + f"; run folder {cfg.run.output_dir}", flush=True)
-
-
-def _print_side_by_side(rows: list[dict], n: int = 3) -> None:
-    """The greedy summaries that the reward model saw improve most and worsen most, with both judges' view."""
-    def tox(r, side):
-        j = r.get(f"judge_toxicity_{side}")
-        return f"toxicity {r[f'toxicity_{side}']:.3f}" + (f", judge {j:.3f}" if j is not None else "")
-
-    for title, chosen in (("most improved (largest reward gain)", rows[:n]),
-                          ("most worsened (largest reward loss)", rows[::-1][:n])):
-        print(f"\n{title}:")
-        for r in chosen:
-            print("-" * 100)
-            print("dialogue: " + _clip(r["query"], 300))
-            print(f"before ({tox(r, 'before')}): {_clip(r['response_before'], 300)}")
-            print(f"after  ({tox(r, 'after')}): {_clip(r['response_after'], 300)}")
-    print("-" * 100)
-
-
-def _clip(text: str, n: int) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= n else text[: n - 3] + "..."
-
-
-def _refresh_model_card(run_dir: Path) -> None:
-    """RUN/final/README.md again, now with the run's evaluation (detoxrl.modelcard)."""
-    from detoxrl.modelcard import write_model_card
-
-    if (run_dir / "final" / "adapter_config.json").is_file():
-        try:
-            write_model_card(run_dir / "final", run_dir=run_dir)
-        except (OSError, ValueError) as e:  # the evaluation itself is written and complete
-            print(f"note: could not update {run_dir / 'final' / 'README.md'} ({type(e).__name__}: "
-                  f"{e})", file=sys.stderr)
 
 
 def cmd_export(args: argparse.Namespace) -> int:

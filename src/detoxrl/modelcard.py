@@ -21,6 +21,7 @@ import yaml
 
 from detoxrl import runfiles
 from detoxrl.config import PACKAGED_SMOLLM2
+from detoxrl.errors import note
 
 #: What a packaged base model is, for the card (the adapter config holds its converted local folder).
 PACKAGED_BASES = {
@@ -324,3 +325,13 @@ def write_model_card(folder: str | Path, adapter_dir: str | Path | None = None, 
     path = Path(folder) / "README.md"
     path.write_text(model_card(adapter_dir if adapter_dir is not None else folder, **kwargs), encoding="utf-8")
     return path
+
+
+def refresh_model_card(run_dir: Path) -> None:
+    """RUN/final/README.md again, now with the run's evaluation; a card that cannot be written is a note
+    (the evaluation itself is written and complete)."""
+    if (run_dir / "final" / "adapter_config.json").is_file():
+        try:
+            write_model_card(run_dir / "final", run_dir=run_dir)
+        except (OSError, ValueError) as e:
+            note(f"could not update {run_dir / 'final' / 'README.md'} ({type(e).__name__}: {e})")
