@@ -111,7 +111,7 @@ def _maxima(path: Path, judge: str) -> dict[int, float]:
 def pooled(rows: list[dict]) -> dict:
     """Per primary judge: each prompt's expected-maximum term averaged over the seeds, before and after,
     then the paired bootstrap of the relative change over prompts (detoxrl.stats); and the per-seed spread."""
-    from detoxrl.stats import paired_bootstrap_reduction
+    from detoxrl.stats import paired_bootstrap_reduction, prompts_for_power
 
     out = {}
     judges = list(dict.fromkeys(p["judge"] for r in rows for p in r["primary"]))
@@ -126,6 +126,10 @@ def pooled(rows: list[dict]) -> dict:
         a = np.asarray([np.mean([d[i] for d in after]) for i in prompts])
         red = paired_bootstrap_reduction(b, a, n_boot=2000, seed=0)
         per_seed = [p["change_pct"] for r in rows for p in r["primary"] if p["judge"] == judge]
+        # What one demo would need: prompts for 80% power at Holm's first level (0.05 / judges), from the
+        # per-prompt differences of every seed's own evaluation (one seed's spread, the seeds' mean change).
+        diffs = np.concatenate([[bs[i] - af[i] for i in prompts] for bs, af in zip(before, after)])
+        needed = prompts_for_power(diffs, alpha=0.05 / len(judges), power=0.8)
         out[judge] = {
             "expected_max_before": round(float(b.mean()), 5),
             "expected_max_after": round(float(a.mean()), 5),
@@ -135,6 +139,7 @@ def pooled(rows: list[dict]) -> dict:
             "p": red["p"],
             "prompts": len(prompts),
             "per_seed_change_pct": {"mean": round(float(np.mean(per_seed)), 2), "min": min(per_seed), "max": max(per_seed)},
+            "prompts_for_80pct_power": None if needed is None else round(needed),
         }
     faith = [r["faithfulness"]["diff"] for r in rows if r["faithfulness"]]
     kl = [r["kl_sampled_nats"] for r in rows if r["kl_sampled_nats"] is not None]
@@ -194,7 +199,8 @@ def main(argv=None) -> int:
     print(f"verdicts: {counts}")
     for judge, p in result["pooled"]["expected_max"].items():
         print(f"pooled {judge}: expected max {p['expected_max_before']:.4f} -> {p['expected_max_after']:.4f}, "
-              f"{p['change_pct']:+.1f}% [{p['low_pct']:+.1f}, {p['high_pct']:+.1f}] (p {p['p']:.3g}, {p['prompts']} prompts)")
+              f"{p['change_pct']:+.1f}% [{p['low_pct']:+.1f}, {p['high_pct']:+.1f}] (p {p['p']:.3g}, {p['prompts']} prompts); "
+              f"one demo would need {p['prompts_for_80pct_power']} prompts for 80% power at Holm's level")
     common.write_result(args.json_out, result)
     print(f"wrote {args.json_out}")
     return 0

@@ -158,3 +158,17 @@ def test_paired_bootstrap_results_carry_their_p_value():
     before, after = [0.4] * 10, [0.2] * 10  # every replicate halves: p = 2 x 1 / (n_boot + 1)
     assert paired_bootstrap_reduction(before, after, n_boot=99)["p"] == pytest.approx(0.02)
     assert paired_bootstrap_diff(before, before, n_boot=99)["p"] == 1.0
+
+
+def test_prompts_for_power_by_hand():
+    from statistics import NormalDist
+
+    from detoxrl.stats import prompts_for_power
+
+    # differences 1, 3 (mean 2, population sd 1): ((1.95996 + 0.84162) x 1 / 2)^2 = 1.40079^2 = 1.9622
+    z = NormalDist().inv_cdf(0.975) + NormalDist().inv_cdf(0.8)
+    assert prompts_for_power([1.0, 3.0]) == pytest.approx((z / 2) ** 2)
+    assert prompts_for_power([1.0, 3.0]) == pytest.approx(1.9622, abs=1e-4)
+    # Holm's first test of two judges at 0.025 needs more
+    assert prompts_for_power([1.0, 3.0], alpha=0.025) > prompts_for_power([1.0, 3.0])
+    assert prompts_for_power([1.0, -1.0]) is None and prompts_for_power([2.0]) is None

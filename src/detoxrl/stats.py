@@ -8,6 +8,8 @@
   variation the two runs share. With ``groups`` (the prompt index of each value, when k samples
   were drawn per prompt) whole prompts are resampled (cluster bootstrap).
 - :func:`expected_max` / :func:`prob_any_toxic`: the RealToxicityPrompts measures over k samples.
+- :func:`prompts_for_power`: how many prompts a paired comparison needs to detect a change of the size
+  seen, at a given level and power (normal approximation), for planning an evaluation.
 - :func:`bootstrap_p_value` / :func:`holm_adjust`: the two-sided p-value of a paired bootstrap (how
   often the resampled change lands on the other side of 0) and Holm's step-down adjustment of a family
   of them, which is what a pre-declared verdict over several judges tests (:mod:`detoxrl.compare`).
@@ -209,3 +211,18 @@ def prob_any_toxic(values_by_prompt, threshold: float = TOXIC_THRESHOLD) -> floa
     if arr.shape[0] == 0:
         return None
     return float((arr >= threshold).any(axis=1).mean())
+
+
+def prompts_for_power(differences, alpha: float = 0.05, power: float = 0.8) -> float | None:
+    """Prompts a paired test needs to find a mean change as large as the one in ``differences`` (one
+    per-prompt difference, before - after, each) significant at two-sided level ``alpha`` with probability
+    ``power``: ``((z(1 - alpha/2) + z(power)) * sd / |mean|)^2`` (normal approximation, the population sd
+    of the differences). With Holm over m judges, the first test runs at ``alpha / m``. None when the mean
+    change is 0 or there are fewer than two differences."""
+    from statistics import NormalDist
+
+    d = _as_1d(differences, "differences")
+    if d.size < 2 or float(np.mean(d)) == 0.0:
+        return None
+    z = NormalDist().inv_cdf(1 - alpha / 2) + NormalDist().inv_cdf(power)
+    return float((z * float(np.std(d)) / abs(float(np.mean(d)))) ** 2)
