@@ -602,8 +602,20 @@ def apply_remote_code_consent(cfg: DetoxConfig, allowed: Collection[str]) -> Det
 
 
 def validate(cfg: DetoxConfig) -> None:
-    """Cross-field checks that a type alone cannot express."""
-    d, pol, r, g, p, e = cfg.data, cfg.policy, cfg.reward, cfg.generation, cfg.ppo, cfg.evaluation
+    """Cross-field checks that a type alone cannot express, section by section; the first problem is
+    raised as a one-line :class:`ConfigError` that names the setting and a value that works."""
+    _validate_data(cfg.data)
+    _validate_policy(cfg.policy)
+    _validate_reward(cfg.reward)
+    _validate_generation(cfg.generation)
+    _validate_ppo(cfg.ppo, cfg.generation)
+    _validate_run(cfg.run, evaluation_seed=cfg.evaluation.seed)
+    _validate_evaluation(cfg.evaluation)
+    _validate_sft(cfg.sft)
+    _check_finite(cfg)
+
+
+def _validate_data(d: DataConfig) -> None:
     if "{dialogue}" not in d.template:
         raise ConfigError("data.template must contain '{dialogue}' where the conversation goes")
     try:
@@ -631,6 +643,9 @@ def validate(cfg: DetoxConfig) -> None:
         raise ConfigError(f"unknown data.encoding '{d.encoding}'; use a Python codec name such as utf-8, latin-1 or cp1252") from None
     if not d.selection_scorer.strip():
         raise ConfigError("data.selection_scorer is empty; use reward, judge, max or a scorer such as packaged:hatesonar")
+
+
+def _validate_policy(pol: PolicyConfig) -> None:
     if pol.architecture not in ("auto", "seq2seq", "causal"):
         raise ConfigError(f"policy.architecture must be auto, seq2seq or causal, got '{pol.architecture}'")
     if pol.dtype not in ("auto", "float32", "bfloat16"):
@@ -639,6 +654,9 @@ def validate(cfg: DetoxConfig) -> None:
         raise ConfigError(f"policy.lora_r and policy.lora_alpha must be positive, got {pol.lora_r} and {pol.lora_alpha}")
     if not 0.0 <= pol.lora_dropout < 1.0:
         raise ConfigError(f"policy.lora_dropout must lie in [0, 1), got {pol.lora_dropout}")
+
+
+def _validate_reward(r: RewardConfig) -> None:
     if r.batch_size <= 0 or r.max_length <= 0:
         raise ConfigError(f"reward.batch_size and reward.max_length must be positive, got {r.batch_size} and {r.max_length}")
     if r.transform not in REWARD_TRANSFORMS:
@@ -657,12 +675,18 @@ def validate(cfg: DetoxConfig) -> None:
         )
     if r.input not in ("response", "query+response"):
         raise ConfigError(f"reward.input must be 'response' or 'query+response', got '{r.input}'")
+
+
+def _validate_generation(g: GenerationConfig) -> None:
     if g.max_new_tokens <= 0 or g.min_new_tokens < 0 or g.min_new_tokens > g.max_new_tokens:
         raise ConfigError("generation needs 0 <= min_new_tokens <= max_new_tokens and max_new_tokens > 0")
     if g.temperature <= 0:
         raise ConfigError(f"generation.temperature must be positive, got {g.temperature}")
     if g.top_k < 0 or not 0.0 < g.top_p <= 1.0:
         raise ConfigError(f"generation needs top_k >= 0 (0: off) and 0 < top_p <= 1, got top_k={g.top_k}, top_p={g.top_p}")
+
+
+def _validate_ppo(p: PPOConfig, g: GenerationConfig) -> None:
     for name in ("steps", "batch_size", "mini_batch_size", "ppo_epochs"):
         if getattr(p, name) <= 0:
             raise ConfigError(f"ppo.{name} must be positive, got {getattr(p, name)}")
@@ -711,7 +735,9 @@ def validate(cfg: DetoxConfig) -> None:
     for name in ("max_grad_norm", "score_clip"):
         if getattr(p, name) is not None and getattr(p, name) <= 0:
             raise ConfigError(f"ppo.{name} must be positive or none (off), got {getattr(p, name)}")
-    run = cfg.run
+
+
+def _validate_run(run: RunConfig, *, evaluation_seed: int) -> None:
     for tracker in run.log_with:
         if tracker not in ("tensorboard", "wandb"):
             raise ConfigError(f"run.log_with accepts tensorboard and wandb, got '{tracker}'; e.g. --set run.log_with=tensorboard")
@@ -721,9 +747,12 @@ def validate(cfg: DetoxConfig) -> None:
         raise ConfigError(f"run.keep_checkpoints must be >= 0 (0 keeps all), got {run.keep_checkpoints}")
     if run.num_threads is not None and run.num_threads <= 0:
         raise ConfigError(f"run.num_threads must be positive or none (all cores), got {run.num_threads}")
-    for where, seed in (("run.seed", run.seed), ("evaluation.seed", e.seed)):
+    for where, seed in (("run.seed", run.seed), ("evaluation.seed", evaluation_seed)):
         if not 0 <= seed < 2**63:  # torch.manual_seed overflows beyond 64 bits; step seeds add offsets to it
             raise ConfigError(f"{where} must be an integer in [0, 2**63), got {seed}; e.g. --set {where}=1234")
+
+
+def _validate_evaluation(e: EvalConfig) -> None:
     if e.samples_per_prompt < 0:
         raise ConfigError(f"evaluation.samples_per_prompt must be >= 1 (0: no sampled evaluation), got {e.samples_per_prompt}")
     for spec in e.judge_model or []:
@@ -754,8 +783,6 @@ def validate(cfg: DetoxConfig) -> None:
             f"evaluation.split must be 'test' (the held-out part of data.split) or 'train', got '{e.split}'; "
             "to read another file of the data set, set data.split"
         )
-    _validate_sft(cfg.sft)
-    _check_finite(cfg)
 
 
 def check_eval_pass(e: EvalConfig, samples_per_prompt: int) -> None:
