@@ -214,47 +214,11 @@ def evaluate_policy(
             pass_batch_size=16,  # the KL passes in chunks: a [rows, T, vocab] logits tensor each
             samples_per_prompt=k,
         )
-        texts = texts_for_scoring(rollout.queries, rollout.responses, reward_input)
-        scored = scorer.score(texts)
-        judged = {spec: j.score(rollout.responses).toxicity.tolist() for spec, j in judges.items()}
-        rouge = _rouge(rollout.responses, exs) if rouge_on else [None] * len(chunk)
-        faithful = faith.score(rollout.responses, [e.dialogue for e in exs]) if faith else [None] * len(chunk)
-        if reward_cfg is not None:
-            rewards = shape_rewards(scored, reward_cfg, reward_label=scorer.reward_label, ended=rollout.ended,
-                                    faithfulness=faithful if reward_cfg.faithfulness_weight else None).tolist()
-        else:
-            rewards = scored.reward.tolist()
-        kl = _kl_to_reference(policy, rollout, adapter, temperature)
-        lengths = rollout.response_mask.sum(1).tolist()
-        records = []
-        for j, (i, s) in enumerate(chunk):
-            if (i, s) in done:
-                continue
-            e = exs[j]
-            rec = {
-                "index": i,
-                "id": e.id,
-                "sample": s,
-                "prompt": e.prompt,
-                "dialogue": e.dialogue,
-                "reference": e.reference,
-                "response": rollout.responses[j],
-                "length_tokens": int(lengths[j]),
-                "decoding": "sampled" if settings.do_sample else "greedy",
-                "reward": float(rewards[j]),
-                "score_logit": float(scored.reward[j]),
-                "toxicity": float(scored.toxicity[j]),
-                "judge_toxicity": float(next(iter(judged.values()))[j]) if judged else None,
-                "judges": {spec: float(values[j]) for spec, values in judged.items()},
-                "rouge1": rouge[j]["rouge1"] if rouge[j] else None,
-                "rouge2": rouge[j]["rouge2"] if rouge[j] else None,
-                "rougeL": rouge[j]["rougeL"] if rouge[j] else None,
-                "faithfulness": None if (faithful[j] is None or not faithfulness) else float(faithful[j]),
-                "kl_k1": float(kl[0][j]),
-                "kl_k3": float(kl[1][j]),
-                "signature": signature,
-            }
-            records.append(rec)
+        columns = _score_batch(policy, rollout, exs, scorer, judges, adapter, temperature, reward_cfg=reward_cfg,
+                               reward_input=reward_input, rouge_on=rouge_on, faith=faith, faithfulness=faithfulness)
+        decoded = "sampled" if settings.do_sample else "greedy"
+        records = [_record(i, s, exs[j], rollout.responses[j], decoded, {key: col[j] for key, col in columns.items()}, signature)
+                   for j, (i, s) in enumerate(chunk) if (i, s) not in done]
         runfiles.append_jsonl(out_path, records)
         bar.update(sum(k not in done for k in chunk))
     bar.close()
@@ -270,6 +234,64 @@ def evaluate_policy(
     )
     out_path.with_suffix(".json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _score_batch(policy: Policy, rollout, exs: list[PromptExample], scorer: Scorer, judges: Judges, adapter: str,
+                 temperature: float, *, reward_cfg: RewardConfig | None, reward_input: str, rouge_on: bool, faith,
+                 faithfulness: bool) -> dict[str, list]:
+    """Every measure of one decoded batch, as columns (one value per row): the reward model's toxicity,
+    raw logit and shaped reward, every judge, ROUGE, faithfulness, length and the KL to the reference."""
+    texts = texts_for_scoring(rollout.queries, rollout.responses, reward_input)
+    scored = scorer.score(texts)
+    judged = {spec: j.score(rollout.responses).toxicity.tolist() for spec, j in judges.items()}
+    n = len(rollout.responses)
+    rouge = _rouge(rollout.responses, exs) if rouge_on else [None] * n
+    faithful = faith.score(rollout.responses, [e.dialogue for e in exs]) if faith else [None] * n
+    if reward_cfg is not None:
+        rewards = shape_rewards(scored, reward_cfg, reward_label=scorer.reward_label, ended=rollout.ended,
+                                faithfulness=faithful if reward_cfg.faithfulness_weight else None).tolist()
+    else:
+        rewards = scored.reward.tolist()
+    kl = _kl_to_reference(policy, rollout, adapter, temperature)
+    return {
+        "length_tokens": [int(x) for x in rollout.response_mask.sum(1).tolist()],
+        "reward": [float(x) for x in rewards],
+        "score_logit": [float(x) for x in scored.reward],
+        "toxicity": [float(x) for x in scored.toxicity],
+        "judges": [{spec: float(values[j]) for spec, values in judged.items()} for j in range(n)],
+        "rouge": rouge,
+        "faithfulness": [None if (f is None or not faithfulness) else float(f) for f in faithful],
+        "kl_k1": [float(x) for x in kl[0]],
+        "kl_k3": [float(x) for x in kl[1]],
+    }
+
+
+def _record(index: int, sample: int, e: PromptExample, response: str, decoding: str, row: dict, signature: str) -> dict:
+    """One line of an evaluation file (:data:`detoxrl.runfiles.EVAL_REQUIRED_KEYS` and the rest)."""
+    rouge, judges = row["rouge"], row["judges"]
+    return {
+        "index": index,
+        "id": e.id,
+        "sample": sample,
+        "prompt": e.prompt,
+        "dialogue": e.dialogue,
+        "reference": e.reference,
+        "response": response,
+        "length_tokens": row["length_tokens"],
+        "decoding": decoding,
+        "reward": row["reward"],
+        "score_logit": row["score_logit"],
+        "toxicity": row["toxicity"],
+        "judge_toxicity": next(iter(judges.values())) if judges else None,
+        "judges": judges,
+        "rouge1": rouge["rouge1"] if rouge else None,
+        "rouge2": rouge["rouge2"] if rouge else None,
+        "rougeL": rouge["rougeL"] if rouge else None,
+        "faithfulness": row["faithfulness"],
+        "kl_k1": row["kl_k1"],
+        "kl_k3": row["kl_k3"],
+        "signature": signature,
+    }
 
 
 def _rouge(responses: list[str], examples: list[PromptExample]) -> list[dict | None]:
