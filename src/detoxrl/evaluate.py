@@ -198,22 +198,7 @@ def evaluate_policy(
         torch.manual_seed(settings.seed + 7_919 * chunk[0][1] + chunk[0][0])
         exs = [examples[i] for i, _ in chunk]
         prompts_here = exs[::k]  # chunk is prompt-major: every k-th row starts a prompt
-        # The adapter's log-probs for the KL, from the decoding pass where that is exact (float32), else
-        # from a teacher-forced pass that reuses the decoding's prompt pass.
-        capture = adapter != REFERENCE_ADAPTER and capture_logprobs("auto", policy.compute_dtype)
-        rollout = generate(
-            policy,
-            [e.input_ids for e in prompts_here],
-            [e.prompt for e in prompts_here],
-            decoding,
-            batch_size=len(chunk),
-            adapter=adapter,
-            capture=capture,
-            teacher_forced=adapter != REFERENCE_ADAPTER and not capture,
-            reference=REFERENCE_ADAPTER if adapter != REFERENCE_ADAPTER and not capture else None,
-            pass_batch_size=16,  # the KL passes in chunks: a [rows, T, vocab] logits tensor each
-            samples_per_prompt=k,
-        )
+        rollout = _decode_batch(policy, prompts_here, decoding, adapter, k)
         columns = _score_batch(policy, rollout, exs, scorer, judges, adapter, temperature, reward_cfg=reward_cfg,
                                reward_input=reward_input, rouge_on=rouge_on, faith=faith, faithfulness=faithfulness)
         decoded = "sampled" if settings.do_sample else "greedy"
@@ -234,6 +219,26 @@ def evaluate_policy(
     )
     out_path.with_suffix(".json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _decode_batch(policy: Policy, prompts: list[PromptExample], decoding: GenerationConfig, adapter: str, k: int):
+    """k summaries of each prompt by ``adapter``, in one batch. The adapter's log-probs for the KL come
+    from the decoding pass where that is exact (float32), else from a teacher-forced pass that reuses the
+    decoding's prompt pass (and the reference's by the same computation)."""
+    capture = adapter != REFERENCE_ADAPTER and capture_logprobs("auto", policy.compute_dtype)
+    return generate(
+        policy,
+        [e.input_ids for e in prompts],
+        [e.prompt for e in prompts],
+        decoding,
+        batch_size=len(prompts) * k,
+        adapter=adapter,
+        capture=capture,
+        teacher_forced=adapter != REFERENCE_ADAPTER and not capture,
+        reference=REFERENCE_ADAPTER if adapter != REFERENCE_ADAPTER and not capture else None,
+        pass_batch_size=16,  # the KL passes in chunks: a [rows, T, vocab] logits tensor each
+        samples_per_prompt=k,
+    )
 
 
 def _score_batch(policy: Policy, rollout, exs: list[PromptExample], scorer: Scorer, judges: Judges, adapter: str,
