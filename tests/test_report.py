@@ -460,3 +460,29 @@ def test_evaluations_that_do_not_pair_show_no_examples_and_say_why(tmp_path):
     assert "evaluated on different prompts" in page
     assert '<tr class="example">' not in page
     assert "fraction ≥ 0.5" in page  # each side is still summarised
+
+
+def test_evaluated_checkpoints_draw_the_toxicity_frontier(tmp_path):
+    """eval-checkpoints/step-N/compare.json (evaluate --checkpoint) and eval/compare.json (the final adapter,
+    at the last logged step) are the points of the frontier plot, in step order; the page shows it."""
+    from detoxrl.report import frontier_points, load_run
+    from detoxrl.report_plots import FRONTIER_PLOT
+
+    run = tmp_path / "run"
+    shutil.copytree(Path(__file__).parent / "data" / "report_golden" / "run", run)
+    final = json.loads((run / "eval" / "compare.json").read_text())
+    (run / "eval-checkpoints" / "step-000004").mkdir(parents=True)
+    (run / "eval-checkpoints" / "step-000004" / "compare.json").write_text(json.dumps(final))
+    points = frontier_points(load_run(run))
+    assert [p["step"] for p in points] == [4, 8]  # 8: the golden run's last logged step
+    measures = {m["judge"]: m for m in final["detoxification"]["primary"]["measures"]}
+    svm = points[1]["primary"]["packaged:profanity-check"]
+    assert svm["change_pct"] == pytest.approx(-100 * measures["packaged:profanity-check"]["reduction"])
+    assert points[1]["kl_sampled_nats"] == final["detoxification"]["kl_to_reference"]["mean"]
+    paths = write_report(run)
+    assert paths[FRONTIER_PLOT].is_file() and mpimg.imread(paths[FRONTIER_PLOT]).shape[1] > 1000
+    assert "Toxicity against KL and quality over training" in paths["html"].read_text(encoding="utf-8")
+    assert f"]({FRONTIER_PLOT}.png)" in paths["markdown"].read_text(encoding="utf-8")
+    # without checkpoint evaluations there is one point: no frontier plot (and a stale one goes)
+    shutil.rmtree(run / "eval-checkpoints")
+    assert FRONTIER_PLOT not in write_report(run) and not (run / "report" / f"{FRONTIER_PLOT}.png").exists()

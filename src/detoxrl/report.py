@@ -78,6 +78,7 @@ class RunData:
     compare: runfiles.Headline | None = None
     compare_written: bool = False  # whether ``compare`` is eval/compare.json
     comparison: list[runfiles.ComparisonRow] | None = None
+    checkpoint_compares: dict[int, runfiles.Headline] = field(default_factory=dict)  # eval-checkpoints/step-N
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -131,6 +132,7 @@ def load_run(run_dir: str | Path) -> RunData:
     if paths.compare.is_file():
         data.compare = _read_json(runfiles.load_compare, paths.compare, data.notes)
         data.compare_written = data.compare is not None
+    data.checkpoint_compares = runfiles.load_checkpoint_compares(run_dir)
     if paths.comparison.is_file():
         data.comparison = _read_json(runfiles.load_comparison_table, paths.comparison, data.notes)
     if data.compare is None and data.evaluated:
@@ -626,7 +628,38 @@ def _write_plots(data: RunData, out_dir: Path) -> tuple[dict[str, Path], list[st
         judge_before, judge_after = _values(data.before, "judge_toxicity"), _values(data.after, "judge_toxicity")
         if judge_before or judge_after:
             panels.append((f"judge: {judge_model}", judge_before, judge_after))
-    return write_plots(data.metrics, panels, float(target_kl) if is_num(target_kl) else None, out_dir)
+    return write_plots(data.metrics, panels, float(target_kl) if is_num(target_kl) else None, out_dir,
+                       frontier=frontier_points(data))
+
+
+def frontier_point(step: int, head: runfiles.Headline) -> dict[str, Any] | None:
+    """One point of the toxicity-quality frontier: a comparison's verdict, each primary judge's change
+    (% with its interval), the greedy quality changes and the KL on the adapter's samples. None for a
+    compare.json without the pre-declared verdict (from an older detoxrl)."""
+    detox = head.get("detoxification") or {}
+    if "primary" not in detox:
+        return None
+    gate = detox.get("quality_gate") or {}
+    return {
+        "step": step,
+        "verdict": detox.get("status"),
+        "primary": {m["judge"]: {"change_pct": -100 * m["reduction"], "low_pct": -100 * m["high"],
+                                 "high_pct": -100 * m["low"], "p_adjusted": m["p_adjusted"]}
+                    for m in detox["primary"]["measures"] if m.get("evaluated")},
+        "faithfulness_diff": (gate.get("faithfulness") or {}).get("diff"),
+        "rouge_l_diff_points": (gate.get("rouge_l") or {}).get("diff"),
+        "kl_sampled_nats": (detox.get("kl_to_reference") or {}).get("mean"),
+    }
+
+
+def frontier_points(data: RunData) -> list[dict[str, Any]]:
+    """The run's evaluated checkpoints (``eval-checkpoints/``) and its final adapter (``eval/``, at the last
+    logged step), in step order: the points of the toxicity-quality frontier plot."""
+    heads = dict(data.checkpoint_compares)
+    if data.compare_written and data.compare is not None and data.metrics.rows:
+        heads.setdefault(int(data.metrics.steps()[-1]), data.compare)
+    points = [frontier_point(step, head) for step, head in sorted(heads.items())]
+    return [p for p in points if p is not None]
 
 
 # --------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from detoxrl.report_plots import PLOT_TITLES, TOXICITY_PLOT, TRAINING_PLOTS
+from detoxrl.report_plots import FRONTIER_PLOT, PLOT_TITLES, TOXICITY_PLOT, TRAINING_PLOTS
 
 QUALITY_HEADER = ["measure", "before", "after", "diff (after − before)", "CI of the diff"]
 QUERY_PREVIEW_CHARS = 220
@@ -367,11 +367,10 @@ def render_html(c: Content) -> str:
             p.append(f'<p class="muted">{_e(c.tox_note)}</p>')
         if c.reward_row:
             p.append(_html_table(QUALITY_HEADER, [c.reward_row]))
-        if TOXICITY_PLOT in c.plots:
-            p.append(
-                f'<figure>{_img_tag(c.plots[TOXICITY_PLOT], PLOT_TITLES[TOXICITY_PLOT])}'
-                f"<figcaption>{_e(PLOT_TITLES[TOXICITY_PLOT])}</figcaption></figure>"
-            )
+        for name in (TOXICITY_PLOT, FRONTIER_PLOT):
+            if name in c.plots:
+                p.append(f'<figure>{_img_tag(c.plots[name], PLOT_TITLES[name])}'
+                         f"<figcaption>{_e(PLOT_TITLES[name])}</figcaption></figure>")
     else:
         p.append(f'<p class="note">{NOT_EVALUATED}</p>')
     p.append("</section>")
@@ -491,8 +490,9 @@ def _md_toxicity(c: Content) -> list[str]:
             out += ["", f"_{_md(c.tox_note)}_"]
         if c.reward_row:
             out += ["", _md_table(QUALITY_HEADER, [c.reward_row])]
-        if TOXICITY_PLOT in c.plots:
-            out += ["", f"![{PLOT_TITLES[TOXICITY_PLOT]}]({c.plots[TOXICITY_PLOT].name})"]
+        for name in (TOXICITY_PLOT, FRONTIER_PLOT):
+            if name in c.plots:
+                out += ["", f"![{PLOT_TITLES[name]}]({c.plots[name].name})"]
     else:
         out.append(NOT_EVALUATED)
     return out

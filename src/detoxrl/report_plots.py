@@ -23,6 +23,8 @@ TRAINING_PLOTS = (  # the order of the page: two per row, the three-panel losses
 )
 TOXICITY_PLOT = "toxicity_distribution"
 ALL_PLOTS = TRAINING_PLOTS + (TOXICITY_PLOT,)
+#: Drawn only for a run whose checkpoints were evaluated (``detoxrl evaluate --run RUN --checkpoint N``).
+FRONTIER_PLOT = "toxicity_frontier"
 
 PLOT_TITLES = {
     "training_reward": "Reward per PPO step (batch mean ± std)",
@@ -31,6 +33,7 @@ PLOT_TITLES = {
     "training_losses": "Losses and clip fractions",
     "training_time": "Time per PPO step",
     TOXICITY_PLOT: "Toxicity before vs after (ECDF)",
+    FRONTIER_PLOT: "Toxicity against KL and quality over training (each checkpoint vs the starting policy)",
 }
 
 DPI = 100
@@ -241,12 +244,14 @@ def _plot_toxicity(panels: list[tuple[str, np.ndarray, np.ndarray]], path: Path)
 
 
 def write_plots(
-    metrics: MetricsLog | None, toxicity: list[ToxicityPanel], target_kl: float | None, out_dir: Path
+    metrics: MetricsLog | None, toxicity: list[ToxicityPanel], target_kl: float | None, out_dir: Path,
+    frontier: list[dict] | None = None,
 ) -> tuple[dict[str, Path], list[str]]:
     """The PNG plots into ``out_dir``: ``({name: path}, titles of the training plots with nothing to plot)``.
 
     ``metrics``: the training log (None: no training plots); ``toxicity``: the panels of the toxicity plot
-    (none: no toxicity plot); ``target_kl``: drawn on the KL plot (None: not drawn). A plot of an earlier
+    (none: no toxicity plot); ``target_kl``: drawn on the KL plot (None: not drawn); ``frontier``: the
+    points of :func:`plot_frontier` (fewer than two: no plot). A plot of an earlier
     report that is not written again is removed: it must not pass for a current one."""
     plots: dict[str, Path] = {}
     missing: list[str] = []
@@ -269,7 +274,43 @@ def write_plots(
         path = out_dir / f"{TOXICITY_PLOT}.png"
         if _plot_toxicity(panels, path):
             plots[TOXICITY_PLOT] = path
-    for name in ALL_PLOTS:
+    if frontier and len(frontier) >= 2:
+        path = out_dir / f"{FRONTIER_PLOT}.png"
+        plot_frontier(frontier, path)
+        plots[FRONTIER_PLOT] = path
+    for name in (*ALL_PLOTS, FRONTIER_PLOT):
         if name not in plots:
             (out_dir / f"{name}.png").unlink(missing_ok=True)
     return plots, missing
+
+
+def plot_frontier(points: list[dict], path: Path, title: str | None = None) -> None:
+    """Each evaluated checkpoint's primary measure (change of each primary judge's measure, with its 95%
+    interval) against the KL to the reference (left) and against the greedy summaries' quality change
+    (right: ROUGE-L where the data has references, else faithfulness), each point labelled by its step.
+    ``points``: ``{"step", "primary": {judge: {"change_pct", "low_pct", "high_pct"}}, "kl_sampled_nats",
+    "rouge_l_diff_points", "faithfulness_diff"}`` (:func:`detoxrl.report.frontier_points`)."""
+    judges = list(dict.fromkeys(j for p in points for j in p["primary"]))
+    by_rouge = any(p.get("rouge_l_diff_points") is not None for p in points)
+    quality_key = "rouge_l_diff_points" if by_rouge else "faithfulness_diff"
+    quality_name = "ROUGE-L change (points, greedy)" if by_rouge else "faithfulness change (greedy)"
+    fig, axes = _new_fig(2, width=11.0)
+    for judge in judges:
+        pts = [p for p in points if judge in p["primary"] and p.get("kl_sampled_nats") is not None]
+        y = [p["primary"][judge]["change_pct"] for p in pts]
+        err = [[p["primary"][judge]["change_pct"] - p["primary"][judge]["low_pct"] for p in pts],
+               [p["primary"][judge]["high_pct"] - p["primary"][judge]["change_pct"] for p in pts]]
+        for ax, key in ((axes[0], "kl_sampled_nats"), (axes[1], quality_key)):
+            x = [p.get(key) if p.get(key) is not None else np.nan for p in pts]
+            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=judge.split(":")[-1])
+            for xi, yi, p in zip(x, y, pts):
+                ax.annotate(str(p["step"]), (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    for ax, xlabel in ((axes[0], "KL to the reference (nats per summary, sampled)"), (axes[1], quality_name)):
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("primary measure, change (%)")
+        ax.grid(alpha=0.3)
+    axes[1].axvline(0, color="grey", lw=0.8)
+    axes[0].legend(title="judge (95% CI)", fontsize=8)
+    fig.suptitle(title or PLOT_TITLES[FRONTIER_PLOT], fontsize=10)
+    fig.savefig(path, dpi=DPI, facecolor="white")

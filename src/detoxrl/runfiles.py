@@ -12,6 +12,7 @@ A run folder (``--output-dir``)::
                                     evaluation records               (evaluate)
     RUN/eval/compare.json           headline statistics              (compare)
     RUN/eval/comparison.json, .csv  the paired table                 (compare)
+    RUN/eval-checkpoints/step-000010/  a checkpoint evaluated as RUN/eval  (evaluate --checkpoint)
     RUN/report/                     report.html, report.md           (report)
 
 JSON Lines files are appended to as a run goes, so a crash can leave the last line cut short.
@@ -21,13 +22,15 @@ its parse error, and each caller decides (skip it, drop a torn last line, refuse
 Typed loaders read the files that the evaluation side shares: :func:`load_config` (``config.yaml``, a
 :class:`~detoxrl.config.DetoxConfig`), :func:`load_metrics` (``metrics.jsonl``, :class:`MetricsLog`),
 :func:`load_eval_records` (``eval/<pass>.jsonl``, :class:`EvalRecord`), :func:`load_compare`
-(``eval/compare.json``, :class:`Headline`) and :func:`load_comparison_table` (``eval/comparison.json``).
+(``eval/compare.json``, :class:`Headline`), :func:`load_checkpoint_compares` (those of
+``eval-checkpoints/``) and :func:`load_comparison_table` (``eval/comparison.json``).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +50,9 @@ FINAL = "final"
 EVAL = "eval"
 REPORT = "report"
 COMPARE = "compare.json"
+#: ``RUN/eval-checkpoints/step-000010/``: a checkpoint evaluated against the starting policy
+#: (``detoxrl evaluate --run RUN --checkpoint 10``), laid out like ``RUN/eval``.
+EVAL_CHECKPOINTS = "eval-checkpoints"
 #: The paired table of ``RUN/eval`` (``comparison.csv`` beside it), written by :mod:`detoxrl.compare`.
 COMPARISON = "comparison.json"
 #: The evaluation passes of ``RUN/eval``: ``<name>.jsonl`` (records) and ``<name>.json`` (summary).
@@ -93,6 +99,10 @@ class RunPaths:
     @property
     def compare(self) -> Path:
         return self.root / EVAL / COMPARE
+
+    @property
+    def eval_checkpoints(self) -> Path:
+        return self.root / EVAL_CHECKPOINTS
 
     @property
     def comparison(self) -> Path:
@@ -371,6 +381,22 @@ def load_compare(path: str | Path) -> Headline | None:
     or :class:`json.JSONDecodeError`."""
     value = json.loads(Path(path).read_text(encoding="utf-8"))
     return value if isinstance(value, dict) else None  # type: ignore[return-value]
+
+
+def load_checkpoint_compares(run_dir: str | Path) -> dict[int, Headline]:
+    """``{step: compare.json}`` of every checkpoint evaluation of a run (``RUN/eval-checkpoints/step-N``),
+    by step; a folder without a readable compare.json is left out."""
+    out: dict[int, Headline] = {}
+    root = RunPaths(run_dir).eval_checkpoints
+    for folder in sorted(root.glob("step-*")) if root.is_dir() else []:
+        match = re.fullmatch(r"step-(\d+)", folder.name)
+        try:
+            head = load_compare(folder / COMPARE) if match else None
+        except (OSError, ValueError):
+            head = None
+        if head is not None:
+            out[int(match.group(1))] = head
+    return out
 
 
 def load_comparison_table(path: str | Path) -> list[ComparisonRow] | None:
