@@ -18,7 +18,6 @@ adapter is the last point. Finished checkpoint evaluations are reused.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
