@@ -64,3 +64,9 @@ def test_no_module_imports_another_modules_private_names():
             if private and module != path.stem:
                 offenders.append(f"{path.stem} imports {', '.join(private)} from {module}")
     assert not offenders, offenders
+
+
+def test_only_the_command_line_imports_the_trainer():
+    """Training sits above the stages: the trainer wires them, and only cli (the top) builds a trainer."""
+    importers = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "trainer" and "trainer" in _graph()[p.stem])
+    assert importers == ["cli"], importers
