@@ -163,6 +163,26 @@ def model_card(
     lora = f"LoRA r={adapter.get('r')}, alpha={adapter.get('lora_alpha')}, dropout={adapter.get('lora_dropout')}, on {targets}"
 
     sft = cfg is not None and run_kind(run) == "sft"
+    out = _card_header(spec, base, hub_base, seq2seq, lora, merged, dtype, sft)
+    out += _card_usage(cfg, base, seq2seq, merged)
+    out += _card_base_model(cfg, spec, base, seq2seq, lora, merged, sft)
+    if cfg is None:
+        out += ["## Training", "", "No detoxrl run found beside this adapter (a run folder holds config.yaml and "
+                "metrics.jsonl, the adapter being its final/ or checkpoints/step-N/): the reward model, the data, the "
+                "training settings and the evaluation are unknown.", ""]
+        return "\n".join(out).rstrip() + "\n"
+
+    if sft:
+        out += _sft_sections(cfg, run, adapter_dir, final, merged)
+        return "\n".join(out).rstrip() + "\n"
+
+    out += _ppo_sections(cfg, run, adapter_dir, final, merged)
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _card_header(spec, base: str, hub_base: str | None, seq2seq: bool, lora: str, merged: bool, dtype: str | None,
+                 sft: bool) -> list[str]:
+    """The YAML front matter, the title and what the weights are."""
     out: list[str] = ["---", f"library_name: {'transformers' if merged else 'peft'}"]
     if hub_base:
         out.append(f"base_model: {hub_base}")
@@ -185,8 +205,12 @@ def model_card(
         out += ["", "detoxrl fine-tuned it with PPO so that its summaries of dialogues are less toxic without being worse "
                 "summaries: the reward comes from a toxicity classifier, a KL penalty keeps it near the starting policy, "
                 "and only the LoRA weights were trained.", ""]
+    return out
 
-    out += ["## How to use it", "", "```python"]
+
+def _card_usage(cfg: dict[str, Any] | None, base: str, seq2seq: bool, merged: bool) -> list[str]:
+    """How to load the weights (transformers or peft, or detoxrl summarize) and the prompt they were trained on."""
+    out = ["## How to use it", "", "```python"]
     if merged:
         cls = "AutoModelForSeq2SeqLM" if seq2seq else "AutoModelForCausalLM"
         out += [f"from transformers import AutoTokenizer, {cls}", "",
@@ -209,8 +233,12 @@ def model_card(
         if chat and _get(cfg, "data.system_prompt"):
             out += ["with this system turn before it:", ""] + _fenced(str(_get(cfg, "data.system_prompt"))) + [""]
         out += ["`detoxrl summarize` builds the same prompts.", ""]
+    return out
 
-    out += ["## Base model", ""]
+
+def _card_base_model(cfg: dict[str, Any] | None, spec, base: str, seq2seq: bool, lora: str, merged: bool, sft: bool) -> list[str]:
+    """The base model, as the weights name it and as it was configured."""
+    out = ["## Base model", ""]
     out.append(f"- {_code(base)}" + (" (hub id)" if _is_hub_id(base) else " (a local folder: copy it along, or pass another "
                                                                           "path to from_pretrained)" if not merged else ""))
     if isinstance(spec, str) and spec != base:
@@ -220,18 +248,12 @@ def model_card(
         out.append(f"- training started from the adapter {_code(_get(cfg, 'policy.adapter'))}"
                    + ("" if sft else ", which was also the frozen reference of the KL penalty"))
     out.append("")
+    return out
 
-    if cfg is None:
-        out += ["## Training", "", "No detoxrl run found beside this adapter (a run folder holds config.yaml and "
-                "metrics.jsonl, the adapter being its final/ or checkpoints/step-N/): the reward model, the data, the "
-                "training settings and the evaluation are unknown.", ""]
-        return "\n".join(out).rstrip() + "\n"
 
-    if sft:
-        out += _sft_sections(cfg, run, adapter_dir, final, merged)
-        return "\n".join(out).rstrip() + "\n"
-
-    out += ["## Reward model and judges", ""]
+def _ppo_sections(cfg: dict[str, Any], run: Path, adapter_dir: Path, final: bool | None, merged: bool) -> list[str]:
+    """The reward model and judges, data, training configuration and evaluation sections of a PPO adapter's card."""
+    out = ["## Reward model and judges", ""]
     transform = _get(cfg, "reward.transform") or "logit"
     out.append(f"- reward model: {_code(_get(cfg, 'reward.model'))}; the reward is the {transform} of its label "
                f"{_code(_get(cfg, 'reward.label'))}"
@@ -278,7 +300,7 @@ def model_card(
                 + "; from the run's eval/compare.json.", ""]
         toxicity = "\n".join("#" + line if line.startswith("### ") else line for line in sections["toxicity"].splitlines())
         out += ["### Verdict", "", sections["verdict"], "### Toxicity", "", toxicity, "", "### Summary quality", "", sections["quality"]]
-    return "\n".join(out).rstrip() + "\n"
+    return out
 
 
 def _sft_sections(cfg: dict[str, Any], run: Path, adapter_dir: Path, final: bool | None, merged: bool) -> list[str]:
