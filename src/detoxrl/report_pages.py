@@ -303,7 +303,19 @@ def render_html(c: Content) -> str:
         )
         + "</nav></header><main>"
     )
-    # Verdict
+    p += _html_verdict(c)
+    p += _html_config(c)
+    p += _html_training(c)
+    p += _html_toxicity(c)
+    p += _html_quality(c)
+    p += _html_examples(c)
+    p.append("</main></body></html>\n")
+    return "".join(p)
+
+
+def _html_verdict(c: Content) -> list[str]:
+    """The verdict box: the pre-declared verdict's sentence and table, the key numbers, the notes."""
+    p: list[str] = []
     v = c.verdict
     p.append(f'<section id="verdict" class="{v.tone}"><h2>Verdict</h2><p class="verdict-line">{_e(v.text)}</p>')
     if v.table:
@@ -319,7 +331,12 @@ def render_html(c: Content) -> str:
     if c.notes:
         p.append('<ul class="notes">' + "".join(f"<li>{_e(n)}</li>" for n in c.notes) + "</ul>")
     p.append("</section>")
-    # Config
+    return p
+
+
+def _html_config(c: Content) -> list[str]:
+    """The configuration table."""
+    p: list[str] = []
     p.append('<section id="config"><h2>Configuration</h2>')
     if c.config_rows:
         p.append('<table class="config"><tbody>')
@@ -328,7 +345,12 @@ def render_html(c: Content) -> str:
     else:
         p.append(f'<p class="note">{NO_CONFIG}</p>')
     p.append("</section>")
-    # Training
+    return p
+
+
+def _html_training(c: Content) -> list[str]:
+    """The training plots and summary."""
+    p: list[str] = []
     p.append('<section id="training"><h2>Training</h2>')
     if c.has_metrics:
         p.append(
@@ -355,7 +377,12 @@ def render_html(c: Content) -> str:
     else:
         p.append(f'<p class="note">{NO_METRICS}</p>')
     p.append("</section>")
-    # Toxicity
+    return p
+
+
+def _html_toxicity(c: Content) -> list[str]:
+    """The toxicity tables and plots, greedy and sampled."""
+    p: list[str] = []
     p.append('<section id="toxicity"><h2>Toxicity before vs after</h2>')
     if c.sides:
         p.append("<h3>Greedy summaries</h3>" if c.sampled_sides else "")
@@ -374,14 +401,24 @@ def render_html(c: Content) -> str:
     else:
         p.append(f'<p class="note">{NOT_EVALUATED}</p>')
     p.append("</section>")
-    # Quality
+    return p
+
+
+def _html_quality(c: Content) -> list[str]:
+    """The summary-quality table."""
+    p: list[str] = []
     p.append('<section id="quality"><h2>Summary quality</h2>')
     if c.quality:
         p.append(_html_table(QUALITY_HEADER, c.quality))
     else:
         p.append(f'<p class="note">{NO_QUALITY}</p>')
     p.append("</section>")
-    # Examples
+    return p
+
+
+def _html_examples(c: Content) -> list[str]:
+    """The most improved and most worsened examples."""
+    p: list[str] = []
     p.append('<section id="examples"><h2>Examples</h2>')
     if c.top or c.worst:
         p.append(f'<p class="muted">{_e(c.examples_source)} Click a query for the full prompt.</p>')
@@ -395,8 +432,8 @@ def render_html(c: Content) -> str:
         p.append("</table>")
     else:
         p.append(f'<p class="note">{NO_EXAMPLES}</p>')
-    p.append("</section></main></body></html>\n")
-    return "".join(p)
+    p.append("</section>")
+    return p
 
 
 # --------------------------------------------------------------------------------------------
