@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    import detoxrl.collection as collection_mod
     import detoxrl.trainer as trainer_mod
     from detoxrl.config import load_config
     from detoxrl.trainer import Trainer
@@ -53,8 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     memory = common.PhaseMemory()
     # Attribute the step's memory to its phases (the trainer times them itself; these wrappers
     # only label what the RSS sampler sees).
-    for name, phase in (("generate", "generate_s"), ("logprobs_and_values", "update_s"), ("ppo_update", "update_s")):
-        setattr(trainer_mod, name, _labelled(getattr(trainer_mod, name), phase))
+    for module, name, phase in ((collection_mod, "generate", "generate_s"), (trainer_mod, "logprobs_and_values", "update_s"),
+                                (trainer_mod, "ppo_update", "update_s")):
+        setattr(module, name, _labelled(getattr(module, name), phase))
 
     w = common.WORKLOADS[args.workload]
     policy, reward = common.workload_dirs(args.workload, args.cache)

@@ -84,16 +84,17 @@ def test_bf16_kl_of_identical_adapters_is_zero_along_the_bf16_path(arch, path, r
 
 
 def test_trainer_captures_by_dtype_and_switch(tiny_config, one_thread, monkeypatch, tmp_path):
+    import detoxrl.collection
     import detoxrl.trainer as trainer_mod
 
     seen = []
-    real_generate = trainer_mod.generate
+    real_generate = detoxrl.collection.generate
 
     def spy(*args, **kwargs):
         seen.append((kwargs["capture"], kwargs["teacher_forced"]))
         return real_generate(*args, **kwargs)
 
-    monkeypatch.setattr(trainer_mod, "generate", spy)
+    monkeypatch.setattr(detoxrl.collection, "generate", spy)
     for i, (overrides, expected) in enumerate([
         (["policy.dtype=float32"], True),
         (["policy.dtype=bfloat16"], False),

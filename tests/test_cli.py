@@ -450,9 +450,9 @@ def test_evaluate_run_json(evaluated, tiny_run, tiny):
 
 
 def test_evaluate_again_resumes_and_prints_text(evaluated, tiny_run, monkeypatch):
-    import detoxrl.evaluate
+    import detoxrl.collection
 
-    monkeypatch.setattr(detoxrl.evaluate, "generate", lambda *a, **k: pytest.fail("finished records must be reused"))
+    monkeypatch.setattr(detoxrl.collection, "generate", lambda *a, **k: pytest.fail("finished records must be reused"))
     rc, out, err = cli("evaluate", "--run", tiny_run["dir"], "--num-samples", 6, "--no-faithfulness", "--no-progress")
     assert rc == 0, err
     assert "evaluated 6 summaries (greedy)" in out
@@ -463,19 +463,19 @@ def test_evaluate_again_resumes_and_prints_text(evaluated, tiny_run, monkeypatch
 def test_evaluate_a_checkpoint_reuses_the_starting_policy_records(evaluated, tiny_run, monkeypatch):
     """evaluate --run RUN --checkpoint STEP: the checkpoint against the starting policy, whose records of
     RUN/eval are reused (only the checkpoint is generated), into RUN/eval-checkpoints/step-STEP."""
-    import detoxrl.evaluate
+    import detoxrl.collection
     from detoxrl.checkpoint import STEP_FOLDER, list_checkpoints
     from detoxrl.policy import REFERENCE_ADAPTER
 
     run_dir = tiny_run["dir"]
     step = int(STEP_FOLDER.fullmatch(list_checkpoints(run_dir)[0].name).group(1))
-    real, adapters = detoxrl.evaluate.generate, []
+    real, adapters = detoxrl.collection.generate, []
 
     def spy(*args, **kwargs):
         adapters.append(kwargs.get("adapter"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(detoxrl.evaluate, "generate", spy)
+    monkeypatch.setattr(detoxrl.collection, "generate", spy)
     rc, out, err = cli("evaluate", "--run", run_dir, "--checkpoint", step, "--num-samples", 6, "--json",
                        "--no-faithfulness", "--no-progress")
     assert rc == 0, err

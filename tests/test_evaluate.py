@@ -157,9 +157,9 @@ def test_interrupted_evaluation_resumes_to_the_same_records(policy, examples, sc
 def test_rerun_of_a_finished_evaluation_generates_nothing(policy, examples, scorer, tmp_path, monkeypatch):
     path = tmp_path / "after.jsonl"
     first = run(policy, examples, scorer, path)
-    import detoxrl.evaluate as ev
+    import detoxrl.collection
 
-    monkeypatch.setattr(ev, "generate", lambda *a, **k: pytest.fail("nothing should be generated again"))
+    monkeypatch.setattr(detoxrl.collection, "generate", lambda *a, **k: pytest.fail("nothing should be generated again"))
     assert run(policy, examples, scorer, path) == first
 
 

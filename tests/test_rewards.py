@@ -539,12 +539,15 @@ def test_shape_rewards_weights_faithfulness_eos_and_clip():
 
 
 def test_one_shaping_function_for_training_and_evaluation():
+    """Training and evaluation collect through detoxrl.collection.collect, whose rewards are shape_rewards'."""
+    import detoxrl.collection
     import detoxrl.evaluate
     import detoxrl.trainer
     from detoxrl import rewards
 
-    assert detoxrl.trainer.shape_rewards is rewards.shape_rewards
-    assert detoxrl.evaluate.shape_rewards is rewards.shape_rewards
+    assert detoxrl.collection.shape_rewards is rewards.shape_rewards
+    assert detoxrl.trainer.collect is detoxrl.collection.collect
+    assert detoxrl.evaluate.collect is detoxrl.collection.collect
 
 
 def test_clipped_logit_pays_for_toxic_text_only_up_to_the_ceiling():

@@ -30,12 +30,13 @@ from tqdm.auto import tqdm
 
 from detoxrl import runfiles
 from detoxrl.advantages import kl_k1, kl_k3, sequence_kl
+from detoxrl.collection import Collected, collect, logprob_plan
 from detoxrl.config import DetoxConfig, EvalConfig, GenerationConfig, RewardConfig, check_eval_pass
 from detoxrl.errors import DataError, DetoxError
 from detoxrl.policy import POLICY_ADAPTER, REFERENCE_ADAPTER, Policy
 from detoxrl.prompts import PromptExample
-from detoxrl.rewards import Scorer, build_judge_scorer, check_judge, shape_rewards, texts_for_scoring
-from detoxrl.rollout import capture_logprobs, forward_pass, generate
+from detoxrl.rewards import Scorer, build_judge_scorer, check_judge
+from detoxrl.rollout import forward_pass
 from detoxrl.stats import expected_max, prob_any_toxic, summarize
 
 logger = logging.getLogger(__name__)
@@ -199,9 +200,13 @@ def evaluate_policy(
         torch.manual_seed(settings.seed + 7_919 * chunk[0][1] + chunk[0][0])
         exs = [examples[i] for i, _ in chunk]
         prompts_here = exs[::k]  # chunk is prompt-major: every k-th row starts a prompt
-        rollout = _decode_batch(policy, prompts_here, decoding, adapter, k)
-        columns = _score_batch(policy, rollout, exs, scorer, judges, adapter, temperature, reward_cfg=reward_cfg,
-                               reward_input=reward_input, rouge_on=rouge_on, faith=faith, faithfulness=faithfulness)
+        # The adapter's log-probs for the KL (none for the starting policy against itself), by collection's rule.
+        got = collect(policy, prompts_here, decoding, scorer, reward_cfg or RewardConfig(input=reward_input, transform="logit"),
+                      plan=logprob_plan("auto", policy, needed=adapter != REFERENCE_ADAPTER, skip_equal_reference=False),
+                      samples_per_prompt=k, batch_size=len(chunk), adapter=adapter, faithfulness=faith,
+                      pass_batch_size=16)  # the KL passes in chunks: a [rows, T, vocab] logits tensor each
+        rollout = got.rollout
+        columns = _measure_batch(policy, got, exs, judges, adapter, temperature, rouge_on=rouge_on, faithfulness=faithfulness)
         decoded = "sampled" if settings.do_sample else "greedy"
         records = [_record(i, s, exs[j], rollout.responses[j], decoded, {key: col[j] for key, col in columns.items()}, signature)
                    for j, (i, s) in enumerate(chunk) if (i, s) not in done]
@@ -222,42 +227,16 @@ def evaluate_policy(
     return summary
 
 
-def _decode_batch(policy: Policy, prompts: list[PromptExample], decoding: GenerationConfig, adapter: str, k: int):
-    """k summaries of each prompt by ``adapter``, in one batch. The adapter's log-probs for the KL come
-    from the decoding pass where that is exact (float32), else from a teacher-forced pass that reuses the
-    decoding's prompt pass (and the reference's by the same computation)."""
-    capture = adapter != REFERENCE_ADAPTER and capture_logprobs("auto", policy.compute_dtype)
-    return generate(
-        policy,
-        [e.input_ids for e in prompts],
-        [e.prompt for e in prompts],
-        decoding,
-        batch_size=len(prompts) * k,
-        adapter=adapter,
-        capture=capture,
-        teacher_forced=adapter != REFERENCE_ADAPTER and not capture,
-        reference=REFERENCE_ADAPTER if adapter != REFERENCE_ADAPTER and not capture else None,
-        pass_batch_size=16,  # the KL passes in chunks: a [rows, T, vocab] logits tensor each
-        samples_per_prompt=k,
-    )
-
-
-def _score_batch(policy: Policy, rollout, exs: list[PromptExample], scorer: Scorer, judges: Judges, adapter: str,
-                 temperature: float, *, reward_cfg: RewardConfig | None, reward_input: str, rouge_on: bool, faith,
-                 faithfulness: bool) -> dict[str, list]:
-    """Every measure of one decoded batch, as columns (one value per row): the reward model's toxicity,
+def _measure_batch(policy: Policy, got: Collected, exs: list[PromptExample], judges: Judges, adapter: str,
+                   temperature: float, *, rouge_on: bool, faithfulness: bool) -> dict[str, list]:
+    """Every measure of one collected batch, as columns (one value per row): the reward model's toxicity,
     raw logit and shaped reward, every judge, ROUGE, faithfulness, length and the KL to the reference."""
-    texts = texts_for_scoring(rollout.queries, rollout.responses, reward_input)
-    scored = scorer.score(texts)
+    rollout, scored = got.rollout, got.scored
     judged = {spec: j.score(rollout.responses).toxicity.tolist() for spec, j in judges.items()}
     n = len(rollout.responses)
     rouge = _rouge(rollout.responses, exs) if rouge_on else [None] * n
-    faithful = faith.score(rollout.responses, [e.dialogue for e in exs]) if faith else [None] * n
-    if reward_cfg is not None:
-        rewards = shape_rewards(scored, reward_cfg, reward_label=scorer.reward_label, ended=rollout.ended,
-                                faithfulness=faithful if reward_cfg.faithfulness_weight else None).tolist()
-    else:
-        rewards = scored.reward.tolist()
+    faithful = got.faithful if got.faithful is not None else [None] * n
+    rewards = got.shaped.tolist()
     kl = _kl_to_reference(policy, rollout, adapter, temperature)
     return {
         "length_tokens": [int(x) for x in rollout.response_mask.sum(1).tolist()],

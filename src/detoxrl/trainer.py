@@ -34,15 +34,16 @@ from detoxrl.advantages import (
     token_rewards,
     whiten_with_moments,
 )
+from detoxrl.collection import collect, logprob_plan
 from detoxrl.collective import Processes, main_process_first
 from detoxrl.config import DetoxConfig, with_settings
 from detoxrl.errors import DetoxError, ModelLoadError, TrainingError, note
-from detoxrl.policy import REFERENCE_ADAPTER, Policy, load_policy
+from detoxrl.policy import Policy, load_policy
 from detoxrl.preflight import Preflight, check_launch, preflight, tokenize_prompts
 from detoxrl.prompts import PromptExample
-from detoxrl.rewards import Scorer, scorer_from_config, shape_rewards, texts_for_scoring
+from detoxrl.rewards import Scorer, scorer_from_config
 from detoxrl import runtime
-from detoxrl.rollout import capture_logprobs, generate, logprobs_and_values
+from detoxrl.rollout import logprobs_and_values
 from detoxrl.runfolder import (CONFIG_CHANGES, NEW_RUN_DIR, ResumePlan, RunFolder, atomic_write, check_resume_settings,
                                check_trackers, config_yaml, existing_run, find_resume_point, flat_hparams,
                                prepare_output_dir)
@@ -248,39 +249,17 @@ class Trainer(RunFolder):
         cfg, gen_cfg, ppo_cfg = self.cfg, self.cfg.generation, self.cfg.ppo
         k = ppo_cfg.samples_per_prompt
         examples = self.shard_examples(step, shard)
-        t0 = time.perf_counter()
         torch.manual_seed(rollout_seed(cfg.run.seed, step, shard))
         zero3 = self.zero_stage == 3
-        capture = capture_logprobs(ppo_cfg.capture_logprobs, self.policy.compute_dtype) and not zero3
-        rollout = generate(
-            self.policy,
-            [e.input_ids for e in examples],
-            [e.prompt for e in examples],
-            gen_cfg,
-            batch_size=ppo_cfg.batch_size // self.shards,
-            progress=self.progress,
-            # Old log-probs and values from the sampling pass itself where that is exact (float32, see
-            # rollout.capture_logprobs), else from a teacher-forced pass over each decoded batch that
-            # reuses its prompt pass. Neither under ZeRO-3, whose synced generation runs extra
-            # passes: logprobs_and_values computes them instead.
-            capture=capture,
-            teacher_forced=not capture and not zero3,
-            # With the teacher-forced passes, the reference's log-probs by the same computation (the
-            # KL of equal adapters is then exactly 0 in bf16); equal adapters need no reference pass.
-            reference=REFERENCE_ADAPTER if not capture and not zero3 and not self.policy.adapters_identical() else None,
-            pass_batch_size=ppo_cfg.mini_batch_size // self.shards,  # as the update's: a [rows, T, vocab] logits peak
-            samples_per_prompt=k,  # rows prompt-major: i*k .. i*k+k-1 answer prompt i
-            synced_gpus=zero3,
-        )
-        t1 = time.perf_counter()
-        texts = texts_for_scoring(rollout.queries, rollout.responses, cfg.reward.input)
-        scored = self.scorer.score(texts)
-        dialogues = [e.dialogue for e in examples for _ in range(k)]
-        faithful = self.faithfulness.score(rollout.responses, dialogues) if self.faithfulness else None
-        shaped = shape_rewards(
-            scored, cfg.reward, reward_label=self.scorer.reward_label, ended=rollout.ended, faithfulness=faithful,
-            score_clip=ppo_cfg.score_clip,
-        )
+        got = collect(self.policy, examples, gen_cfg, self.scorer, cfg.reward,
+                      # Neither capture nor teacher-forced passes under ZeRO-3, whose synced generation runs extra
+                      # passes: logprobs_and_values computes the log-probs then.
+                      plan=logprob_plan(ppo_cfg.capture_logprobs, self.policy, zero3=zero3),
+                      samples_per_prompt=k, batch_size=ppo_cfg.batch_size // self.shards,
+                      pass_batch_size=ppo_cfg.mini_batch_size // self.shards,  # as the update's: a [rows, T, vocab] logits peak
+                      faithfulness=self.faithfulness, score_clip=ppo_cfg.score_clip, progress=self.progress,
+                      synced_gpus=zero3)
+        rollout, scored, shaped, faithful = got.rollout, got.scored, got.shaped, got.faithful
         # The baseline is variance reduction for the gradient, not part of the reward: evaluation and
         # the logged env/reward_* keep the shaped reward itself.
         scores = leave_one_out_baseline(shaped, k) if ppo_cfg.reward_baseline == "group" else shaped
@@ -298,8 +277,7 @@ class Trainer(RunFolder):
         advantages, returns = gae(rewards, token_stats["values"], mask, ppo_cfg.gamma, ppo_cfg.lam)
         part = _Shard(shard, examples, rollout, scored, shaped, faithful, token_stats, mask, kl, advantages, returns)
         # generate's teacher-forced passes (bf16) count with the other no-grad passes, not as sampling
-        passes = rollout.pass_seconds
-        return part, t1 - t0 - passes, t2 - t1, time.perf_counter() - t2 + passes
+        return part, got.generate_seconds, got.score_seconds, time.perf_counter() - t2 + rollout.pass_seconds
 
     def step(self) -> dict[str, Any]:
         cfg, gen_cfg, ppo_cfg = self.cfg, self.cfg.generation, self.cfg.ppo
