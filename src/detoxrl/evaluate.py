@@ -334,7 +334,13 @@ def summarize_records(records: list[dict]) -> dict[str, Any]:
     out["faithfulness"] = float(faith.mean()) if faith is not None else None
     out["length_tokens"] = float(column("length_tokens").mean()) if records else None
     k1, k3 = column("kl_k1"), column("kl_k3")
-    out["kl_to_reference"] = {"k1": float(k1.mean()), "k3": float(k3.mean())} if k1 is not None else None
+    # Over the adapter's own samples these sums estimate its KL to the reference; over greedy summaries,
+    # which are not samples, they estimate nothing (they can be negative): reported under another name.
+    sampled = any(r.get("decoding") == "sampled" for r in records)
+    means = {"k1": float(k1.mean()), "k3": float(k3.mean())} if k1 is not None else None
+    out["kl_to_reference"] = means if sampled else None
+    if not sampled:
+        out["log_ratio_greedy"] = means
     k = max((r["sample"] for r in records), default=0) + 1
     if k > 1:
         def by_prompt(get) -> np.ndarray:
