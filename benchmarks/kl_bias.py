@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 from detoxrl.config import load_config  # noqa: E402
 from detoxrl.policy import POLICY_ADAPTER, REFERENCE_ADAPTER, cpu_has_fast_bf16, load_policy  # noqa: E402
-from detoxrl.rollout import _shared_prompt_pass, _teacher_forced, forward_pass, generate  # noqa: E402
+from detoxrl.rollout import shared_prompt_pass, teacher_forced_pass, forward_pass, generate  # noqa: E402
 from detoxrl.preflight import preflight, tokenize_prompts  # noqa: E402
 
 
@@ -68,9 +68,9 @@ def teacher_forced(policy, rollout, adapter: str, temperature: float) -> torch.T
 def in_generate(policy, rollout, adapter: str, temperature: float) -> torch.Tensor:
     """What generate(teacher_forced=True) computes for one decoded batch (the rollout is one batch)."""
     with torch.inference_mode(), policy.use_adapter(adapter):
-        shared = _shared_prompt_pass(policy, rollout.query_ids, rollout.query_mask, 1)
+        shared = shared_prompt_pass(policy, rollout.query_ids, rollout.query_mask, 1)
         state = shared or None  # a one-token prompt has no prompt pass to reuse
-        return _teacher_forced(policy, rollout.query_ids, rollout.query_mask, rollout.response_ids, state,
+        return teacher_forced_pass(policy, rollout.query_ids, rollout.query_mask, rollout.response_ids, state,
                                [slice(0, len(rollout))], 1, temperature, False)["logprobs"]
 
 

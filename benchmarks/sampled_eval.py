@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.set_verbosity_error()
     from detoxrl.config import GenerationConfig, load_config
     from detoxrl.policy import POLICY_ADAPTER, load_policy
-    from detoxrl.rollout import _hf_generation_config, generate
+    from detoxrl.rollout import hf_generation_config, generate
     from detoxrl.preflight import preflight, tokenize_prompts
 
     cfg = load_config("offline", overrides=["data.min_dialogue_toxicity=0.3"])
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                  batch_size=args.batch_size, adapter=POLICY_ADAPTER)
 
     def library():
-        gen_cfg = _hf_generation_config(policy, decoding)
+        gen_cfg = hf_generation_config(policy, decoding)
         gen_cfg.num_return_sequences = k
         order = sorted(range(n), key=lambda i: len(ids[i]))
         with torch.inference_mode(), policy.use_adapter(POLICY_ADAPTER):

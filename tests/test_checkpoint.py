@@ -40,7 +40,6 @@ def _update(policy, optimizer, batch, seed=0):
         batch,
         PPOConfig(ppo_epochs=1, mini_batch_size=4, clip_ratio=0.2, clip_value=0.2, vf_coef=0.1,
                   max_grad_norm=1.0, ratio_threshold=10.0, group_by_length=False),
-        temperature=1.0,
         generator=torch.Generator().manual_seed(seed),
     )
 

@@ -138,7 +138,6 @@ def test_update_of_two_shards_steps_on_the_mean_of_their_losses():
         shards,
         PPOConfig(ppo_epochs=1, mini_batch_size=3, clip_ratio=0.2, clip_value=0.2, vf_coef=0.1,
                   max_grad_norm=None, ratio_threshold=10.0, group_by_length=False),
-        temperature=1.0,
         generator=[torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)],
         hooks=UpdateHooks(forward=_toy_forward(theta), no_sync=NoSync),
     )
@@ -158,7 +157,6 @@ def test_update_step_is_skipped_when_any_process_says_so():
         [_toy_shard(1), _toy_shard(2)],
         PPOConfig(ppo_epochs=1, mini_batch_size=3, clip_ratio=0.2, clip_value=0.2, vf_coef=0.1,
                   max_grad_norm=1.0, ratio_threshold=10.0, group_by_length=False),
-        temperature=1.0,
         generator=[torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)],
         hooks=UpdateHooks(forward=_toy_forward(theta), all_agree=lambda ok: votes.append(ok) or False),
     )
@@ -177,7 +175,6 @@ def test_grad_norm_of_none_is_not_checked():
         _toy_shard(1),
         PPOConfig(ppo_epochs=1, mini_batch_size=3, clip_ratio=0.2, clip_value=0.2, vf_coef=0.1,
                   max_grad_norm=1.0, ratio_threshold=10.0, group_by_length=False),
-        temperature=1.0,
         generator=torch.Generator().manual_seed(0),
         hooks=UpdateHooks(clip_grad_norm=lambda params, norm: None, forward=_toy_forward(theta)),
     )

@@ -326,7 +326,7 @@ def test_kl_from_captured_logprobs_equals_two_forward_passes(policy, examples, d
         torch.manual_seed(11)
         r = generate(policy, ids, texts, GenerationConfig(max_new_tokens=8, do_sample=do_sample),
                      batch_size=4, adapter=POLICY_ADAPTER, capture=capture)
-        runs.append((r, _kl_to_reference(policy, r, POLICY_ADAPTER, 1.0)))
+        runs.append((r, _kl_to_reference(policy, r, POLICY_ADAPTER)))
     (plain, (k1, k3)), (captured, (c1, c3)) = runs
     assert plain.logprobs is None and captured.logprobs is not None
     assert torch.equal(plain.response_ids, captured.response_ids)

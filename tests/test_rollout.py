@@ -262,6 +262,11 @@ def test_forward_logprobs_equal_generate_scores(arch, temperature, policies, tin
     with torch.no_grad():
         other = forward_pass(policy, rollout, temperature=temperature + 0.5, with_values=False)["logprobs"]
     assert (other[mask] - gen_logprobs[mask]).abs().max() > 1e-2
+    # The rollout knows the temperature it was sampled at, and so does every minibatch cut from it:
+    # a pass that is not told one uses it.
+    assert rollout.temperature == temperature and rollout.select([0, 2]).trimmed(policy.is_seq2seq).temperature == temperature
+    with torch.no_grad():
+        assert torch.equal(forward_pass(policy, rollout, with_values=False)["logprobs"], out["logprobs"])
 
 
 @pytest.mark.parametrize("arch", ARCHS)

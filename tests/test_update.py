@@ -45,7 +45,6 @@ def run_update(policy, batch, lr=1e-3, epochs=1, mini_batch_size=4, max_grad_nor
         batch,
         PPOConfig(ppo_epochs=epochs, mini_batch_size=mini_batch_size, clip_ratio=0.2, clip_value=0.2, vf_coef=vf_coef,
                   max_grad_norm=max_grad_norm, ratio_threshold=ratio_threshold, group_by_length=False),
-        temperature=1.0,
         generator=torch.Generator().manual_seed(seed),
     )
     return stats, optimizer
@@ -199,6 +198,6 @@ def test_grouped_update_equals_plain_on_the_same_minibatches(request, tiny_confi
         optimizer = torch.optim.Adam(policy.trainable_parameters(), lr=1e-3)
         ppo = PPOConfig(ppo_epochs=1, mini_batch_size=N, clip_ratio=0.2, clip_value=0.2, vf_coef=0.1, max_grad_norm=1.0,
                         ratio_threshold=10.0, group_by_length=group)
-        ppo_update(policy, optimizer, batch, ppo, temperature=1.0, generator=torch.Generator().manual_seed(0))
+        ppo_update(policy, optimizer, batch, ppo, generator=torch.Generator().manual_seed(0))
         results.append(torch.cat([p.detach().flatten() for p in policy.trainable_parameters()]))
     torch.testing.assert_close(results[0], results[1], rtol=0, atol=1e-6)

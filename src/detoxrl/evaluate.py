@@ -206,7 +206,7 @@ def evaluate_policy(
                       samples_per_prompt=k, batch_size=len(chunk), adapter=adapter, faithfulness=faith,
                       pass_batch_size=16)  # the KL passes in chunks: a [rows, T, vocab] logits tensor each
         rollout = got.rollout
-        columns = _measure_batch(policy, got, exs, judges, adapter, temperature, rouge_on=rouge_on, faithfulness=faithfulness)
+        columns = _measure_batch(policy, got, exs, judges, adapter, rouge_on=rouge_on, faithfulness=faithfulness)
         decoded = "sampled" if settings.do_sample else "greedy"
         records = [_record(i, s, exs[j], rollout.responses[j], decoded, {key: col[j] for key, col in columns.items()}, signature)
                    for j, (i, s) in enumerate(chunk) if (i, s) not in done]
@@ -227,8 +227,8 @@ def evaluate_policy(
     return summary
 
 
-def _measure_batch(policy: Policy, got: Collected, exs: list[PromptExample], judges: Judges, adapter: str,
-                   temperature: float, *, rouge_on: bool, faithfulness: bool) -> dict[str, list]:
+def _measure_batch(policy: Policy, got: Collected, exs: list[PromptExample], judges: Judges, adapter: str, *,
+                   rouge_on: bool, faithfulness: bool) -> dict[str, list]:
     """Every measure of one collected batch, as columns (one value per row): the reward model's toxicity,
     raw logit and shaped reward, every judge, ROUGE, faithfulness, length and the KL to the reference."""
     rollout, scored = got.rollout, got.scored
@@ -237,7 +237,7 @@ def _measure_batch(policy: Policy, got: Collected, exs: list[PromptExample], jud
     rouge = _rouge(rollout.responses, exs) if rouge_on else [None] * n
     faithful = got.faithful if got.faithful is not None else [None] * n
     rewards = got.shaped.tolist()
-    kl = _kl_to_reference(policy, rollout, adapter, temperature)
+    kl = _kl_to_reference(policy, rollout, adapter)
     return {
         "length_tokens": [int(x) for x in rollout.response_mask.sum(1).tolist()],
         "reward": [float(x) for x in rewards],
@@ -288,7 +288,7 @@ def _rouge(responses: list[str], examples: list[PromptExample]) -> list[dict | N
 
 
 @torch.inference_mode()
-def _kl_to_reference(policy: Policy, rollout, adapter: str, temperature: float) -> tuple[list[float], list[float]]:
+def _kl_to_reference(policy: Policy, rollout, adapter: str) -> tuple[list[float], list[float]]:
     """Per-summary KL (k1 and k3 sums) of the evaluated adapter to the reference, on its own outputs."""
     if adapter == REFERENCE_ADAPTER:
         zeros = [0.0] * len(rollout)
@@ -297,11 +297,11 @@ def _kl_to_reference(policy: Policy, rollout, adapter: str, temperature: float) 
     lp = rollout.logprobs  # recorded by generate with ``adapter`` (captured or teacher-forced)
     if lp is None:
         with policy.use_adapter(adapter):
-            lp = forward_pass(policy, rollout, temperature=temperature, with_values=False)["logprobs"]
+            lp = forward_pass(policy, rollout, with_values=False)["logprobs"]
     ref = rollout.ref_logprobs  # by the same computation as ``lp`` (generate's teacher-forced passes)
     if ref is None:
         with policy.use_adapter(REFERENCE_ADAPTER):
-            ref = forward_pass(policy, rollout, temperature=temperature, with_values=False)["logprobs"]
+            ref = forward_pass(policy, rollout, with_values=False)["logprobs"]
     k1 = sequence_kl(lp, ref, mask, kl_k1)
     k3 = sequence_kl(lp, ref, mask, kl_k3)
     return k1.tolist(), k3.tolist()

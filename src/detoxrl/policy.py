@@ -573,7 +573,7 @@ def forward_pass(
     policy: Policy,
     rollout,
     *,
-    temperature: float = 1.0,
+    temperature: float | None = None,
     with_values: bool = True,
     with_entropy: bool = False,
     prompt_state: dict[str, Any] | None = None,
@@ -581,7 +581,8 @@ def forward_pass(
     """Per-token log-probs of the response (and values, entropy) under the active adapter.
 
     One forward pass gives both: the value head reads the last hidden state of the same pass.
-    Logits are divided by the sampling temperature so the log-probs are those of the distribution
+    Logits are divided by the sampling temperature (``rollout.temperature``, the one its responses were
+    decoded at, unless ``temperature`` says otherwise) so the log-probs are those of the distribution
     that was sampled from. Returned tensors are float32, shape [B, T].
 
     ``prompt_state`` is a prompt pass already made under the active adapter, of exactly these
@@ -635,6 +636,7 @@ def forward_pass(
         logits = out.logits[:, :-1]
         hidden = out.hidden_states[-1][:, -T - 1 : -1] if with_values else None
     logits = logits.float()
+    temperature = rollout.temperature if temperature is None else temperature
     if temperature != 1.0:  # no [B, T, V] copy when there is nothing to scale
         logits = logits / temperature
     result = {"logprobs": logprobs_from_logits(logits, resp)}

@@ -45,6 +45,9 @@ class Rollout:
     # Seconds ``generate`` spent in those teacher-forced passes, not in sampling: the trainer times
     # them with the other no-grad passes (the update phase, where trl runs them too).
     pass_seconds: float = 0.0
+    # The temperature the responses were decoded at: a forward pass over them divides the logits by it,
+    # so that its log-probs are those of the distribution that was sampled (set once, by generate).
+    temperature: float = 1.0
 
     def __len__(self) -> int:
         return self.response_ids.shape[0]
@@ -68,6 +71,7 @@ class Rollout:
             pick(self.values),
             pick(self.entropy),
             pick(self.ref_logprobs),
+            temperature=self.temperature,
         )
 
     def trimmed(self, seq2seq: bool) -> "Rollout":
@@ -96,6 +100,7 @@ class Rollout:
             cut(self.values),
             cut(self.entropy),
             cut(self.ref_logprobs),
+            temperature=self.temperature,
         )
 
 
@@ -129,7 +134,7 @@ def response_mask_from_eos(response_ids: torch.Tensor, eos_token_id: int) -> tup
     return mask, ended
 
 
-def _hf_generation_config(policy: Policy, decoding: GenerationConfig):
+def hf_generation_config(policy: Policy, decoding: GenerationConfig):
     """``decoding`` as the transformers ``GenerationConfig`` that ``model.generate`` reads."""
     from transformers import GenerationConfig as HFGenerationConfig
 
@@ -212,7 +217,7 @@ def generate(
     if k > 1 and not decoding.do_sample:
         raise ValueError(f"{k} samples per prompt with greedy decoding would be {k} copies of one response")
     tok = policy.tokenizer
-    hf_generation_config = _hf_generation_config(policy, decoding)
+    hf_config = hf_generation_config(policy, decoding)
     policy.model.eval()
     chunks_q, chunks_r, chunks_c, chunks_ref = [], [], [], []
     pass_seconds = 0.0
@@ -236,13 +241,13 @@ def generate(
                 # always runs here, in chunks cut to their own padding (cheaper than the padded batch).
                 share = k > 1 or teacher_forced or policy.is_seq2seq
                 chunks = _pass_chunks(len(idx), k, pass_batch_size)
-                shared = _shared_prompt_pass(policy, prompt_ids, prompt_mask, k, chunks) if share else {}
+                shared = shared_prompt_pass(policy, prompt_ids, prompt_mask, k, chunks) if share else {}
                 input_ids, attention_mask = prompt_ids.repeat_interleave(k, 0), prompt_mask.repeat_interleave(k, 0)
                 with _DecodingCapture(policy, capture, decoding.temperature) as captured, _decoding_attention(policy):
                     out = policy.model.generate(
                         input_ids=input_ids,
                         attention_mask=attention_mask,
-                        generation_config=hf_generation_config,
+                        generation_config=hf_config,
                         **shared,
                         **({"synced_gpus": True} if synced_gpus else {}),
                     )
@@ -251,7 +256,7 @@ def generate(
                 if teacher_forced:  # after the decoding context: SDPA attention, as every full pass
                     t_pass = time.perf_counter()
                     state = _prompt_state_after_decoding(policy, shared, out, input_ids.shape[1])
-                    stats = _teacher_forced(policy, input_ids, attention_mask, resp, state, chunks, k,
+                    stats = teacher_forced_pass(policy, input_ids, attention_mask, resp, state, chunks, k,
                                             decoding.temperature, True)
                     chunks_c.append((stats["logprobs"], stats["values"], stats["entropy"]))
                     pass_seconds += time.perf_counter() - t_pass
@@ -260,8 +265,8 @@ def generate(
                 with policy.use_adapter(reference):
                     # The same computation as the policy's: its own prompt pass (made as the policy's was),
                     # or none where the policy's could not be reused.
-                    ref_state = _shared_prompt_pass(policy, prompt_ids, prompt_mask, k, chunks) if state else None
-                    ref = _teacher_forced(policy, input_ids, attention_mask, resp, ref_state, chunks, k,
+                    ref_state = shared_prompt_pass(policy, prompt_ids, prompt_mask, k, chunks) if state else None
+                    ref = teacher_forced_pass(policy, input_ids, attention_mask, resp, ref_state, chunks, k,
                                           decoding.temperature, False)
                 chunks_ref.append(ref["logprobs"])
                 pass_seconds += time.perf_counter() - t_pass
@@ -280,6 +285,7 @@ def generate(
     if chunks_ref:
         rollout.ref_logprobs = _scatter_rows(chunks_ref, rows_of, rollout.response_ids.shape)
     rollout.pass_seconds = pass_seconds
+    rollout.temperature = decoding.temperature
     return rollout
 
 
@@ -306,7 +312,7 @@ def _pass_chunks(n_prompts: int, k: int, pass_batch_size: int | None) -> list[sl
     return [slice(i, min(i + per, n_prompts)) for i in range(0, n_prompts, per)]
 
 
-def _teacher_forced(policy: Policy, input_ids, attention_mask, resp, state, chunks: list[slice], k: int,
+def teacher_forced_pass(policy: Policy, input_ids, attention_mask, resp, state, chunks: list[slice], k: int,
                     temperature: float, policy_stats: bool) -> dict[str, torch.Tensor]:
     """:func:`forward_pass` over one decoded batch ([B, P] prompts, k rows per prompt), chunk by chunk,
     each chunk cut to its own prompt and response width, on its slice of the prompt pass ``state``
@@ -364,7 +370,7 @@ def _decoding_attention(policy: Policy):
         model.set_attn_implementation(before)
 
 
-def _shared_prompt_pass(policy: Policy, input_ids: torch.Tensor, attention_mask: torch.Tensor, k: int,
+def shared_prompt_pass(policy: Policy, input_ids: torch.Tensor, attention_mask: torch.Tensor, k: int,
                         chunks: list[slice] | None = None) -> dict[str, Any]:
     """``generate`` keyword arguments that let k samples of each prompt share one pass over it.
 
@@ -505,7 +511,7 @@ def logprobs_and_values(
     policy: Policy,
     rollout: Rollout,
     *,
-    temperature: float = 1.0,
+    temperature: float | None = None,
     batch_size: int = 16,
 ) -> dict[str, torch.Tensor]:
     """Old log-probs, values and entropy (trainable adapter) and reference log-probs, no gradient.

@@ -269,7 +269,7 @@ class Trainer(RunFolder):
         # No-grad passes in minibatch-sized chunks, as the update: a [B, T, vocab] logits tensor of
         # the whole batch would set the step's peak memory.
         token_stats = logprobs_and_values(
-            self.policy, rollout, temperature=gen_cfg.temperature, batch_size=ppo_cfg.mini_batch_size // self.shards
+            self.policy, rollout, batch_size=ppo_cfg.mini_batch_size // self.shards
         )
         mask = rollout.response_mask.float()
         logprobs, ref_logprobs = token_stats["logprobs"], token_stats["ref_logprobs"]
@@ -280,7 +280,7 @@ class Trainer(RunFolder):
         return part, got.generate_seconds, got.score_seconds, time.perf_counter() - t2 + rollout.pass_seconds
 
     def step(self) -> dict[str, Any]:
-        cfg, gen_cfg, ppo_cfg = self.cfg, self.cfg.generation, self.cfg.ppo
+        cfg, ppo_cfg = self.cfg, self.cfg.ppo
         step = self.step_idx
         t0 = time.perf_counter()
         parts, t_generate, t_score, t_passes = [], 0.0, 0.0, 0.0
@@ -305,9 +305,8 @@ class Trainer(RunFolder):
             [sh.update_batch() for sh in parts],
             ppo_cfg,
             mini_batch_size=ppo_cfg.mini_batch_size // self.shards,  # rows of one shard
-            temperature=gen_cfg.temperature,
             generator=[torch.Generator().manual_seed(rollout_seed(cfg.run.seed, step, sh.shard) + 1) for sh in parts],
-            hooks=self._update_hooks(gen_cfg.temperature),
+            hooks=self._update_hooks(),
         )
         # What the processes hold of the batch, in shard order: every statistic is of the whole batch.
         kl_seq = self._rows(parts, lambda sh: (sh.kl * sh.mask).sum(1))
@@ -360,12 +359,12 @@ class Trainer(RunFolder):
             ))
         return metrics
 
-    def _update_hooks(self, temperature: float) -> UpdateHooks:
+    def _update_hooks(self) -> UpdateHooks:
         """The update through accelerate: its backward and clipping, the prepared (DDP) model's forward."""
         return UpdateHooks(
             backward=self.accelerator.backward,
             clip_grad_norm=self.accelerator.clip_grad_norm_,
-            forward=lambda sub: self.prepared_model(sub, temperature=temperature, with_values=True),  # through DDP
+            forward=lambda sub: self.prepared_model(sub, with_values=True),  # through DDP
             no_sync=lambda: self.accelerator.no_sync(self.prepared_model),
             all_agree=self.processes.all_agree,
         )

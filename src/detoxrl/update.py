@@ -59,7 +59,6 @@ def ppo_update(
     batch: UpdateBatch | Sequence[UpdateBatch],
     ppo: PPOConfig,
     *,
-    temperature: float,
     generator: torch.Generator | Sequence[torch.Generator],
     mini_batch_size: int | None = None,
     hooks: UpdateHooks | None = None,
@@ -67,8 +66,8 @@ def ppo_update(
     """Run ``ppo.ppo_epochs`` passes of shuffled minibatches; return mean statistics over applied minibatches.
 
     ``ppo`` gives the update's settings: ``ppo_epochs``, ``clip_ratio``, ``clip_value``, ``vf_coef``,
-    ``max_grad_norm``, ``ratio_threshold`` and ``group_by_length``. ``temperature`` is the sampling
-    temperature (the default forward pass divides the logits by it).
+    ``max_grad_norm``, ``ratio_threshold`` and ``group_by_length``. The default forward pass divides the
+    logits by the temperature each minibatch's rollout was sampled at.
 
     Each minibatch's forward pass is cut to its own padding; ``group_by_length`` puts rows of
     similar length together so that little padding is left (see :func:`minibatch_indices`).
@@ -91,7 +90,7 @@ def ppo_update(
     hooks = hooks or UpdateHooks()
     backward = hooks.backward or (lambda loss: loss.backward())
     clip_grad_norm = hooks.clip_grad_norm or torch.nn.utils.clip_grad_norm_
-    forward = hooks.forward or (lambda sub: forward_pass(policy, sub, temperature=temperature, with_values=True))
+    forward = hooks.forward or (lambda sub: forward_pass(policy, sub, with_values=True))
     no_sync = hooks.no_sync or contextlib.nullcontext
     all_agree = hooks.all_agree or (lambda ok: ok)
     params = policy.trainable_parameters()
