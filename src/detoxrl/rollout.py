@@ -204,19 +204,7 @@ def generate(
     forward pass gathers them from all processes) keeps a process that has finished decoding running
     forward passes until all have; it needs ``capture=False`` (those extra passes are not decoding steps).
     """
-    if synced_gpus and (capture or teacher_forced):
-        raise ValueError("generate: synced_gpus runs extra forward passes after a batch has ended; "
-                         "use capture=False and teacher_forced=False with it")
-    if capture and teacher_forced:
-        raise ValueError("generate: capture and teacher_forced are two ways to the same fields; choose one")
-    if reference and not teacher_forced:
-        raise ValueError("generate: reference log-probs come from the teacher-forced passes; set teacher_forced=True")
-    k = int(samples_per_prompt)
-    if k < 1:
-        raise ValueError(f"samples_per_prompt must be >= 1, got {k}")
-    if k > 1 and not decoding.do_sample:
-        raise ValueError(f"{k} samples per prompt with greedy decoding would be {k} copies of one response")
-    tok = policy.tokenizer
+    k = _checked_options(decoding, int(samples_per_prompt), capture, teacher_forced, reference, synced_gpus)
     hf_config = hf_generation_config(policy, decoding)
     policy.model.eval()
     chunks_q, chunks_r, chunks_c, chunks_ref = [], [], [], []
@@ -232,61 +220,99 @@ def generate(
         for start in range(0, len(order), per_batch):
             idx = order[start : start + per_batch]
             rows = [i * k + s for i in idx for s in range(k)]
-            enc = tok.pad({"input_ids": [prompts[i] for i in idx]}, return_tensors="pt").to(policy.device)
-            prompt_ids, prompt_mask = enc["input_ids"], enc["attention_mask"]
-            ctx = policy.use_adapter(adapter) if adapter else contextlib.nullcontext()
-            with ctx:
-                # Outside the capture: the shared prompt pass is not a decoding step. The teacher-forced
-                # passes reuse it, so then it is made for one sample per prompt too; a seq2seq encoder
-                # always runs here, in chunks cut to their own padding (cheaper than the padded batch).
-                share = k > 1 or teacher_forced or policy.is_seq2seq
-                chunks = _pass_chunks(len(idx), k, pass_batch_size)
-                shared = shared_prompt_pass(policy, prompt_ids, prompt_mask, k, chunks) if share else {}
-                input_ids, attention_mask = prompt_ids.repeat_interleave(k, 0), prompt_mask.repeat_interleave(k, 0)
-                with _DecodingCapture(policy, capture, decoding.temperature) as captured, _decoding_attention(policy):
-                    out = policy.model.generate(
-                        input_ids=input_ids,
-                        attention_mask=attention_mask,
-                        generation_config=hf_config,
-                        **shared,
-                        **({"synced_gpus": True} if synced_gpus else {}),
-                    )
-                seqs = out.sequences
-                resp = seqs[:, 1:] if policy.is_seq2seq else seqs[:, input_ids.shape[1] :]
-                if teacher_forced:  # after the decoding context: SDPA attention, as every full pass
-                    t_pass = time.perf_counter()
-                    state = _prompt_state_after_decoding(policy, shared, out, input_ids.shape[1])
-                    stats = teacher_forced_pass(policy, input_ids, attention_mask, resp, state, chunks, k,
-                                            decoding.temperature, True)
-                    chunks_c.append((stats["logprobs"], stats["values"], stats["entropy"]))
-                    pass_seconds += time.perf_counter() - t_pass
-            if teacher_forced and reference:
-                t_pass = time.perf_counter()
-                with policy.use_adapter(reference):
-                    # The same computation as the policy's: its own prompt pass (made as the policy's was),
-                    # or none where the policy's could not be reused.
-                    ref_state = shared_prompt_pass(policy, prompt_ids, prompt_mask, k, chunks) if state else None
-                    ref = teacher_forced_pass(policy, input_ids, attention_mask, resp, ref_state, chunks, k,
-                                          decoding.temperature, False)
-                chunks_ref.append(ref["logprobs"])
-                pass_seconds += time.perf_counter() - t_pass
+            input_ids, attention_mask, resp, stats, ref, seconds = _decode_batch(
+                policy, [prompts[i] for i in idx], decoding, hf_config, k, adapter=adapter, capture=capture,
+                teacher_forced=teacher_forced, reference=reference, pass_batch_size=pass_batch_size,
+                synced_gpus=synced_gpus)
             chunks_q.append((rows, input_ids, attention_mask))
             chunks_r.append(resp)
-            if capture:
-                chunks_c.append(captured.stats(policy, resp))
+            if stats is not None:
+                chunks_c.append(stats)
+            if ref is not None:
+                chunks_ref.append(ref)
+            pass_seconds += seconds
             bar.update(len(rows))
     bar.close()
     rollout = _assemble(policy, chunks_q, chunks_r, len(prompts) * k, [q for q in queries for _ in range(k)])
-    rows_of = [q[0] for q in chunks_q]
-    if capture or teacher_forced:
-        rollout.logprobs, rollout.values, rollout.entropy = (
-            _scatter_rows([c[k] for c in chunks_c], rows_of, rollout.response_ids.shape) for k in range(3)
-        )
-    if chunks_ref:
-        rollout.ref_logprobs = _scatter_rows(chunks_ref, rows_of, rollout.response_ids.shape)
+    _fill_stats(rollout, [q[0] for q in chunks_q], chunks_c, chunks_ref)
     rollout.pass_seconds = pass_seconds
     rollout.temperature = decoding.temperature
     return rollout
+
+
+def _decode_batch(policy: Policy, batch_prompts: list[list[int]], decoding: GenerationConfig, hf_config, k: int, *,
+                  adapter: str | None, capture: bool, teacher_forced: bool, reference: str | None,
+                  pass_batch_size: int | None, synced_gpus: bool):
+    """One batch of :func:`generate`: k responses per prompt, rows prompt-major. Returns ``(input_ids,
+    attention_mask, responses, (logprobs, values, entropy) or None, reference log-probs or None, seconds of
+    teacher-forced passes)``."""
+    enc = policy.tokenizer.pad({"input_ids": batch_prompts}, return_tensors="pt").to(policy.device)
+    prompt_ids, prompt_mask = enc["input_ids"], enc["attention_mask"]
+    stats, ref, seconds, state = None, None, 0.0, None
+    chunks = _pass_chunks(len(batch_prompts), k, pass_batch_size)
+    with policy.use_adapter(adapter) if adapter else contextlib.nullcontext():
+        # Outside the capture: the shared prompt pass is not a decoding step. The teacher-forced
+        # passes reuse it, so then it is made for one sample per prompt too; a seq2seq encoder
+        # always runs here, in chunks cut to their own padding (cheaper than the padded batch).
+        share = k > 1 or teacher_forced or policy.is_seq2seq
+        shared = shared_prompt_pass(policy, prompt_ids, prompt_mask, k, chunks) if share else {}
+        input_ids, attention_mask = prompt_ids.repeat_interleave(k, 0), prompt_mask.repeat_interleave(k, 0)
+        with _DecodingCapture(policy, capture, decoding.temperature) as captured, _decoding_attention(policy):
+            out = policy.model.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                generation_config=hf_config,
+                **shared,
+                **({"synced_gpus": True} if synced_gpus else {}),
+            )
+        seqs = out.sequences
+        resp = seqs[:, 1:] if policy.is_seq2seq else seqs[:, input_ids.shape[1] :]
+        if teacher_forced:  # after the decoding context: SDPA attention, as every full pass
+            t_pass = time.perf_counter()
+            state = _prompt_state_after_decoding(policy, shared, out, input_ids.shape[1])
+            tf = teacher_forced_pass(policy, input_ids, attention_mask, resp, state, chunks, k, decoding.temperature, True)
+            stats = (tf["logprobs"], tf["values"], tf["entropy"])
+            seconds += time.perf_counter() - t_pass
+    if teacher_forced and reference:
+        t_pass = time.perf_counter()
+        with policy.use_adapter(reference):
+            # The same computation as the policy's: its own prompt pass (made as the policy's was),
+            # or none where the policy's could not be reused.
+            ref_state = shared_prompt_pass(policy, prompt_ids, prompt_mask, k, chunks) if state else None
+            ref = teacher_forced_pass(policy, input_ids, attention_mask, resp, ref_state, chunks, k,
+                                      decoding.temperature, False)["logprobs"]
+        seconds += time.perf_counter() - t_pass
+    if capture:
+        stats = captured.stats(policy, resp)
+    return input_ids, attention_mask, resp, stats, ref, seconds
+
+
+def _checked_options(decoding: GenerationConfig, k: int, capture: bool, teacher_forced: bool, reference: str | None,
+                     synced_gpus: bool) -> int:
+    """The options of :func:`generate` that cannot go together; returns k."""
+    if synced_gpus and (capture or teacher_forced):
+        raise ValueError("generate: synced_gpus runs extra forward passes after a batch has ended; "
+                         "use capture=False and teacher_forced=False with it")
+    if capture and teacher_forced:
+        raise ValueError("generate: capture and teacher_forced are two ways to the same fields; choose one")
+    if reference and not teacher_forced:
+        raise ValueError("generate: reference log-probs come from the teacher-forced passes; set teacher_forced=True")
+    if k < 1:
+        raise ValueError(f"samples_per_prompt must be >= 1, got {k}")
+    if k > 1 and not decoding.do_sample:
+        raise ValueError(f"{k} samples per prompt with greedy decoding would be {k} copies of one response")
+    return k
+
+
+def _fill_stats(rollout: Rollout, rows_of: list[list[int]], chunks_c: list, chunks_ref: list) -> None:
+    """The per-batch log-probs, values and entropy (captured or teacher-forced) and the reference's log-probs,
+    scattered back to the rollout's row order."""
+    if chunks_c:
+        rollout.logprobs, rollout.values, rollout.entropy = (
+            _scatter_rows([c[i] for c in chunks_c], rows_of, rollout.response_ids.shape) for i in range(3)
+        )
+    if chunks_ref:
+        rollout.ref_logprobs = _scatter_rows(chunks_ref, rows_of, rollout.response_ids.shape)
 
 
 def _prompt_state_after_decoding(policy: Policy, shared: dict, out, prompt_len: int) -> dict[str, Any] | None:
