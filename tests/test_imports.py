@@ -70,3 +70,12 @@ def test_only_the_command_line_imports_the_trainer():
     """Training sits above the stages: the trainer wires them, and only cli (the top) builds a trainer."""
     importers = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "trainer" and "trainer" in _graph()[p.stem])
     assert importers == ["cli"], importers
+
+
+def test_no_function_over_100_lines_but_the_argument_parser():
+    long = []
+    for path in sorted(PACKAGE.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 100:
+                long.append(f"{path.stem}.{node.name}")
+    assert long == ["cliargs.build_parser"], long
