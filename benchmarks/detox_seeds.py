@@ -92,8 +92,16 @@ def row(seed: int, run_dir: Path, head: dict, seconds: float | None) -> dict:
         "samples_per_prompt": (head.get("sampled") or {}).get("samples_per_prompt"),
         "demo_seconds": None if seconds is None else round(seconds, 1),
         "training_seconds": round(train_s, 1),
-        "run_dir": str(run_dir),
+        "run_dir": _shown(run_dir),
     }
+
+
+def _shown(path: Path) -> str:
+    """A path as the JSON records it: relative to the repository when it lies inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
 
 
 def _maxima(path: Path, judge: str) -> dict[int, float]:
@@ -118,7 +126,7 @@ def pooled(rows: list[dict]) -> dict:
     for judge in judges:
         before, after = [], []
         for r in rows:
-            ev = Path(r["run_dir"]) / "eval"
+            ev = ROOT / r["run_dir"] / "eval"  # ROOT / an absolute path is that path
             before.append(_maxima(ev / "before-sampled.jsonl", judge))
             after.append(_maxima(ev / "after-sampled.jsonl", judge))
         prompts = sorted(set.intersection(*(set(d) for d in before + after)))
