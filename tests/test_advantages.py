@@ -7,7 +7,11 @@ import pytest
 import torch
 
 from detoxrl.advantages import (
+    group_normalized,
     leave_one_out_baseline,
+    per_token,
+    rloo_sequence_rewards,
+    step_advantages,
     AdaptiveKLController,
     FixedKLController,
     gae,
@@ -391,3 +395,76 @@ def test_leave_one_out_baseline_pairs_and_bf16():
 def test_leave_one_out_baseline_rejects_bad_groups(scores, k, fragment):
     with pytest.raises(ValueError, match=fragment):
         leave_one_out_baseline(scores, k)
+
+
+# --------------------------------------------------------------------------------------------
+# The critic-free algorithms: RLOO and GRPO
+
+
+def test_group_normalized_by_hand():
+    # Group 1: 1, 2, 6 -> mean 3, unbiased std sqrt((4 + 1 + 9) / 2) = sqrt(7) -> -2, -1, 3 over sqrt(7).
+    # Group 2: all 0.5 -> std 0 -> 0 / (0 + eps) = 0.
+    out = group_normalized(torch.tensor([1.0, 2.0, 6.0, 0.5, 0.5, 0.5]), 3, eps=0.0 + 1e-12)
+    root7 = math.sqrt(7.0)
+    assert out.dtype == torch.float32
+    assert torch.allclose(out, torch.tensor([-2 / root7, -1 / root7, 3 / root7, 0.0, 0.0, 0.0]), atol=1e-6)
+    # The default eps 1e-4 (trl's): k = 2, scores 1 and 2 -> mean 1.5, std sqrt(0.5) -> -/+ 0.5 / (0.70711 + 1e-4)
+    pair = group_normalized(torch.tensor([1.0, 2.0]), 2)
+    assert torch.allclose(pair, torch.tensor([-0.5, 0.5]) / (math.sqrt(0.5) + 1e-4), atol=1e-7)
+
+
+@pytest.mark.parametrize("scores,k,fragment", [(torch.zeros(6), 1, ">= 2"), (torch.zeros(5), 2, "groups of 2")])
+def test_group_normalized_rejects_bad_groups(scores, k, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        group_normalized(scores, k)
+
+
+# Two responses of one prompt: the first with 2 tokens, the second with 1 (then padding).
+LOGP = torch.tensor([[-1.0, -2.0], [-1.0, 7.0]])  # 7.0 sits on padding: it must not leak
+REF = torch.tensor([[-1.5, -1.0], [-2.0, -50.0]])
+MASK = torch.tensor([[1, 1], [1, 0]])
+
+
+def test_rloo_sequence_rewards_by_hand():
+    # k1 = logp - ref: row 0: 0.5, -1 (sum -0.5); row 1: 1 (sum 1). beta 0.1: 1 + 0.05 = 1.05, 2 - 0.1 = 1.9.
+    rewards, kl = rloo_sequence_rewards(torch.tensor([1.0, 2.0]), LOGP, REF, MASK, 0.1)
+    assert torch.allclose(rewards, torch.tensor([1.05, 1.9]))
+    assert torch.equal(kl, torch.tensor([[0.5, -1.0], [1.0, 0.0]]))
+
+
+def test_per_token_puts_the_response_advantage_on_its_real_tokens():
+    assert torch.equal(per_token(torch.tensor([-0.85, 0.85]), MASK), torch.tensor([[-0.85, -0.85], [0.85, 0.0]]))
+
+
+def test_step_advantages_rloo_by_hand():
+    # Rewards 1.05 and 1.9 (above); each minus the other (k = 2): -0.85 and +0.85, on every real token.
+    adv, returns, kl = step_advantages("rloo", torch.tensor([1.0, 2.0]), LOGP, REF, torch.zeros(2, 2), MASK,
+                                       kl_coef=0.1, group_size=2)
+    assert returns is None
+    assert torch.allclose(adv, torch.tensor([[-0.85, -0.85], [0.85, 0.0]]))
+    assert torch.equal(kl, torch.tensor([[0.5, -1.0], [1.0, 0.0]]))
+
+
+def test_step_advantages_grpo_by_hand():
+    # Scores 1 and 2: -/+ 0.5 / (sqrt(0.5) + 1e-4) on every real token; the KL is not in the advantage.
+    adv, returns, kl = step_advantages("grpo", torch.tensor([1.0, 2.0]), LOGP, REF, torch.zeros(2, 2), MASK,
+                                       kl_coef=123.0, group_size=2)
+    a = 0.5 / (math.sqrt(0.5) + 1e-4)
+    assert returns is None
+    assert torch.allclose(adv, torch.tensor([[-a, -a], [a, 0.0]]))
+    assert torch.equal(kl, torch.tensor([[0.5, -1.0], [1.0, 0.0]]))
+
+
+@pytest.mark.parametrize("group_baseline", [False, True])
+def test_step_advantages_ppo_is_token_rewards_then_gae(group_baseline):
+    scores, values = torch.tensor([1.0, 2.0]), torch.tensor([[0.3, -0.2], [0.1, 9.0]])
+    adv, returns, kl = step_advantages("ppo", scores, LOGP, REF, values, MASK, kl_coef=0.1, group_size=2,
+                                       group_baseline=group_baseline, gamma=1.0, lam=0.95)
+    rewards, kl_ref = token_rewards(leave_one_out_baseline(scores, 2) if group_baseline else scores, LOGP, REF, MASK, 0.1)
+    adv_ref, returns_ref = gae(rewards, values, MASK, 1.0, 0.95)
+    assert torch.equal(adv, adv_ref) and torch.equal(returns, returns_ref) and torch.equal(kl, kl_ref)
+
+
+def test_step_advantages_names_an_unknown_algorithm():
+    with pytest.raises(ValueError, match="unknown algorithm 'dpo'"):
+        step_advantages("dpo", torch.zeros(2), LOGP, REF, torch.zeros(2, 2), MASK, kl_coef=0.1, group_size=2)

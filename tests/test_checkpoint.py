@@ -283,7 +283,7 @@ def _flip_last_byte(path):
     ("append", "bytes, {size} when it was saved)"),
     ("delete", "has no {name}"),
 ])
-@pytest.mark.parametrize("name", ck.CHECKPOINT_FILES)
+@pytest.mark.parametrize("name", (*ck.CHECKPOINT_FILES, ck.VALUE_HEAD_FILE))
 def test_damaged_checkpoint_file_fails_its_checksum_before_anything_loads(name, damage, fragment, trained, no_weights_loaded):
     """A file changed after the save (same size or not) is found by its recorded size and sha256,
     without loading the policy; ``torch.load`` or safetensors would otherwise meet it, if at all."""

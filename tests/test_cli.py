@@ -628,6 +628,8 @@ def test_evaluate_run_whose_config_yaml_trusts_remote_code_runs_no_model_code(se
     run_dir = tmp_path / "run"
     (run_dir / "final").mkdir(parents=True)
     (run_dir / "final" / "adapter_model.safetensors").write_bytes(b"")  # never read: the config is refused first
+    (run_dir / "final" / "adapter_config.json").write_text("{}")
+    (run_dir / "metrics.jsonl").write_text("")
     cfg = load_config("seed", overrides=[f"policy.model={tiny['t5']}", f"reward.model={reward}", "reward.label=nothate",
                                          f"evaluation.judge_model={reward}#hate", f"data.source={DATA}"])
     mapping = cfg.to_dict()
@@ -780,6 +782,7 @@ def test_evaluate_an_adapter_on_every_row_of_a_file(tiny_run, tiny, tmp_path):
         "--adapter", tiny_run["dir"] / "final", "--data", talks, "--all-rows", "--greedy-only", "--no-rouge", "--no-faithfulness",
         "--judge-model", "packaged:profanity-check", "--output", tmp_path / "eval", "--no-progress", "--json",
         "--set", "evaluation.max_new_tokens=6", "--set", "data.max_prompt_tokens=4096",
+        "--set", "evaluation.num_samples=2",  # every row all the same: --num-samples alone limits --all-rows
     )
     assert rc == 0, err
     res = json.loads(out)
@@ -815,3 +818,91 @@ def test_evaluate_accepts_a_bin_adapter(tiny_run, tiny, tmp_path):
     assert results[1]["toxicity"] == results[0]["toxicity"] and results[1]["comparison"]["toxicity"] == results[0]["comparison"]["toxicity"]
     assert [json.loads(line)["response"] for line in (tmp_path / "eval-bin" / "after.jsonl").read_text().splitlines()] == [
         json.loads(line)["response"] for line in (tmp_path / "eval-st" / "after.jsonl").read_text().splitlines()]
+
+
+def test_evaluate_an_adapter_of_a_run_with_the_settings_it_was_trained_with(tiny_run, tmp_path):
+    """evaluate --adapter RUN/final reads RUN/config.yaml (its prompt template, its base model): the same
+    prompts as evaluate --run, with no --preset or --policy; an adapter of no run needs --output."""
+    run_dir = tiny_run["dir"]
+    common = ["--num-samples", 2, "--greedy-only", "--no-rouge", "--no-faithfulness", "--no-progress", "--json"]
+    rc, _, err = cli("evaluate", "--run", run_dir, "--output", tmp_path / "by-run", *common)
+    assert rc == 0, err
+    rc, _, err = cli("evaluate", "--adapter", run_dir / "final", "--output", tmp_path / "by-adapter", *common)
+    assert rc == 0, err
+    prompts = [[json.loads(x)["prompt"] for x in (tmp_path / name / "after.jsonl").read_text().splitlines()]
+               for name in ("by-run", "by-adapter")]
+    assert prompts[0] == prompts[1] and len(prompts[0]) == 2
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        (bare / name).write_bytes((run_dir / "final" / name).read_bytes())
+    rc, _, err = cli("evaluate", "--adapter", bare, *common)
+    assert "belongs to no detoxrl run: say where its evaluation goes with --output DIR" in one_line_error(rc, err)
+
+
+def test_evaluate_refuses_a_run_and_another_adapter(tiny_run, tmp_path, no_model_loads):
+    rc, _, err = cli("evaluate", "--run", tiny_run["dir"], "--adapter", tmp_path / "other")
+    assert "pass one of them" in one_line_error(rc, err)
+
+
+def test_train_from_an_adapter_goes_on_the_base_it_names(tiny_run, tiny, tiny_llama, tmp_path):
+    """train --adapter A without --policy trains on A's base model (its base_model_name_or_path), not the
+    preset's; with another --policy the error names the base the adapter was trained on."""
+    args = [a for a in tiny_train_args(tiny, tmp_path / "run", steps=1)]
+    i = args.index("--policy")
+    del args[i:i + 2]  # no --policy: the preset's is google/flan-t5-base, which this machine cannot load
+    rc, _, err = cli(*args, "--adapter", tiny_run["dir"] / "final")
+    assert rc == 0, err
+    from detoxrl.config import load_config
+
+    assert load_config(path=tmp_path / "run" / "config.yaml").policy.model == str(Path(tiny["t5"]).resolve())
+    rc, _, err = cli(*args, "--policy", tiny_llama, "--adapter", tiny_run["dir"] / "final", "--output-dir", tmp_path / "r2")
+    line = one_line_error(rc, err)
+    assert f"the adapter was trained on '{Path(tiny['t5']).resolve()}'" in line and "pass --policy" in line, line
+
+
+def test_evaluate_refuses_a_run_whose_data_changed_since_it_trained(tiny, tmp_path):
+    """The data file shrank after training: its last rows, now held out, were trained on. evaluate --run
+    compares the split with the run's split.json and refuses in one line; --data FILE --all-rows (every
+    row of another file held out) is not refused."""
+    import pandas as pd
+
+    talks = tmp_path / "talks.csv"
+    pd.read_csv(DATA / "train.csv", nrows=60).to_csv(talks, index=False)
+    run_dir = tmp_path / "run"
+    args = tiny_train_args(tiny, run_dir, steps=1)
+    args[args.index("--data") + 1] = talks
+    rc, _, err = cli(*args)
+    assert rc == 0, err
+    pinned = json.loads((run_dir / "split.json").read_text())
+    assert pinned["test"]["rows"] > 0 and len(pinned["test"]["sha256"]) == 64
+    pd.read_csv(DATA / "train.csv", nrows=30).to_csv(talks, index=False)
+    common = ["--greedy-only", "--no-rouge", "--no-faithfulness", "--no-progress", "--num-samples", 2]
+    rc, _, err = cli("evaluate", "--run", run_dir, *common)
+    line = one_line_error(rc, err)
+    assert f"the data of run '{run_dir}' has changed since it trained" in line and "--all-rows" in line
+    rc, _, err = cli("evaluate", "--run", run_dir, "--data", talks, "--all-rows", "--output", tmp_path / "all", *common)
+    assert rc == 0, err
+
+
+def test_an_empty_output_dir_is_refused_not_the_current_folder(tiny, tmp_path, no_model_loads, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = tiny_train_args(tiny, "", steps=1)
+    rc, _, err = cli(*args)
+    assert "--output-dir is empty; name the run folder" in one_line_error(rc, err)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_train_takes_a_learning_rate_flag(tiny, tmp_path, no_model_loads):
+    """--learning-rate sets ppo.learning_rate (sft's sets sft.learning_rate); a bad value is refused by the
+    config's check before anything loads."""
+    rc, _, err = cli(*tiny_train_args(tiny, tmp_path / "run"), "--learning-rate", "-1")
+    assert "ppo.learning_rate must be a positive number, got -1.0" in one_line_error(rc, err)
+
+
+def test_a_summary_longer_than_the_policy_can_write_is_refused_before_any_model_loads(tiny, tmp_path, no_model_loads):
+    """--max-new-tokens 1000000 sat on step 1 for ten minutes; the policy's own position limit (T5's
+    n_positions) refuses it in one line."""
+    rc, _, err = cli(*tiny_train_args(tiny, tmp_path / "run"), "--max-new-tokens", 1000000)
+    line = one_line_error(rc, err)
+    assert "generation.max_new_tokens=1000000 is beyond what policy" in line and "positions" in line

@@ -521,3 +521,27 @@ def test_changed_settings_leave_out_those_that_do_not_affect_the_result():
     # Every free setting exists (a renamed key would silently become free otherwise).
     keys = {f"{section}.{key}" for section, values in old.items() if isinstance(values, dict) for key in values} | {"preset"}
     assert RESUME_FREE_SETTINGS <= keys
+
+
+@pytest.mark.parametrize("text, twice, lines", [
+    ("ppo:\n  learning_rate: 0.1\ndata:\n  max_rows: 10\nppo:\n  steps: 3\n", "ppo", "1 and 5"),  # a section twice
+    ("ppo:\n  learning_rate: 0.1\n  steps: 3\n  learning_rate: 0.2\n", "learning_rate", "2 and 4"),  # a key twice
+])
+def test_yaml_with_a_key_twice_is_refused_not_half_dropped(tmp_path, text, twice, lines):
+    """Plain YAML keeps the last of two equal keys and drops the first without a word: a whole ppo:
+    section, or a learning rate of 0.1 that became the default. Here that is one line naming both."""
+    path = tmp_path / "twice.yaml"
+    path.write_text(text)
+    msg = config_error(path=path)
+    assert f"gives '{twice}' twice (lines {lines})" in msg and "keep one of them" in msg
+
+
+def test_an_empty_output_dir_is_refused():
+    with pytest.raises(ConfigError, match="run.output_dir is empty; name the run folder"):
+        load_config(overrides=["run.output_dir="])
+
+
+def test_evaluation_num_samples_none_means_every_held_out_prompt():
+    assert load_config(overrides=["evaluation.num_samples=none"]).evaluation.num_samples is None
+    with pytest.raises(ConfigError, match="evaluation.num_samples"):
+        load_config(overrides=["evaluation.num_samples=0"])

@@ -39,6 +39,7 @@ def torch_one_thread(module_one_thread):
 
 def _train(policy_dir: Path, reward_dir: Path, out: Path) -> Path:
     """Two PPO steps with the policy named by a path relative to the working directory."""
+    from detoxrl.modelcard import refresh_model_card
     from detoxrl.trainer import Trainer
 
     here = os.getcwd()
@@ -50,6 +51,7 @@ def _train(policy_dir: Path, reward_dir: Path, out: Path) -> Path:
         Trainer(cfg).train()
     finally:
         os.chdir(here)
+    refresh_model_card(out)  # the workflow that ends a run writes its card (train's command line does this)
     return out
 
 
@@ -74,7 +76,7 @@ def elsewhere(tmp_path, monkeypatch):
 
 def _adapter_policy(run: Path):
     """The run's final adapter on its base model, loaded by detoxrl (float32)."""
-    from detoxrl.export import base_model_of
+    from detoxrl.trained import base_model_of
     from detoxrl.policy import load_policy
     from detoxrl.config import load_config
 
@@ -386,7 +388,7 @@ def test_bad_export_input_is_one_line_before_any_model_loads(runs, tmp_path, mon
     a_file.write_text("x")
     cases = [
         ((tmp_path / "missing", "--output", tmp_path / "o1"), "does not exist; pass a train run folder"),
-        ((tmp_path, "--output", tmp_path / "o2"), "is neither a detoxrl run"),
+        ((tmp_path, "--output", tmp_path / "o2"), "is not a train run folder (the --output-dir of detoxrl train: config.yaml, metrics.jsonl, final/) or a PEFT adapter folder"),
         ((unfinished, "--output", tmp_path / "o3"), "has no final/ adapter"),
         ((no_weights, "--output", tmp_path / "o4"), "has adapter_config.json but no weights"),
         ((lost_base, "--output", tmp_path / "o5", "--merge"), "does not exist here; pass the base model"),

@@ -79,3 +79,47 @@ def test_no_function_over_100_lines_but_the_argument_parser():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 100:
                 long.append(f"{path.stem}.{node.name}")
     assert long == ["cliargs.build_parser"], long
+
+
+def _reachable(start: str, graph: dict[str, set[str]]) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for nxt in graph[todo.pop()] - seen:
+            seen.add(nxt)
+            todo.append(nxt)
+    return seen
+
+
+def test_training_never_imports_reporting():
+    """The trainers save the adapter; the workflow that ends a run (cli, demo) writes its card and report,
+    so a change to the report cannot break training, and training can run without matplotlib's import."""
+    graph = _graph()
+    reporting = {"modelcard", "report", "report_pages", "report_plots"}
+    for trainer in ("trainer", "sft", "runfolder", "checkpoint", "collection"):
+        reached = _reachable(trainer, graph) & reporting
+        assert not reached, f"{trainer} reaches {sorted(reached)}"
+
+
+def test_benchmarks_use_no_private_names_of_the_package():
+    offenders = []
+    for path in sorted((PACKAGE.parents[1] / "benchmarks").glob("*.py")):
+        for module, names in _imports(path):
+            private = [n for n in names if n.startswith("_") and not n.startswith("__")]
+            if private:
+                offenders.append(f"{path.name} imports {', '.join(private)} from {module}")
+        text = path.read_text(encoding="utf-8")
+        for mod in {p.stem for p in PACKAGE.glob("*.py")}:
+            if f"{mod}._" in text.replace(f"{mod}.__", ""):
+                offenders.append(f"{path.name} uses a private name of {mod}")
+    assert not offenders, offenders
+
+
+def test_the_public_api_is_importable_from_the_package_without_loading_torch_first():
+    import subprocess
+    import sys
+
+    code = ("import sys, detoxrl; assert 'torch' not in sys.modules; "
+            "from detoxrl import Trainer, SupervisedTrainer, load_config, FunctionScorer, RewardFunction, evaluate_adapter, "
+            "write_report, refresh_model_card, DetoxError, DetoxConfig; print(Trainer.__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "Trainer", out.stderr

@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from detoxrl.losses import (
+    dpo_loss,
     is_finite_and_sane,
+    kl_penalty_loss,
     policy_loss,
     value_loss,
 )
@@ -257,3 +259,39 @@ def test_guard_catches_a_runaway_policy_loss():
     logp = torch.tensor([[0.0, 100.0]])
     loss, stats = policy_loss(logp, torch.zeros(1, 2), torch.tensor([[1.0, -1.0]]), torch.ones(1, 2), 0.2)
     assert not is_finite_and_sane(loss, stats["ratio_mean"], 10.0)
+
+
+def test_kl_penalty_loss_by_hand():
+    """k3 per token: log r = ref - logp = 0 and 1 -> 0 and e - 2; masked mean (e - 2) / 2. Its gradient
+    with respect to logp is (1 - exp(ref - logp)) / n: 0 and (1 - e) / 2; padding (a wild value) adds nothing."""
+    logp = torch.tensor([[-1.0, -2.0, 40.0]], requires_grad=True)
+    ref = torch.tensor([[-1.0, -1.0, -40.0]])
+    mask = torch.tensor([[1, 1, 0]])
+    loss, stats = kl_penalty_loss(logp, ref, mask)
+    assert math.isclose(loss.item(), (math.e - 2) / 2, rel_tol=1e-6)
+    assert math.isclose(stats["kl_k3"], (math.e - 2) / 2, rel_tol=1e-6)
+    loss.backward()
+    assert torch.allclose(logp.grad, torch.tensor([[0.0, (1 - math.e) / 2, 0.0]]))
+
+
+def test_kl_penalty_loss_is_zero_at_the_reference():
+    logp = torch.tensor([[-0.3, -2.5]])
+    loss, _ = kl_penalty_loss(logp, logp.clone(), torch.ones(1, 2))
+    assert loss.item() == 0.0
+
+
+def test_dpo_loss_by_hand():
+    """Two pairs, beta 0.5. Pair 1: (logp_c - ref_c) - (logp_r - ref_r) = (-3 + 4) - (-5 + 4) = 2 -> margin 1;
+    pair 2: (-2 + 2) - (-2 + 2) = 0 -> margin 0. Loss = (-log sigmoid(1) - log sigmoid(0)) / 2 =
+    (0.313262 + 0.693147) / 2. d loss / d logp_c of pair 1 = -beta * (1 - sigmoid(1)) / 2."""
+    logp_c = torch.tensor([-3.0, -2.0], requires_grad=True)
+    logp_r = torch.tensor([-5.0, -2.0], requires_grad=True)
+    loss, stats = dpo_loss(logp_c, logp_r, torch.tensor([-4.0, -2.0]), torch.tensor([-4.0, -2.0]), beta=0.5)
+    assert math.isclose(loss.item(), (math.log1p(math.exp(-1.0)) + math.log(2.0)) / 2, rel_tol=1e-6)
+    assert stats["margin"] == pytest.approx(0.5) and stats["accuracy"] == pytest.approx(0.75)  # one win, one tie
+    assert stats["reward_chosen"] == pytest.approx(0.25) and stats["reward_rejected"] == pytest.approx(-0.25)
+    loss.backward()
+    sig1 = 1 / (1 + math.exp(-1.0))
+    assert logp_c.grad[0].item() == pytest.approx(-0.5 * (1 - sig1) / 2, rel=1e-6)
+    assert logp_r.grad[0].item() == pytest.approx(0.5 * (1 - sig1) / 2, rel=1e-6)
+    assert logp_c.grad[1].item() == pytest.approx(-0.5 * 0.5 / 2, rel=1e-6)

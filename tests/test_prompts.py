@@ -529,3 +529,21 @@ def test_render_chitchat_three_speakers_and_whitespace():
         ]
     }
     assert prompts.render_chitchat(conv) == "#Person1#: hi there you\n#Person2#: hello\n#Person3#: me too\n#Person1#: bye"
+
+
+@pytest.mark.parametrize("value, kind", [
+    (["#Person1#: Hi.", "#Person2#: Hello."], "a list"),
+    (int("9" * 250), "a number"),
+    ({"text": "hi"}, "an object"),
+])
+def test_a_dialogue_that_is_not_text_is_refused_with_its_row(tmp_path, value, kind):
+    """A JSONL dialogue that is a list of turns (or a number, an object) would be trained on as its
+    Python spelling; it is refused, with the row and what to write instead."""
+    path = tmp_path / "talks.jsonl"
+    rows = [{"id": "a", "dialogue": "#Person1#: " + "fine words " * 30}, {"id": "b", "dialogue": value}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError) as e:
+        load_dialogue_rows(_cfg(path))
+    assert f"row 2: 'dialogue' is {kind}, not text" in str(e.value) and "\n" not in str(e.value)
+    if kind == "a list":
+        assert "join the turns into one text" in str(e.value)

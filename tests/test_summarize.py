@@ -158,6 +158,9 @@ def no_model_loads(monkeypatch, no_weights_loaded):
 
 def test_bad_summarize_input_is_one_line_before_any_weights_load(adapter, tmp_path, monkeypatch, no_model_loads):
     long = "#Person1#: " + "word " * 5000
+    merged = tmp_path / "merged"  # a model folder as export --merge writes it (nothing loads before the error)
+    merged.mkdir()
+    (merged / "config.json").write_text("{}")
     cases = [
         (None, ["--adapter", adapter, "--model", tmp_path], "pass one of them"),
         ('{"dialogue": "A: hi"}\nnot json\n', ["--adapter", adapter], "stdin line 2 is not valid JSON"),
@@ -168,6 +171,9 @@ def test_bad_summarize_input_is_one_line_before_any_weights_load(adapter, tmp_pa
         ("A: hi\n", ["--adapter", adapter, "--output", tmp_path], "is a folder"),
         ("A: hi\n", ["--model", tmp_path], "is not a model folder"),
         (None, ["--adapter", adapter, tmp_path / "missing.csv"], "does not exist"),
+        ("A: hi\n", ["--adapter", adapter, "--max-new-tokens", 0], "--max-new-tokens and --batch-size must be >= 1, got 0"),
+        ("A: hi\n", ["--adapter", adapter, "--batch-size", 0], "--max-new-tokens and --batch-size must be >= 1, got 64 and 0"),
+        ("A: hi\n", ["--model", merged, "--policy", adapter], "is a whole model, which needs no --policy"),
     ]
     for stdin, argv, expected in cases:
         rc, _, err = run(monkeypatch, stdin, *argv)

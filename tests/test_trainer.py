@@ -1,6 +1,7 @@
 """detoxrl.trainer: the acceptance tests of "End-to-end PPO detoxification" on tiny real models."""
 
 import collections
+import re
 import json
 import math
 import os
@@ -256,7 +257,8 @@ def test_existing_run_is_protected(tiny_config, tmp_path):
     final = trainer.train()
     assert final == out / "final" and trainer.run_dir == out and trainer.staging_dir is None
     assert len(read_metrics(out)) == 2 and (out / "notes.txt").read_text() == "mine"
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "config.yaml", "final", "metrics.jsonl", "notes.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [".detoxrl.lock", "checkpoints", "config.yaml", "final", "metrics.jsonl",
+                                                     "notes.txt", "split.json"]
 
 
 def test_resume_without_checkpoint_is_an_error(tiny_config, tmp_path):
@@ -757,3 +759,110 @@ def test_preflight_resolves_into_a_new_config_and_config_yaml_is_unchanged(tiny_
                        (tmp_path / "run", "RUN")):
         text = text.replace(str(path), "{" + name + "}")
     assert text == (Path(__file__).parent / "data" / "resolved-config.yaml").read_text()
+
+
+# --------------------------------------------------------------------------------------------
+# The critic-free algorithms in the same loop
+
+
+@pytest.mark.parametrize("algorithm", ["rloo", "grpo"])
+def test_critic_free_algorithms_train_without_a_value_head_and_resume_exactly(algorithm, tiny_config, tmp_path):
+    """ppo.algorithm=rloo|grpo: no value head is built, trained or saved (no value loss, no
+    value_head.safetensors in checkpoints or final/); grpo logs its KL term; a run stopped at its
+    checkpoint and resumed equals one that never stopped."""
+    def config(out):
+        return tiny_config("ppo.batch_size=4", "ppo.mini_batch_size=2", "ppo.samples_per_prompt=2", f"ppo.algorithm={algorithm}",
+                           "ppo.learning_rate=1e-2", "run.save_every=1", "run.keep_checkpoints=0", output_dir=out, steps=2)
+
+    scorer = FunctionScorer(lambda texts: [len(t) / 10 for t in texts])
+    whole = tmp_path / "whole"
+    trainer = Trainer(config(whole), scorer=scorer)
+    assert trainer.policy.value_head is None
+    final = trainer.train()
+    metrics = read_metrics(whole)
+    assert [m["step"] for m in metrics] == [1, 2]
+    assert all("ppo/loss/value" not in m and "ppo/returns/mean" not in m for m in metrics)
+    assert all(("ppo/loss/kl" in m) == (algorithm == "grpo") for m in metrics)
+    assert not any(p.name == "value_head.safetensors" for p in whole.rglob("*"))
+    assert metrics[1]["objective/kl"] != 0.0  # the adapter moved after step 1
+    first = tmp_path / "resumed"
+    Trainer(config(first), scorer=scorer).train(steps=1)
+    resumed = Trainer(config(first), scorer=scorer, resume=True)
+    assert resumed.step_idx == 1
+    assert_same_tensors(adapter_tensors(resumed.train()), adapter_tensors(final))
+    assert without_time(read_metrics(first)) == without_time(metrics)
+
+
+def test_rloo_gives_a_constant_reward_no_signal_but_its_kl(tiny_config, tmp_path):
+    """Under rloo a reward that is the same for every response moves the adapter only through the KL
+    in the reward: with the KL coefficient at 0, reward 5 and reward 0 give the same adapter, and it is
+    the starting one (every advantage is 0)."""
+    def run(value, name):
+        cfg = tiny_config("ppo.batch_size=4", "ppo.mini_batch_size=4", "ppo.samples_per_prompt=2", "ppo.algorithm=rloo",
+                          "ppo.init_kl_coef=0", "ppo.adaptive_kl=false", "ppo.whiten_advantages=false",
+                          "ppo.learning_rate=1e-2", output_dir=tmp_path / name, steps=2)
+        trainer = Trainer(cfg, scorer=FunctionScorer(lambda texts: [value] * len(texts)))
+        start = {n: p.detach().clone() for n, p in trainer.policy.model.named_parameters() if "lora_" in n and ".default." in n}
+        out = trainer.train()
+        return adapter_tensors(out), start
+
+    five, start = run(5.0, "five")
+    zero, _ = run(0.0, "zero")
+    assert_same_tensors(five, zero)
+    assert all(torch.equal(five[n.replace(".default.", ".")], t) for n, t in start.items())
+
+
+@pytest.mark.parametrize("settings, fragment", [
+    (["ppo.algorithm=a2c"], "ppo.algorithm must be ppo, rloo or grpo, got 'a2c'"),
+    (["ppo.algorithm=rloo"], "ppo.algorithm=rloo compares the summaries of one prompt and needs ppo.samples_per_prompt >= 2"),
+    (["ppo.algorithm=grpo", "ppo.samples_per_prompt=2", "ppo.reward_baseline=group"],
+     "ppo.reward_baseline=group is PPO's option; ppo.algorithm=grpo has its own group baseline"),
+])
+def test_algorithm_settings_that_cannot_work_are_refused(settings, fragment, tiny_config, tmp_path):
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        tiny_config(*settings, output_dir=tmp_path / "x", steps=1)
+
+
+@pytest.mark.slow  # two processes that each import torch and load the tiny models
+def test_two_trains_into_one_folder_one_is_refused_naming_the_holder(uninterrupted, tiny_config, tmp_path):
+    """A second ``train`` into a folder that a running ``train`` holds is refused at once with one line
+    naming the holder's PID and command; the first finishes, and its run is the one a solo run gives (the
+    ``uninterrupted`` fixture). A lock left by a killed process never blocks (the OS releases it)."""
+    metrics, adapter, _ = uninterrupted
+    out = tmp_path / "run"
+    cfg = _resume_config(tiny_config, out)
+    cfg.save_yaml(tmp_path / "config.yaml")
+    proc, _ = _train_subprocess(tmp_path, ["--config", tmp_path / "config.yaml", "--no-progress"])
+    lock = out / ".detoxrl.lock"
+    deadline = time.time() + 300
+    while not (lock.is_file() and f"process {proc.pid} (train)" in lock.read_text()):
+        assert proc.poll() is None, (tmp_path / "subprocess.log").read_text()[-3000:]
+        assert time.time() < deadline, "the first run never took the lock"
+        time.sleep(0.02)
+    with pytest.raises(DetoxError) as e:
+        Trainer(_resume_config(tiny_config, out))
+    assert f"run folder '{out}' is in use by detoxrl process {proc.pid} (train)" in str(e.value)
+    assert "\n" not in str(e.value)
+    assert proc.wait(timeout=300) == 0, (tmp_path / "subprocess.log").read_text()[-3000:]
+    assert without_time(read_metrics(out)) == without_time(metrics)
+    assert_same_tensors(adapter_tensors(out / "final"), adapter)
+
+
+def test_a_lock_left_by_a_dead_process_does_not_block(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from detoxrl.runfolder import lock_folder
+
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from detoxrl.runfolder import lock_folder; "
+                               f"lock_folder({str(tmp_path)!r}, 'holder'); print('locked', flush=True); time.sleep(600)"],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(DetoxError, match=f"is in use by detoxrl process {holder.pid} \\(holder\\)"):
+        lock_folder(tmp_path, "second")
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait(timeout=60)
+    lock = lock_folder(tmp_path, "third")  # the file is still there, the lock is not
+    assert f"process {os.getpid()} (third)" in (tmp_path / ".detoxrl.lock").read_text()
+    lock.release()

@@ -10,6 +10,7 @@ padded positions (garbage log-probs, even inf or NaN) cannot leak into a result.
 
 References: trl 0.11.4 ``core.py`` / ``ppo_trainer.py`` (masked_whiten, compute_rewards,
 compute_advantages, AdaptiveKLController); Ziegler et al. 2019 (adaptive KL, arXiv:1909.08593);
+Ahmadian et al. 2024 (RLOO, arXiv:2402.14740); Shao et al. 2024 (GRPO, arXiv:2402.03300);
 Schulman et al. 2016 (GAE, arXiv:1506.02438); Schulman 2020, "Approximating KL divergence" (k1, k3).
 """
 
@@ -162,6 +163,16 @@ def token_rewards(
     return rewards, kl
 
 
+def _grouped(scores: torch.Tensor, group_size: int, who: str) -> torch.Tensor:
+    """[B] scores as float32 [B / k, k], one row per prompt; groups of fewer than 2 are an error."""
+    k = int(group_size)
+    if k < 2:
+        raise ValueError(f"{who} needs groups of >= 2 responses, got {k}")
+    if scores.dim() != 1 or scores.shape[0] % k:
+        raise ValueError(f"{who}: {tuple(scores.shape)} scores do not form groups of {k}")
+    return scores.float().reshape(-1, k)
+
+
 def leave_one_out_baseline(scores: torch.Tensor, group_size: int) -> torch.Tensor:
     """Each score minus the mean of the other ``group_size - 1`` scores of its group (RLOO).
 
@@ -172,14 +183,41 @@ def leave_one_out_baseline(scores: torch.Tensor, group_size: int) -> torch.Tenso
     the advantage, only the differences between summaries of the same dialogue. Ahmadian et al. 2024,
     "Back to Basics: Revisiting REINFORCE Style Optimization for RLHF" (arXiv:2402.14740).
     """
-    k = int(group_size)
-    if k < 2:
-        raise ValueError(f"leave_one_out_baseline needs groups of >= 2 responses, got {k}")
-    if scores.dim() != 1 or scores.shape[0] % k:
-        raise ValueError(f"leave_one_out_baseline: {tuple(scores.shape)} scores do not form groups of {k}")
-    grouped = scores.float().reshape(-1, k)
+    grouped = _grouped(scores, group_size, "leave_one_out_baseline")
+    k = grouped.shape[1]
     others = (grouped.sum(dim=1, keepdim=True) - grouped) / (k - 1)
     return (grouped - others).reshape(-1)
+
+
+def group_normalized(scores: torch.Tensor, group_size: int, eps: float = 1e-4) -> torch.Tensor:
+    """Each score's distance from its group's mean in units of the group's standard deviation (GRPO).
+
+    scores: [B], grouped consecutively as in :func:`leave_one_out_baseline`, k = group_size >= 2.
+    Returns float32 [B]: (s_j - mean_g) / (std_g + eps), std_g the unbiased (n - 1) standard deviation
+    of the group, as DeepSeekMath's GRPO (Shao et al. 2024, arXiv:2402.03300) and trl's GRPOTrainer;
+    ``eps`` keeps a uniform group at 0 instead of 0/0. Unlike RLOO's baseline this rescales each group,
+    so a group whose summaries differ little gets advantages as large as one whose summaries differ a lot.
+    """
+    grouped = _grouped(scores, group_size, "group_normalized")
+    mean, std = grouped.mean(dim=1, keepdim=True), grouped.std(dim=1, keepdim=True)  # torch's std: unbiased
+    return ((grouped - mean) / (std + eps)).reshape(-1)
+
+
+def rloo_sequence_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor,
+                          kl_coef: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """RLOO's reward of each whole response: its score minus beta times its KL to the reference (k1 summed
+    over its real tokens), as in Ahmadian et al. 2024 (arXiv:2402.14740) and trl's RLOOTrainer.
+
+    scores: [B]; logprobs, ref_logprobs, mask: [B, T]. Returns (rewards [B], kl [B, T]): kl is k1 on real
+    tokens and 0 on padding (what the KL controller and the logs read, as :func:`token_rewards`'s)."""
+    kl = torch.where(mask.bool(), kl_k1(logprobs, ref_logprobs), 0.0)
+    return scores.float() - kl_coef * kl.sum(1), kl
+
+
+def per_token(advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """A per-response advantage [B] on every real token of its response: [B, T], 0 on padding. The
+    critic-free algorithms give every token of a summary the advantage of the whole summary."""
+    return torch.where(mask.bool(), advantages.float()[:, None], 0.0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -223,6 +261,53 @@ def gae(
     advantages = torch.stack(advantages_reversed[::-1], dim=1)
     returns = advantages + values
     return advantages, returns
+
+
+# --------------------------------------------------------------------------------------------
+# One step's advantages, by algorithm
+# --------------------------------------------------------------------------------------------
+
+
+def step_advantages(
+    algorithm: str,
+    scores: torch.Tensor,
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    kl_coef: float,
+    group_size: int = 1,
+    group_baseline: bool = False,
+    gamma: float = 1.0,
+    lam: float = 0.95,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """The advantages of a batch of responses under ``algorithm``: ``(advantages [B, T], returns [B, T] or
+    None, kl [B, T])``, before whitening; ``kl`` is k1 on real tokens (what the KL controller reads).
+
+    - ``ppo``: the KL penalty on every token and the score (minus its siblings' mean with
+      ``group_baseline``, :func:`leave_one_out_baseline`) on the last (:func:`token_rewards`), then
+      :func:`gae` with the critic's ``values``; returns are the value targets.
+    - ``rloo``: :func:`rloo_sequence_rewards` (score - beta x the response's KL) minus the mean of the
+      other k - 1 of its group, on every token (:func:`per_token`); no returns (no critic).
+    - ``grpo``: the score normalised within its group (:func:`group_normalized`) on every token; the KL
+      is not in the advantage (the update adds beta x k3 to the loss); no returns.
+
+    scores: [B], grouped consecutively by prompt in groups of ``group_size``; logprobs, ref_logprobs,
+    values, mask: [B, T]."""
+    if algorithm == "ppo":
+        if group_baseline:
+            scores = leave_one_out_baseline(scores, group_size)
+        rewards, kl = token_rewards(scores, logprobs, ref_logprobs, mask, kl_coef)
+        advantages, returns = gae(rewards, values, mask, gamma, lam)
+        return advantages, returns, kl
+    if algorithm == "rloo":
+        rewards, kl = rloo_sequence_rewards(scores, logprobs, ref_logprobs, mask, kl_coef)
+        return per_token(leave_one_out_baseline(rewards, group_size), mask), None, kl
+    if algorithm == "grpo":
+        kl = torch.where(mask.bool(), kl_k1(logprobs, ref_logprobs), 0.0)
+        return per_token(group_normalized(scores, group_size), mask), None, kl
+    raise ValueError(f"unknown algorithm '{algorithm}' (ppo, rloo or grpo)")
 
 
 # --------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -37,7 +37,10 @@ from detoxrl.policy import Policy, load_tensor_file, load_value_head, save_value
 
 STATE_FILE = "trainer_state.json"
 #: What a checkpoint folder holds besides trainer_state.json (each one listed with size and sha256).
-CHECKPOINT_FILES = ("adapter_model.safetensors", "adapter_config.json", "value_head.safetensors", "optimizer.pt")
+# Every checkpoint has these; value_head.safetensors too when the algorithm has a critic (ppo), and then its
+# checksum is in the state file's list like every other file's.
+CHECKPOINT_FILES = ("adapter_model.safetensors", "adapter_config.json", "optimizer.pt")
+VALUE_HEAD_FILE = "value_head.safetensors"
 #: The fix named by every message about a checkpoint that cannot be used.
 FALLBACK_FIX = "pass --resume-from latest-valid to resume from the newest checkpoint before it that passes its checks"
 STEP_FOLDER = re.compile(r"step-(\d+)")
@@ -66,7 +69,8 @@ def save_checkpoint(run_dir: Path, step: int, policy: Policy, optimizer: torch.o
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     policy.save_adapter(tmp)
-    save_value_head(policy.value_head, tmp / "value_head.safetensors")
+    if policy.value_head is not None:
+        save_value_head(policy.value_head, tmp / VALUE_HEAD_FILE)
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     # The checksums of everything written so far, in the state file, written last: a folder whose
     # files do not match them was damaged after the save (the rename below makes the save atomic).
@@ -131,9 +135,9 @@ def read_state(ckpt: Path, fix: str = FALLBACK_FIX) -> dict[str, Any]:
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise ModelLoadError(f"checkpoint '{ckpt}' has no valid step in {STATE_FILE} (need a whole number >= 0, got {step!r}); {fix}")
     kl = state.get("kl_controller")
-    kind = state.get("kind", "ppo")  # "sft": written by detoxrl sft, which has no KL controller
-    if kind not in ("ppo", "sft"):
-        raise ModelLoadError(f"checkpoint '{ckpt}' has an unknown kind {kind!r} in {STATE_FILE} (need ppo or sft); {fix}")
+    kind = state.get("kind", "ppo")  # "sft", "dpo": written by detoxrl sft or dpo, which have no KL controller
+    if kind not in ("ppo", "sft", "dpo"):
+        raise ModelLoadError(f"checkpoint '{ckpt}' has an unknown kind {kind!r} in {STATE_FILE} (need ppo, sft or dpo); {fix}")
     if kind == "ppo" and (not isinstance(kl, dict) or "value" not in kl or not all(_is_finite_number(v) for v in kl.values())):
         raise ModelLoadError(
             f"checkpoint '{ckpt}' has no valid kl_controller in {STATE_FILE} (need finite numbers with a 'value', got {kl!r}); {fix}"
@@ -174,7 +178,7 @@ def verify_checkpoint(ckpt: Path, fix: str = FALLBACK_FIX) -> dict[str, Any]:
             f"(a folder renamed or copied by hand); {fix}"
         )
     files = state.get("files")
-    for name in CHECKPOINT_FILES:
+    for name in required_files(state):
         if not (ckpt / name).is_file():
             raise ModelLoadError(f"checkpoint '{ckpt}' has no {name}; {fix}")
         if files is not None and name not in files:
@@ -191,6 +195,15 @@ def verify_checkpoint(ckpt: Path, fix: str = FALLBACK_FIX) -> dict[str, Any]:
         if file_digest(path)["sha256"] != want["sha256"]:
             raise ModelLoadError(f"checkpoint '{ckpt}' has a damaged {name} (its sha256 differs from the one recorded when it was saved); {fix}")
     return state
+
+
+def required_files(state: dict) -> tuple[str, ...]:
+    """The files a checkpoint must hold: :data:`CHECKPOINT_FILES`, and the value head when the run it belongs
+    to has a critic (``ppo.algorithm`` ppo, the default, and what every checkpoint before the setting had)."""
+    config = state.get("config") if isinstance(state.get("config"), dict) else {}
+    ppo = config.get("ppo") if isinstance(config.get("ppo"), dict) else {}
+    critic = state.get("kind", "ppo") != "dpo" and ppo.get("algorithm", "ppo") == "ppo"
+    return CHECKPOINT_FILES + ((VALUE_HEAD_FILE,) if critic else ())
 
 
 @dataclass
@@ -291,7 +304,8 @@ def load_checkpoint(ckpt: Path, policy: Policy, optimizer: torch.optim.Optimizer
     """Restore adapter, value head and optimizer; return the trainer state (checked by :func:`read_state`)."""
     state = read_state(ckpt)
     policy.load_adapter_weights(ckpt)
-    load_value_head(policy.value_head, ckpt / "value_head.safetensors")
+    if policy.value_head is not None:
+        load_value_head(policy.value_head, ckpt / VALUE_HEAD_FILE)
     fix = FALLBACK_FIX
     try:
         # weights_only: a file that names anything but tensors is refused with detoxrl's message (PyTorch's
@@ -312,18 +326,18 @@ def load_checkpoint(ckpt: Path, policy: Policy, optimizer: torch.optim.Optimizer
     return state
 
 
-def save_final(run_dir: Path, policy: Policy, card: Callable[[Path], str] | None = None) -> Path:
-    """``RUN/final/``: the adapter (its ``adapter_config.json`` naming the base model portably), the value
-    head and, given ``card`` (the adapter folder -> its model card), ``README.md`` in place of peft's
-    blank template. Written into ``final.tmp/`` and renamed: never half a folder."""
+def save_final(run_dir: Path, policy: Policy) -> Path:
+    """``RUN/final/``: the adapter (its ``adapter_config.json`` naming the base model portably) and the
+    value head, written into ``final.tmp/`` and renamed: never half a folder. Its model card is written
+    by the workflow that ends the run (``detoxrl.modelcard.refresh_model_card``: training never imports
+    reporting)."""
     final = RunPaths(run_dir).final
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     policy.save_adapter(tmp)
-    save_value_head(policy.value_head, tmp / "value_head.safetensors")
-    if card is not None:
-        (tmp / "README.md").write_text(card(tmp), encoding="utf-8")
+    if policy.value_head is not None:
+        save_value_head(policy.value_head, tmp / VALUE_HEAD_FILE)
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     return final

@@ -43,6 +43,7 @@ def _config_from_args(args: argparse.Namespace, base_file: str | None = None, *,
     put("ppo.steps", getattr(args, "steps", None))
     put("ppo.batch_size", getattr(args, "batch_size", None))
     put("ppo.mini_batch_size", getattr(args, "mini_batch_size", None))
+    put("ppo.learning_rate", getattr(args, "learning_rate", None))
     put("generation.max_new_tokens", getattr(args, "max_new_tokens", None))
     put("run.output_dir", getattr(args, "output_dir", None))
     if getattr(args, "overwrite", False):
@@ -76,19 +77,24 @@ def _config_from_args(args: argparse.Namespace, base_file: str | None = None, *,
                        trust_remote_code=trusted)
 
 
-def _quiet_libraries() -> None:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import transformers
+def _trained_config(args: argparse.Namespace, source, flags: list[str] = ()):
+    """The config of a command on trained weights (:class:`detoxrl.trained.TrainedWeights`, or None for the
+    starting policy alone): the settings they were trained with (their prompt template and base model, from
+    the run's config.yaml or an export's detoxrl_config.yaml) unless --config names a file, then the flags;
+    ``policy.model`` is the base the adapter goes on (:func:`detoxrl.trained.base_model_of`), or the merged
+    model itself."""
+    from detoxrl.config import with_settings
+    from detoxrl.trained import base_model_of
 
-    # This hides transformers' warnings, among them the load report of weights initialised at random
-    # and the notes on tokenizers built without a vocabulary: detoxrl.modelcheck turns each of those
-    # into an error of its own (check_load_report, check_tokenizer_files, check_tokenizer).
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    import warnings
-
-    warnings.filterwarnings("ignore", category=UserWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
+    settings = str(source.config_file) if source is not None and source.config_file is not None else None
+    cfg = _config_from_args(args, base_file=settings, flags=flags)
+    if source is None:
+        return cfg
+    if source.model_dir is not None:
+        return with_settings(cfg, {"policy": {"model": str(source.model_dir), "adapter": None}})
+    # --policy, or the settings file's policy.model; never the preset's default for a model it does not name
+    configured = getattr(args, "policy", None) or (cfg.policy.model if settings or getattr(args, "config", None) else None)
+    return with_settings(cfg, {"policy": {"model": base_model_of(source.adapter_dir, configured)}})
 
 
 def _print_json(obj: Any) -> None:
@@ -169,30 +175,47 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from detoxrl.modelcard import refresh_model_card
     from detoxrl.trainer import Trainer
 
+    resume, base_file = _resume_plan(args)
+    cfg = _config_from_args(args, base_file=base_file, flags=_adapter_flag(args))
+    trainer, final, seconds = _run_trainer(args, lambda: Trainer(
+        cfg, resume=resume, resume_from=args.resume_from or "auto", allow_config_change=args.allow_config_change))
+    if trainer.state.is_main_process:  # one line for a run of several processes
+        refresh_model_card(trainer.run_dir)  # the workflow that ends a run writes its card, not the trainer
+        print(f"trained {trainer.step_idx} steps in {seconds:.0f} s; adapter: {final}; metrics: "
+              f"{trainer.run_dir / 'metrics.jsonl'}")
+    return 0
+
+
+def _resume_plan(args: argparse.Namespace) -> tuple[bool, str | None]:
+    """train's and sft's run flags: (resume?, the run's own config.yaml to resume with, unless --config)."""
     resume = args.resume or args.resume_from is not None  # --resume-from implies --resume
     if resume and args.overwrite:
         raise DetoxError("--resume continues the run in --output-dir and --overwrite replaces it; pass one of them")
     if args.allow_config_change and not resume:
         raise DetoxError("--allow-config-change only applies to --resume (a new run takes any settings); leave it out "
                          "or add --resume")
-    base_file = None
-    if resume and args.output_dir and not args.config:
-        candidate = Path(args.output_dir) / "config.yaml"
-        base_file = str(candidate) if candidate.is_file() else None  # resume with the run's own config
-    cfg = _config_from_args(args, base_file=base_file, flags=_adapter_flag(args))
-    trainer, final, seconds = _run_trainer(args, lambda: Trainer(
-        cfg, resume=resume, resume_from=args.resume_from or "auto", allow_config_change=args.allow_config_change))
-    if trainer.state.is_main_process:  # one line for a run of several processes
-        print(f"trained {trainer.step_idx} steps in {seconds:.0f} s; adapter: {final}; metrics: "
-              f"{trainer.run_dir / 'metrics.jsonl'}")
-    return 0
+    if args.output_dir is not None and not args.output_dir.strip():
+        raise DetoxError("--output-dir is empty; name the run folder, e.g. --output-dir runs/my-run")
+    candidate = Path(args.output_dir or "") / "config.yaml"
+    return resume, (str(candidate) if resume and args.output_dir and not args.config and candidate.is_file() else None)
 
 
 def _adapter_flag(args: argparse.Namespace) -> list[str]:
-    """--adapter DIR: the adapter that training starts from (policy.adapter)."""
-    return [f"policy.adapter={args.adapter}"] if args.adapter else []
+    """--adapter DIR: the adapter that training starts from (policy.adapter), on the base model it names
+    (policy.model) unless --policy, --config or --set policy.model= chooses one."""
+    if not args.adapter:
+        return []
+    from detoxrl.policy import adapter_base
+    from detoxrl.trained import base_model_of
+
+    flags = [f"policy.adapter={args.adapter}"]
+    chosen = args.policy or args.config or any(x.strip().startswith("policy.model=") for x in args.set)
+    if not chosen and adapter_base(args.adapter):
+        flags.append(f"policy.model={base_model_of(args.adapter)}")
+    return flags
 
 
 def _run_trainer(args: argparse.Namespace, make_trainer) -> tuple[Any, Path, float]:
@@ -218,25 +241,42 @@ def cmd_sft(args: argparse.Namespace) -> int:
     that ``train --adapter RUN/final`` starts from. Flags and run folder as train's (detoxrl.sft)."""
     from detoxrl.sft import SupervisedTrainer
 
-    resume = args.resume or args.resume_from is not None
-    if resume and args.overwrite:
-        raise DetoxError("--resume continues the run in --output-dir and --overwrite replaces it; pass one of them")
-    if args.allow_config_change and not resume:
-        raise DetoxError("--allow-config-change only applies to --resume (a new run takes any settings); leave it out "
-                         "or add --resume")
-    if not args.output_dir and not args.config and not any(x.strip().startswith("run.output_dir=") for x in args.set):
-        args.output_dir = "runs/sft"  # not the preset's run.output_dir, which is PPO's
-    candidate = Path(args.output_dir or "") / "config.yaml"
-    base_file = str(candidate) if resume and args.output_dir and not args.config and candidate.is_file() else None
-    flags = {"sft.steps": args.sft_steps, "sft.epochs": args.epochs, "sft.batch_size": args.sft_batch_size,
-             "sft.learning_rate": args.learning_rate, "sft.max_target_tokens": args.max_target_tokens}
-    args.set[:0] = [f"{key}={value}" for key, value in flags.items() if value is not None]  # --set still wins
-    cfg = _config_from_args(args, base_file=base_file, flags=_adapter_flag(args))
-    trainer, final, seconds = _run_trainer(args, lambda: SupervisedTrainer(
-        cfg, resume=resume, resume_from=args.resume_from or "auto", allow_config_change=args.allow_config_change))
+    trainer, final, seconds = _offline_training(args, SupervisedTrainer, "sft", {
+        "sft.steps": args.sft_steps, "sft.epochs": args.epochs, "sft.batch_size": args.sft_batch_size,
+        "sft.learning_rate": args.sft_learning_rate, "sft.max_target_tokens": args.max_target_tokens})
     print(f"fine-tuned {trainer.step_idx} steps on {len(trainer.pairs)} pairs in {seconds:.0f} s; adapter: {final} "
           f"(continue with PPO: detoxrl train --adapter {final}); metrics: {trainer.run_dir / 'metrics.jsonl'}")
     return 0
+
+
+def cmd_dpo(args: argparse.Namespace) -> int:
+    """DPO on pairs of the starting policy's own summaries (detoxrl.dpo). Flags and run folder as train's."""
+    from detoxrl.dpo import PreferenceTrainer
+
+    trainer, final, seconds = _offline_training(args, PreferenceTrainer, "dpo", {
+        "dpo.samples_per_prompt": args.dpo_samples, "dpo.num_prompts": args.dpo_prompts, "dpo.beta": args.dpo_beta,
+        "dpo.steps": args.dpo_steps, "dpo.batch_size": args.dpo_batch_size, "dpo.learning_rate": args.dpo_learning_rate})
+    cost = json.loads((trainer.run_dir / "pairs.json").read_text()) if (trainer.run_dir / "pairs.json").is_file() else {}
+    print(f"DPO: {trainer.step_idx} steps on {len(trainer.pairs)} pairs (of {cost.get('prompts', '?')} prompts x "
+          f"{trainer.cfg.dpo.samples_per_prompt} samples, sampled in {cost.get('sampling_seconds', '?')} s) in {seconds:.0f} s; "
+          f"adapter: {final}; evaluate it: detoxrl evaluate --run {trainer.run_dir}")
+    return 0
+
+
+def _offline_training(args: argparse.Namespace, trainer_class, name: str, flags: dict[str, Any]):
+    """sft and dpo: their flags as settings (``--set`` still wins), the run folder (default runs/NAME), the
+    trainer built and trained, its card written: ``(trainer, final adapter, seconds)``."""
+    from detoxrl.modelcard import refresh_model_card
+
+    if args.output_dir is None and not args.config and not any(x.strip().startswith("run.output_dir=") for x in args.set):
+        args.output_dir = f"runs/{name}"  # not the preset's run.output_dir, which is PPO's
+    resume, base_file = _resume_plan(args)
+    args.set[:0] = [f"{key}={value}" for key, value in flags.items() if value is not None]
+    cfg = _config_from_args(args, base_file=base_file, flags=_adapter_flag(args))
+    trainer, final, seconds = _run_trainer(args, lambda: trainer_class(
+        cfg, resume=resume, resume_from=args.resume_from or "auto", allow_config_change=args.allow_config_change))
+    refresh_model_card(trainer.run_dir)
+    return trainer, final, seconds
 
 
 def _eval_flags(args: argparse.Namespace) -> list[str]:
@@ -254,8 +294,10 @@ def _eval_flags(args: argparse.Namespace) -> list[str]:
         flags.append(f"evaluation.samples_per_prompt={args.samples_per_prompt}")
     if args.greedy_only:
         flags.append("evaluation.samples_per_prompt=0")
-    if getattr(args, "all_rows", False):
-        flags += ["data.test_fraction=1.0", "evaluation.split=test"]  # the whole file is held out
+    if getattr(args, "all_rows", False):  # the whole file is held out, and every row of it evaluated
+        flags += ["data.test_fraction=1.0", "evaluation.split=test"]
+        if args.num_samples is None:
+            flags.append("evaluation.num_samples=none")
     return flags
 
 
@@ -281,35 +323,27 @@ def _one_process(command: str) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     _one_process("evaluate")
-    from detoxrl.evaluate import checkpoint_to_evaluate, evaluate_adapter, result_lines, reuse_starting_policy_records
+    from detoxrl.evaluate import evaluate_adapter, evaluation_target, result_lines
+    from detoxrl.trained import ADAPTER, RUN, resolve_trained
 
-    run_dir = Path(args.run) if args.run else None
-    base_file = None
-    if run_dir:
-        if not (run_dir / "config.yaml").is_file() or not (run_dir / "final" / "adapter_model.safetensors").is_file():
-            raise DetoxError(f"'{run_dir}' is not a finished detoxrl run (needs config.yaml and final/); "
-                             "pass the --output-dir of a completed train run")
-        base_file = str(run_dir / "config.yaml")
-    cfg = _config_from_args(args, base_file=base_file, flags=_eval_flags(args))
-    adapter_dir = str(run_dir / "final") if run_dir else args.adapter
-    default_out = run_dir / "eval" if run_dir else Path(cfg.run.output_dir) / "eval"
-    if args.checkpoint is not None:
-        adapter_dir, default_out = checkpoint_to_evaluate(run_dir, args.checkpoint)
-    if run_dir and not args.policy:
-        from detoxrl.config import with_settings
-        from detoxrl.export import base_model_of
-
-        # A policy folder given by a relative path resolves from where the run was trained; final/ names it absolutely.
-        cfg = with_settings(cfg, {"policy": {"model": base_model_of(run_dir / "final", cfg.policy.model)}})
+    if args.run and args.adapter:
+        raise DetoxError(f"--run evaluates the final adapter of run '{args.run}' and --adapter another adapter "
+                         f"('{args.adapter}'); pass one of them (--run RUN --checkpoint STEP for one of its checkpoints)")
+    source = None
+    if args.run:
+        source = resolve_trained(args.run, accept=(RUN,), flag="--run")
+    elif args.adapter:
+        source = resolve_trained(args.adapter, accept=(ADAPTER,), flag="--adapter")
+    run_dir = source.run_dir if source is not None else None  # an adapter of a run is evaluated as part of it
+    cfg = _trained_config(args, source, flags=_eval_flags(args))
     if args.all_rows and cfg.evaluation.split != "test":
         raise DetoxError("--all-rows evaluates every row of the file as held out; it cannot be combined with "
                          "evaluation.split=train")
-    out_dir = Path(args.output) if args.output else default_out
-    if args.checkpoint is not None:
-        reuse_starting_policy_records(run_dir / "eval", out_dir)
+    target = evaluation_target(source, checkpoint=args.checkpoint, output=args.output, default=Path(cfg.run.output_dir) / "eval")
+    adapter_dir, out_dir = target.adapter_dir, target.out_dir
     done = evaluate_adapter(cfg, out_dir, adapter_dir=adapter_dir, rouge=not args.no_rouge,
                             faithfulness=not args.no_faithfulness, progress=False if args.no_progress else None,
-                            fresh=args.fresh,
+                            fresh=args.fresh, run_dir=None if args.all_rows else target.run_dir,
                             on_phase=None if args.json else (lambda text: print("evaluating the " + text, flush=True)))
     first = done["passes"]["after" if adapter_dir else "before"]
     result: dict[str, Any] = dict(first)
@@ -361,6 +395,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from detoxrl.report import write_report
+    from detoxrl.runfolder import lock_folder
+
+    if Path(args.run_dir).is_dir():
+        lock_folder(args.run_dir, "report")
 
     paths = write_report(args.run_dir)
     html = paths.get("html") if isinstance(paths, dict) else paths
@@ -373,20 +411,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _one_process("demo")
     from detoxrl.demo import closing_lines, demo_plan, run_demo
     from detoxrl.evaluate import check_judges
-    from detoxrl.runfolder import check_trackers, prepare_output_dir
+    from detoxrl.runfolder import check_trackers, claim_output_dir, prepare_output_dir
     from detoxrl.trainer import Trainer
 
     t_start = time.perf_counter()
-    if not args.output_dir:
+    if args.output_dir is None:
         args.output_dir = f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}"
     num_samples = [f"evaluation.num_samples={args.num_samples}"] if args.num_samples else []
     cfg = _config_from_args(args, demo=True, flags=num_samples)
     check_trackers(cfg.run.log_with)
-    prepare_output_dir(cfg, resume=False, clear=False)  # the Trainer checks again; this one is before a scorer loads
-    checked = _preflight(cfg)
-    check_judges(checked.cfg)
-    print(demo_plan(checked.cfg), flush=True)
-    trainer = Trainer(cfg, checked=checked)
+    lock = claim_output_dir(cfg, "demo")  # the folder's lock, held until the demo ends (its trainer shares it)
+    try:
+        prepare_output_dir(cfg, resume=False, clear=False)  # the Trainer checks again; this one is before a scorer loads
+        checked = _preflight(cfg)
+        check_judges(checked.cfg)
+        print(demo_plan(checked.cfg), flush=True)
+        trainer = Trainer(cfg, checked=checked)
+    except BaseException:
+        lock.abandon()  # nothing written: no folder left behind
+        raise
     try:
         result = run_demo(trainer, say=lambda text: print(text, flush=True))
     except KeyboardInterrupt:
@@ -401,18 +444,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """A run's final/ (or an adapter folder) as a portable adapter or, with --merge, a plain transformers model."""
-    from detoxrl.config import with_settings
-    from detoxrl.export import base_model_of, check_output, check_repo_id, export, push_to_hub, resolve_source
+    from detoxrl.export import check_output, check_repo_id, export, push_to_hub, resolve_source
     from detoxrl.policy import check_policy_source
 
     source = resolve_source(args.source)
     if args.push_to_hub:
         check_repo_id(args.push_to_hub)
     check_output(args.output, source, overwrite=args.overwrite)
+    cfg = _trained_config(args, source)
     run_config = source.run_dir / "config.yaml" if source.run_dir else None
-    cfg = _config_from_args(args, base_file=str(run_config) if run_config else None)
-    base_model = base_model_of(source.adapter_dir, args.policy or (cfg.policy.model if run_config else None))
-    cfg = with_settings(cfg, {"policy": {"model": base_model}})
     if args.merge:
         check_policy_source(cfg.policy)  # before any weights load
     run_config_text = run_config.read_text(encoding="utf-8") if run_config else None
@@ -434,13 +474,12 @@ def cmd_summarize(args: argparse.Namespace) -> int:
     """Summaries of the dialogues of a file or stdin, as JSON Lines or CSV (stdout or --output)."""
     from detoxrl.config import with_settings
     from detoxrl.evaluate import build_judges, check_judges
-    from detoxrl.export import RUN_CONFIG, base_model_of
-    from detoxrl.modelcard import find_run
     from detoxrl.policy import check_adapter_source, check_policy_source, load_policy, load_tokenizer
     from detoxrl.prompts import prompt_examples
     from detoxrl.rewards import scorer_from_config
     from detoxrl.summarize import (Decoding, RecordWriter, finish_output, open_output, output_format, read_input,
                                    summarize)
+    from detoxrl.trained import ADAPTER, MERGED, resolve_trained
 
     if args.model and args.adapter:
         raise DetoxError("--model is an exported (merged) model and --adapter an adapter for a base model; "
@@ -448,36 +487,27 @@ def cmd_summarize(args: argparse.Namespace) -> int:
     if args.input and args.data:
         raise DetoxError(f"the dialogues come from FILE or --data, not both (got '{args.input}' and '{args.data}')")
     source = args.input or args.data
-    # The settings the weights were trained with (their prompt template): an export's detoxrl_config.yaml,
-    # or the config.yaml of the run an adapter belongs to.
-    base_file = None
+    # The weights and the settings they were trained with (their prompt template and base model).
+    trained = None
     if args.model:
-        if not (Path(args.model) / "config.json").is_file():
-            raise DetoxError(f"--model '{args.model}' is not a model folder (no config.json); pass a folder written by "
-                             "detoxrl export --merge, or an adapter with --adapter")
-        base_file = Path(args.model) / RUN_CONFIG
+        trained = resolve_trained(args.model, accept=(MERGED,), flag="--model")
+        if args.policy:
+            raise DetoxError(f"--model '{args.model}' is a whole model, which needs no --policy; leave --policy out "
+                             "(or pass the base model with --policy and its adapter with --adapter)")
     elif args.adapter:
-        check_adapter_source(args.adapter)
-        run = find_run(args.adapter)
-        exported = Path(args.adapter) / RUN_CONFIG
-        base_file = exported if exported.is_file() else (run / "config.yaml" if run else None)
-    base_file = str(base_file) if base_file is not None and base_file.is_file() else None
-    cfg = _config_from_args(args, base_file=base_file,
-                            flags=([f"data.dialogue_column={args.column}"] if args.column else []) + _judge_flags(args))
-    if args.model:
-        cfg = with_settings(cfg, {"policy": {"model": args.model, "adapter": None}})
-    elif args.adapter:
-        configured = args.policy or (cfg.policy.model if base_file or args.config else None)
-        cfg = with_settings(cfg, {"policy": {"model": base_model_of(args.adapter, configured),
-                                             "adapter": args.adapter}})
+        trained = resolve_trained(args.adapter, accept=(ADAPTER,), flag="--adapter")
+    cfg = _trained_config(args, trained,
+                          flags=([f"data.dialogue_column={args.column}"] if args.column else []) + _judge_flags(args))
+    if args.adapter:
+        cfg = with_settings(cfg, {"policy": {"adapter": args.adapter}})
     decoding = Decoding(
-        max_new_tokens=args.gen_max_new_tokens or cfg.evaluation.max_new_tokens,
+        max_new_tokens=cfg.evaluation.max_new_tokens if args.gen_max_new_tokens is None else args.gen_max_new_tokens,
         do_sample=args.do_sample,
         temperature=1.0 if args.temperature is None else args.temperature,
         top_k=0 if args.top_k is None else args.top_k,
         top_p=1.0 if args.top_p is None else args.top_p,
         seed=cfg.run.seed,
-        batch_size=args.gen_batch_size or cfg.evaluation.batch_size,
+        batch_size=cfg.evaluation.batch_size if args.gen_batch_size is None else args.gen_batch_size,
     )
     decoding.validate()
     fmt = output_format(args.output, args.format)
@@ -517,17 +547,9 @@ def cmd_summarize(args: argparse.Namespace) -> int:
 
 
 def cmd_make_tiny(args: argparse.Namespace) -> int:
-    from detoxrl import tiny
+    from detoxrl.tiny import make_tiny
 
-    texts: list[str] = []
-    if args.data:
-        from detoxrl.config import DataConfig
-        from detoxrl.prompts import load_dialogue_rows
-
-        texts = [r["dialogue"] for r in load_dialogue_rows(DataConfig(source=args.data))[:2000]]
-    builder = {"t5": tiny.make_tiny_t5, "roberta": tiny.make_tiny_roberta, "llama": tiny.make_tiny_llama}[args.arch]
-    path = builder(args.folder, texts, seed=args.seed)
-    print(f"tiny random {args.arch} written to {path}")
+    print(f"tiny random {args.arch} written to {make_tiny(args.arch, args.folder, args.data, seed=args.seed)}")
     return 0
 
 
@@ -545,7 +567,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 0
-    _quiet_libraries()
+    runtime.quiet_libraries()
     try:
         return globals()[f"cmd_{args.handler}"](args)  # cliargs names each command's handler
     except DetoxError as e:
@@ -561,19 +583,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _interrupted(args: argparse.Namespace) -> str:
-    """What Ctrl-C leaves behind and how to go on, per command: only train has a --resume flag."""
-    if getattr(args, "interrupted", None):
-        return args.interrupted
-    if args.command in ("train", "sft"):
-        return ("interrupted: checkpoints written so far are kept; rerun the same command with --resume to continue "
-                "from the latest")
-    if args.command == "evaluate":
-        return ("interrupted: evaluation records written so far are kept; rerun the same command to continue from them "
-                "(--fresh starts over)")
-    if args.command == "demo":
-        return ("interrupted: the demo does not resume; rerun detoxrl demo to start again, or continue its training "
-                f"with detoxrl train --resume --output-dir {args.output_dir}")
-    return "interrupted"
+    """What Ctrl-C leaves behind and how to go on, per command."""
+    resumable = ("interrupted: checkpoints written so far are kept; rerun the same command with --resume to continue "
+                 "from the latest")
+    said = {"train": resumable, "sft": resumable, "dpo": resumable,
+            "evaluate": "interrupted: evaluation records written so far are kept; rerun the same command to continue "
+                        "from them (--fresh starts over)",
+            "demo": "interrupted: the demo does not resume; rerun detoxrl demo to start again, or continue its training "
+                    f"with detoxrl train --resume --output-dir {getattr(args, 'output_dir', None)}"}
+    return getattr(args, "interrupted", None) or said.get(args.command, "interrupted")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,16 @@ EPILOG = """presets:
 """
 
 
+TRAIN_EXAMPLES = """examples:
+  detoxrl train --output-dir runs/ppo                      # the offline preset: SmolLM2, chitchat, 20 PPO steps
+  detoxrl train --data ../shared/data/dialogsum --set ppo.batch_size=16 --set ppo.samples_per_prompt=4 \\
+      --set ppo.reward_baseline=group --output-dir runs/dialogsum        # DialogSum, 4 samples of 4 prompts a step
+  detoxrl train --set ppo.algorithm=rloo --set ppo.samples_per_prompt=4 --learning-rate 2e-4 --output-dir runs/rloo
+  detoxrl train --adapter runs/sft/final --output-dir runs/from-sft  # on the base model the adapter names
+  detoxrl train --output-dir runs/ppo --resume                       # continue a stopped run exactly
+"""
+
+
 class Parser(argparse.ArgumentParser):
     """argparse whose usage errors (``--seed 1e23``, a missing value) are one ``error:`` line and exit
     status 2, like every other mistake, instead of the usage block followed by the message."""
@@ -63,14 +73,23 @@ def add_config_options(p: argparse.ArgumentParser, *, training: bool = False) ->
         t.add_argument("--mini-batch-size", type=int, help="prompts per gradient step; must divide --batch-size")
         t.add_argument("--max-new-tokens", type=int,
                        help="longest sampled summary in tokens (generation.max_new_tokens)")
-        t.add_argument("--output-dir", metavar="DIR",
-                       help="run folder: config, metrics.jsonl, checkpoints, final adapter")
-        t.add_argument("--resume", action="store_true",
-                       help="continue the run in --output-dir from its latest checkpoint")
-        t.add_argument("--overwrite", action="store_true", help="replace an earlier run in --output-dir")
-        t.add_argument("--log-with", action="append", choices=["tensorboard", "wandb"],
-                       help="also log to a tracker (via accelerate)")
-        t.add_argument("--no-progress", action="store_true", help="no progress bars")
+        t.add_argument("--learning-rate", type=float, help="peak learning rate of the adapter (ppo.learning_rate)")
+        add_run_flags(t, "run folder: config, metrics.jsonl, checkpoints, final adapter")
+
+
+def add_run_flags(t, output_help: str, *, resume_from: bool = False) -> None:
+    """The run-folder flags of every training command (train, sft, dpo, demo): one definition."""
+    t.add_argument("--output-dir", metavar="DIR", help=output_help)
+    t.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its latest checkpoint")
+    if resume_from:
+        t.add_argument("--resume-from", metavar="auto|latest-valid|DIR",
+                       help="which checkpoint --resume continues from (implies --resume), as for train")
+        t.add_argument("--allow-config-change", action="store_true",
+                       help="with --resume: continue with settings that differ from the checkpoint's")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier run in --output-dir (kept until the new one has a checkpoint)")
+    t.add_argument("--log-with", action="append", choices=["tensorboard", "wandb"], help="also log to a tracker (via accelerate)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def add_judge_options(p: argparse.ArgumentParser) -> None:
@@ -113,11 +132,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("texts", nargs="*", metavar="TEXT")
     p.set_defaults(handler="score")
 
-    p = sub.add_parser("train", help="PPO fine-tuning of a LoRA adapter against the reward model",
+    p = sub.add_parser("train", help="RL fine-tuning (PPO, RLOO or GRPO) of a LoRA adapter against the reward model",
                        description="PPO with a LoRA adapter, a value head and the frozen starting adapter as "
-                                   "reference. Writes RUN/config.yaml, RUN/metrics.jsonl (one line per step), "
-                                   "RUN/checkpoints/step-N/ and RUN/final/ (adapter_model.safetensors + "
-                                   "adapter_config.json, loadable with PeftModel.from_pretrained).")
+                                   "reference; or critic-free RLOO or GRPO (--set ppo.algorithm=rloo|grpo, with "
+                                   "ppo.samples_per_prompt >= 2). Writes RUN/config.yaml, RUN/split.json, "
+                                   "RUN/metrics.jsonl (one line per step), RUN/checkpoints/step-N/ and RUN/final/ "
+                                   "(adapter_model.safetensors + adapter_config.json, loadable with "
+                                   "PeftModel.from_pretrained). Defaults come from --preset (offline) and "
+                                   "docs/configuration.md lists every setting.",
+                       epilog=TRAIN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_options(p, training=True)
     r = p.add_argument_group("resume")
     r.add_argument("--resume-from", metavar="auto|latest-valid|DIR",
@@ -145,22 +168,29 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=float,
                    help="passes over the train split when --steps is not given (sft.epochs, default 1)")
     t.add_argument("--batch-size", dest="sft_batch_size", type=int, help="pairs per optimizer step (sft.batch_size)")
-    t.add_argument("--learning-rate", type=float, help="peak learning rate (sft.learning_rate)")
+    t.add_argument("--learning-rate", dest="sft_learning_rate", type=float, help="peak learning rate (sft.learning_rate)")
     t.add_argument("--max-target-tokens", type=int,
                    help="longest reference summary allowed, in tokens with EOS (sft.max_target_tokens)")
-    t.add_argument("--output-dir", metavar="DIR",
-                   help="run folder (default runs/sft): config, metrics.jsonl, checkpoints, final adapter")
-    t.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its latest checkpoint")
-    t.add_argument("--resume-from", metavar="auto|latest-valid|DIR",
-                   help="which checkpoint --resume continues from (implies --resume), as for train")
-    t.add_argument("--allow-config-change", action="store_true",
-                   help="with --resume: continue with settings that differ from the checkpoint's")
-    t.add_argument("--overwrite", action="store_true",
-                   help="replace an earlier run in --output-dir (kept until the new one has a checkpoint)")
-    t.add_argument("--log-with", action="append", choices=["tensorboard", "wandb"],
-                   help="also log to a tracker (via accelerate)")
-    t.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_run_flags(t, "run folder (default runs/sft): config, metrics.jsonl, checkpoints, final adapter", resume_from=True)
     p.set_defaults(handler="sft")
+
+    p = sub.add_parser("dpo",
+                       help="offline preference optimisation (DPO) on pairs of the starting policy's own summaries",
+                       description="The starting policy samples k summaries of each challenging train prompt; the reward "
+                                   "model ranks them; a clean one and a toxic one of similar faithfulness make a pair "
+                                   "(RUN/pairs.jsonl, its cost in RUN/pairs.json); DPO trains the LoRA adapter on the "
+                                   "pairs against the starting adapter, frozen (arXiv:2305.18290). Seq2seq and causal "
+                                   "policies; run folder, checkpoints, --resume, evaluate, report and export as train's.")
+    add_config_options(p)
+    t = p.add_argument_group("preference optimisation")
+    t.add_argument("--samples-per-prompt", dest="dpo_samples", type=int, help="summaries sampled per prompt (dpo.samples_per_prompt)")
+    t.add_argument("--num-prompts", dest="dpo_prompts", type=int, help="train prompts sampled from (dpo.num_prompts; default all)")
+    t.add_argument("--beta", dest="dpo_beta", type=float, help="DPO's beta (dpo.beta)")
+    t.add_argument("--steps", dest="dpo_steps", type=int, help="optimizer steps (dpo.steps; default: dpo.epochs decides)")
+    t.add_argument("--batch-size", dest="dpo_batch_size", type=int, help="pairs per optimizer step (dpo.batch_size)")
+    t.add_argument("--learning-rate", dest="dpo_learning_rate", type=float, help="learning rate (dpo.learning_rate)")
+    add_run_flags(t, "run folder (default runs/dpo): config, pairs, metrics.jsonl, checkpoints, final adapter", resume_from=True)
+    p.set_defaults(handler="dpo")
 
     p = sub.add_parser("evaluate",
                        help="toxicity (reward model and judge) and quality of summaries on the held-out split",

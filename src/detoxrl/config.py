@@ -152,6 +152,12 @@ class PPOConfig:
     # less toxic, not which dialogue was easier.
     samples_per_prompt: int = 1
     reward_baseline: str = "none"  # none | group
+    # The RL algorithm, one loop for all three (rollout, scoring, shaping, checkpoints shared):
+    # ppo: a value head (critic) and GAE; the KL to the reference in the per-token reward.
+    # rloo: no critic; each summary's reward (score - beta x its KL) minus the mean of its k - 1 siblings'.
+    # grpo: no critic; each summary's score normalised within its group (mean, std), and beta x the k3 KL
+    #       to the reference in the loss instead of the reward. beta: the KL controller's (init_kl_coef...).
+    algorithm: str = "ppo"  # ppo | rloo | grpo
     # How a step's batch is split: S shards of batch_size / S responses (whole prompts, so a group of k
     # never spans two), each sampled with its own seed (run.seed, step, shard) and its own minibatches of
     # mini_batch_size / S rows; a gradient step averages the S shards' losses, as DDP averages gradients.
@@ -187,7 +193,7 @@ class EvalConfig:
     """Held-out evaluation."""
 
     split: str = "test"
-    num_samples: int = 64
+    num_samples: int | None = 64  # held-out prompts evaluated, in file order (None: all of them)
     batch_size: int = 16
     max_new_tokens: int = 64
     do_sample: bool = False  # greedy by default: comparable before/after
@@ -233,6 +239,26 @@ class SFTConfig:
     max_target_tokens: int = 256  # a reference summary longer than this (in tokens, with EOS) is an error
 
 
+@dataclass(frozen=True)
+class DPOConfig:
+    """Offline preference optimisation (``detoxrl dpo``): the starting policy samples k summaries of each
+    challenging train prompt, the reward model ranks them, a clean one and a toxic one of similar
+    faithfulness make a pair, and DPO trains the adapter on the pairs against the starting adapter."""
+
+    samples_per_prompt: int = 4  # summaries sampled per train prompt (at generation.temperature), to pair
+    num_prompts: int | None = None  # train prompts sampled from, in the seeded order of training; none: all
+    min_reward_gap: float = 1.0  # the chosen summary's shaped reward minus the rejected one's, at least
+    # |faithfulness(chosen) - faithfulness(rejected)| at most (MiniLM cosine to the dialogue), so that a pair
+    # teaches toxicity and not blandness or length; none: no check
+    max_faithfulness_gap: float | None = 0.05
+    beta: float = 0.1  # DPO's temperature: the implicit reward is beta x log(pi / pi_ref)
+    steps: int | None = None  # optimizer steps in all; none: dpo.epochs decides
+    epochs: float = 1.0  # passes over the pairs, when dpo.steps is none
+    batch_size: int = 8  # pairs per optimizer step
+    learning_rate: float = 5e-5
+    max_grad_norm: float | None = 1.0
+
+
 #: evaluation.primary values: the measure that decides the verdict (detoxrl.compare.detox_verdict).
 PRIMARY_MEASURES = ("expected_max", "sampled_mean", "greedy_mean")
 
@@ -256,6 +282,7 @@ class DetoxConfig:
     run: RunConfig = field(default_factory=RunConfig)
     evaluation: EvalConfig = field(default_factory=EvalConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -284,8 +311,9 @@ RESUME_FREE_SETTINGS = frozenset({
     "evaluation.split", "evaluation.num_samples", "evaluation.batch_size", "evaluation.max_new_tokens",
     "evaluation.do_sample", "evaluation.seed", "evaluation.samples_per_prompt",
     "evaluation.primary", "evaluation.primary_judges", "evaluation.max_rouge_l_drop", "evaluation.max_faithfulness_drop",
-    # PPO never reads the sft section (detoxrl sft compares its own settings: SFT_RESUME_FREE_SETTINGS)
+    # PPO never reads the sft or dpo section (detoxrl sft and dpo compare their own settings)
     *(f"sft.{f.name}" for f in dataclasses.fields(SFTConfig)),
+    *(f"dpo.{f.name}" for f in dataclasses.fields(DPOConfig)),
 })
 
 #: What ``sft --resume`` takes freely: the same as train's, except the sft settings themselves, and the
@@ -295,6 +323,13 @@ SFT_RESUME_FREE_SETTINGS = frozenset(
     {key for key in RESUME_FREE_SETTINGS if not key.startswith("sft.")}
     | {f"ppo.{f.name}" for f in dataclasses.fields(PPOConfig)}
     | {f"generation.{f.name}" for f in dataclasses.fields(GenerationConfig)}
+)
+
+#: What ``dpo --resume`` takes freely: train's free settings except the dpo section, and PPO's settings,
+#: which DPO never reads. The sampling settings are not free: the pairs were sampled with them.
+DPO_RESUME_FREE_SETTINGS = frozenset(
+    {key for key in RESUME_FREE_SETTINGS if not key.startswith("dpo.")}
+    | {f"ppo.{f.name}" for f in dataclasses.fields(PPOConfig)}
 )
 
 
@@ -383,6 +418,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 # at P(non-toxic) = 0.99, 20 steps (docs/results.md, "The demo over seeds", says what it holds to and
 # which recipes were tried). Evaluation: all 51 held-out prompts, greedy and with 8 samples each,
 # summaries of at most 32 tokens as in training.
+ALGORITHMS = ("ppo", "rloo", "grpo")
+
 DEMO_OVERRIDES = ["data.min_dialogue_toxicity=0.3", "ppo.steps=20", "ppo.batch_size=16", "ppo.samples_per_prompt=4",
                   "ppo.reward_baseline=group", "reward.logit_ceiling=4.59512",
                   "evaluation.num_samples=64", "evaluation.max_new_tokens=32"]
@@ -396,6 +433,7 @@ _SECTION_CLASSES = {
     "run": RunConfig,
     "evaluation": EvalConfig,
     "sft": SFTConfig,
+    "dpo": DPOConfig,
 }
 
 
@@ -523,6 +561,25 @@ def parse_override(text: str) -> tuple[str, str, str]:
     return section, key, value
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping with a key twice (``ppo:`` ... ``ppo:``, or ``learning_rate`` twice in one section)."""
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping: plain YAML keeps the last one and
+    drops the first without a word (a whole ``ppo:`` section, a learning rate)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                where = f"{key_node.start_mark.line + 1}" if key_node.start_mark else "?"
+                raise DuplicateKeyError(f"gives '{key}' twice (lines {seen[key]} and {where})")
+            seen[key] = f"{key_node.start_mark.line + 1}" if key_node.start_mark else "?"
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(
     preset: str | None = None,
     path: str | Path | None = None,
@@ -553,7 +610,9 @@ def load_config(
                 "pass a YAML file, saved as UTF-8, to --config"
             ) from None
         try:
-            file_mapping = yaml.safe_load(text) or {}
+            file_mapping = yaml.load(text, Loader=UniqueKeyLoader) or {}
+        except DuplicateKeyError as e:
+            raise ConfigError(f"config file '{path}' {e}; keep one of them (YAML would silently keep the last)") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"config file '{path}' is not valid YAML ({str(e).splitlines()[0]}); fix its syntax") from e
         if not isinstance(file_mapping, dict):
@@ -612,6 +671,7 @@ def validate(cfg: DetoxConfig) -> None:
     _validate_run(cfg.run, evaluation_seed=cfg.evaluation.seed)
     _validate_evaluation(cfg.evaluation)
     _validate_sft(cfg.sft)
+    _validate_dpo(cfg.dpo)
     _check_finite(cfg)
 
 
@@ -711,6 +771,14 @@ def _validate_ppo(p: PPOConfig, g: GenerationConfig) -> None:
         raise ConfigError(f"ppo.capture_logprobs must be auto, on or off, got '{p.capture_logprobs}'")
     if p.reward_baseline not in ("none", "group"):
         raise ConfigError(f"ppo.reward_baseline must be 'none' or 'group', got '{p.reward_baseline}'")
+    if p.algorithm not in ALGORITHMS:
+        raise ConfigError(f"ppo.algorithm must be ppo, rloo or grpo, got '{p.algorithm}'; e.g. --set ppo.algorithm=rloo")
+    if p.algorithm != "ppo" and p.samples_per_prompt < 2:
+        raise ConfigError(f"ppo.algorithm={p.algorithm} compares the summaries of one prompt and needs "
+                          "ppo.samples_per_prompt >= 2; e.g. --set ppo.samples_per_prompt=4")
+    if p.algorithm != "ppo" and p.reward_baseline != "none":
+        raise ConfigError(f"ppo.reward_baseline={p.reward_baseline} is PPO's option; ppo.algorithm={p.algorithm} has its "
+                          "own group baseline: leave ppo.reward_baseline out (none)")
     if p.reward_baseline == "group" and p.samples_per_prompt < 2:
         raise ConfigError(
             "ppo.reward_baseline=group compares the samples of one prompt and needs ppo.samples_per_prompt >= 2; "
@@ -738,6 +806,8 @@ def _validate_ppo(p: PPOConfig, g: GenerationConfig) -> None:
 
 
 def _validate_run(run: RunConfig, *, evaluation_seed: int) -> None:
+    if not run.output_dir.strip():
+        raise ConfigError("run.output_dir is empty; name the run folder, e.g. --output-dir runs/my-run")
     for tracker in run.log_with:
         if tracker not in ("tensorboard", "wandb"):
             raise ConfigError(f"run.log_with accepts tensorboard and wandb, got '{tracker}'; e.g. --set run.log_with=tensorboard")
@@ -758,8 +828,9 @@ def _validate_evaluation(e: EvalConfig) -> None:
     for spec in e.judge_model or []:
         if not spec.strip() or spec.endswith("#"):
             raise ConfigError(f"evaluation.judge_model has an empty entry '{spec}'; write MODEL or MODEL#TOXIC_LABEL")
-    if e.num_samples <= 0 or e.batch_size <= 0 or e.max_new_tokens <= 0:
-        raise ConfigError("evaluation.num_samples, evaluation.batch_size and evaluation.max_new_tokens must be positive")
+    if (e.num_samples is not None and e.num_samples <= 0) or e.batch_size <= 0 or e.max_new_tokens <= 0:
+        raise ConfigError("evaluation.num_samples (none: every held-out prompt), evaluation.batch_size and "
+                          "evaluation.max_new_tokens must be positive")
     if e.primary not in PRIMARY_MEASURES:
         raise ConfigError(f"evaluation.primary must be one of {', '.join(PRIMARY_MEASURES)}, got '{e.primary}'; "
                           "e.g. --set evaluation.primary=expected_max")
@@ -789,7 +860,7 @@ def check_eval_pass(e: EvalConfig, samples_per_prompt: int) -> None:
     """One evaluation pass: ``samples_per_prompt`` summaries per prompt with the settings ``e`` (the sampled
     pass of ``evaluate``: ``evaluation.samples_per_prompt`` pure samples). Cheap checks, before any model
     loads; a config from :func:`load_config` passes the first already."""
-    if e.num_samples <= 0 or e.batch_size <= 0 or e.max_new_tokens <= 0 or samples_per_prompt <= 0:
+    if (e.num_samples is not None and e.num_samples <= 0) or e.batch_size <= 0 or e.max_new_tokens <= 0 or samples_per_prompt <= 0:
         raise ConfigError(
             "evaluation needs positive num_samples, samples_per_prompt, batch_size and max_new_tokens, got "
             f"{e.num_samples}, {samples_per_prompt}, {e.batch_size} and {e.max_new_tokens}"
@@ -843,6 +914,27 @@ def resolve_rollout_shards(cfg: DetoxConfig, num_processes: int) -> int:
             f"runs the same number of shards; run on a number of processes that divides {shards}, or --set ppo.rollout_shards={num_processes}"
         )
     return shards
+
+
+def _validate_dpo(d: DPOConfig) -> None:
+    if d.samples_per_prompt < 2:
+        raise ConfigError(f"dpo.samples_per_prompt must be >= 2 (a pair needs two summaries of one prompt), got "
+                          f"{d.samples_per_prompt}; e.g. --set dpo.samples_per_prompt=4")
+    if d.num_prompts is not None and d.num_prompts <= 0:
+        raise ConfigError(f"dpo.num_prompts must be positive or none (every train prompt), got {d.num_prompts}")
+    if d.steps is not None and d.steps <= 0:
+        raise ConfigError(f"dpo.steps must be a positive number of optimizer steps or none (dpo.epochs decides), got {d.steps}")
+    for name in ("epochs", "beta", "learning_rate"):
+        if not 0 < getattr(d, name) < math.inf:
+            raise ConfigError(f"dpo.{name} must be a positive number, got {getattr(d, name)}")
+    if d.batch_size <= 0:
+        raise ConfigError(f"dpo.batch_size must be positive, got {d.batch_size}")
+    if not d.min_reward_gap >= 0:
+        raise ConfigError(f"dpo.min_reward_gap must be >= 0, got {d.min_reward_gap}")
+    if d.max_faithfulness_gap is not None and not d.max_faithfulness_gap >= 0:
+        raise ConfigError(f"dpo.max_faithfulness_gap must be >= 0 or none (no check), got {d.max_faithfulness_gap}")
+    if d.max_grad_norm is not None and d.max_grad_norm <= 0:
+        raise ConfigError(f"dpo.max_grad_norm must be positive or none (off), got {d.max_grad_norm}")
 
 
 def _validate_sft(s: SFTConfig) -> None:

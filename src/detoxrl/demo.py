@@ -57,7 +57,7 @@ def run_demo(trainer, *, say: Callable[[str], None] = print) -> DemoResult:
         k = cfg.ppo.samples_per_prompt
         per_step = (f"{cfg.ppo.batch_size} challenging prompts" if k == 1 else
                     f"{cfg.ppo.batch_size} summaries ({cfg.ppo.batch_size // k} challenging prompts x {k} samples)")
-        step(f"PPO: {cfg.ppo.steps} steps of {per_step}")
+        step(f"{cfg.ppo.algorithm.upper()}: {cfg.ppo.steps} steps of {per_step}")
         trainer.train()
 
     try:

@@ -34,7 +34,7 @@ from detoxrl.collection import Collected, collect, logprob_plan
 from detoxrl.config import DetoxConfig, EvalConfig, GenerationConfig, RewardConfig, check_eval_pass
 from detoxrl.errors import DataError, DetoxError
 from detoxrl.policy import POLICY_ADAPTER, REFERENCE_ADAPTER, Policy
-from detoxrl.prompts import PromptExample
+from detoxrl.prompts import PromptExample, check_pinned_split
 from detoxrl.rewards import Scorer, build_judge_scorer, check_judge
 from detoxrl.rollout import forward_pass
 from detoxrl.stats import expected_max, prob_any_toxic, summarize
@@ -466,7 +466,7 @@ def _evaluate_passes(policy: Policy, examples: list[PromptExample], scorer: Scor
         for name, adapter in sides:
             if on_phase:
                 who = "starting policy" if adapter == REFERENCE_ADAPTER else "trained adapter"
-                on_phase(f"{who}, {what}, on {min(settings.num_samples, len(examples))} held-out prompts")
+                on_phase(f"{who}, {what}, on {len(examples[: settings.num_samples])} held-out prompts")
             summaries[name + suffix] = evaluate_policy(
                 policy, examples, scorer, judges, out_dir / f"{name}{suffix}.jsonl", adapter=adapter, settings=settings,
                 samples_per_prompt=k, temperature=cfg.generation.temperature, reward_cfg=cfg.reward, **options
@@ -518,6 +518,45 @@ def checkpoint_to_evaluate(run_dir: Path | None, step: int) -> tuple[str, Path]:
     return str(ckpt), run_dir / "eval-checkpoints" / ckpt.name
 
 
+@dataclasses.dataclass(frozen=True)
+class EvaluationTarget:
+    """What ``evaluate`` compares with the starting policy (None: the starting policy alone) and where."""
+
+    adapter_dir: str | None
+    out_dir: Path
+    run_dir: Path | None
+    step: int | None  # a checkpoint of the run
+
+
+def evaluation_target(source, *, checkpoint: int | None, output: str | None, default: Path) -> EvaluationTarget:
+    """The adapter and output folder of ``evaluate`` for ``source`` (a :class:`detoxrl.trained.TrainedWeights`
+    or None). An adapter of a run is evaluated as part of its run: ``final/`` into ``RUN/eval``, a checkpoint
+    (``--checkpoint STEP``, or ``--adapter RUN/checkpoints/step-N``) into ``RUN/eval-checkpoints/step-N``
+    with the run's starting-policy records reused; an adapter of no run needs ``output``. Takes the run's
+    lock when the output is inside it."""
+    from detoxrl.runfolder import lock_folder
+
+    run_dir = source.run_dir if source is not None else None
+    adapter_dir = str(source.adapter_dir) if source is not None else None
+    step, out = checkpoint, default
+    name = source.adapter_dir.name if source is not None else ""
+    if run_dir is not None and source.adapter_dir.parent.name == "checkpoints" and name[5:].isdigit():
+        step = int(name[5:])  # --adapter RUN/checkpoints/step-N: as --run RUN --checkpoint N
+    if step is not None:
+        adapter_dir, out = checkpoint_to_evaluate(run_dir, step)
+    elif run_dir is not None:
+        out = run_dir / "eval"
+    elif source is not None and not output:
+        raise DetoxError(f"--adapter '{source.adapter_dir}' belongs to no detoxrl run: say where its evaluation goes "
+                         "with --output DIR")
+    out = Path(output) if output else out
+    if run_dir is not None and out.resolve().is_relative_to(run_dir.resolve()):
+        lock_folder(run_dir, "evaluate")  # not while a train or another evaluate writes the run
+    if step is not None:
+        reuse_starting_policy_records(run_dir / "eval", out)
+    return EvaluationTarget(adapter_dir, out, run_dir, step)
+
+
 def reuse_starting_policy_records(run_eval: Path, out_dir: Path) -> None:
     """The starting policy's records of the run's own evaluation, copied into a checkpoint's output folder:
     the same prompts, seeds and model, so the evaluation keeps them (their signature matches) and runs the
@@ -530,12 +569,14 @@ def reuse_starting_policy_records(run_eval: Path, out_dir: Path) -> None:
 
 def evaluate_adapter(cfg: DetoxConfig, out_dir: str | Path, *, adapter_dir: str | Path | None, rouge: bool = True,
                      faithfulness: bool = True, progress: bool | None = None, fresh: bool = False,
-                     on_phase: Callable[[str], None] | None = None) -> dict[str, Any]:
+                     on_phase: Callable[[str], None] | None = None, run_dir: Path | None = None) -> dict[str, Any]:
     """``detoxrl evaluate``: every cheap check (the output folder, the data, the models' folders and
     labels, the judges, the adapter's LoRA settings, the prompts' lengths) before any weights load;
     then the policy (with the adapter ``adapter_dir``, if any), the reward model and the judges; then
     :func:`evaluate_run` on the held-out split (or the train split, ``evaluation.split=train``) into
-    ``out_dir``. ``fresh`` first removes earlier records there. Returns what :func:`evaluate_run` does."""
+    ``out_dir``. ``fresh`` first removes earlier records there. With ``run_dir`` (the run the adapter
+    belongs to), the split must be the one it trained with (its split.json: :func:`check_pinned_split`).
+    Returns what :func:`evaluate_run` does."""
     from detoxrl.policy import load_policy
     from detoxrl.rewards import scorer_from_config
     from detoxrl.preflight import preflight, resolve_settings, tokenize_prompts
@@ -545,6 +586,8 @@ def evaluate_adapter(cfg: DetoxConfig, out_dir: str | Path, *, adapter_dir: str 
     check_writable_dir(out_dir, "--output")
     on_train = cfg.evaluation.split == "train"
     checked = preflight(cfg, require_train=on_train)  # resolves the reward labels (once)
+    if run_dir is not None:
+        check_pinned_split(runfiles.load_split(run_dir), checked.split, cfg.data.source, str(run_dir))
     check_judges(checked.cfg)
     if adapter_dir and not checked.cfg.policy.adapter:  # the evaluated adapter's LoRA settings, so its weights fit
         lora, _ = resolve_settings(checked.cfg, check_reward=False, adapter_dir=adapter_dir)

@@ -21,92 +21,24 @@ existing ``DIR`` is replaced only with ``overwrite``.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from detoxrl.errors import DetoxError, ModelLoadError
 from detoxrl.runfiles import RunPaths
+from detoxrl.trained import ADAPTER, RUN, RUN_CONFIG, TrainedWeights, resolve_trained
 
 #: --dtype names -> torch dtypes.
 EXPORT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-#: The run settings an exported folder carries (``detoxrl summarize --model/--adapter`` reads them).
-RUN_CONFIG = "detoxrl_config.yaml"
+def resolve_source(given: str | Path) -> TrainedWeights:
+    """What ``export`` exports: a run folder (its ``final/``) or an adapter folder (:func:`detoxrl.trained.resolve_trained`)."""
+    return resolve_trained(given, accept=(RUN, ADAPTER), flag="export's source")
 
 
-@dataclass
-class ExportSource:
-    """What is exported: the adapter folder, and the run it belongs to (None for a bare adapter)."""
-
-    adapter_dir: Path
-    run_dir: Path | None
-
-
-def resolve_source(given: str | Path) -> ExportSource:
-    """A run folder (its ``final/``) or an adapter folder; anything else is a one-line error."""
-    from detoxrl.modelcard import find_run
-    from detoxrl.policy import check_adapter_source
-
-    path = Path(given).expanduser()
-    if not path.exists():
-        raise DetoxError(f"'{given}' does not exist; pass a train run folder (its final/ is exported) or a PEFT adapter folder")
-    if not path.is_dir():
-        raise DetoxError(f"'{given}' is a file; pass a train run folder (its final/ is exported) or a PEFT adapter folder")
-    if (path / "adapter_config.json").is_file():
-        check_adapter_source(str(path))
-        return ExportSource(path, find_run(path))
-    run = RunPaths(path)
-    if run.config.is_file() and run.metrics.is_file():
-        final = run.final
-        if not (final / "adapter_config.json").is_file():
-            raise DetoxError(
-                f"run '{given}' has no final/ adapter (it has not finished training); finish it with detoxrl train --resume "
-                f"--output-dir {given}, or export one of its checkpoints ({run.checkpoints}/step-N)"
-            )
-        check_adapter_source(str(final))
-        return ExportSource(final, path)
-    raise DetoxError(
-        f"'{given}' is neither a detoxrl run (config.yaml, metrics.jsonl, final/) nor a PEFT adapter folder (adapter_config.json); "
-        "pass the --output-dir of a train run or an adapter folder"
-    )
-
-
-def base_model_of(adapter_dir: str | Path, configured: str | None = None) -> str:
-    """The base model an adapter goes on, as this machine can load it.
-
-    ``configured`` (``--policy``, or the run's ``policy.model``) when it is a packaged model or a
-    local folder that exists here; else the adapter config's ``base_model_name_or_path`` when that is a
-    folder that exists (a relative path typed for training resolves only from the folder it was typed
-    in; detoxrl writes the absolute path into the adapter config); else ``configured`` or the adapter's
-    base as a hub id. A local base that exists nowhere is a one-line error naming ``--policy``."""
-    from detoxrl.modelcheck import is_local_source
-
-    def exists(source: str | None) -> bool:
-        return bool(source) and is_local_source(source) and Path(source).expanduser().exists()
-
-    if configured and (configured.startswith("packaged:") or exists(configured)):
-        return configured
-    try:
-        named = json.loads((Path(adapter_dir) / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    except (OSError, ValueError):
-        named = None
-    if exists(named):
-        return named
-    for source in (configured, named):
-        if source and not is_local_source(source):
-            return source  # a hub id
-    if not configured and not named:
-        raise DetoxError(f"adapter '{adapter_dir}' does not name its base model (no base_model_name_or_path); pass it with --policy")
-    shown = " or ".join(repr(c) for c in dict.fromkeys(filter(None, (configured, named))))
-    raise DetoxError(f"the base model of adapter '{adapter_dir}' ({shown}) does not exist here; "
-                     "pass the base model (a folder or hub id) with --policy")
-
-
-def check_output(output: str | Path, source: ExportSource, *, overwrite: bool) -> Path:
+def check_output(output: str | Path, source: TrainedWeights, *, overwrite: bool) -> Path:
     """Every check of ``--output`` before anything loads: not the folder being exported (nor one that
     holds it), not a file, writable, and empty unless ``overwrite``."""
     from detoxrl.runfolder import check_writable_dir
@@ -133,7 +65,7 @@ def check_repo_id(repo_id: str) -> None:
 
 
 def export(
-    source: ExportSource,
+    source: TrainedWeights,
     output: str | Path,
     *,
     policy_cfg,
@@ -184,11 +116,11 @@ def export(
     return out
 
 
-def _is_final(source: ExportSource) -> bool:
+def _is_final(source: TrainedWeights) -> bool:
     return source.run_dir is not None and source.adapter_dir.resolve() == RunPaths(source.run_dir).final.resolve()
 
 
-def _write_merged(source: ExportSource, folder: Path, policy_cfg, torch_dtype: torch.dtype) -> str:
+def _write_merged(source: TrainedWeights, folder: Path, policy_cfg, torch_dtype: torch.dtype) -> str:
     """Load base + adapter in float32, merge, save in ``torch_dtype`` with tokenizer and generation config."""
     import dataclasses
 

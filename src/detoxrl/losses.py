@@ -1,4 +1,5 @@
-"""PPO losses and the update's guard. Pure functions, no model code.
+"""The update's losses (PPO's clipped surrogate and value loss, GRPO's KL term, DPO's preference loss)
+and its guard. Pure functions, no model code.
 
 The per-token log-probs and entropy they are computed from, and ``masked_mean``, live in
 :mod:`detoxrl.tokenstats` (the rollout reads them too).
@@ -89,6 +90,54 @@ def value_loss(
         stats = {
             "vf_clipfrac": masked_mean((vf_losses_clipped > vf_losses).float(), mask).item(),
             "value_error": masked_mean(vf_losses, mask).item(),
+        }
+    return loss, stats
+
+
+def kl_penalty_loss(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    """GRPO's KL term: the k3 estimate of KL(pi || pi_ref) per token, masked mean over response tokens.
+
+    logprobs: [B, T] under the current policy (carries the gradient). ref_logprobs: [B, T] of the frozen
+    reference, a constant. k3 = exp(ref - logp) - (ref - logp) - 1 is >= 0 for every token and unbiased for
+    the KL when the tokens are the policy's own samples (Schulman 2020); its gradient pulls logp toward
+    ref_logprob. The trainer adds beta times this loss to the clipped surrogate (Shao et al. 2024).
+    Returns (loss, {"kl_k3": the loss's value}).
+    """
+    keep = mask.bool()
+    log_r = torch.where(keep, ref_logprobs.float().detach() - logprobs.float(), 0.0)  # 0 on padding: k3 = 0 there
+    loss = masked_mean(torch.expm1(log_r) - log_r, mask)
+    return loss, {"kl_k3": float(loss.detach())}
+
+
+def dpo_loss(
+    chosen_logprobs: torch.Tensor,
+    rejected_logprobs: torch.Tensor,
+    ref_chosen_logprobs: torch.Tensor,
+    ref_rejected_logprobs: torch.Tensor,
+    beta: float,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """DPO's loss over a batch of preference pairs (Rafailov et al. 2023, arXiv:2305.18290).
+
+    Each argument is [N]: a summary's log-probability (its tokens' log-probs summed) under the policy
+    (chosen, rejected: carrying the gradient) and under the frozen reference (constants).
+
+        margin = beta * ((logp_c - ref_c) - (logp_r - ref_r))
+        L      = mean over pairs of -log sigmoid(margin)
+
+    Returns (loss, stats): ``reward_chosen`` and ``reward_rejected``, the mean implicit rewards
+    beta * (logp - ref); ``margin`` their mean difference; ``accuracy``, the share of pairs whose
+    chosen summary has the larger implicit reward (0.5 counts for a tie, as at the start).
+    """
+    chosen = beta * (chosen_logprobs.float() - ref_chosen_logprobs.float().detach())
+    rejected = beta * (rejected_logprobs.float() - ref_rejected_logprobs.float().detach())
+    margin = chosen - rejected
+    loss = -torch.nn.functional.logsigmoid(margin).mean()
+    with torch.no_grad():
+        stats = {
+            "reward_chosen": float(chosen.mean()),
+            "reward_rejected": float(rejected.mean()),
+            "margin": float(margin.mean()),
+            "accuracy": float(((margin > 0).float() + 0.5 * (margin == 0).float()).mean()),
         }
     return loss, stats
 

@@ -22,6 +22,7 @@ import yaml
 from detoxrl import runfiles
 from detoxrl.config import PACKAGED_SMOLLM2
 from detoxrl.errors import note
+from detoxrl.trained import find_run
 
 #: What a packaged base model is, for the card (the adapter config holds its converted local folder).
 PACKAGED_BASES = {
@@ -33,18 +34,10 @@ PACKAGED_BASES = {
 
 #: Their names, for the card's title.
 PACKAGED_NAMES = {PACKAGED_SMOLLM2: "SmolLM2-135M-Instruct"}
-
-
-def find_run(folder: str | Path) -> Path | None:
-    """The detoxrl run an adapter folder belongs to: ``RUN`` for ``RUN/final`` and for
-    ``RUN/checkpoints/step-N`` (a folder with ``config.yaml`` and ``metrics.jsonl``), else None."""
-    folder = Path(folder).resolve()
-    for run in (folder.parent, folder.parent.parent):
-        paths = runfiles.RunPaths(run)
-        if paths.config.is_file() and paths.metrics.is_file():
-            if folder == paths.final or folder.parent == paths.checkpoints:
-                return run
-    return None
+#: The hub ids of the packaged policies (a card's ``base_model``) and the licences of known base models.
+PACKAGED_HUB_IDS = {PACKAGED_SMOLLM2: "HuggingFaceTB/SmolLM2-135M-Instruct"}
+BASE_LICENSES = {"HuggingFaceTB/SmolLM2-135M-Instruct": "apache-2.0", "google/flan-t5-base": "apache-2.0",
+                 "google/flan-t5-small": "apache-2.0", "google/flan-t5-large": "apache-2.0"}
 
 
 def evaluation_of(run: Path, adapter_dir: Path, *, final: bool | None = None, label: str | None = None) -> tuple[bool, str]:
@@ -70,12 +63,12 @@ def evaluation_of(run: Path, adapter_dir: Path, *, final: bool | None = None, la
 
 
 def run_kind(run: Path | None) -> str:
-    """``sft`` for a run of ``detoxrl sft`` (its metrics lines have ``sft/loss``), else ``ppo``."""
+    """``sft`` or ``dpo`` for a run of ``detoxrl sft`` or ``dpo`` (:func:`detoxrl.runfiles.kind_of`), else ``ppo``."""
     try:
         steps = runfiles.load_metrics(runfiles.RunPaths(run).metrics).rows
     except (OSError, TypeError, UnicodeDecodeError):
         return "ppo"
-    return "sft" if steps and "sft/loss" in steps[0] else "ppo"
+    return runfiles.kind_of(steps)
 
 
 def _sft_configuration(cfg: dict[str, Any], run: Path) -> str:
@@ -162,8 +155,13 @@ def model_card(
     targets = ", ".join(sorted(targets)) if isinstance(targets, list) else str(targets)
     lora = f"LoRA r={adapter.get('r')}, alpha={adapter.get('lora_alpha')}, dropout={adapter.get('lora_dropout')}, on {targets}"
 
-    sft = cfg is not None and run_kind(run) == "sft"
-    out = _card_header(spec, base, hub_base, seq2seq, lora, merged, dtype, sft)
+    kind = run_kind(run) if cfg is not None else "ppo"
+    sft = kind == "sft"
+    algorithm = "dpo" if kind == "dpo" else str(_get(cfg, "ppo.algorithm") or "ppo") if cfg is not None else "ppo"
+    hub_base = hub_base or PACKAGED_HUB_IDS.get(spec)
+    evaluated = cfg is not None and evaluation_of(run, adapter_dir, final=final)[0]
+    out = front_matter(cfg, hub_base, seq2seq, merged, sft, algorithm, runfiles.RunPaths(run).compare if evaluated else None)
+    out += _card_header(spec, base, lora, merged, dtype, sft, algorithm)
     out += _card_usage(cfg, base, seq2seq, merged)
     out += _card_base_model(cfg, spec, base, seq2seq, lora, merged, sft)
     if cfg is None:
@@ -180,15 +178,60 @@ def model_card(
     return "\n".join(out).rstrip() + "\n"
 
 
-def _card_header(spec, base: str, hub_base: str | None, seq2seq: bool, lora: str, merged: bool, dtype: str | None,
-                 sft: bool) -> list[str]:
-    """The YAML front matter, the title and what the weights are."""
-    out: list[str] = ["---", f"library_name: {'transformers' if merged else 'peft'}"]
-    if hub_base:
-        out.append(f"base_model: {hub_base}")
-    out += [f"pipeline_tag: {'summarization' if seq2seq else 'text-generation'}",
-            "tags:", "- detoxrl", *(["- sft"] if sft else ["- ppo"]), "- lora", *([] if sft else ["- detoxification"]),
-            "- summarization", "---", ""]
+ALGORITHM_NAMES = {"ppo": "PPO", "rloo": "RLOO (REINFORCE with a leave-one-out baseline, no critic)",
+                   "grpo": "GRPO (group-normalised advantages, no critic)",
+                   "dpo": "DPO on pairs of its own starting summaries ranked by the reward model"}
+
+
+def front_matter(cfg: dict[str, Any] | None, hub_base: str | None, seq2seq: bool, merged: bool, sft: bool, algorithm: str,
+                 compare: Path | None) -> list[str]:
+    """The card's YAML front matter, by ``huggingface_hub.ModelCardData`` (so ``ModelCard.load`` reads it
+    back): library, ``base_model`` (a hub id; packaged models mapped to theirs), its ``license`` when
+    known, ``datasets`` when the data is a hub id, tags, and a ``model-index`` of the evaluation that ran
+    (``compare``, the run's compare.json: each primary judge's relative reduction of the primary measure,
+    and the faithfulness change)."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    source = _get(cfg, "data.source")
+    data = ModelCardData(
+        library_name="transformers" if merged else "peft",
+        base_model=hub_base,
+        license=BASE_LICENSES.get(hub_base or ""),
+        datasets=[source] if isinstance(source, str) and _is_hub_id(source) else None,
+        pipeline_tag="summarization" if seq2seq else "text-generation",
+        tags=["detoxrl", "sft" if sft else algorithm, "lora", *([] if sft else ["detoxification"]), "summarization"],
+    )
+    results = _eval_results(compare, source) if compare is not None else []
+    if results:
+        data.model_name = f"detoxrl {'sft' if sft else algorithm} adapter of {hub_base or 'its base model'}"
+        data.eval_results = [EvalResult(**r) for r in results]
+    return ["---", data.to_yaml().rstrip(), "---", ""]
+
+
+def _eval_results(compare: Path, source: Any) -> list[dict[str, Any]]:
+    """``EvalResult`` arguments from a compare.json: each primary measure's relative reduction (before ->
+    after, 0.29 = 29% less toxic) and the greedy faithfulness change; [] when it cannot be read."""
+    try:
+        head = runfiles.load_compare(compare) or {}
+    except (OSError, ValueError):
+        return []
+    detox = head.get("detoxification") or {}
+    primary = detox.get("primary") or {}
+    dataset = {"task_type": "summarization", "dataset_type": str(source or "unknown"),
+               "dataset_name": f"{source} (held-out challenging dialogues)", "dataset_split": "test"}
+    out = [dict(dataset, metric_type=f"{primary.get('measure', 'toxicity')}_reduction", metric_value=round(float(m["reduction"]), 4),
+                metric_name=f"{m['judge']}: reduction of the {primary.get('description', 'toxicity')}")
+           for m in primary.get("measures") or [] if m.get("evaluated") and m.get("reduction") is not None]
+    faith = (detox.get("quality_gate") or {}).get("faithfulness")
+    if faith and faith.get("diff") is not None:
+        out.append(dict(dataset, metric_type="faithfulness_change", metric_value=round(float(faith["diff"]), 4),
+                        metric_name="faithfulness change (MiniLM cosine, greedy)"))
+    return out
+
+
+def _card_header(spec, base: str, lora: str, merged: bool, dtype: str | None, sft: bool, algorithm: str = "ppo") -> list[str]:
+    """The title and what the weights are."""
+    out: list[str] = []
     name = PACKAGED_NAMES.get(spec) or Path(str(spec or base)).name
     out += [f"# {name}, fine-tuned on reference summaries with detoxrl sft" if sft else f"# {name}, detoxified with detoxrl", ""]
     if merged:
@@ -202,7 +245,8 @@ def _card_header(spec, base: str, hub_base: str | None, seq2seq: bool, lora: str
                 "It is the adapter that PPO starts from: `detoxrl train --adapter THIS_FOLDER` trains it further and keeps a "
                 "frozen copy of it as the reference of the KL penalty.", ""]
     else:
-        out += ["", "detoxrl fine-tuned it with PPO so that its summaries of dialogues are less toxic without being worse "
+        out += ["", f"detoxrl fine-tuned it with {ALGORITHM_NAMES.get(algorithm, algorithm)} so that its summaries of "
+                "dialogues are less toxic without being worse "
                 "summaries: the reward comes from a toxicity classifier, a KL penalty keeps it near the starting policy, "
                 "and only the LoRA weights were trained.", ""]
     return out
@@ -344,8 +388,10 @@ def _is_hub_id(source: str) -> bool:
 
 def write_model_card(folder: str | Path, adapter_dir: str | Path | None = None, **kwargs: Any) -> Path:
     """Write :func:`model_card` of ``adapter_dir`` (default ``folder``) as ``folder/README.md``."""
+    from detoxrl.runfolder import atomic_write
+
     path = Path(folder) / "README.md"
-    path.write_text(model_card(adapter_dir if adapter_dir is not None else folder, **kwargs), encoding="utf-8")
+    atomic_write(path, model_card(adapter_dir if adapter_dir is not None else folder, **kwargs))  # never half a card
     return path
 
 
@@ -355,5 +401,6 @@ def refresh_model_card(run_dir: Path) -> None:
     if (run_dir / "final" / "adapter_config.json").is_file():
         try:
             write_model_card(run_dir / "final", run_dir=run_dir)
-        except (OSError, ValueError) as e:
-            note(f"could not update {run_dir / 'final' / 'README.md'} ({type(e).__name__}: {e})")
+        except Exception as e:  # noqa: BLE001 - the adapter and the evaluation matter more than their README
+            note(f"could not write {run_dir / 'final' / 'README.md'} ({type(e).__name__}: {e}); detoxrl export writes "
+                 "the card again")

@@ -72,6 +72,37 @@ def resolve_policy_source(source: str) -> str:
     return source
 
 
+#: The longest summary of a policy whose config names no position limit (T5): decoding a million tokens
+#: would run for hours before anything said so.
+MAX_SUMMARY_TOKENS = 4096
+
+
+def position_limit(cfg: PolicyConfig) -> int | None:
+    """The most positions the policy's config allows (``max_position_embeddings``, or ``n_positions`` as
+    T5 and GPT-2 name it), read from its config alone; None when it names none."""
+    if cfg.model == PACKAGED_SMOLLM2:
+        return 8192  # SmolLM2-135M-Instruct's max_position_embeddings (its config.json); no conversion to read it
+    config = _policy_config(cfg, resolve_policy_source(cfg.model))
+    for name in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def check_summary_lengths(cfg: PolicyConfig, lengths: dict[str, int]) -> None:
+    """Each ``{setting: max_new_tokens}`` within the policy's positions (:func:`position_limit`): a limit
+    of a million tokens would otherwise decode for hours before anything says so."""
+    limit = position_limit(cfg)
+    for setting, n in lengths.items():
+        if limit is not None and n >= limit:
+            raise ConfigError(f"{setting}={n} is beyond what policy '{cfg.model}' can write ({limit} positions, prompt "
+                              f"included); lower it, e.g. --set {setting}={min(64, limit // 2)}")
+        if n > MAX_SUMMARY_TOKENS:  # a policy without a position limit (T5's relative positions)
+            raise ConfigError(f"{setting}={n} is beyond what policy '{cfg.model}' can write as a summary (at most "
+                              f"{MAX_SUMMARY_TOKENS} positions here); lower it, e.g. --set {setting}=64")
+
+
 def check_policy_source(cfg: PolicyConfig) -> None:
     """Every check of the policy that loads no weights and no tokenizer (the preflight's, and
     again at the start of :func:`load_policy`).
@@ -185,6 +216,23 @@ def read_adapter_config(folder: str | Path):
         ) from e
 
 
+def adapter_base(folder: str | Path) -> str | None:
+    """The ``base_model_name_or_path`` an adapter's config names (None: none, or an unreadable config)."""
+    try:
+        named = json.loads((Path(folder) / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return named if isinstance(named, str) and named else None
+
+
+def _trained_on(adapter: str, policy: str) -> str:
+    """The fix for an adapter that does not fit the policy: the base it names, when that is another model."""
+    named = adapter_base(adapter)
+    if named and Path(named).name != Path(policy).name:
+        return f"the adapter was trained on '{named}', not on '{policy}': pass --policy {named} (or leave --policy out)"
+    return "pass a folder written by PeftModel.save_pretrained for this --policy"
+
+
 def portable_base(source: str) -> str:
     """What an adapter's ``base_model_name_or_path`` should say: a hub id as it is, a local folder as its
     absolute path (a relative one resolves only from the folder it was typed in)."""
@@ -258,7 +306,7 @@ class PolicyModule(nn.Module):
     the wrapper is this module), which share the weights without synchronising anything.
     """
 
-    def __init__(self, model: nn.Module, value_head: nn.Linear, is_seq2seq: bool):
+    def __init__(self, model: nn.Module, value_head: nn.Linear | None, is_seq2seq: bool):
         super().__init__()
         self.model = model
         self.value_head = value_head
@@ -273,7 +321,7 @@ class Policy:
     """A base model carrying the trainable and reference LoRA adapters, plus a value head."""
 
     model: nn.Module  # peft.PeftModel
-    value_head: nn.Linear
+    value_head: nn.Linear | None  # PPO's critic; None for the critic-free algorithms
     tokenizer: object
     is_seq2seq: bool
     source: str
@@ -309,8 +357,8 @@ class Policy:
         return [p for n, p in self.model.named_parameters() if "lora_" in n and f".{POLICY_ADAPTER}." in n]
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        """The policy adapter's LoRA weights and the value head (never the reference)."""
-        return self.adapter_parameters() + list(self.value_head.parameters())
+        """The policy adapter's LoRA weights and the value head, if any (never the reference)."""
+        return self.adapter_parameters() + (list(self.value_head.parameters()) if self.value_head is not None else [])
 
     @contextlib.contextmanager
     def use_adapter(self, name: str) -> Iterator[None]:
@@ -388,8 +436,9 @@ def detect_seq2seq(model_config, architecture: str) -> bool:
     return bool(getattr(model_config, "is_encoder_decoder", False))
 
 
-def load_policy(cfg: PolicyConfig, device: str | torch.device = "cpu") -> Policy:
-    """Load base model, attach the trainable and reference adapters and a fresh value head."""
+def load_policy(cfg: PolicyConfig, device: str | torch.device = "cpu", *, value_head: bool = True) -> Policy:
+    """Load base model, attach the trainable and reference adapters and, with ``value_head`` (PPO's
+    critic; rloo and grpo have none), a fresh value head."""
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
@@ -430,7 +479,7 @@ def load_policy(cfg: PolicyConfig, device: str | torch.device = "cpu") -> Policy
         except Exception as e:  # target modules this base lacks, an unknown peft_type
             raise ModelLoadError(
                 f"could not load adapter '{cfg.adapter}' ({type(e).__name__}: {first_line(e)}); "
-                "pass a folder written by PeftModel.save_pretrained for this --policy"
+                + _trained_on(cfg.adapter, cfg.model)
             ) from e
         for name in (POLICY_ADAPTER, REFERENCE_ADAPTER):
             _set_adapter_state(model, state, name, cfg.adapter)
@@ -452,14 +501,16 @@ def load_policy(cfg: PolicyConfig, device: str | torch.device = "cpu") -> Policy
             ) from e
         model.add_adapter(REFERENCE_ADAPTER, model.peft_config[POLICY_ADAPTER])
     model.set_adapter(POLICY_ADAPTER)
-    hidden = _hidden_size(model_config)
-    value_head = nn.Linear(hidden, 1).to(device)  # fp32: values and advantages stay in fp32
-    with torch.no_grad():
-        value_head.weight.normal_(0.0, 1.0 / (hidden + 1) ** 0.5)
-        value_head.bias.zero_()
+    head = None
+    if value_head:
+        hidden = _hidden_size(model_config)
+        head = nn.Linear(hidden, 1).to(device)  # fp32: values and advantages stay in fp32
+        with torch.no_grad():
+            head.weight.normal_(0.0, 1.0 / (hidden + 1) ** 0.5)
+            head.bias.zero_()
     policy = Policy(
         model=model,
-        value_head=value_head,
+        value_head=head,
         tokenizer=tokenizer,
         is_seq2seq=is_seq2seq,
         source=source,
@@ -566,6 +617,8 @@ def value_of(policy, hidden: torch.Tensor) -> torch.Tensor:
     """The value head on hidden states [B, T, H] -> float32 [B, T], in the head's own dtype (float32 as
     loaded; bf16 if an engine such as DeepSpeed's has cast the whole module)."""
     head = policy.value_head
+    if head is None:  # a critic-free algorithm (rloo, grpo): no value head is built
+        return torch.zeros(hidden.shape[:2], dtype=torch.float32, device=hidden.device)
     return head(hidden.to(head.weight.dtype)).float().squeeze(-1)
 
 
@@ -592,6 +645,8 @@ def forward_pass(
     model = policy.model
     resp, rmask = rollout.response_ids, rollout.response_mask
     T = resp.shape[1]
+    wants_values = with_values
+    with_values = with_values and policy.value_head is not None  # no value head (rloo, grpo): its "values" are 0
     if policy.is_seq2seq:
         start = model.base_model.model.config.decoder_start_token_id
         dec_in = torch.cat([torch.full_like(resp[:, :1], start), resp[:, :-1]], dim=1)
@@ -640,8 +695,8 @@ def forward_pass(
     if temperature != 1.0:  # no [B, T, V] copy when there is nothing to scale
         logits = logits / temperature
     result = {"logprobs": logprobs_from_logits(logits, resp)}
-    if with_values:
-        result["values"] = value_of(policy, hidden)
+    if wants_values:
+        result["values"] = value_of(policy, hidden) if with_values else torch.zeros_like(result["logprobs"])
     if with_entropy:
         result["entropy"] = entropy_from_logits(logits)
     return result

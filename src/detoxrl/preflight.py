@@ -15,7 +15,8 @@ from typing import Any
 
 from detoxrl.config import DetoxConfig, resolve_rollout_shards, validate, with_settings
 from detoxrl.errors import ConfigError, DataError
-from detoxrl.policy import check_adapter_source, check_policy_source, load_tokenizer, match_adapter_config
+from detoxrl.policy import (check_adapter_source, check_policy_source, check_summary_lengths, load_tokenizer,
+                            match_adapter_config)
 from detoxrl.prompts import PromptSplits, SplitRows, check_data_source, load_dialogue_rows, prompts_from_split, split_and_select
 from detoxrl.rewards import check_reward_labels
 from detoxrl.selection import dialogue_toxicity_for
@@ -78,6 +79,8 @@ def preflight(cfg: DetoxConfig, *, check_reward: bool = True, require_train: boo
     check_policy_source(cfg.policy)
     check_adapter_source(cfg.policy.adapter)
     cfg, labels = resolve_settings(cfg, check_reward=check_reward, adapter_dir=cfg.policy.adapter)
+    check_summary_lengths(cfg.policy, {"generation.max_new_tokens": cfg.generation.max_new_tokens,
+                                       "evaluation.max_new_tokens": cfg.evaluation.max_new_tokens})
     if require_train and cfg.data.test_fraction >= 1.0:
         raise DataError("data.test_fraction=1 holds every row out and leaves nothing to train on; use it with evaluate --all-rows only")
     rows = load_dialogue_rows(cfg.data)

@@ -22,6 +22,7 @@ Sources (``cfg.source``):
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
@@ -86,6 +87,34 @@ class SplitRows:
     n_rows: int  # rows read
     n_kept: int  # rows kept by the length filter
     selection: dict | None = None  # counts before/after the selection (None: no selection)
+
+
+def split_fingerprint(split: SplitRows) -> dict[str, Any]:
+    """What a run trained on and held out, to pin it: for each part, the number of rows and a sha256 of
+    their ids and dialogues in order. Evaluating a run later on data whose held-out part differs (a file
+    that shrank moves train rows into the held-out part) is refused by :func:`check_pinned_split`."""
+    def digest(rows: list[dict]) -> dict[str, Any]:
+        h = hashlib.sha256()
+        for r in rows:
+            h.update(json.dumps([r["id"], r["dialogue"]], ensure_ascii=False).encode("utf-8"))
+        return {"rows": len(rows), "sha256": h.hexdigest()}
+
+    return {"rows_read": split.n_rows, "train": digest(split.train), "test": digest(split.test)}
+
+
+def check_pinned_split(pinned: dict[str, Any] | None, split: SplitRows, source: str, run: str) -> None:
+    """The held-out and train parts of ``split`` are those the run recorded (``pinned``, its split.json);
+    else one line naming what changed. A run without a record (older detoxrl) is not checked."""
+    if not pinned:
+        return
+    now = split_fingerprint(split)
+    changed = [part for part in ("test", "train") if pinned.get(part) != now[part]]
+    if changed:
+        was = pinned.get("test", {}).get("rows")
+        raise DataError(
+            f"the data of run '{run}' has changed since it trained ('{source}': {split.n_rows} rows read, {pinned.get('rows_read')} then; "
+            f"held-out prompts {now['test']['rows']}, {was} then; changed: {' and '.join(changed)} part): rows it trained on could be "
+            "scored as held out; evaluate with the data it trained on, or another file entirely with --data FILE --all-rows")
 
 
 def _summary(values: list[int]) -> dict:
@@ -197,6 +226,16 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else str(value)
 
 
+def _text_cell(value: Any, where: str, row: int, column: str) -> str:
+    """A dialogue or summary cell, which must be text (or missing): a list of turns, a number or an object
+    would otherwise be trained on as its Python spelling ("['#Person1#: Hi', ...]")."""
+    if value is not None and not isinstance(value, str) and not (isinstance(value, float) and math.isnan(value)):
+        kind = {list: "a list", dict: "an object", bool: "true/false"}.get(type(value), "a number")
+        fix = (" (join the turns into one text, one '#PersonN#: ...' line each)" if isinstance(value, list) else "")
+        raise DataError(f"{where} row {row + 1}: '{column}' is {kind}, not text{fix}; write it as a string")
+    return _text(value)
+
+
 def _rows_from_columns(columns: dict[str, list], cfg: DataConfig, where: str) -> list[dict]:
     """Turn column lists into rows ``{"id", "dialogue", "summary"}``, checking the dialogue column."""
     if cfg.dialogue_column not in columns:
@@ -212,9 +251,10 @@ def _rows_from_columns(columns: dict[str, list], cfg: DataConfig, where: str) ->
     ids = columns.get("id")
     rows = []
     for i, dialogue in enumerate(dialogues):
-        summary = _text(summaries[i]) if summaries is not None else ""
+        summary = _text_cell(summaries[i], where, i, cfg.summary_column) if summaries is not None else ""
         row_id = _text(ids[i]) if ids is not None else ""
-        rows.append({"id": row_id or f"row_{i}", "dialogue": _text(dialogue), "summary": summary or None})
+        rows.append({"id": row_id or f"row_{i}", "dialogue": _text_cell(dialogue, where, i, cfg.dialogue_column),
+                     "summary": summary or None})
     return rows
 
 

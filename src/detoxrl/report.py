@@ -159,7 +159,7 @@ def _short_model(name: Any) -> str:
 
 
 
-def _config_rows(cfg: DetoxConfig | None, evaluated_prompts: int | None = None) -> list[tuple[str, str]]:
+def _config_rows(cfg: DetoxConfig | None, evaluated_prompts: int | None = None, kind: str = "ppo") -> list[tuple[str, str]]:
     if cfg is None:
         return []
 
@@ -234,16 +234,27 @@ def _config_rows(cfg: DetoxConfig | None, evaluated_prompts: int | None = None) 
         ("judge", judge_s),
         ("data", data_s),
         ("generation (training)", gen),
-        ("steps", ppo.steps),
-        ("batch", batch),
-        ("learning rate", ppo.learning_rate),
-        ("KL penalty", kl),
-        ("clip ratio / value clip",
-         f"{cfg_value(ppo.clip_ratio)} / {cfg_value(ppo.clip_value)}" if ppo.clip_ratio is not None else None),
+        *(_dpo_rows(cfg.dpo) if kind == "dpo" else [
+            *([("algorithm", ppo.algorithm + " (no value head)")] if ppo.algorithm != "ppo" else []),  # ppo: as before
+            ("steps", ppo.steps),
+            ("batch", batch),
+            ("learning rate", ppo.learning_rate),
+            ("KL penalty", kl),
+            ("clip ratio / value clip",
+             f"{cfg_value(ppo.clip_ratio)} / {cfg_value(ppo.clip_value)}" if ppo.clip_ratio is not None else None)]),
         ("evaluation", ev),
         ("seed", cfg.run.seed),
     ]
     return [(k, cfg_value(v)) for k, v in rows]
+
+
+def _dpo_rows(d) -> list[tuple[str, Any]]:
+    """The training rows of a ``detoxrl dpo`` run (its dpo section)."""
+    return [("algorithm", "dpo (preference pairs of the starting policy's own summaries)"),
+            ("pairs", f"{d.samples_per_prompt} samples per prompt, reward gap ≥ {cfg_value(d.min_reward_gap)}, faithfulness "
+                      f"gap ≤ {cfg_value(d.max_faithfulness_gap)}"),
+            ("steps", d.steps if d.steps is not None else f"{cfg_value(d.epochs)} epoch(s)"),
+            ("batch", f"{d.batch_size} pairs"), ("learning rate", d.learning_rate), ("beta", d.beta)]
 
 
 def _training_summary(metrics: runfiles.MetricsLog) -> tuple[list[list[str]], list[str]]:
@@ -591,7 +602,8 @@ def _content(data: RunData, plots: dict[str, Path], missing: list[str]) -> Conte
         run_name=data.run_dir.resolve().name,
         generated=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         verdict=_verdict(data, sides, quality, ci),
-        config_rows=_config_rows(cfg, len({r.get("index") for r in (data.after or data.before or [])}) or None),
+        config_rows=_config_rows(cfg, len({r.get("index") for r in (data.after or data.before or [])}) or None,
+                                 runfiles.kind_of(data.metrics.rows)),
         train_rows=train_rows,
         train_notes=train_notes,
         plots=plots,

@@ -358,6 +358,11 @@ class SVMScorer:
 # A Python function, and weighted sums
 
 
+#: A reward function: the summaries of a batch -> one float each, higher for a better (less toxic) one.
+#: ``FunctionScorer(fn)`` makes it a scorer; ``--reward-model python:module:function`` names one.
+RewardFunction = Callable[[list[str]], Sequence[float]]
+
+
 class FunctionScorer:
     """Wraps ``fn(texts) -> list[float]`` (one reward per text, higher is better).
 
@@ -365,7 +370,7 @@ class FunctionScorer:
     map of the reward into [0, 1], not a calibrated probability); label ``reward`` carries both.
     """
 
-    def __init__(self, fn: Callable[[list[str]], Sequence[float]], name: str | None = None, batch_size: int | None = None):
+    def __init__(self, fn: RewardFunction, name: str | None = None, batch_size: int | None = None):
         if not callable(fn):
             raise ConfigError(f"a reward function must be callable, got {type(fn).__name__}")
         self.fn = fn

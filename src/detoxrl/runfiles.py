@@ -50,6 +50,11 @@ FINAL = "final"
 EVAL = "eval"
 REPORT = "report"
 COMPARE = "compare.json"
+#: The rows a run trained on and held out (:func:`detoxrl.prompts.split_fingerprint`), written when it starts.
+SPLIT = "split.json"
+#: ``detoxrl dpo``: its preference pairs (one JSON line each) and what sampling them cost.
+PAIRS = "pairs.jsonl"
+PAIRS_SUMMARY = "pairs.json"
 #: ``RUN/eval-checkpoints/step-000010/``: a checkpoint evaluated against the starting policy
 #: (``detoxrl evaluate --run RUN --checkpoint 10``), laid out like ``RUN/eval``.
 EVAL_CHECKPOINTS = "eval-checkpoints"
@@ -79,6 +84,10 @@ class RunPaths:
     @property
     def metrics(self) -> Path:
         return self.root / METRICS
+
+    @property
+    def split(self) -> Path:
+        return self.root / SPLIT
 
     @property
     def shards(self) -> Path:
@@ -404,6 +413,22 @@ def load_comparison_table(path: str | Path) -> list[ComparisonRow] | None:
     list. Unreadable: :class:`OSError` or :class:`json.JSONDecodeError`."""
     value = json.loads(Path(path).read_text(encoding="utf-8"))
     return [row for row in value if isinstance(row, dict)] if isinstance(value, list) else None
+
+
+def kind_of(rows: list[dict[str, Any]]) -> str:
+    """Which command wrote a run, from its metrics lines: ``sft`` (``sft/loss``), ``dpo`` (``dpo/loss``), else
+    ``ppo`` (train, whatever its algorithm)."""
+    first = rows[0] if rows and isinstance(rows[0], dict) else {}
+    return "sft" if "sft/loss" in first else "dpo" if "dpo/loss" in first else "ppo"
+
+
+def load_split(run_dir: str | Path) -> dict[str, Any] | None:
+    """``RUN/split.json`` (None for a run written before detoxrl pinned its split, or an unreadable file)."""
+    try:
+        value = json.loads(RunPaths(run_dir).split.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def write_json(path: str | Path, value: Any) -> None:

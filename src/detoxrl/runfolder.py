@@ -16,10 +16,12 @@ when a training command (``train``, ``sft``, ``demo``) starts, stops and continu
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,11 +33,13 @@ from detoxrl import runfiles
 from detoxrl.config import RESUME_FREE_SETTINGS, DetoxConfig, changed_settings
 from detoxrl.errors import ConfigError, DetoxError, note
 from detoxrl.policy import DTYPES, resolve_dtype
+from detoxrl.prompts import SplitRows, check_pinned_split, split_fingerprint
 
 #: With several rollout shards: per step, the prompts of each shard and the process that ran it.
 SHARDS_LOG = runfiles.SHARDS
 MANAGED = (runfiles.METRICS, runfiles.CHECKPOINTS, runfiles.FINAL, runfiles.EVAL, runfiles.REPORT, runfiles.CONFIG,
-           runfiles.CONFIG_CHANGES, "detoxrl", SHARDS_LOG)  # detoxrl/: tracker logs
+           runfiles.CONFIG_CHANGES, runfiles.SPLIT, runfiles.PAIRS, runfiles.PAIRS_SUMMARY, "detoxrl",
+           SHARDS_LOG)  # detoxrl/: tracker logs
 #: Inside the run folder: an --overwrite run until its first checkpoint, and the earlier run's files
 #: while the new run moves into place.
 NEW_RUN_DIR, OLD_RUN_DIR = "new-run.incomplete", "old-run.being-replaced"
@@ -73,6 +77,93 @@ def prepare_output_dir(cfg: DetoxConfig, resume: bool, *, clear: bool = True) ->
 def existing_run(out: Path) -> list[str]:
     """What of an earlier run ``out`` holds (including an --overwrite run in progress or stopped)."""
     return [name for name in (*MANAGED, NEW_RUN_DIR, OLD_RUN_DIR) if (out / name).exists()]
+
+
+# --------------------------------------------------------------------------------------------
+# One writer at a time
+
+
+LOCK_FILE = ".detoxrl.lock"
+
+
+@dataclass
+class FolderLock:
+    """An OS lock on a run folder, held until its last holder in this process calls :meth:`release`, or
+    the process ends (the OS releases the lock of a process that dies, so a lock left by a killed run
+    never blocks). ``holders``: the commands of this process holding it (demo, then its trainer)."""
+
+    path: Path
+    fd: int | None
+    holders: int = 1
+    made_folder: bool = False  # the lock made the folder (it did not exist)
+
+    def release(self) -> None:
+        self.holders -= 1
+        if self.holders <= 0 and self.fd is not None:
+            os.close(self.fd)  # closing the descriptor releases the flock
+            self.fd = None
+            _HELD.pop(self.path.resolve(), None)
+
+    def abandon(self) -> None:
+        """A command that stops before writing anything: release, and take away the folder the lock made if
+        nothing else is in it (a bad input leaves no empty run folder behind)."""
+        self.release()
+        folder = self.path.parent
+        if self.fd is None and self.made_folder and folder.is_dir() and [p.name for p in folder.iterdir()] == [LOCK_FILE]:
+            self.path.unlink(missing_ok=True)
+            folder.rmdir()
+
+    def is_held(self) -> bool:
+        """This process holds the lock of the file that is there now (not of one deleted since)."""
+        try:
+            return self.fd is not None and os.fstat(self.fd).st_ino == os.stat(self.path).st_ino
+        except OSError:
+            return False
+
+
+def lock_folder(folder: str | Path, command: str) -> FolderLock:
+    """Take the lock of ``folder`` (``fcntl.flock`` on ``FOLDER/.detoxrl.lock``, made with the folder if
+    needed) for ``command``, or say who holds it: two commands writing one run folder at once would mix
+    their metrics, config and final adapter. The holder's PID and command are written into the file for
+    that message. Where ``fcntl`` does not exist (Windows) nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        return FolderLock(Path(folder) / LOCK_FILE, None)
+    path = Path(folder) / LOCK_FILE
+    held = _HELD.get(path.resolve())
+    if held is not None and held.is_held():
+        held.holders += 1
+        return held  # this process holds it already (demo: the command, then its trainer)
+    made = not path.parent.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return FolderLock(path, None)  # a folder nobody here can write needs no lock (the command says what fails)
+        raise DetoxError(f"cannot lock run folder '{folder}' ({e.strerror}); choose a folder you can write") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "another process"
+        os.close(fd)
+        raise DetoxError(f"run folder '{folder}' is in use by {holder}; wait for it to finish, or choose another "
+                         "--output-dir") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"detoxrl process {os.getpid()} ({command})".encode("utf-8"), 0)
+    lock = _HELD[path.resolve()] = FolderLock(path, fd, made_folder=made)
+    return lock
+
+
+_HELD: dict[Path, FolderLock] = {}  # the locks this process holds, by lock file
+
+
+def claim_output_dir(cfg: DetoxConfig, command: str) -> FolderLock:
+    """A training command's first act on its folder: a writable place (:func:`check_writable_dir`), then
+    its lock, before anything in it is read or tidied (:func:`recover_overwrite`) or written."""
+    check_writable_dir(cfg.run.output_dir, "--output-dir")
+    return lock_folder(cfg.run.output_dir, command)
 
 
 # --------------------------------------------------------------------------------------------
@@ -159,7 +250,7 @@ def prepare_resume(cfg: DetoxConfig, *, resume_from: str = "auto", allow_config_
 def find_resume_point(cfg: DetoxConfig, resume_from: str = "auto", *, kind: str = "ppo") -> ckpt_lib.ResumePoint:
     """The folder (and what a stopped --overwrite run left in it), then the checkpoint that
     ``resume_from`` names, with its checksums (:func:`detoxrl.checkpoint.select_checkpoint`), and
-    that it was written by the same command (``kind``: ppo for train, sft for sft)."""
+    that it was written by the same command (``kind``: ppo for train, sft for sft, dpo for dpo)."""
     out = Path(cfg.run.output_dir)
     check_writable_dir(out, "--output-dir")
     for line in recover_overwrite(out):
@@ -167,7 +258,7 @@ def find_resume_point(cfg: DetoxConfig, resume_from: str = "auto", *, kind: str 
     point = ckpt_lib.select_checkpoint(out, resume_from)
     found = point.state.get("kind", "ppo")
     if found != kind:
-        command = {"ppo": "train", "sft": "sft"}
+        command = {"ppo": "train", "sft": "sft", "dpo": "dpo"}
         raise DetoxError(
             f"--resume: checkpoint '{point.ckpt}' was written by detoxrl {command.get(found, found)}, not by detoxrl "
             f"{command.get(kind, kind)}; continue it with detoxrl {command.get(found, found)} --resume, or pass another --output-dir"
@@ -236,10 +327,23 @@ def config_yaml(cfg: DetoxConfig) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 
+def start_run(run_dir: Path, cfg: DetoxConfig, split: SplitRows) -> None:
+    """A new run's first files: ``config.yaml`` (the settings it trains with) and ``split.json`` (the rows
+    it trains on and holds out, :func:`detoxrl.prompts.split_fingerprint`, which ``evaluate --run`` checks)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(run_dir / runfiles.CONFIG, config_yaml(cfg))
+    atomic_write(run_dir / runfiles.SPLIT, json.dumps(split_fingerprint(split), indent=1) + "\n")
+
+
+def check_resumed_split(out_dir: Path, split: SplitRows, cfg: DetoxConfig) -> None:
+    """--resume on the data the run started with (its split.json), or one line saying what changed."""
+    check_pinned_split(runfiles.load_split(out_dir), split, cfg.data.source, str(out_dir))
+
+
 def atomic_write(path: Path, text: str) -> None:
     """``text`` into ``path`` through a temporary file and a rename: a kill leaves the old file or the new one."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
 
@@ -294,6 +398,37 @@ class RunFolder:
         return (f"--overwrite: the earlier run in '{self.out_dir}' is unchanged (a new run replaces it only at its first "
                 f"checkpoint); this run's partial output is in '{self.staging_dir}', which the next train in that folder removes")
 
+    def record_resume(self, plan: "ResumePlan", **extra: Any) -> None:
+        """After a resume has loaded its checkpoint (main process): the metrics lines of later steps go,
+        a change of settings (or a checkpoint without its own record of them) is appended to
+        ``config-changes.jsonl`` with ``extra``, and ``config.yaml`` says what the run trains with now."""
+        self._truncate_logs(self.step_idx)
+        ckpt = plan.ckpt
+        if plan.changes or plan.old_config is None:
+            record = {
+                "step": self.step_idx,
+                "checkpoint": str(ckpt.relative_to(self.out_dir)) if ckpt.is_relative_to(self.out_dir) else str(ckpt),
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "changes": {key: {"old": a, "new": b} for key, (a, b) in plan.changes.items()} if plan.old_config is not None else None,
+                **extra,
+            }
+            runfiles.append_jsonl(self.out_dir / CONFIG_CHANGES, [record])
+        atomic_write(self.out_dir / "config.yaml", config_yaml(self.cfg))
+
+    def hold_folder(self, command: str) -> None:
+        """While training: the folder's lock (the main process's; taken when the trainer was made, and
+        again if a finished ``train()`` released it), so that no other command writes the run meanwhile."""
+        if not self.state.is_main_process:
+            return
+        if getattr(self, "folder_lock", None) is None or not self.folder_lock.is_held():
+            self.folder_lock = lock_folder(self.out_dir, command)
+
+    def release_folder(self) -> None:
+        """The end of ``train()``: the lock goes back (another command may use the finished run)."""
+        lock = getattr(self, "folder_lock", None)
+        if lock is not None and lock.fd is not None:
+            lock.release()
+
     def replace_earlier_run(self) -> None:
         """--overwrite: the new run has a checkpoint (or has finished), so it takes the earlier run's place."""
         if self.staging_dir is None:
@@ -302,18 +437,6 @@ class RunFolder:
             swap_in(self.out_dir, self.staging_dir, self.out_dir / OLD_RUN_DIR)
         self.staging_dir, self.run_dir = None, self.out_dir
         self.state.wait_for_everyone()
-
-    def _model_card(self, folder: Path) -> str:
-        """The model card of the final adapter (:mod:`detoxrl.modelcard`); a card that cannot be written
-        costs the run nothing but its card."""
-        from detoxrl.modelcard import model_card
-
-        try:
-            return model_card(folder, run_dir=self.run_dir, final=True)
-        except Exception as e:  # noqa: BLE001 - the adapter matters more than its README
-            note(f"the model card of {self.run_dir / 'final'} could not be written ({type(e).__name__}: {e}); "
-                  f"detoxrl export writes it again")
-            return f"# detoxrl adapter\n\nThe model card could not be written ({type(e).__name__}).\n"
 
     def _log(self, metrics: dict[str, Any], shards: list = ()) -> None:
         """One metrics line per step (and, with several rollout shards, which prompts each shard and

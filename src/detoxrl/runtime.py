@@ -12,6 +12,8 @@
   with a 1 MiB threshold each of them was a fresh mapping whose pages the kernel zeroed again on
   every step. Afterwards the 1 MiB threshold returns and ``malloc_trim`` hands the decoding heap
   back before the update allocates its activations.
+* :func:`quiet_libraries`: the libraries' own warnings and progress bars off for the command line,
+  which says what it does in its own lines (and turns each warning that matters into an error).
 """
 
 from __future__ import annotations
@@ -74,3 +76,20 @@ def decoding_allocator() -> Iterator[bool]:
         libc.mallopt(M_MMAP_THRESHOLD, fixed)
         libc.mallopt(M_TRIM_THRESHOLD, GLIBC_TRIM_THRESHOLD)
         libc.malloc_trim(0)
+
+
+def quiet_libraries() -> None:
+    """transformers' warnings and progress bars off, and Python's user and future warnings: the command
+    line prints its own one-line errors and progress."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    # This hides transformers' warnings, among them the load report of weights initialised at random
+    # and the notes on tokenizers built without a vocabulary: detoxrl.modelcheck turns each of those
+    # into an error of its own (check_load_report, check_tokenizer_files, check_tokenizer).
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    import warnings
+
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)

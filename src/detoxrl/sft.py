@@ -40,7 +40,6 @@ import torch
 from tqdm.auto import tqdm
 
 from detoxrl import checkpoint as ckpt_lib
-from detoxrl import runfiles
 from detoxrl import runtime
 from detoxrl.config import SFT_RESUME_FREE_SETTINGS, DetoxConfig, SFTConfig
 from detoxrl.errors import ConfigError, DataError, DetoxError, TrainingError, note
@@ -48,8 +47,9 @@ from detoxrl.policy import Policy, load_policy, load_tokenizer
 from detoxrl.prompts import PromptExample
 from detoxrl.rollout import Rollout, forward_pass
 from detoxrl.preflight import preflight, tokenize_prompts
-from detoxrl.runfolder import (CONFIG_CHANGES, NEW_RUN_DIR, RunFolder, atomic_write, check_resume_settings, check_trackers,
-                               config_yaml, existing_run, find_resume_point, flat_hparams, prepare_output_dir)
+from detoxrl.runfolder import (NEW_RUN_DIR, RunFolder, check_resume_settings, check_resumed_split, check_trackers,
+                               claim_output_dir, existing_run, find_resume_point, flat_hparams, prepare_output_dir,
+                               start_run)
 from detoxrl.schedule import batch_at, seed_everything, step_seed
 
 
@@ -201,19 +201,27 @@ class SupervisedTrainer(RunFolder):
         if cfg.run.num_threads:
             torch.set_num_threads(cfg.run.num_threads)
         check_trackers(cfg.run.log_with)
-        point = find_resume_point(cfg, resume_from, kind="sft") if resume else None
-        self.out_dir = Path(cfg.run.output_dir) if resume else prepare_output_dir(cfg, False, clear=False)
-        checked = preflight(cfg, check_reward=False)
-        self.cfg = cfg = checked.cfg  # with the LoRA settings of the adapter it starts from, if any
-        check_references(cfg, checked.split.train)
-        self.resume_plan = (check_resume_settings(cfg, point, allow_config_change=allow_config_change, free=SFT_RESUME_FREE_SETTINGS)
-                            if resume else None)
-        self.staging_dir = self.out_dir / NEW_RUN_DIR if not resume and existing_run(self.out_dir) else None
-        self.run_dir = self.staging_dir or self.out_dir
-        tokenizer = policy.tokenizer if policy else load_tokenizer(cfg.policy)
-        self.prompts = tokenize_prompts(checked, tokenizer=tokenizer)
-        self.pairs = build_pairs(self.prompts.train, tokenizer, cfg.sft.max_target_tokens)
-        self.total_steps = total_steps(cfg.sft, len(self.pairs))
+        self.folder_lock = claim_output_dir(cfg, "sft")
+        try:  # the cheap checks: a bad input leaves no folder behind, and no lock held
+            point = find_resume_point(cfg, resume_from, kind="sft") if resume else None
+            self.out_dir = Path(cfg.run.output_dir) if resume else prepare_output_dir(cfg, False, clear=False)
+            checked = preflight(cfg, check_reward=False)
+            self.cfg = cfg = checked.cfg  # with the LoRA settings of the adapter it starts from, if any
+            check_references(cfg, checked.split.train)
+            self.resume_plan = (check_resume_settings(cfg, point, allow_config_change=allow_config_change, free=SFT_RESUME_FREE_SETTINGS)
+                                if resume else None)
+            if resume:
+                check_resumed_split(self.out_dir, checked.split, cfg)
+            split = checked.split
+            self.staging_dir = self.out_dir / NEW_RUN_DIR if not resume and existing_run(self.out_dir) else None
+            self.run_dir = self.staging_dir or self.out_dir
+            tokenizer = policy.tokenizer if policy else load_tokenizer(cfg.policy)
+            self.prompts = tokenize_prompts(checked, tokenizer=tokenizer)
+            self.pairs = build_pairs(self.prompts.train, tokenizer, cfg.sft.max_target_tokens)
+            self.total_steps = total_steps(cfg.sft, len(self.pairs))
+        except BaseException:
+            self.folder_lock.abandon()
+            raise
         seed_everything(cfg.run.seed)
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), log_with=cfg.run.log_with or None, project_dir=str(self.run_dir))
         self.policy = policy or load_policy(cfg.policy, device=self.accelerator.device)
@@ -225,8 +233,7 @@ class SupervisedTrainer(RunFolder):
         else:
             if self.staging_dir is not None:
                 shutil.rmtree(self.staging_dir, ignore_errors=True)
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write(self.run_dir / "config.yaml", config_yaml(cfg))
+            start_run(self.run_dir, cfg, split)
         if cfg.run.log_with:
             self.accelerator.init_trackers("detoxrl-sft", config=flat_hparams(cfg.to_dict()))
 
@@ -236,16 +243,7 @@ class SupervisedTrainer(RunFolder):
         self.step_idx = state["step"]
         for line in ckpt_lib.set_aside(plan.point.newer):
             note(line)
-        self._truncate_logs(self.step_idx)
-        if plan.changes or plan.old_config is None:
-            record = {
-                "step": self.step_idx,
-                "checkpoint": str(plan.ckpt.relative_to(self.out_dir)) if plan.ckpt.is_relative_to(self.out_dir) else str(plan.ckpt),
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "changes": {key: {"old": a, "new": b} for key, (a, b) in plan.changes.items()} if plan.old_config is not None else None,
-            }
-            runfiles.append_jsonl(self.out_dir / CONFIG_CHANGES, [record])
-        atomic_write(self.out_dir / "config.yaml", config_yaml(self.cfg))
+        self.record_resume(plan)
 
     def batch_pairs(self, step: int) -> list[SFTPair]:
         """The pairs of ``step``: consecutive slices of per-epoch seeded permutations, as PPO's prompts."""
@@ -311,6 +309,7 @@ class SupervisedTrainer(RunFolder):
         """
         stop = min(steps, self.total_steps) if steps is not None else self.total_steps
         bar = tqdm(total=self.total_steps, initial=self.step_idx, desc="sft", unit="step", disable=not self.cfg.run.progress)
+        self.hold_folder("sft")
         try:
             while self.step_idx < stop:
                 m = self.step()
@@ -321,12 +320,14 @@ class SupervisedTrainer(RunFolder):
                     self.save_checkpoint()
                     self.replace_earlier_run()
             bar.close()
-            final = ckpt_lib.save_final(self.run_dir, self.policy, card=self._model_card)
+            final = ckpt_lib.save_final(self.run_dir, self.policy)
             self.replace_earlier_run()
         except DetoxError as e:
             if self.staging_dir is None:
                 raise
             raise type(e)(f"{e}; {self.earlier_run_kept()}") from e
+        finally:
+            self.release_folder()
         if self.cfg.run.log_with:
             self.accelerator.end_training()
         return self.run_dir / final.name

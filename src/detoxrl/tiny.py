@@ -156,3 +156,16 @@ def make_tiny_llama(folder: str | Path, texts: Iterable[str] = (), seed: int = 0
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def make_tiny(arch: str, folder: str | Path, data: str | None = None, *, seed: int = 0) -> Path:
+    """``detoxrl make-tiny``: a tiny random ``arch`` (t5, roberta, llama) in ``folder``, its tokenizer trained
+    on the first 2,000 dialogues of ``data`` (any ``--data`` source) when given."""
+    texts: list[str] = []
+    if data:
+        from detoxrl.config import DataConfig
+        from detoxrl.prompts import load_dialogue_rows
+
+        texts = [r["dialogue"] for r in load_dialogue_rows(DataConfig(source=data))[:2000]]
+    builder = {"t5": make_tiny_t5, "roberta": make_tiny_roberta, "llama": make_tiny_llama}[arch]
+    return builder(folder, texts, seed=seed)

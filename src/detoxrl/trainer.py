@@ -1,4 +1,4 @@
-"""The PPO trainer: wires prompts -> policy -> rollout -> rewards -> advantages -> update.
+"""The RL trainer (PPO, RLOO, GRPO): wires prompts -> policy -> rollout -> rewards -> advantages -> update.
 
 It holds no RL math of its own (that lives in :mod:`detoxrl.advantages` and :mod:`detoxrl.losses`)
 and no run-folder code (:mod:`detoxrl.runfolder`: overwrite, resume, the metrics lines). Everything
@@ -21,17 +21,14 @@ import torch
 from tqdm.auto import tqdm
 
 from detoxrl import checkpoint as ckpt_lib
-from detoxrl import runfiles
 from detoxrl.advantages import (
     AdaptiveKLController,
     FixedKLController,
-    gae,
     kl_k3,
-    leave_one_out_baseline,
     masked_moments,
     masked_whiten,
     sequence_kl,
-    token_rewards,
+    step_advantages,
     whiten_with_moments,
 )
 from detoxrl.collection import collect, logprob_plan
@@ -44,9 +41,9 @@ from detoxrl.prompts import PromptExample
 from detoxrl.rewards import Scorer, scorer_from_config
 from detoxrl import runtime
 from detoxrl.rollout import logprobs_and_values
-from detoxrl.runfolder import (CONFIG_CHANGES, NEW_RUN_DIR, ResumePlan, RunFolder, atomic_write, check_resume_settings,
-                               check_trackers, config_yaml, existing_run, find_resume_point, flat_hparams,
-                               prepare_output_dir)
+from detoxrl.runfolder import (NEW_RUN_DIR, ResumePlan, RunFolder, check_resume_settings, check_resumed_split,
+                               check_trackers, claim_output_dir, existing_run, find_resume_point, flat_hparams,
+                               prepare_output_dir, start_run)
 from detoxrl.schedule import batch_at, rollout_seed, seed_everything
 from detoxrl.tokenstats import masked_mean
 from detoxrl.update import UpdateBatch, UpdateHooks, ppo_update
@@ -70,11 +67,13 @@ class _Shard:
     mask: torch.Tensor
     kl: torch.Tensor
     advantages: torch.Tensor
-    returns: torch.Tensor
+    returns: torch.Tensor | None  # the critic's targets (ppo); None without a critic (rloo, grpo)
 
-    def update_batch(self) -> UpdateBatch:
-        """What the PPO update reads of this shard."""
-        return UpdateBatch(self.rollout, self.token_stats["logprobs"], self.token_stats["values"], self.advantages, self.returns)
+    def update_batch(self, kl_in_loss: bool) -> UpdateBatch:
+        """What the update reads of this shard (with ``kl_in_loss``, grpo, the reference's log-probs too)."""
+        stats = self.token_stats
+        return UpdateBatch(self.rollout, stats["logprobs"], stats["values"] if self.returns is not None else None,
+                           self.advantages, self.returns, stats["ref_logprobs"] if kl_in_loss else None)
 
     def kl_k3_per_response(self) -> torch.Tensor:
         """[B]: the k3 estimate of each response's KL to the reference (logged beside the k1 of the reward)."""
@@ -82,7 +81,10 @@ class _Shard:
 
 
 class Trainer(RunFolder):
-    """PPO with a LoRA policy, a frozen reference adapter and a value head.
+    """RL with a LoRA policy and a frozen reference adapter: PPO with a value head (its critic), or the
+    critic-free RLOO and GRPO (``ppo.algorithm``; :func:`detoxrl.advantages.step_advantages` says how each
+    turns rewards into advantages). One loop for all three: rollout, scoring, shaping, the update and the
+    checkpoints are shared.
 
     ``scorer`` replaces the configured reward model (any object with ``score(texts)``, e.g. a
     :class:`detoxrl.rewards.FunctionScorer` wrapping a Python function). With ``resume``,
@@ -119,6 +121,8 @@ class Trainer(RunFolder):
         def checks():
             check_trackers(cfg.run.log_with)
             shards = check_launch(cfg, self.state.num_processes, deepspeed=deepspeed, resume=resume)
+            if self.state.is_main_process:  # one writer per folder; the other processes share the main one's lock
+                self.folder_lock = claim_output_dir(cfg, "train")
             # Before any model loads: the folder; with resume the checkpoint (its checksums), and the settings
             # once the preflight has resolved the reward labels (as they were when the checkpoint was saved).
             point = find_resume_point(cfg, resume_from) if resume else None
@@ -126,15 +130,22 @@ class Trainer(RunFolder):
             found = preflight(cfg, check_reward=scorer is None) if checked is None else checked
             found = dataclasses.replace(found, cfg=with_settings(found.cfg, {"ppo": {"rollout_shards": shards}}))
             plan = check_resume_settings(found.cfg, point, allow_config_change=allow_config_change) if resume else None
+            if resume:
+                check_resumed_split(out_dir, found.split, found.cfg)
             # An earlier run in the folder is replaced only once this one has a checkpoint (see train()).
             staging = out_dir / NEW_RUN_DIR if not resume and existing_run(out_dir) else None
             prompts = tokenize_prompts(found, tokenizer=policy.tokenizer if policy else None)
-            return found.cfg, out_dir, plan, staging, prompts
+            return found.cfg, out_dir, plan, staging, prompts, found.split
 
         # The main process first: it alone tidies the folder (a stopped --overwrite run) and fills caches.
         # From here on the trainer runs with the resolved config (and records it in config.yaml).
-        found = main_process_first(self.state, checks)
-        self.cfg, self.out_dir, self.resume_plan, self.staging_dir, self.prompts = found
+        try:
+            found = main_process_first(self.state, checks)
+        except BaseException:
+            if getattr(self, "folder_lock", None) is not None:
+                self.folder_lock.abandon()  # a bad input leaves no folder behind, and no lock held
+            raise
+        self.cfg, self.out_dir, self.resume_plan, self.staging_dir, self.prompts, split = found
         cfg = self.cfg
         self.run_dir = self.staging_dir or self.out_dir
         self.shards = cfg.ppo.rollout_shards
@@ -152,7 +163,7 @@ class Trainer(RunFolder):
         self.zero_stage = plugin.zero_stage if plugin is not None else None
 
         def load():
-            pol = policy or load_policy(cfg.policy, device=self.accelerator.device)
+            pol = policy or load_policy(cfg.policy, device=self.accelerator.device, value_head=cfg.ppo.algorithm == "ppo")
             sc = scorer or scorer_from_config(cfg.reward, device=self.accelerator.device)
             faith = None
             if cfg.reward.faithfulness_weight:
@@ -175,8 +186,7 @@ class Trainer(RunFolder):
             # folder when an earlier run is there (--overwrite), which stays as it is until train() swaps.
             if self.staging_dir is not None:
                 shutil.rmtree(self.staging_dir, ignore_errors=True)
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write(self.run_dir / "config.yaml", config_yaml(cfg))  # with the rollout shards it runs with
+            start_run(self.run_dir, cfg, split)  # config.yaml with the rollout shards it runs with; split.json
         # DDP (or DeepSpeed) around the trainable module: the update's passes go through it, so that its
         # backward averages the gradients of all processes. The checkpoint (if any) is loaded first.
         if plugin is not None and plugin.is_auto("train_micro_batch_size_per_gpu"):
@@ -213,18 +223,8 @@ class Trainer(RunFolder):
             group["lr"] = self.cfg.ppo.learning_rate
         if not main:
             return
-        self._truncate_logs(self.step_idx)
-        if plan.changes or plan.old_config is None:
-            record = {
-                "step": self.step_idx,
-                "checkpoint": str(ckpt.relative_to(self.out_dir)) if ckpt.is_relative_to(self.out_dir) else str(ckpt),
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "changes": {key: {"old": a, "new": b} for key, (a, b) in plan.changes.items()} if plan.old_config is not None else None,
-                "kl_controller": {"old": kl_state, "new": self.kl_ctl.state_dict()},
-            }
-            runfiles.append_jsonl(self.out_dir / CONFIG_CHANGES, [record])
         # config.yaml says what the run trains with from here on (new step count, allowed changes).
-        atomic_write(self.out_dir / "config.yaml", config_yaml(self.cfg))
+        self.record_resume(plan, kl_controller={"old": kl_state, "new": self.kl_ctl.state_dict()})
 
     # ------------------------------------------------------------------ data order
     def batch_examples(self, step: int) -> list[PromptExample]:
@@ -260,10 +260,6 @@ class Trainer(RunFolder):
                       faithfulness=self.faithfulness, score_clip=ppo_cfg.score_clip, progress=self.progress,
                       synced_gpus=zero3)
         rollout, scored, shaped, faithful = got.rollout, got.scored, got.shaped, got.faithful
-        # The baseline is variance reduction for the gradient, not part of the reward: evaluation and
-        # the logged env/reward_* keep the shaped reward itself.
-        scores = leave_one_out_baseline(shaped, k) if ppo_cfg.reward_baseline == "group" else shaped
-        scores = scores.to(rollout.response_ids.device)
         t2 = time.perf_counter()
 
         # No-grad passes in minibatch-sized chunks, as the update: a [B, T, vocab] logits tensor of
@@ -272,9 +268,12 @@ class Trainer(RunFolder):
             self.policy, rollout, batch_size=ppo_cfg.mini_batch_size // self.shards
         )
         mask = rollout.response_mask.float()
-        logprobs, ref_logprobs = token_stats["logprobs"], token_stats["ref_logprobs"]
-        rewards, kl = token_rewards(scores, logprobs, ref_logprobs, mask, self.kl_ctl.value)
-        advantages, returns = gae(rewards, token_stats["values"], mask, ppo_cfg.gamma, ppo_cfg.lam)
+        # A baseline is variance reduction for the gradient, not part of the reward: evaluation and the
+        # logged env/reward_* keep the shaped reward itself.
+        advantages, returns, kl = step_advantages(
+            ppo_cfg.algorithm, shaped.to(rollout.response_ids.device), token_stats["logprobs"], token_stats["ref_logprobs"],
+            token_stats["values"], mask, kl_coef=self.kl_ctl.value, group_size=k,
+            group_baseline=ppo_cfg.reward_baseline == "group", gamma=ppo_cfg.gamma, lam=ppo_cfg.lam)
         part = _Shard(shard, examples, rollout, scored, shaped, faithful, token_stats, mask, kl, advantages, returns)
         # generate's teacher-forced passes (bf16) count with the other no-grad passes, not as sampling
         return part, got.generate_seconds, got.score_seconds, time.perf_counter() - t2 + rollout.pass_seconds
@@ -299,14 +298,16 @@ class Trainer(RunFolder):
                 moments = self.processes.sum(sum(masked_moments(sh.advantages, sh.mask) for sh in parts))
                 for sh in parts:
                     sh.advantages = whiten_with_moments(sh.advantages, sh.mask, moments)
+        kl_in_loss = ppo_cfg.algorithm == "grpo"
         update_stats = ppo_update(
             self.policy,
             self.optimizer,
-            [sh.update_batch() for sh in parts],
+            [sh.update_batch(kl_in_loss) for sh in parts],
             ppo_cfg,
             mini_batch_size=ppo_cfg.mini_batch_size // self.shards,  # rows of one shard
             generator=[torch.Generator().manual_seed(rollout_seed(cfg.run.seed, step, sh.shard) + 1) for sh in parts],
             hooks=self._update_hooks(),
+            kl_coef=self.kl_ctl.value if kl_in_loss else 0.0,
         )
         # What the processes hold of the batch, in shard order: every statistic is of the whole batch.
         kl_seq = self._rows(parts, lambda sh: (sh.kl * sh.mask).sum(1))
@@ -326,7 +327,7 @@ class Trainer(RunFolder):
             "objective/kl_k3": float(kl_k3_seq.mean()),
             "objective/kl_coef": kl_coef_used,
             "objective/entropy": self._token_mean(parts, lambda sh: sh.token_stats["entropy"]),
-            "ppo/returns/mean": self._token_mean(parts, lambda sh: sh.returns),
+            **({"ppo/returns/mean": self._token_mean(parts, lambda sh: sh.returns)} if parts[0].returns is not None else {}),
             "ppo/policy/advantages_mean": self._token_mean(parts, lambda sh: sh.advantages),
             **self.processes.mean_of_floats(update_stats),
             "env/reward_mean": float(raw.mean()),
@@ -364,7 +365,7 @@ class Trainer(RunFolder):
         return UpdateHooks(
             backward=self.accelerator.backward,
             clip_grad_norm=self.accelerator.clip_grad_norm_,
-            forward=lambda sub: self.prepared_model(sub, with_values=True),  # through DDP
+            forward=lambda sub: self.prepared_model(sub, with_values=self.policy.value_head is not None),  # through DDP
             no_sync=lambda: self.accelerator.no_sync(self.prepared_model),
             all_agree=self.processes.all_agree,
         )
@@ -403,6 +404,7 @@ class Trainer(RunFolder):
         """
         total = steps if steps is not None else self.cfg.ppo.steps
         bar = tqdm(total=total, initial=self.step_idx, desc="ppo", unit="step", disable=not self.progress)
+        self.hold_folder("train")
         try:
             while self.step_idx < total:
                 m = self.step()
@@ -418,6 +420,8 @@ class Trainer(RunFolder):
             if self.staging_dir is None:
                 raise
             raise self._said_once(type(e)(f"{e}; {self.earlier_run_kept()}")) from e
+        finally:
+            self.release_folder()
         if self.cfg.run.log_with:
             self.accelerator.end_training()
         return self.run_dir / final.name
@@ -434,7 +438,7 @@ class Trainer(RunFolder):
     def save_final(self) -> Path:
         with self._whole_weights():
             if self.state.is_main_process:
-                ckpt_lib.save_final(self.run_dir, self.policy, card=self._model_card)
+                ckpt_lib.save_final(self.run_dir, self.policy)
         self.state.wait_for_everyone()
         return self.run_dir / "final"
 

@@ -1,4 +1,5 @@
-"""The update stage: clipped PPO over minibatches and epochs, with a guard against bad steps.
+"""The update stage: the clipped surrogate over minibatches and epochs (PPO with its critic, RLOO and GRPO
+without one), with a guard against bad steps.
 
 A minibatch whose loss is not finite, or whose mean probability ratio leaves
 [1/ratio_threshold, ratio_threshold], is skipped and counted, never applied (trl 0.11.4 skipped
@@ -14,7 +15,7 @@ from typing import Callable, ContextManager, Sequence
 import torch
 
 from detoxrl.config import PPOConfig
-from detoxrl.losses import is_finite_and_sane, policy_loss, value_loss
+from detoxrl.losses import is_finite_and_sane, kl_penalty_loss, policy_loss, value_loss
 from detoxrl.policy import Policy
 from detoxrl.rollout import Rollout, forward_pass
 from detoxrl.tokenstats import masked_mean
@@ -26,9 +27,10 @@ class UpdateBatch:
 
     rollout: Rollout
     old_logprobs: torch.Tensor  # [B, T]
-    old_values: torch.Tensor  # [B, T]
+    old_values: torch.Tensor | None  # [B, T]; None: no critic (rloo, grpo), no value loss
     advantages: torch.Tensor  # [B, T] (whitened if configured)
-    returns: torch.Tensor  # [B, T]
+    returns: torch.Tensor | None  # [B, T] value targets; None with old_values
+    ref_logprobs: torch.Tensor | None = None  # [B, T]: the reference's, for a KL term in the loss (grpo)
 
 
 @dataclass
@@ -62,8 +64,14 @@ def ppo_update(
     generator: torch.Generator | Sequence[torch.Generator],
     mini_batch_size: int | None = None,
     hooks: UpdateHooks | None = None,
+    kl_coef: float = 0.0,
 ) -> dict[str, float]:
     """Run ``ppo.ppo_epochs`` passes of shuffled minibatches; return mean statistics over applied minibatches.
+
+    The loss of a minibatch is the clipped surrogate (:func:`policy_loss`), plus ``ppo.vf_coef`` times the
+    clipped value loss when the batch has value targets (PPO's critic), plus ``kl_coef`` times the k3 KL to
+    the reference (:func:`kl_penalty_loss`) when ``kl_coef`` > 0 (GRPO; the batch then carries the
+    reference's log-probs). The same loop serves ppo, rloo and grpo.
 
     ``ppo`` gives the update's settings: ``ppo_epochs``, ``clip_ratio``, ``clip_value``, ``vf_coef``,
     ``max_grad_norm``, ``ratio_threshold`` and ``group_by_length``. The default forward pass divides the
@@ -85,7 +93,6 @@ def ppo_update(
     if len(generators) != len(shards):
         raise ValueError(f"ppo_update: {len(shards)} shards but {len(generators)} generators")
     mini_batch_size = ppo.mini_batch_size if mini_batch_size is None else mini_batch_size
-    clip_ratio, clip_value, vf_coef = ppo.clip_ratio, ppo.clip_value, ppo.vf_coef
     max_grad_norm, ratio_threshold = ppo.max_grad_norm, ppo.ratio_threshold
     hooks = hooks or UpdateHooks()
     backward = hooks.backward or (lambda loss: loss.backward())
@@ -106,15 +113,11 @@ def ppo_update(
             for s, (b, idx) in enumerate(zip(shards, step_rows)):
                 with no_sync() if s < len(shards) - 1 else contextlib.nullcontext():
                     sub = b.rollout.select(idx).trimmed(policy.is_seq2seq)
-                    T = sub.response_ids.shape[1]
                     mask = sub.response_mask.float()
-                    out = forward(sub)
-                    pg_loss, pg_stats = policy_loss(out["logprobs"], b.old_logprobs[idx, :T], b.advantages[idx, :T], mask, clip_ratio)
-                    vf_loss, vf_stats = value_loss(out["values"], b.old_values[idx, :T], b.returns[idx, :T], mask, clip_value)
-                    loss = pg_loss + vf_coef * vf_loss
+                    pg_loss, loss, pg_stats, extra = minibatch_loss(forward(sub), b, idx, mask, ppo, kl_coef)
                 ok = ok and is_finite_and_sane(loss, pg_stats["ratio_mean"], ratio_threshold)
                 losses.append(loss)
-                parts.append((pg_loss, vf_loss, loss, pg_stats, vf_stats, float(masked_mean(out["values"].detach(), mask))))
+                parts.append((pg_loss, loss, pg_stats, extra))
             optimizer.zero_grad(set_to_none=True)
             if not all_agree(ok):
                 skipped += 1
@@ -129,14 +132,11 @@ def ppo_update(
             applied += 1
             stats = {
                 "ppo/loss/policy": _mean([float(pg.detach()) for pg, *_ in parts]),
-                "ppo/loss/value": _mean([float(vf.detach()) for _, vf, *_ in parts]),
-                "ppo/loss/total": _mean([float(total.detach()) for _, _, total, *_ in parts]),
-                "ppo/policy/clipfrac": _mean([p[3]["clipfrac"] for p in parts]),
-                "ppo/policy/approxkl": _mean([p[3]["approxkl"] for p in parts]),
-                "ppo/policy/ratio_mean": _mean([p[3]["ratio_mean"] for p in parts]),
-                "ppo/val/clipfrac": _mean([p[4]["vf_clipfrac"] for p in parts]),
-                "ppo/val/error": _mean([p[4]["value_error"] for p in parts]),
-                "ppo/val/mean": _mean([p[5] for p in parts]),
+                "ppo/loss/total": _mean([float(total.detach()) for _, total, *_ in parts]),
+                "ppo/policy/clipfrac": _mean([p[2]["clipfrac"] for p in parts]),
+                "ppo/policy/approxkl": _mean([p[2]["approxkl"] for p in parts]),
+                "ppo/policy/ratio_mean": _mean([p[2]["ratio_mean"] for p in parts]),
+                **{key: _mean([p[3][key] for p in parts]) for key in parts[0][3]},  # value loss, KL term
                 "ppo/grad_norm": float("nan") if grad_norm is None else float(grad_norm),
             }
             for k, v in stats.items():
@@ -145,6 +145,26 @@ def ppo_update(
     result["ppo/applied_minibatches"] = applied
     result["ppo/skipped_minibatches"] = skipped
     return result
+
+
+def minibatch_loss(out: dict[str, torch.Tensor], b: UpdateBatch, idx: torch.Tensor, mask: torch.Tensor, ppo: PPOConfig,
+                   kl_coef: float) -> tuple[torch.Tensor, torch.Tensor, dict[str, float], dict[str, float]]:
+    """The loss of rows ``idx`` of shard ``b`` from their forward pass ``out`` (cut to ``mask``'s length):
+    ``(policy loss, total loss, policy stats, the value and KL terms' stats)``. The clipped surrogate, plus
+    ``ppo.vf_coef`` x the clipped value loss when ``b`` has value targets, plus ``kl_coef`` x the k3 KL."""
+    T = mask.shape[1]
+    pg_loss, pg_stats = policy_loss(out["logprobs"], b.old_logprobs[idx, :T], b.advantages[idx, :T], mask, ppo.clip_ratio)
+    loss, extra = pg_loss, {}
+    if b.returns is not None:
+        vf_loss, vf_stats = value_loss(out["values"], b.old_values[idx, :T], b.returns[idx, :T], mask, ppo.clip_value)
+        loss = loss + ppo.vf_coef * vf_loss
+        extra = {"ppo/loss/value": float(vf_loss.detach()), "ppo/val/clipfrac": vf_stats["vf_clipfrac"],
+                 "ppo/val/error": vf_stats["value_error"], "ppo/val/mean": float(masked_mean(out["values"].detach(), mask))}
+    if kl_coef:
+        kl_loss, kl_stats = kl_penalty_loss(out["logprobs"], b.ref_logprobs[idx, :T], mask)
+        loss = loss + kl_coef * kl_loss
+        extra["ppo/loss/kl"] = kl_stats["kl_k3"]
+    return pg_loss, loss, pg_stats, extra
 
 
 def _mean(values: list):
