@@ -245,10 +245,11 @@ def _card_header(spec, base: str, lora: str, merged: bool, dtype: str | None, sf
                 "It is the adapter that PPO starts from: `detoxrl train --adapter THIS_FOLDER` trains it further and keeps a "
                 "frozen copy of it as the reference of the KL penalty.", ""]
     else:
+        keep = ("DPO's beta keeps it near the starting policy, frozen as its reference" if algorithm == "dpo"
+                else "a KL penalty keeps it near the starting policy")
         out += ["", f"detoxrl fine-tuned it with {ALGORITHM_NAMES.get(algorithm, algorithm)} so that its summaries of "
-                "dialogues are less toxic without being worse "
-                "summaries: the reward comes from a toxicity classifier, a KL penalty keeps it near the starting policy, "
-                "and only the LoRA weights were trained.", ""]
+                "dialogues are less toxic without being worse summaries: the reward comes from a toxicity classifier, "
+                f"{keep}, and only the LoRA weights were trained.", ""]
     return out
 
 
