@@ -681,8 +681,8 @@ def test_resume_with_a_new_target_kl_takes_effect(two_checkpoints, tiny_config):
     assert read_metrics(out)[-1]["objective/kl_coef"] == reached["value"]
     assert ck.read_state(out / "checkpoints" / "step-000005")["kl_controller"]["target"] == 2.5
     # A new ppo.init_kl_coef restarts the coefficient there.
-    trainer = Trainer(_short(tiny_config, out, "ppo.target_kl=2.5", "ppo.kl_horizon=500", "ppo.init_kl_coef=0.05"), resume=True,
-                      allow_config_change=True)
+    trainer = Trainer(_short(tiny_config, out, "ppo.target_kl=2.5", "ppo.kl_horizon=500", "ppo.init_kl_coef=0.05", steps=6),
+                      resume=True, allow_config_change=True)  # 6: the run has 5 steps now
     assert trainer.kl_ctl.value == 0.05
 
 
@@ -866,3 +866,23 @@ def test_a_lock_left_by_a_dead_process_does_not_block(tmp_path):
     lock = lock_folder(tmp_path, "third")  # the file is still there, the lock is not
     assert f"process {os.getpid()} (third)" in (tmp_path / ".detoxrl.lock").read_text()
     lock.release()
+
+
+def test_resume_with_fewer_steps_than_the_run_has_is_refused_and_changes_nothing(two_checkpoints, tiny_config):
+    """--resume --steps 2 on a finished 4-step run used to exit 0 having trained nothing, and to rewrite
+    config.yaml to say 2 steps."""
+    out = two_checkpoints
+    config = (out / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match=r"has trained 4 steps, more than the 2 asked for; pass --steps N with N > 4"):
+        Trainer(_short(tiny_config, out, steps=2), resume=True)
+    assert (out / "config.yaml").read_text() == config
+
+
+def test_a_checkpoint_from_before_the_algorithm_setting_resumes_as_ppo(two_checkpoints, tiny_config):
+    """Checkpoints written before ppo.algorithm existed hold no such key: they were PPO, and resume as such."""
+    out = two_checkpoints
+    ckpt = out / "checkpoints" / "step-000004"
+    state = json.loads((ckpt / ck.STATE_FILE).read_text())
+    del state["config"]["ppo"]["algorithm"]
+    (ckpt / ck.STATE_FILE).write_text(json.dumps(state))
+    assert Trainer(_short(tiny_config, out, steps=6), resume=True).step_idx == 4

@@ -288,6 +288,8 @@ def check_resume_settings(cfg: DetoxConfig, point: ckpt_lib.ResumePoint, *, allo
     ppo = old.get("ppo") if isinstance(old.get("ppo"), dict) else {}
     if ppo.get("rollout_shards") is None:  # a run from before rollout shards sampled each batch as one
         ppo = {**ppo, "rollout_shards": 1}
+    if "algorithm" not in ppo:  # a run from before the setting was PPO
+        ppo = {**ppo, "algorithm": "ppo"}
     if "capture_logprobs" not in ppo:  # a run from before the setting captured while decoding in any dtype
         policy = old.get("policy") if isinstance(old.get("policy"), dict) else {}
         dtype = str(policy.get("dtype", "auto"))

@@ -34,7 +34,7 @@ from detoxrl.advantages import (
 from detoxrl.collection import collect, logprob_plan
 from detoxrl.collective import Processes, main_process_first
 from detoxrl.config import DetoxConfig, with_settings
-from detoxrl.errors import DetoxError, ModelLoadError, TrainingError, note
+from detoxrl.errors import ConfigError, DetoxError, ModelLoadError, TrainingError, note
 from detoxrl.policy import Policy, load_policy
 from detoxrl.preflight import Preflight, check_launch, preflight, tokenize_prompts
 from detoxrl.prompts import PromptExample
@@ -130,6 +130,10 @@ class Trainer(RunFolder):
             found = preflight(cfg, check_reward=scorer is None) if checked is None else checked
             found = dataclasses.replace(found, cfg=with_settings(found.cfg, {"ppo": {"rollout_shards": shards}}))
             plan = check_resume_settings(found.cfg, point, allow_config_change=allow_config_change) if resume else None
+            if resume and cfg.ppo.steps < plan.step:
+                raise ConfigError(f"--resume: run '{cfg.run.output_dir}' has trained {plan.step} steps, more than the "
+                                  f"{cfg.ppo.steps} asked for; pass --steps N with N > {plan.step} to train it further "
+                                  "(evaluate or export it as it is)")
             if resume:
                 check_resumed_split(out_dir, found.split, found.cfg)
             # An earlier run in the folder is replaced only once this one has a checkpoint (see train()).
