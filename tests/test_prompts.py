@@ -547,3 +547,31 @@ def test_a_dialogue_that_is_not_text_is_refused_with_its_row(tmp_path, value, ki
     assert f"row 2: 'dialogue' is {kind}, not text" in str(e.value) and "\n" not in str(e.value)
     if kind == "a list":
         assert "join the turns into one text" in str(e.value)
+
+
+def test_a_csv_whose_rows_have_more_fields_than_its_header_is_refused_not_shifted(tmp_path):
+    """pandas took the first field as an index and shifted every column: training would have read the
+    wrong column, and the error blamed the length filter."""
+    path = tmp_path / "extra.csv"
+    path.write_text("id,dialogue\n1,#Person1#: hello there,extra\n2,#Person1#: fine,more\n")
+    with pytest.raises(DataError) as e:
+        load_dialogue_rows(_cfg(path))
+    assert "have more fields than its header (id, dialogue)" in str(e.value) and "quote fields that hold commas" in str(e.value)
+
+
+def test_an_empty_jsonl_says_it_holds_no_rows(tmp_path):
+    path = tmp_path / "empty.jsonl"
+    path.write_text("")
+    with pytest.raises(DataError, match="holds no rows"):
+        load_dialogue_rows(_cfg(path))
+
+
+def test_every_dialogue_cell_empty_names_the_column_not_the_length_filter(tmp_path):
+    from detoxrl.prompts import split_and_select
+
+    path = tmp_path / "blank.csv"
+    path.write_text("id,dialogue,text\n1,,#Person1#: hi\n2,,#Person1#: yo\n")
+    cfg = _cfg(path)
+    with pytest.raises(DataError) as e:
+        split_and_select(cfg, load_dialogue_rows(cfg), None)
+    assert "every 'dialogue' cell" in str(e.value) and "data.dialogue_column" in str(e.value) and "length filter" not in str(e.value)

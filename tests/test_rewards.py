@@ -556,3 +556,12 @@ def test_clipped_logit_pays_for_toxic_text_only_up_to_the_ceiling():
     scored = _two_label_result([-2.0, 3.0, 4.6, 9.0])
     out = transform_scores(scored, "clipped_logit", "non-toxic", logit_ceiling=4.59512)
     torch.testing.assert_close(out, torch.tensor([-2.0, 3.0, 4.59512, 4.59512]))
+
+
+def test_a_wrong_toxic_label_is_never_answered_with_the_reward_label():
+    """--toxic-label toxic on a nothate/hate model suggested --toxic-label nothate, the non-toxic label."""
+    from detoxrl.scores import resolve_labels
+
+    with pytest.raises(ConfigError) as e:
+        resolve_labels("m", ["nothate", "hate"], "nothate", "toxic")
+    assert str(e.value).endswith("pass --toxic-label hate")

@@ -27,6 +27,7 @@ import importlib.util
 import json
 import logging
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -238,6 +239,13 @@ def _text_cell(value: Any, where: str, row: int, column: str) -> str:
 
 def _rows_from_columns(columns: dict[str, list], cfg: DataConfig, where: str) -> list[dict]:
     """Turn column lists into rows ``{"id", "dialogue", "summary"}``, checking the dialogue column."""
+    quoted = where if where.startswith("'") else f"'{where}'"
+    empty = DataError(f"{quoted} holds no rows (a header only?); add dialogues to it (one per row, a "
+                      f"'{cfg.dialogue_column}' column), or pass another source with --data")
+    if not columns:
+        raise empty
+    if cfg.dialogue_column in columns and not columns[cfg.dialogue_column]:
+        raise empty
     if cfg.dialogue_column not in columns:
         found = ", ".join(columns) or "none"
         raise DataError(
@@ -284,7 +292,15 @@ def _read_file(path: Path, cfg: DataConfig) -> dict[str, list]:
             import pandas as pd
 
             # Everything as text, and no "NA"/"None" strings turned into NaN: dialogues stay verbatim.
-            df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, encoding=cfg.encoding)
+            # index_col=False: rows with more fields than the header would otherwise shift every column
+            # (pandas takes the first as an index); they are an error here instead.
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", pd.errors.ParserWarning)
+                df = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, encoding=cfg.encoding,
+                                 index_col=False)
+            if any(issubclass(w.category, pd.errors.ParserWarning) for w in caught):
+                raise DataError(f"rows of '{path}' have more fields than its header ({', '.join(map(str, df.columns))}): the "
+                                "columns would shift; quote fields that hold commas, or fix the header")
             return {str(c): df[c].tolist() for c in df.columns}
         if ext == ".parquet":
             import pyarrow.parquet as pq
@@ -304,6 +320,8 @@ def _read_file(path: Path, cfg: DataConfig) -> dict[str, list]:
         ) from None
     except OSError as e:
         raise DataError(f"could not read '{path}' ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); check the file") from e
+    except DataError:
+        raise
     except Exception as e:  # pandas / pyarrow parse errors
         first = str(e).splitlines()[0] if str(e) else ""
         raise DataError(f"could not parse '{path}' as {ext[1:]} ({type(e).__name__}: {first[:200]}); fix or re-export the file") from e
@@ -602,6 +620,9 @@ def split_and_select(
     if not rows:  # e.g. a CSV with a header only: no filter setting would help
         raise DataError(f"'{cfg.source}' holds no rows (a header only?); add dialogues to it, or pass another source with --data")
     kept = filter_rows(rows, cfg.min_chars, cfg.max_chars)
+    if not any(r["dialogue"].strip() for r in rows):  # no filter setting would help
+        raise DataError(f"every '{cfg.dialogue_column}' cell of '{cfg.source}' is empty ({len(rows)} rows); name the column "
+                        "that holds the dialogues with --set data.dialogue_column=NAME, or fill it in")
     if not kept:
         raise DataError(
             f"no dialogue passes the length filter {cfg.min_chars} < chars <= {cfg.max_chars} in '{cfg.source}' "

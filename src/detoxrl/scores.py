@@ -107,7 +107,7 @@ def resolve_labels(model: str, labels: list[str], label: str, toxic_label: str |
     elif toxic_label not in labels:
         raise ConfigError(
             f"toxic label '{toxic_label}' is not a label of {model}; its labels are: {shown}; "
-            f"pass --toxic-label {suggest_label(toxic_label, labels, default_toxic)}"
+            f"pass --toxic-label {suggest_label(toxic_label, [x for x in labels if x != label] or labels, default_toxic)}"
         )
     if toxic_label == label:
         raise ConfigError(
