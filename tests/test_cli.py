@@ -906,3 +906,11 @@ def test_a_summary_longer_than_the_policy_can_write_is_refused_before_any_model_
     rc, _, err = cli(*tiny_train_args(tiny, tmp_path / "run"), "--max-new-tokens", 1000000)
     line = one_line_error(rc, err)
     assert "generation.max_new_tokens=1000000 is beyond what policy" in line and "positions" in line
+
+
+def test_report_into_another_folder(tiny_run, tmp_path):
+    """report --output DIR: a run folder that is read-only (or shared) can be reported elsewhere."""
+    rc, out, err = cli("report", tiny_run["dir"], "--output", tmp_path / "rep")
+    assert rc == 0, err
+    assert (tmp_path / "rep" / "report.html").is_file() and (tmp_path / "rep" / "report.md").is_file()
+    assert str(tmp_path / "rep" / "report.html") in out

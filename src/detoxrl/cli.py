@@ -400,7 +400,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if Path(args.run_dir).is_dir():
         lock_folder(args.run_dir, "report")
 
-    paths = write_report(args.run_dir)
+    paths = write_report(args.run_dir, args.output)
     html = paths.get("html") if isinstance(paths, dict) else paths
     print(f"report: {html}")
     return 0

@@ -245,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "toxicity distributions before/after (reward model and judge), quality table, "
                                    "before/after summaries, verdict line.")
     p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--output", metavar="DIR", help="where the report goes (default RUN_DIR/report)")
     p.set_defaults(handler="report")
 
     p = sub.add_parser("demo",

@@ -679,16 +679,20 @@ def frontier_points(data: RunData) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------------------------
 
 
-def write_report(run_dir: str | Path) -> dict[str, Path]:
-    """Write ``RUN/report/`` and return the paths written.
+def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict[str, Path]:
+    """Write ``RUN/report/`` (or ``out_dir``) and return the paths written. A folder that cannot be written
+    is one line naming it and ``--output`` (a read-only run folder can be reported elsewhere).
 
     Keys: ``"html"``, ``"markdown"``, and one per plot written (``"training_reward"``,
     ``"training_kl"``, ``"training_returns_advantages"``, ``"training_losses"``,
     ``"training_time"``, ``"toxicity_distribution"``). A plot whose metrics were never logged is
     not written (and the report says so). Raises :class:`DetoxError` if ``run_dir`` is not a run folder.
     """
+    from detoxrl.runfolder import check_writable_dir
+
     data = load_run(run_dir)
-    out_dir = runfiles.RunPaths(data.run_dir).report
+    out_dir = Path(out_dir) if out_dir is not None else runfiles.RunPaths(data.run_dir).report
+    check_writable_dir(out_dir, "report --output")
     out_dir.mkdir(parents=True, exist_ok=True)
     plots, missing = _write_plots(data, out_dir)
     content = _content(data, plots, missing)
