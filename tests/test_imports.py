@@ -123,3 +123,27 @@ def test_the_public_api_is_importable_from_the_package_without_loading_torch_fir
             "write_report, refresh_model_card, DetoxError, DetoxConfig; print(Trainer.__name__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "Trainer", out.stderr
+
+
+#: The package's floors, lowest first: a module imports only from its own floor or those below
+#: (docs/design.md shows the same table). A new module must be given its floor here.
+LAYERS = {
+    "foundations": ["errors", "config", "runtime", "collective", "runfiles", "packaged", "scores"],
+    "math": ["tokenstats", "advantages", "losses", "stats", "schedule"],
+    "models": ["keras_bilstm", "hatesonar", "modelcheck", "rewards", "policy", "quality"],
+    "data": ["prompts", "selection"],
+    "run folder": ["checkpoint", "trained", "runfolder"],
+    "stages": ["rollout", "collection", "update", "preflight", "compare", "tiny"],
+    "evaluation and outputs": ["evaluate", "report_plots", "report_pages", "report", "modelcard", "summarize", "export"],
+    "workflows": ["trainer", "sft", "dpo", "demo"],
+    "command line": ["cliargs", "cli", "__main__", "__init__"],
+}
+
+
+def test_imports_run_down_the_floors():
+    floor = {m: i for i, names in enumerate(LAYERS.values()) for m in names}
+    graph = _graph()
+    assert sorted(graph) == sorted(floor), f"modules without a floor: {sorted(set(graph) - set(floor))}"
+    upward = [f"{a} ({list(LAYERS)[floor[a]]}) imports {b} ({list(LAYERS)[floor[b]]})"
+              for a, deps in graph.items() for b in deps if floor[b] > floor[a]]
+    assert not upward, upward
