@@ -914,3 +914,21 @@ def test_report_into_another_folder(tiny_run, tmp_path):
     assert rc == 0, err
     assert (tmp_path / "rep" / "report.html").is_file() and (tmp_path / "rep" / "report.md").is_file()
     assert str(tmp_path / "rep" / "report.html") in out
+
+
+def test_the_report_states_the_evaluation_that_ran_not_the_config(tiny_run, tmp_path):
+    """The run's config names its own judge and a 12-token evaluation; evaluated with another judge and
+    --set evaluation.max_new_tokens=5, the report's configuration table says what ran."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run["dir"], run)
+    rc, _, err = cli("evaluate", "--run", run, "--num-samples", 3, "--greedy-only", "--no-faithfulness", "--no-progress",
+                     "--judge-model", "packaged:profanity-check", "--set", "evaluation.max_new_tokens=5")
+    assert rc == 0, err
+    rc, _, err = cli("report", run)
+    assert rc == 0, err
+    table = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in (run / "report" / "report.md").read_text().splitlines()
+             if line.startswith("| ") and line.count("|") == 3}
+    assert table["judge"] == "packaged:profanity-check"
+    assert "max_new_tokens 5" in table["evaluation"] and "prompts 3" in table["evaluation"]

@@ -159,9 +159,13 @@ def _short_model(name: Any) -> str:
 
 
 
-def _config_rows(cfg: DetoxConfig | None, evaluated_prompts: int | None = None, kind: str = "ppo") -> list[tuple[str, str]]:
+def _config_rows(cfg: DetoxConfig | None, evaluated_prompts: int | None = None, kind: str = "ppo",
+                 evaluated: dict[str, Any] | None = None) -> list[tuple[str, str]]:
+    """The configuration table; ``evaluated``: what the evaluation that ran used (its judges, summary
+    length, samples per prompt, from its own files), which wins over the config's evaluation settings."""
     if cfg is None:
         return []
+    evaluated = evaluated or {}
 
     def join(*parts: tuple[str, Any]) -> str:
         return ", ".join(f"{label} {cfg_value(v)}".strip() for label, v in parts if v not in (None, ""))
@@ -190,9 +194,9 @@ def _config_rows(cfg: DetoxConfig | None, evaluated_prompts: int | None = None, 
         reward += f"; toxicity = P('{reward_cfg.toxic_label}')"
     if reward_cfg.input:
         reward += f"; scores the {reward_cfg.input}"
-    judge = ev_cfg.judge_model
+    judge = evaluated.get("judges") or ev_cfg.judge_model
     judge_s = _short_model(judge) if judge else "none configured"
-    if judge and ev_cfg.judge_toxic_label:
+    if judge and ev_cfg.judge_toxic_label and not evaluated.get("judges"):
         judge_s += f"; toxicity = P('{ev_cfg.judge_toxic_label}')"
     selected = data.min_dialogue_toxicity is not None
     data_s = join(
@@ -224,7 +228,8 @@ def _config_rows(cfg: DetoxConfig | None, evaluated_prompts: int | None = None, 
         # what was evaluated (detoxrl evaluate --num-samples overrides the run's configuration)
         ("prompts", evaluated_prompts if evaluated_prompts else ev_cfg.num_samples),
         ("do_sample", ev_cfg.do_sample),
-        ("max_new_tokens", ev_cfg.max_new_tokens),
+        ("max_new_tokens", evaluated.get("max_new_tokens") or ev_cfg.max_new_tokens),
+        ("samples per prompt", evaluated.get("samples_per_prompt")),
     )
     rows = [
         ("preset", cfg.preset),
@@ -246,6 +251,17 @@ def _config_rows(cfg: DetoxConfig | None, evaluated_prompts: int | None = None, 
         ("seed", cfg.run.seed),
     ]
     return [(k, cfg_value(v)) for k, v in rows]
+
+
+def _evaluated_settings(data: RunData) -> dict[str, Any]:
+    """What the run's evaluation used, from its own files: the judges of compare.json, and the summary
+    length and samples per prompt of its passes' summaries (eval/after.json, after-sampled.json)."""
+    eval_dir = runfiles.RunPaths(data.run_dir).eval
+    greedy = runfiles.load_eval_summary(eval_dir / "after.json") or runfiles.load_eval_summary(eval_dir / "before.json") or {}
+    sampled = runfiles.load_eval_summary(eval_dir / "after-sampled.json") or {}
+    judges = list((data.compare or {}).get("judges") or {}) if isinstance(data.compare, dict) else []
+    return {"judges": judges or None, "max_new_tokens": greedy.get("max_new_tokens"),
+            "samples_per_prompt": sampled.get("samples_per_prompt")}
 
 
 def _dpo_rows(d) -> list[tuple[str, Any]]:
@@ -583,7 +599,7 @@ def _content(data: RunData, plots: dict[str, Path], missing: list[str]) -> Conte
         source += " without the prompt template."
 
     train_rows, train_notes = _training_summary(data.metrics) if data.metrics.rows else ([], [])
-    steps_planned = cfg.ppo.steps if cfg else None
+    steps_planned = (cfg.dpo.steps if runfiles.kind_of(data.metrics.rows) == "dpo" else cfg.ppo.steps) if cfg else None
     if is_num(steps_planned) and data.metrics.rows and len(data.metrics.rows) < int(steps_planned):
         train_notes.insert(0, f"only {len(data.metrics.rows)} of {int(steps_planned)} planned steps were logged")
 
@@ -603,7 +619,7 @@ def _content(data: RunData, plots: dict[str, Path], missing: list[str]) -> Conte
         generated=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         verdict=_verdict(data, sides, quality, ci),
         config_rows=_config_rows(cfg, len({r.get("index") for r in (data.after or data.before or [])}) or None,
-                                 runfiles.kind_of(data.metrics.rows)),
+                                 runfiles.kind_of(data.metrics.rows), _evaluated_settings(data)),
         train_rows=train_rows,
         train_notes=train_notes,
         plots=plots,

@@ -392,6 +392,16 @@ def load_compare(path: str | Path) -> Headline | None:
     return value if isinstance(value, dict) else None  # type: ignore[return-value]
 
 
+def load_eval_summary(path: str | Path) -> dict[str, Any] | None:
+    """An evaluation pass's summary (``RUN/eval/after.json``...: its n, prompts, decoding, max_new_tokens,
+    samples_per_prompt, judge models), or None when it is missing or unreadable."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def load_checkpoint_compares(run_dir: str | Path) -> dict[int, Headline]:
     """``{step: compare.json}`` of every checkpoint evaluation of a run (``RUN/eval-checkpoints/step-N``),
     by step; a folder without a readable compare.json is left out."""
