@@ -226,7 +226,7 @@ def test_markdown_references_plots_and_escapes(report):
         assert (run / "report" / f"{name}.png").is_file()
     for heading in ("## Verdict", "## Configuration", "## Training", "## Toxicity", "## Summary quality", "## Examples"):
         assert heading in md
-    assert "<script>" not in md and "&lt;script&gt;" in md
+    assert "<script>" not in md and "&lt;script>" in md  # no tag can open; the rest reads as written ("->" stays "->")
     assert "ROUGE-L" in md and "google/flan-t5-base" in md
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -442,8 +443,9 @@ def _html_examples(c: Content) -> list[str]:
 
 
 def _md(x: Any) -> str:
-    """Escape for a Markdown table cell: HTML-escaped (renderers pass raw HTML), no pipes/newlines."""
-    s = html.escape("" if x is None else str(x), quote=False)
+    """Escape for a Markdown table cell, as Markdown: no tag can open (``<`` -> ``&lt;``; renderers pass raw
+    HTML), no entity is read as one (``&amp;`` before ``name;``), no pipes or newlines; ``->`` stays ``->``."""
+    s = re.sub(r"&(?=#?\w+;)", "&amp;", "" if x is None else str(x)).replace("<", "&lt;")
     s = s.replace("|", "\\|").replace("\r", "")
     return "<br>".join(part for part in s.split("\n"))
 
