@@ -350,6 +350,7 @@ def test_two_processes_train_what_one_process_trains_with_their_two_shards(two_p
     assert (run / "final" / "adapter_model.safetensors").is_file()
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-000002", "step-000003"]
     assert log.count("trained 3 steps") == 1, log[-3000:]
+    assert "on one process, --set ppo.rollout_shards=2 reproduces it" in log  # the end-of-run line says how
     assert "rollout_shards: 2" in (run / "config.yaml").read_text()
     # Disjoint prompt shards: process r sampled shard r, the two halves of the step's prompts.
     for record in (json.loads(line) for line in (run / "shards.jsonl").read_text().splitlines()):

@@ -184,8 +184,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg, resume=resume, resume_from=args.resume_from or "auto", allow_config_change=args.allow_config_change))
     if trainer.state.is_main_process:  # one line for a run of several processes
         refresh_model_card(trainer.run_dir)  # the workflow that ends a run writes its card, not the trainer
+        shards = trainer.cfg.ppo.rollout_shards
+        again = f"; on one process, --set ppo.rollout_shards={shards} reproduces it" if shards and shards > 1 else ""
         print(f"trained {trainer.step_idx} steps in {seconds:.0f} s; adapter: {final}; metrics: "
-              f"{trainer.run_dir / 'metrics.jsonl'}")
+              f"{trainer.run_dir / 'metrics.jsonl'}{again}")
     return 0
 
 
