@@ -393,6 +393,25 @@ def test_train_interrupted_before_the_first_checkpoint_of_an_overwrite(tiny, tmp
     assert {k: v for k, v in _tree_bytes(run_dir).items() if not k.startswith("new-run.incomplete/")} == before
 
 
+def test_train_interrupted_before_its_first_checkpoint_says_overwrite_not_resume(tiny, tmp_path, monkeypatch):
+    """A new run stopped before its first checkpoint: --resume would find no checkpoint and a plain rerun
+    an earlier run; the line says --overwrite, and that rerun works."""
+    import detoxrl.trainer
+
+    run_dir = tmp_path / "run"
+    real_step = detoxrl.trainer.Trainer.step
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(detoxrl.trainer.Trainer, "step", interrupted)
+    rc, _, err = cli(*tiny_train_args(tiny, run_dir, steps=1))
+    assert rc == 130 and err.strip() == "interrupted before the run's first checkpoint: nothing to resume; rerun with --overwrite"
+    monkeypatch.setattr(detoxrl.trainer.Trainer, "step", real_step)
+    rc, _, err = cli(*tiny_train_args(tiny, run_dir, steps=1), "--overwrite")
+    assert rc == 0, err
+
+
 
 @needs_data
 def test_demo_end_to_end_on_tiny_models(tiny, tmp_path):

@@ -229,11 +229,16 @@ def _run_trainer(args: argparse.Namespace, make_trainer) -> tuple[Any, Path, flo
         t0 = time.perf_counter()
         final = trainer.train()
     except KeyboardInterrupt:
-        if trainer is None:  # still loading: no step ran, and an earlier run in the folder is as it was
-            args.interrupted = "interrupted while the run was starting, before its first step; rerun the same command"
-        elif trainer.staging_dir is not None:  # --resume would continue the earlier run, not this one
+        from detoxrl.checkpoint import latest_checkpoint
+
+        out = Path(trainer.out_dir if trainer is not None else args.output_dir or "")
+        if trainer is not None and trainer.staging_dir is not None:  # --resume would continue the earlier run
             args.interrupted = ("interrupted before the first checkpoint of the new run: "
                                 f"{trainer.earlier_run_kept()}; rerun with --overwrite to start again")
+        elif not (out / "config.yaml").is_file():  # still loading: nothing written, an earlier run as it was
+            args.interrupted = "interrupted while the run was starting, before its first step; rerun the same command"
+        elif latest_checkpoint(out) is None:  # --resume has nothing to continue from, a plain rerun finds a run
+            args.interrupted = "interrupted before the run's first checkpoint: nothing to resume; rerun with --overwrite"
         raise
     return trainer, final, time.perf_counter() - t0
 
@@ -479,8 +484,7 @@ def cmd_summarize(args: argparse.Namespace) -> int:
     from detoxrl.policy import check_adapter_source, check_policy_source, load_policy, load_tokenizer
     from detoxrl.prompts import prompt_examples
     from detoxrl.rewards import scorer_from_config
-    from detoxrl.summarize import (Decoding, RecordWriter, finish_output, open_output, output_format, read_input,
-                                   summarize)
+    from detoxrl.summarize import Decoding, output_format, read_input, summarize, write_records
     from detoxrl.trained import ADAPTER, MERGED, resolve_trained
 
     if args.model and args.adapter:
@@ -531,19 +535,9 @@ def cmd_summarize(args: argparse.Namespace) -> int:
     policy = load_policy(cfg.policy)
     scorer = scorer_from_config(cfg.reward) if args.score else None
     judges = build_judges(cfg) if args.score else {}
-    stream, partial = open_output(args.output, overwrite=args.overwrite)
-    writer = RecordWriter(stream, fmt)
-    try:
-        records = summarize(policy, examples, decoding, scorer=scorer, judges=judges, progress=not args.no_progress)
-        for record in records:
-            writer.write(record)
-    except BaseException:
-        if partial is not None:
-            stream.close()
-            partial.unlink(missing_ok=True)
-        raise
-    finish_output(stream, partial, args.output)
-    if partial is not None:
+    write_records(summarize(policy, examples, decoding, scorer=scorer, judges=judges, progress=not args.no_progress),
+                  args.output, fmt, overwrite=args.overwrite)
+    if args.output not in (None, "-"):
         print(f"wrote {len(examples)} summaries to {args.output}", file=sys.stderr)
     return 0
 

@@ -18,7 +18,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any, Iterable, Iterator
 
 import torch
 from tqdm.auto import tqdm
@@ -217,3 +217,18 @@ def finish_output(stream: IO[str], partial: Path | None, path: str | None) -> No
     stream.close()
     partial.replace(Path(path).expanduser())
 
+
+def write_records(records: Iterable[dict], path: str | None, fmt: str, *, overwrite: bool) -> None:
+    """Each record as it comes, to stdout or to ``path`` (through ``path.partial``, renamed at the end: an
+    interrupted run leaves no half-written file, and its partial file is removed)."""
+    stream, partial = open_output(path, overwrite=overwrite)
+    writer = RecordWriter(stream, fmt)
+    try:
+        for record in records:
+            writer.write(record)
+    except BaseException:
+        if partial is not None:
+            stream.close()
+            partial.unlink(missing_ok=True)
+        raise
+    finish_output(stream, partial, path)
