@@ -119,7 +119,7 @@ def test_the_public_api_is_importable_from_the_package_without_loading_torch_fir
     import sys
 
     code = ("import sys, detoxrl; assert 'torch' not in sys.modules; "
-            "from detoxrl import Trainer, SupervisedTrainer, load_config, FunctionScorer, RewardFunction, evaluate_adapter, "
+            "from detoxrl import Trainer, SupervisedTrainer, PreferenceTrainer, load_config, FunctionScorer, RewardFunction, evaluate_adapter, "
             "write_report, refresh_model_card, DetoxError, DetoxConfig; print(Trainer.__name__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "Trainer", out.stderr

@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 _PUBLIC = {
     "Trainer": "detoxrl.trainer",
     "SupervisedTrainer": "detoxrl.sft",
+    "PreferenceTrainer": "detoxrl.dpo",
     "load_config": "detoxrl.config",
     "DetoxConfig": "detoxrl.config",
     "FunctionScorer": "detoxrl.rewards",
