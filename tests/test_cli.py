@@ -951,3 +951,19 @@ def test_the_report_states_the_evaluation_that_ran_not_the_config(tiny_run, tmp_
              if line.startswith("| ") and line.count("|") == 3}
     assert table["judge"] == "packaged:profanity-check"
     assert "max_new_tokens 5" in table["evaluation"] and "prompts 3" in table["evaluation"]
+
+
+def test_a_damaged_adapter_config_is_one_line_for_evaluate_and_train(tiny_run, tiny, tmp_path, no_model_loads):
+    """A broken adapter_config.json was a JSONDecodeError traceback (evaluate --run), or an error about the
+    preset's hub model (train --adapter)."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run["dir"], run)
+    (run / "final" / "adapter_config.json").write_text("{broken")
+    rc, _, err = cli("evaluate", "--run", run, "--no-progress")
+    assert "has a damaged adapter_config.json" in one_line_error(rc, err)
+    args = [a for a in tiny_train_args(tiny, tmp_path / "t", steps=1)]
+    del args[args.index("--policy"):args.index("--policy") + 2]
+    rc, _, err = cli(*args, "--adapter", run / "final")
+    assert "has a damaged adapter_config.json" in one_line_error(rc, err)

@@ -174,6 +174,7 @@ def test_bad_summarize_input_is_one_line_before_any_weights_load(adapter, tmp_pa
         ("A: hi\n", ["--adapter", adapter, "--max-new-tokens", 0], "--max-new-tokens and --batch-size must be >= 1, got 0"),
         ("A: hi\n", ["--adapter", adapter, "--batch-size", 0], "--max-new-tokens and --batch-size must be >= 1, got 64 and 0"),
         ("A: hi\n", ["--model", merged, "--policy", adapter], "is a whole model, which needs no --policy"),
+        ("\x00\x01\udcff binary", ["--adapter", adapter], "stdin is not text (binary data, or not UTF-8)"),
     ]
     for stdin, argv, expected in cases:
         rc, _, err = run(monkeypatch, stdin, *argv)

@@ -210,9 +210,10 @@ def _adapter_flag(args: argparse.Namespace) -> list[str]:
     (policy.model) unless --policy, --config or --set policy.model= chooses one."""
     if not args.adapter:
         return []
-    from detoxrl.policy import adapter_base
+    from detoxrl.policy import adapter_base, check_adapter_source
     from detoxrl.trained import base_model_of
 
+    check_adapter_source(args.adapter)  # a damaged adapter is named first, not a preset base it does not fit
     flags = [f"policy.adapter={args.adapter}"]
     chosen = args.policy or args.config or any(x.strip().startswith("policy.model=") for x in args.set)
     if not chosen and adapter_base(args.adapter):

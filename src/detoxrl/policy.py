@@ -139,6 +139,14 @@ def check_adapter_source(adapter: str | None) -> None:
             f"adapter '{adapter}' has adapter_config.json but no weights ({' or '.join(ADAPTER_WEIGHTS)}); "
             "pass the whole folder that save_pretrained wrote"
         )
+    try:
+        config = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"adapter '{adapter}' has a damaged adapter_config.json ({first_line(e)}); pass a folder that "
+                             "PeftModel.save_pretrained wrote, or restore the file") from None
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"adapter '{adapter}' has an adapter_config.json that is not a JSON object; pass a folder that "
+                             "PeftModel.save_pretrained wrote, or restore the file")
 
 
 # --------------------------------------------------------------------------------------------

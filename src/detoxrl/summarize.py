@@ -40,7 +40,14 @@ def read_input(source: str | None, data_cfg, stdin: IO[str] | None = None) -> li
 
         return load_dialogue_rows(replace(data_cfg, source=str(source)))
     stream = stdin if stdin is not None else sys.stdin
-    text = stream.read()
+    try:
+        text = stream.read()
+        text.encode("utf-8")  # undecodable bytes read as surrogates cannot be encoded: binary input
+    except UnicodeError:
+        text = "\x00"
+    if "\x00" in text:
+        raise DataError("stdin is not text (binary data, or not UTF-8); pipe in UTF-8 text: JSON Lines or dialogues "
+                        "separated by a blank line")
     rows = parse_stdin(text, data_cfg.dialogue_column)
     if not rows:
         raise DataError("stdin holds no dialogue; pipe in JSON Lines ({\"dialogue\": \"...\"} per line) or plain text "
