@@ -565,3 +565,21 @@ def test_a_wrong_toxic_label_is_never_answered_with_the_reward_label():
     with pytest.raises(ConfigError) as e:
         resolve_labels("m", ["nothate", "hate"], "nothate", "toxic")
     assert str(e.value).endswith("pass --toxic-label hate")
+
+
+def test_a_reward_model_with_few_positions_reads_long_texts_and_a_tokenizer_without_special_tokens_reads_empty_ones(
+        tmp_path, corpus):
+    """reward.max_length (512) was not capped at a model of 130 positions (an index error on a long text);
+    a tokenizer that adds no special tokens made an empty summary 0 tokens ("cannot reshape a tensor of 0
+    elements"). Both are scored now."""
+    from detoxrl.rewards import build_scorer
+    from detoxrl.tiny import make_tiny_roberta
+
+    folder = make_tiny_roberta(tmp_path / "short", corpus[:200], config_overrides={"max_position_embeddings": 130})
+    tok = json.loads((folder / "tokenizer.json").read_text())
+    tok["post_processor"] = None  # no <s> ... </s>
+    (folder / "tokenizer.json").write_text(json.dumps(tok))
+    scorer = build_scorer(str(folder), "nothate", "hate")
+    assert scorer.max_length == 128
+    result = scorer.score(["word " * 400, "", "a short summary"])
+    assert result.reward.shape == (3,) and torch.isfinite(result.reward).all()

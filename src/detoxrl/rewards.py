@@ -217,6 +217,9 @@ class HFClassifierScorer:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         limit = getattr(self.tokenizer, "model_max_length", None)
         self.max_length = min(max_length, limit) if isinstance(limit, int) and 0 < limit < 1_000_000 else max_length
+        positions = getattr(self.model.config, "max_position_embeddings", None)
+        if isinstance(positions, int) and positions > 2:  # the model's own limit (RoBERTa's first 2 positions are offsets)
+            self.max_length = min(self.max_length, positions - 2)
         self._reward_index = self.labels.index(self.reward_label)
         self._toxic_index = self.labels.index(self.toxic_label)
 
@@ -225,6 +228,11 @@ class HFClassifierScorer:
         if not texts:
             return empty_result(self.labels)
         encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length, padding=False)["input_ids"]
+        # A tokenizer that adds no special tokens makes an empty summary 0 tokens, which no model can read:
+        # it is read as one padding token (attended), the nearest to nothing a classifier can score.
+        filler = next(t for t in (self.tokenizer.pad_token_id, self.tokenizer.eos_token_id, self.tokenizer.unk_token_id, 0)
+                      if t is not None)
+        encoded = [ids if len(ids) else [filler] for ids in encoded]
         order = sorted(range(len(texts)), key=lambda i: len(encoded[i]), reverse=True)
         logits = torch.empty(len(texts), len(self.labels), dtype=torch.float32)
         with torch.inference_mode(), tqdm(
