@@ -412,3 +412,22 @@ def test_saved_adapter_names_its_base_by_absolute_path(tiny_llama, tiny_config, 
     policy = load_policy(_policy_cfg(tiny_config, tiny_llama.name))  # a relative path, as typed
     policy.save_adapter(tmp_path / "a")
     assert json.loads((tmp_path / "a" / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tiny_llama.resolve())
+
+
+def test_a_policy_whose_weights_hold_nan_is_one_line_naming_them(tiny_t5, tmp_path):
+    """It sampled from NaN probabilities: "probability tensor contains inf/nan", deep in generate."""
+    from safetensors.torch import load_file, save_file
+
+    from conftest import copy_model
+    from detoxrl.config import PolicyConfig
+    from detoxrl.errors import ModelLoadError
+    from detoxrl.policy import load_policy
+
+    folder = copy_model(tiny_t5, tmp_path / "nan")
+    weights = load_file(str(folder / "model.safetensors"))
+    name = sorted(weights)[0]
+    weights[name] = torch.full_like(weights[name], float("nan"))
+    save_file(weights, str(folder / "model.safetensors"))
+    with pytest.raises(ModelLoadError) as e:
+        load_policy(PolicyConfig(model=str(folder), dtype="float32"))
+    assert "has weights that are NaN or infinite" in str(e.value) and "\n" not in str(e.value)

@@ -473,6 +473,7 @@ def load_policy(cfg: PolicyConfig, device: str | torch.device = "cpu", *, value_
     # A head that the checkpoint lacks is initialised at random (e.g. a classifier loaded as a
     # causal LM): the policy would write noise. transformers only warns; here it is an error.
     check_load_report(loading_info, cfg.model, POLICY, type(base).__name__)
+    check_finite_weights(base, cfg.model)
     base.to(device)
 
     if cfg.adapter:
@@ -531,6 +532,17 @@ def load_policy(cfg: PolicyConfig, device: str | torch.device = "cpu", *, value_
     # first PPO ratio is not 1 and the KL to the reference is noise (an N+ implementation detail).
     model.eval()
     return policy
+
+
+def check_finite_weights(model: nn.Module, name: str) -> None:
+    """Every weight a finite number: a model whose weights hold NaN or inf (a broken save, a diverged run)
+    would sample from NaN probabilities and fail deep in generate. One line naming the first tensors."""
+    with torch.no_grad():
+        bad = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise ModelLoadError(f"policy '{name}' has weights that are NaN or infinite ({shown}); pass a model saved from a "
+                             "healthy run, or an earlier checkpoint of it")
 
 
 def _hidden_size(model_config) -> int:
