@@ -967,3 +967,29 @@ def test_a_damaged_adapter_config_is_one_line_for_evaluate_and_train(tiny_run, t
     del args[args.index("--policy"):args.index("--policy") + 2]
     rc, _, err = cli(*args, "--adapter", run / "final")
     assert "has a damaged adapter_config.json" in one_line_error(rc, err)
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_one_line_exit_1_and_resume_continues(tiny, tmp_path, monkeypatch):
+    """ENOSPC while writing a checkpoint was a traceback; it is one line (an environment fault: exit 1)
+    that says what to do, and --resume after freeing space continues from the last complete checkpoint."""
+    import errno
+
+    import detoxrl.checkpoint
+
+    real_save = detoxrl.checkpoint.save_value_head
+    calls = []
+
+    def full(head, path):
+        calls.append(path)
+        if len(calls) == 2:  # the second checkpoint: the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_save(head, path)
+
+    monkeypatch.setattr(detoxrl.checkpoint, "save_value_head", full)
+    run_dir = tmp_path / "run"
+    rc, _, err = cli(*tiny_train_args(tiny, run_dir, steps=2), "--set", "run.save_every=1")
+    assert rc == 1 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("error: No space left on device writing '") and "rerun (train, sft, dpo: with --resume)" in err
+    monkeypatch.setattr(detoxrl.checkpoint, "save_value_head", real_save)
+    rc, out, err = cli("train", "--output-dir", run_dir, "--resume", "--no-progress")
+    assert rc == 0 and "trained 2 steps" in out, err

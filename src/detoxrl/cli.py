@@ -8,6 +8,7 @@ stderr (``error: ...``) and exit status 2.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -101,23 +102,15 @@ def _print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2))
 
 
-def _preflight(cfg, *, check_reward: bool = True, require_train: bool = True):
-    """``preflight.preflight``: every cheap check (data, split, selection, policy path, labels) before models
-    load; returns what it found (the resolved config and the split rows)."""
-    from detoxrl.preflight import preflight
-
-    return preflight(cfg, check_reward=check_reward, require_train=require_train)
-
-
 # ---------------------------------------------------------------------------------------------
 # commands
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from detoxrl.preflight import tokenize_prompts
+    from detoxrl.preflight import preflight, tokenize_prompts
 
     cfg = _config_from_args(args)
-    splits = tokenize_prompts(_preflight(cfg, check_reward=cfg.data.min_dialogue_toxicity is not None))
+    splits = tokenize_prompts(preflight(cfg, check_reward=cfg.data.min_dialogue_toxicity is not None))
     stats = splits.stats()
     stats["source"] = cfg.data.source
     stats["tokenizer"] = cfg.policy.model
@@ -419,6 +412,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _one_process("demo")
     from detoxrl.demo import closing_lines, demo_plan, run_demo
     from detoxrl.evaluate import check_judges
+    from detoxrl.preflight import preflight
     from detoxrl.runfolder import check_trackers, claim_output_dir, prepare_output_dir
     from detoxrl.trainer import Trainer
 
@@ -431,7 +425,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     lock = claim_output_dir(cfg, "demo")  # the folder's lock, held until the demo ends (its trainer shares it)
     try:
         prepare_output_dir(cfg, resume=False, clear=False)  # the Trainer checks again; this one is before a scorer loads
-        checked = _preflight(cfg)
+        checked = preflight(cfg)
         check_judges(checked.cfg)
         print(demo_plan(checked.cfg), flush=True)
         trainer = Trainer(cfg, checked=checked)
@@ -573,6 +567,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except BrokenPipeError:  # e.g. `detoxrl compare --json | head`: not an error of ours
         sys.stdout = open(os.devnull, "w")  # no second error when Python flushes stdout at exit
+        return 1
+    except OSError as e:  # a full disk or a read-only folder: an environment fault, exit 1, and what to do
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise
+        print(f"error: {e.strerror}" + (f" writing '{e.filename}'" if e.filename else "") + "; nothing written before it "
+              "is lost: free space (or make the folder writable) and rerun (train, sft, dpo: with --resume)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(_interrupted(args), file=sys.stderr)
