@@ -908,8 +908,12 @@ def test_an_empty_output_dir_is_refused_not_the_current_folder(tiny, tmp_path, n
     monkeypatch.chdir(tmp_path)
     args = tiny_train_args(tiny, "", steps=1)
     rc, _, err = cli(*args)
-    assert "--output-dir is empty; name the run folder" in one_line_error(rc, err)
+    assert "--output-dir is empty; name a file or folder" in one_line_error(rc, err)
     assert list(tmp_path.iterdir()) == []
+    for argv in (["evaluate", "--run", ""], ["summarize", "--adapter", "x", "--output", ""], ["export", "", "--output", "x"],
+                 ["train", "--data", ""], ["demo", "--output-dir", ""]):
+        rc, _, err = cli(*argv)
+        assert "is empty; name a file or folder" in one_line_error(rc, err), argv
 
 
 def test_train_takes_a_learning_rate_flag(tiny, tmp_path, no_model_loads):

@@ -28,12 +28,26 @@ TRAIN_EXAMPLES = """examples:
 """
 
 
+#: The metavars of options that name a file, a folder or a model source (never an empty string).
+PATH_METAVARS = ("DIR", "FILE", "SRC", "RUN_OR_ADAPTER", "RUN_DIR", "FOLDER")
+
+
 class Parser(argparse.ArgumentParser):
     """argparse whose usage errors (``--seed 1e23``, a missing value) are one ``error:`` line and exit
     status 2, like every other mistake, instead of the usage block followed by the message."""
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"error: {message}; see {self.prog} --help\n")
+
+    def parse_known_args(self, args=None, namespace=None):
+        """As argparse's, and a path option given as an empty string ('') is an error: it would silently
+        mean the current folder, or the preset's default."""
+        namespace, extras = super().parse_known_args(args, namespace)
+        for action in self._actions:
+            if action.metavar in PATH_METAVARS and getattr(namespace, action.dest, None) == "":
+                name = action.option_strings[-1] if action.option_strings else action.metavar
+                self.error(f"{name} is empty; name a file or folder")
+        return namespace, extras
 
 
 # ---------------------------------------------------------------------------------------------
@@ -324,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Tiny randomly initialised models of the real architectures, loadable by path with "
                                    "--policy / --reward-model.")
     p.add_argument("arch", choices=["t5", "roberta", "llama"])
-    p.add_argument("folder")
+    p.add_argument("folder", metavar="FOLDER")
     p.add_argument("--data", metavar="SRC", help="train the tiny tokenizer on these dialogues")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler="make_tiny")
