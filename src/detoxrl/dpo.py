@@ -37,7 +37,7 @@ from detoxrl import runfiles
 from detoxrl import runtime
 from detoxrl.collection import collect, logprob_plan
 from detoxrl.config import DPO_RESUME_FREE_SETTINGS, DetoxConfig
-from detoxrl.errors import ConfigError, DataError, DetoxError, TrainingError, note
+from detoxrl.errors import ConfigError, DataError, TrainingError, note
 from detoxrl.losses import dpo_loss
 from detoxrl.policy import REFERENCE_ADAPTER, Policy, forward_pass, load_policy, load_tokenizer
 from detoxrl.preflight import preflight, tokenize_prompts
@@ -261,25 +261,10 @@ class PreferenceTrainer(RunFolder):
     def train(self, steps: int | None = None) -> Path:
         """Run to ``dpo.steps`` (or ``dpo.epochs`` over the pairs), checkpointing; return ``final/``."""
         stop = min(steps, self.total_steps) if steps is not None else self.total_steps
-        bar = tqdm(total=self.total_steps, initial=self.step_idx, desc="dpo", unit="step", disable=not self.cfg.run.progress)
-        self.hold_folder("dpo")
-        try:
-            while self.step_idx < stop:
-                m = self.step()
-                bar.update(1)
-                bar.set_postfix(loss=f"{m['dpo/loss']:.3f}", acc=f"{m['dpo/accuracy']:.2f}")
-                if self.step_idx % self.cfg.run.save_every == 0 or self.step_idx == stop:
-                    state = {"kind": "dpo", "seed": self.cfg.run.seed, "config": self.cfg.to_dict()}
-                    ckpt_lib.save_checkpoint(self.run_dir, self.step_idx, self.policy, self.optimizer, state,
-                                             keep=self.cfg.run.keep_checkpoints)
-                    self.replace_earlier_run()
-            bar.close()
-            final = ckpt_lib.save_final(self.run_dir, self.policy)
-            self.replace_earlier_run()
-        except DetoxError as e:
-            if self.staging_dir is None:
-                raise
-            raise type(e)(f"{e}; {self.earlier_run_kept()}") from e
-        finally:
-            self.release_folder()
-        return self.run_dir / final.name
+        return self.offline_loop("dpo", stop, self.total_steps,
+                                 lambda m: {"loss": f"{m['dpo/loss']:.3f}", "acc": f"{m['dpo/accuracy']:.2f}"})
+
+    def save_checkpoint(self) -> Path:
+        state = {"kind": "dpo", "seed": self.cfg.run.seed, "config": self.cfg.to_dict()}
+        return ckpt_lib.save_checkpoint(self.run_dir, self.step_idx, self.policy, self.optimizer, state,
+                                        keep=self.cfg.run.keep_checkpoints)

@@ -417,6 +417,34 @@ class RunFolder:
             runfiles.append_jsonl(self.out_dir / CONFIG_CHANGES, [record])
         atomic_write(self.out_dir / "config.yaml", config_yaml(self.cfg))
 
+    def offline_loop(self, command: str, stop: int, total: int, postfix) -> Path:
+        """The loop of ``sft`` and ``dpo`` (``self.step()`` and ``self.save_checkpoint()`` theirs): step to
+        ``stop``, checkpoint every ``run.save_every`` steps and at the end, the earlier run replaced at the
+        first checkpoint, then ``final/``; the folder's lock held meanwhile. ``postfix(metrics)``: the
+        progress bar's numbers. Returns ``final/``."""
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, initial=self.step_idx, desc=command, unit="step", disable=not self.cfg.run.progress)
+        self.hold_folder(command)
+        try:
+            while self.step_idx < stop:
+                metrics = self.step()
+                bar.update(1)
+                bar.set_postfix(**postfix(metrics))
+                if self.step_idx % self.cfg.run.save_every == 0 or self.step_idx == stop:
+                    self.save_checkpoint()
+                    self.replace_earlier_run()
+            bar.close()
+            final = ckpt_lib.save_final(self.run_dir, self.policy)
+            self.replace_earlier_run()
+        except DetoxError as e:
+            if self.staging_dir is None:
+                raise
+            raise type(e)(f"{e}; {self.earlier_run_kept()}") from e
+        finally:
+            self.release_folder()
+        return self.run_dir / final.name
+
     def hold_folder(self, command: str) -> None:
         """While training: the folder's lock (the main process's; taken when the trainer was made, and
         again if a finished ``train()`` released it), so that no other command writes the run meanwhile."""

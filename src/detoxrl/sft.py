@@ -37,12 +37,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from detoxrl import checkpoint as ckpt_lib
 from detoxrl import runtime
 from detoxrl.config import SFT_RESUME_FREE_SETTINGS, DetoxConfig, SFTConfig
-from detoxrl.errors import ConfigError, DataError, DetoxError, TrainingError, note
+from detoxrl.errors import ConfigError, DataError, TrainingError, note
 from detoxrl.policy import Policy, load_policy, load_tokenizer
 from detoxrl.prompts import PromptExample
 from detoxrl.rollout import Rollout, forward_pass
@@ -308,29 +307,11 @@ class SupervisedTrainer(RunFolder):
         An --overwrite run takes the earlier run's place at its first checkpoint, as PPO's does.
         """
         stop = min(steps, self.total_steps) if steps is not None else self.total_steps
-        bar = tqdm(total=self.total_steps, initial=self.step_idx, desc="sft", unit="step", disable=not self.cfg.run.progress)
-        self.hold_folder("sft")
-        try:
-            while self.step_idx < stop:
-                m = self.step()
-                bar.update(1)
-                bar.set_postfix(loss=f"{m['sft/loss']:.3f}", lr=f"{m['sft/learning_rate']:.2e}",
-                                tok_s=f"{m['time/tokens_per_s'] or 0:.0f}")
-                if self.step_idx % self.cfg.run.save_every == 0 or self.step_idx == stop:
-                    self.save_checkpoint()
-                    self.replace_earlier_run()
-            bar.close()
-            final = ckpt_lib.save_final(self.run_dir, self.policy)
-            self.replace_earlier_run()
-        except DetoxError as e:
-            if self.staging_dir is None:
-                raise
-            raise type(e)(f"{e}; {self.earlier_run_kept()}") from e
-        finally:
-            self.release_folder()
+        final = self.offline_loop("sft", stop, self.total_steps, lambda m: {
+            "loss": f"{m['sft/loss']:.3f}", "lr": f"{m['sft/learning_rate']:.2e}", "tok_s": f"{m['time/tokens_per_s'] or 0:.0f}"})
         if self.cfg.run.log_with:
             self.accelerator.end_training()
-        return self.run_dir / final.name
+        return final
 
     def save_checkpoint(self) -> Path:
         state = {"kind": "sft", "seed": self.cfg.run.seed, "total_steps": self.total_steps, "config": self.cfg.to_dict()}
