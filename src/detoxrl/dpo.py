@@ -34,18 +34,16 @@ from tqdm.auto import tqdm
 
 from detoxrl import checkpoint as ckpt_lib
 from detoxrl import runfiles
-from detoxrl import runtime
 from detoxrl.collection import collect, logprob_plan
 from detoxrl.config import DPO_RESUME_FREE_SETTINGS, DetoxConfig
-from detoxrl.errors import ConfigError, DataError, TrainingError, note
+from detoxrl.errors import ConfigError, DataError, TrainingError
 from detoxrl.losses import dpo_loss
 from detoxrl.policy import REFERENCE_ADAPTER, Policy, forward_pass, load_policy, load_tokenizer
 from detoxrl.preflight import preflight, tokenize_prompts
 from detoxrl.prompts import PromptExample
 from detoxrl.rewards import Scorer, scorer_from_config
 from detoxrl.runfolder import (NEW_RUN_DIR, RunFolder, atomic_write, check_resume_settings, check_resumed_split,
-                               check_trackers, claim_output_dir, existing_run, find_resume_point, prepare_output_dir,
-                               start_run)
+                               existing_run, find_resume_point, prepare_output_dir, start_run)
 from detoxrl.schedule import batch_at, seed_everything, step_seed
 from detoxrl.sft import SFTPair, pairs_as_rollout, total_steps
 
@@ -161,20 +159,11 @@ class PreferenceTrainer(RunFolder):
 
     def __init__(self, cfg: DetoxConfig, *, resume: bool = False, resume_from: str = "auto", allow_config_change: bool = False,
                  scorer: Scorer | None = None, policy: Policy | None = None):
-        from accelerate import Accelerator, PartialState
+        from accelerate import Accelerator
 
-        if cfg.run.release_memory:
-            runtime.return_freed_memory()
-        self.state, self.shards = PartialState(cpu=not torch.cuda.is_available()), 1
-        if self.state.num_processes > 1:
-            raise ConfigError(f"detoxrl dpo runs in one process, not {self.state.num_processes}; start it without torchrun / "
-                              "accelerate launch")
         if not cfg.generation.do_sample:
             raise ConfigError("detoxrl dpo pairs several sampled summaries per prompt: generation.do_sample must be true")
-        if cfg.run.num_threads:
-            torch.set_num_threads(cfg.run.num_threads)
-        check_trackers(cfg.run.log_with)
-        self.folder_lock = claim_output_dir(cfg, "dpo")
+        self.start_one_process(cfg, "dpo")
         try:  # the cheap checks: a bad input leaves no folder behind, and no lock held
             point = find_resume_point(cfg, resume_from, kind="dpo") if resume else None
             self.out_dir = Path(cfg.run.output_dir) if resume else prepare_output_dir(cfg, False, clear=False)
@@ -198,7 +187,7 @@ class PreferenceTrainer(RunFolder):
         self.step_idx = 0
         if resume:
             self.pairs = [PreferencePair(**row) for row in runfiles.strict_values(runfiles.read_jsonl(self.out_dir / runfiles.PAIRS))]
-            self._resume()
+            self.resume_from_checkpoint()
         else:
             start_run(self.run_dir, cfg, checked.split)
             self.pairs = self._make_pairs(scorer)
@@ -224,14 +213,6 @@ class PreferenceTrainer(RunFolder):
         runfiles.append_jsonl(self.run_dir / runfiles.PAIRS, [asdict(p) for p in pairs])
         atomic_write(self.run_dir / runfiles.PAIRS_SUMMARY, json.dumps(cost, indent=1) + "\n")
         return pairs
-
-    def _resume(self) -> None:
-        plan = self.resume_plan
-        state = ckpt_lib.load_checkpoint(plan.ckpt, self.policy, self.optimizer)
-        self.step_idx = state["step"]
-        for line in ckpt_lib.set_aside(plan.point.newer):
-            note(line)
-        self.record_resume(plan)
 
     def step(self) -> dict[str, Any]:
         """One optimizer step over ``dpo.batch_size`` pairs."""

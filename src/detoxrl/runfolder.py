@@ -331,7 +331,10 @@ def config_yaml(cfg: DetoxConfig) -> str:
 
 def start_run(run_dir: Path, cfg: DetoxConfig, split: SplitRows) -> None:
     """A new run's first files: ``config.yaml`` (the settings it trains with) and ``split.json`` (the rows
-    it trains on and holds out, :func:`detoxrl.prompts.split_fingerprint`, which ``evaluate --run`` checks)."""
+    it trains on and holds out, :func:`detoxrl.prompts.split_fingerprint`, which ``evaluate --run`` checks).
+    An --overwrite run's staging folder starts empty (what a stopped one left there goes)."""
+    if run_dir.name == NEW_RUN_DIR:
+        shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(run_dir / runfiles.CONFIG, config_yaml(cfg))
     atomic_write(run_dir / runfiles.SPLIT, json.dumps(split_fingerprint(split), indent=1) + "\n")
@@ -416,6 +419,35 @@ class RunFolder:
             }
             runfiles.append_jsonl(self.out_dir / CONFIG_CHANGES, [record])
         atomic_write(self.out_dir / "config.yaml", config_yaml(self.cfg))
+
+    def resume_from_checkpoint(self) -> dict[str, Any]:
+        """``sft --resume`` and ``dpo --resume``: the checkpoint of ``self.resume_plan`` loaded, newer ones set
+        aside, the resume recorded (:meth:`record_resume`); returns its trainer state."""
+        plan = self.resume_plan
+        state = ckpt_lib.load_checkpoint(plan.ckpt, self.policy, self.optimizer)
+        self.step_idx = state["step"]
+        for line in ckpt_lib.set_aside(plan.point.newer):
+            note(line)
+        self.record_resume(plan)
+        return state
+
+    def start_one_process(self, cfg: DetoxConfig, command: str) -> None:
+        """The first acts of ``sft`` and ``dpo``, which run in one process: the memory setting, the process
+        check, the threads, the trackers, then the folder's lock (``self.folder_lock``)."""
+        from accelerate import PartialState
+
+        from detoxrl import runtime
+
+        if cfg.run.release_memory:
+            runtime.return_freed_memory()
+        self.state, self.shards = PartialState(cpu=not torch.cuda.is_available()), 1
+        if self.state.num_processes > 1:
+            raise ConfigError(f"detoxrl {command} runs in one process, not {self.state.num_processes} (each would train and "
+                              "write the run alone); start it without torchrun / accelerate launch")
+        if cfg.run.num_threads:
+            torch.set_num_threads(cfg.run.num_threads)
+        check_trackers(cfg.run.log_with)
+        self.folder_lock = claim_output_dir(cfg, command)
 
     def offline_loop(self, command: str, stop: int, total: int, postfix) -> Path:
         """The loop of ``sft`` and ``dpo`` (``self.step()`` and ``self.save_checkpoint()`` theirs): step to

@@ -30,7 +30,6 @@ it is then PPO's frozen reference.
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,16 +38,14 @@ from typing import Any, Sequence
 import torch
 
 from detoxrl import checkpoint as ckpt_lib
-from detoxrl import runtime
 from detoxrl.config import SFT_RESUME_FREE_SETTINGS, DetoxConfig, SFTConfig
-from detoxrl.errors import ConfigError, DataError, TrainingError, note
+from detoxrl.errors import DataError, TrainingError
 from detoxrl.policy import Policy, load_policy, load_tokenizer
 from detoxrl.prompts import PromptExample
 from detoxrl.rollout import Rollout, forward_pass
 from detoxrl.preflight import preflight, tokenize_prompts
-from detoxrl.runfolder import (NEW_RUN_DIR, RunFolder, check_resume_settings, check_resumed_split, check_trackers,
-                               claim_output_dir, existing_run, find_resume_point, flat_hparams, prepare_output_dir,
-                               start_run)
+from detoxrl.runfolder import (NEW_RUN_DIR, RunFolder, check_resume_settings, check_resumed_split, existing_run,
+                               find_resume_point, flat_hparams, prepare_output_dir, start_run)
 from detoxrl.schedule import batch_at, seed_everything, step_seed
 
 
@@ -186,21 +183,10 @@ class SupervisedTrainer(RunFolder):
 
     def __init__(self, cfg: DetoxConfig, *, resume: bool = False, resume_from: str = "auto", allow_config_change: bool = False,
                  policy: Policy | None = None):
-        from accelerate import Accelerator, PartialState
+        from accelerate import Accelerator
 
         self.cfg = cfg
-        if cfg.run.release_memory:
-            runtime.return_freed_memory()
-        self.state, self.shards = PartialState(cpu=not torch.cuda.is_available()), 1
-        if self.state.num_processes > 1:
-            raise ConfigError(
-                f"detoxrl sft runs in one process, not {self.state.num_processes} (each would train and write the run alone); "
-                "start it without torchrun / accelerate launch"
-            )
-        if cfg.run.num_threads:
-            torch.set_num_threads(cfg.run.num_threads)
-        check_trackers(cfg.run.log_with)
-        self.folder_lock = claim_output_dir(cfg, "sft")
+        self.start_one_process(cfg, "sft")
         try:  # the cheap checks: a bad input leaves no folder behind, and no lock held
             point = find_resume_point(cfg, resume_from, kind="sft") if resume else None
             self.out_dir = Path(cfg.run.output_dir) if resume else prepare_output_dir(cfg, False, clear=False)
@@ -228,21 +214,11 @@ class SupervisedTrainer(RunFolder):
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.sft.learning_rate, weight_decay=cfg.sft.weight_decay)
         self.step_idx = 0
         if resume:
-            self._resume()
+            self.resume_from_checkpoint()
         else:
-            if self.staging_dir is not None:
-                shutil.rmtree(self.staging_dir, ignore_errors=True)
             start_run(self.run_dir, cfg, split)
         if cfg.run.log_with:
             self.accelerator.init_trackers("detoxrl-sft", config=flat_hparams(cfg.to_dict()))
-
-    def _resume(self) -> None:
-        plan = self.resume_plan
-        state = ckpt_lib.load_checkpoint(plan.ckpt, self.policy, self.optimizer)
-        self.step_idx = state["step"]
-        for line in ckpt_lib.set_aside(plan.point.newer):
-            note(line)
-        self.record_resume(plan)
 
     def batch_pairs(self, step: int) -> list[SFTPair]:
         """The pairs of ``step``: consecutive slices of per-epoch seeded permutations, as PPO's prompts."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -188,8 +187,6 @@ class Trainer(RunFolder):
         elif self.state.is_main_process:
             # Only now that the new run's models have loaded does it write anything: into the staging
             # folder when an earlier run is there (--overwrite), which stays as it is until train() swaps.
-            if self.staging_dir is not None:
-                shutil.rmtree(self.staging_dir, ignore_errors=True)
             start_run(self.run_dir, cfg, split)  # config.yaml with the rollout shards it runs with; split.json
         # DDP (or DeepSpeed) around the trainable module: the update's passes go through it, so that its
         # backward averages the gradients of all processes. The checkpoint (if any) is loaded first.
