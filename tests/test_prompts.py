@@ -575,3 +575,12 @@ def test_every_dialogue_cell_empty_names_the_column_not_the_length_filter(tmp_pa
     with pytest.raises(DataError) as e:
         split_and_select(cfg, load_dialogue_rows(cfg), None)
     assert "every 'dialogue' cell" in str(e.value) and "data.dialogue_column" in str(e.value) and "length filter" not in str(e.value)
+
+
+@pytest.mark.parametrize("name", ["deep.json", "deep.jsonl"])
+def test_json_nested_too_deeply_is_one_line(tmp_path, name):
+    path = tmp_path / name
+    path.write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(DataError) as e:
+        load_dialogue_rows(_cfg(path))
+    assert "nested too deeply" in str(e.value) and "\n" not in str(e.value)

@@ -285,7 +285,15 @@ def _read_json_lines(text: str, path: Path) -> list:
 
 
 def _read_file(path: Path, cfg: DataConfig) -> dict[str, list]:
-    """One local file as ``{column: values}``."""
+    """One local file as ``{column: values}``; JSON nested deeper than Python's parser goes is one line."""
+    try:
+        return _read_file_columns(path, cfg)
+    except RecursionError:
+        raise DataError(f"'{path}' holds JSON nested too deeply to read; a data file holds one flat object per row "
+                        "({\"dialogue\": \"...\"})") from None
+
+
+def _read_file_columns(path: Path, cfg: DataConfig) -> dict[str, list]:
     ext = path.suffix.lower()
     try:
         if ext == ".csv":
