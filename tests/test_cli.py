@@ -997,3 +997,14 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_line_exit_1_and_resume_con
     monkeypatch.setattr(detoxrl.checkpoint, "save_value_head", real_save)
     rc, out, err = cli("train", "--output-dir", run_dir, "--resume", "--no-progress")
     assert rc == 0 and "trained 2 steps" in out, err
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["evaluate", "--greedy-only", "--samples-per-prompt", 4], "--greedy-only skips the sampled pass"),
+    (["compare", "--run", "x", "--before", "y"], "--run compares RUN/eval/before.jsonl"),
+    (["export", "x", "--output", "y", "--private"], "--private applies to the repository --push-to-hub creates"),
+    (["summarize", "--judge-model", "packaged:hatesonar"], "apply to --score; add --score or leave them out"),
+])
+def test_a_flag_the_command_would_ignore_is_refused(argv, fragment, no_model_loads):
+    rc, _, err = cli(*argv)
+    assert fragment in one_line_error(rc, err)

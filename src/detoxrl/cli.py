@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from detoxrl.cliargs import build_parser
+from detoxrl.cliargs import build_parser, ignored_flag
 from detoxrl.errors import DetoxError
 
 # ---------------------------------------------------------------------------------------------
@@ -560,6 +560,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     runtime.quiet_libraries()
     try:
+        if ignored_flag(args):
+            raise DetoxError(ignored_flag(args))
         return globals()[f"cmd_{args.handler}"](args)  # cliargs names each command's handler
     except DetoxError as e:
         if not e.quiet:  # another process of the same run reports it

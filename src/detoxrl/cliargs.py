@@ -343,3 +343,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler="make_tiny")
     return parser
+
+
+#: Flags that one command ignores unless another flag is given (or when another one is): each is refused,
+#: naming the pair, instead of doing nothing silently. (command, applies, why).
+IGNORED_FLAGS = (
+    ("evaluate", lambda a: a.greedy_only and a.samples_per_prompt is not None,
+     "--greedy-only skips the sampled pass that --samples-per-prompt configures; pass one of them"),
+    ("compare", lambda a: a.run and (a.before or a.after),
+     "--run compares RUN/eval/before.jsonl with after.jsonl; --before and --after name other files: pass one way"),
+    ("export", lambda a: a.private and not a.push_to_hub,
+     "--private applies to the repository --push-to-hub creates; add --push-to-hub USER/NAME or leave --private out"),
+    ("summarize", lambda a: (a.judge_model or a.judge_toxic_label) and not a.score,
+     "--judge-model and --judge-toxic-label apply to --score; add --score or leave them out"),
+)
+
+
+def ignored_flag(args: argparse.Namespace) -> str | None:
+    """Why a flag of this command line would be ignored (:data:`IGNORED_FLAGS`), or None."""
+    for command, applies, why in IGNORED_FLAGS:
+        if getattr(args, "command", None) == command and applies(args):
+            return why
+    return None
