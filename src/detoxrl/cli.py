@@ -560,8 +560,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     runtime.quiet_libraries()
     try:
-        if ignored_flag(args):
-            raise DetoxError(ignored_flag(args))
+        if why := ignored_flag(args):
+            raise DetoxError(why)
         return globals()[f"cmd_{args.handler}"](args)  # cliargs names each command's handler
     except DetoxError as e:
         if not e.quiet:  # another process of the same run reports it
