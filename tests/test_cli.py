@@ -124,6 +124,25 @@ def test_subcommand_help(command, options):
         assert option in out, f"{command} --help does not mention {option}"
 
 
+def test_every_command_help_ends_with_an_example_and_shows_the_offline_defaults():
+    from detoxrl.cliargs import EXAMPLES
+    from detoxrl.config import load_config
+
+    offline = load_config("offline")
+    for command in [*EXAMPLES, "train"]:
+        rc, out, _ = cli(command, "--help")
+        example = out[out.index("\nexample"):]
+        assert rc == 0 and f"detoxrl {command} " in example, (command, example)
+    _, out, _ = cli("train", "--help")
+    flat = " ".join(out.split())  # argparse wraps the help lines
+    for flag, value in (("ppo.steps", offline.ppo.steps), ("ppo.batch_size", offline.ppo.batch_size),
+                        ("generation.max_new_tokens", offline.generation.max_new_tokens),
+                        ("ppo.learning_rate", offline.ppo.learning_rate)):
+        assert f"{flag}; offline preset: {value}" in flat, flag
+    _, out, _ = cli("demo", "--help")
+    assert "ppo.samples_per_prompt=4" in " ".join(out.split())  # the demo says where its settings differ
+
+
 def test_no_command_prints_help():
     rc, out, _ = cli()
     assert rc == 0 and "COMMAND" in out and "presets:" in out

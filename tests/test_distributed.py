@@ -249,6 +249,20 @@ def test_evaluate_and_demo_refuse_several_processes(monkeypatch, capsys):
         assert err.startswith(f"error: detoxrl {command} runs in one process; start it without torchrun") and err.count("\n") == 1
 
 
+@pytest.mark.slow  # a real accelerate launch (about 10 s: accelerate and torch import twice)
+def test_accelerate_launch_asked_for_two_cpu_processes_that_started_one_is_refused(tmp_path):
+    """accelerate launch --cpu --num_processes 2 starts one process: train says so and does nothing."""
+    accelerate = Path(sys.executable).with_name("accelerate")
+    out = subprocess.run([str(accelerate), "launch", "--cpu", "--num_processes", "2", "-m", "detoxrl", "train",
+                          "--output-dir", str(tmp_path / "run"), "--no-progress"],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": str(SRC), "HF_HUB_OFFLINE": "1"})
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert out.returncode != 0 and len(errors) == 1, out.stderr[-2000:]
+    assert errors[0].startswith("error: accelerate launch was asked for several processes but started one") and "torchrun --nproc_per_node N" in errors[0]
+    assert not (tmp_path / "run").exists()
+
+
 def test_python_dash_m_detoxrl():
     out = subprocess.run([sys.executable, "-m", "detoxrl", "--help"], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "PYTHONPATH": str(SRC)})

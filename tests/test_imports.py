@@ -129,7 +129,7 @@ def test_the_public_api_is_importable_from_the_package_without_loading_torch_fir
 #: (docs/design.md shows the same table). A new module must be given its floor here.
 LAYERS = {
     "foundations": ["errors", "config", "runtime", "collective", "runfiles", "packaged", "scores"],
-    "math": ["tokenstats", "advantages", "losses", "stats", "schedule"],
+    "math": ["tokenstats", "advantages", "losses", "stats", "schedule", "sampling"],
     "models": ["keras_bilstm", "hatesonar", "modelcheck", "rewards", "policy", "quality"],
     "data": ["prompts", "selection"],
     "run folder": ["checkpoint", "trained", "runfolder"],

@@ -486,3 +486,37 @@ def test_evaluated_checkpoints_draw_the_toxicity_frontier(tmp_path):
     # without checkpoint evaluations there is one point: no frontier plot (and a stale one goes)
     shutil.rmtree(run / "eval-checkpoints")
     assert FRONTIER_PLOT not in write_report(run) and not (run / "report" / f"{FRONTIER_PLOT}.png").exists()
+
+
+def test_a_two_step_run_has_whole_step_ticks_and_a_flat_kl_coefficient_reads_plainly(tmp_path, monkeypatch):
+    """A short run's step axis reads 1, 2 (not 1.0, 1.2, ...), and a KL coefficient that moved by 1e-5 is
+    drawn on an axis from 0, without matplotlib's "1e-5 + 1.9999e-1" offset."""
+    from matplotlib.figure import Figure
+
+    from detoxrl.report_plots import _plot_kl
+    from detoxrl.runfiles import MetricsLog
+
+    drawn = []
+    savefig = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **kw: (drawn.append(self), savefig(self, *a, **kw))[1])
+    rows = [{"step": 1, "objective/kl": 0.1, "objective/kl_coef": 0.2}, {"step": 2, "objective/kl": 0.3, "objective/kl_coef": 0.19999}]
+    assert _plot_kl(MetricsLog(rows), tmp_path / "kl.png", None)
+    ax, coefficient_axis = drawn[0].axes
+    drawn[0].canvas.draw()
+    steps = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+    assert steps and all(re.fullmatch(r"[0-9]+", s.replace("−", "-")) for s in steps), steps
+    assert coefficient_axis.get_ylim()[0] == 0.0
+    assert coefficient_axis.yaxis.get_offset_text().get_text() == ""
+
+
+def test_an_empty_summary_shows_as_such_not_as_a_blank_cell(tmp_path):
+    run = make_run(tmp_path)
+    table_file = run / "eval" / "comparison.json"  # the before/after table the report's examples come from
+    table = json.loads(table_file.read_text())
+    rows = table["rows"] if isinstance(table, dict) else table
+    for row in rows:
+        row["response_after"] = ""
+    table_file.write_text(json.dumps(table))
+    paths = write_report(run)
+    assert "(empty summary)" in paths["html"].read_text(encoding="utf-8")
+    assert "(empty summary)" in paths["markdown"].read_text(encoding="utf-8")

@@ -75,9 +75,12 @@ def sample_mixed_endings(policy, examples, max_new_tokens=10, batch_size=8, temp
     raise AssertionError("no seed gave a mix of ended and unended responses; change the EOS boost")
 
 
-def hf_generate(policy, input_ids, max_new_tokens, temperature):
-    """Pure sampling with plain ``model.generate``, returning the sampled tokens and their scores."""
+def hf_generate(policy, input_ids, max_new_tokens, temperature, sampler="inverse_cdf"):
+    """Pure sampling with plain ``model.generate`` and detoxrl's sampler (one uniform number per row),
+    returning the sampled tokens and their scores."""
     from transformers import GenerationConfig
+
+    from detoxrl.sampling import one_draw_per_row
 
     enc = policy.tokenizer.pad({"input_ids": input_ids}, return_tensors="pt")
     kwargs = dict(
@@ -93,7 +96,7 @@ def hf_generate(policy, input_ids, max_new_tokens, temperature):
     )
     if policy.is_seq2seq:
         kwargs["decoder_start_token_id"] = policy.model.base_model.model.config.decoder_start_token_id
-    with torch.inference_mode():
+    with torch.inference_mode(), one_draw_per_row(sampler):
         out = policy.model.generate(
             input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], generation_config=GenerationConfig(**kwargs)
         )
@@ -267,6 +270,25 @@ def test_forward_logprobs_equal_generate_scores(arch, temperature, policies, tin
     assert rollout.temperature == temperature and rollout.select([0, 2]).trimmed(policy.is_seq2seq).temperature == temperature
     with torch.no_grad():
         assert torch.equal(forward_pass(policy, rollout, with_values=False)["logprobs"], out["logprobs"])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_generation_sampler_multinomial_draws_what_plain_generate_draws(arch, policies, tiny_config):
+    """generation.sampler=multinomial is torch's sampler, as before 2026-12-07; the default draws other tokens."""
+    policy = policies(arch, tiny_config, eos_boost=3.0)
+    examples = sorted(prompts_of_different_lengths(policy, tiny_config, 4), key=lambda e: len(e.input_ids))
+    ids = [e.input_ids for e in examples]  # in generate's batch order (shortest first)
+    drawn = {}
+    for sampler in ("multinomial", "inverse_cdf"):
+        torch.manual_seed(3)
+        rollout = generate(policy, ids, [e.prompt for e in examples], GenerationConfig(max_new_tokens=6, sampler=sampler),
+                           batch_size=len(ids))
+        torch.manual_seed(3)
+        tokens, _ = hf_generate(policy, ids, 6, 1.0, sampler)
+        mask = rollout.response_mask.bool()
+        assert torch.equal(tokens[mask], rollout.response_ids[mask]), sampler
+        drawn[sampler] = rollout.response_ids
+    assert not torch.equal(drawn["multinomial"], drawn["inverse_cdf"])
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -200,4 +200,6 @@ def test_grouped_update_equals_plain_on_the_same_minibatches(request, tiny_confi
                         ratio_threshold=10.0, group_by_length=group)
         ppo_update(policy, optimizer, batch, ppo, generator=torch.Generator().manual_seed(0))
         results.append(torch.cat([p.detach().flatten() for p in policy.trainable_parameters()]))
-    torch.testing.assert_close(results[0], results[1], rtol=0, atol=1e-6)
+    # One Adam step of lr 1e-3: Adam divides each gradient by its own magnitude, so where a gradient is
+    # near Adam's eps, float32 rounding (the padding differs) moves that element's step by up to ~1% of lr.
+    torch.testing.assert_close(results[0], results[1], rtol=0, atol=1e-2 * 1e-3)

@@ -171,6 +171,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from detoxrl.modelcard import refresh_model_card
     from detoxrl.trainer import Trainer
 
+    _check_launcher_started_all()
     resume, base_file = _resume_plan(args)
     cfg = _config_from_args(args, base_file=base_file, flags=_adapter_flag(args))
     trainer, final, seconds = _run_trainer(args, lambda: Trainer(
@@ -313,6 +314,17 @@ def _judge_flags(args: argparse.Namespace) -> list[str]:
     if args.judge_toxic_label:
         flags.append(f"evaluation.judge_toxic_label={args.judge_toxic_label}")
     return flags
+
+
+def _check_launcher_started_all() -> None:
+    """``accelerate launch --cpu --num_processes N`` (N > 1) starts one process, with nothing said: its simple
+    launcher sets MASTER_ADDR for the N processes asked for, but only a launcher that starts them sets
+    WORLD_SIZE. Refused before any work, rather than training one process's run in their place."""
+    asked_by_accelerate = "ACCELERATE_MIXED_PRECISION" in os.environ and "MASTER_ADDR" in os.environ
+    if asked_by_accelerate and "WORLD_SIZE" not in os.environ:
+        raise DetoxError("accelerate launch was asked for several processes but started one (on CPU, --cpu "
+                         "--num_processes N starts one); use torchrun --nproc_per_node N -m detoxrl train ..., or "
+                         "accelerate launch --multi_gpu --num_processes N -m detoxrl train ..., or leave --num_processes out")
 
 
 def _one_process(command: str) -> None:

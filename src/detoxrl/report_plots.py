@@ -67,6 +67,15 @@ def _marker(n: int) -> str | None:
     return "o" if n <= 50 else None
 
 
+def _step_axis(ax: Any) -> None:
+    """An x axis of PPO steps: whole numbers only (not 1.0, 1.2, 1.4 on a two-step run), never an offset."""
+    from matplotlib.ticker import MaxNLocator, ScalarFormatter
+
+    ax.set_xlabel("PPO step")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_formatter(ScalarFormatter(useOffset=False))
+
+
 def _no_data(ax: Any, what: str) -> None:
     ax.text(0.5, 0.5, f"{what}\nnot logged", ha="center", va="center", transform=ax.transAxes, color="0.4")
     ax.set_xticks([])
@@ -84,7 +93,7 @@ def _plot_reward(metrics: MetricsLog, path: Path) -> bool:
         ax.fill_between(x, mean - std, mean + std, color=AFTER_COLOR, alpha=0.2, label="± std over the batch")
     ax.plot(x, mean, color=AFTER_COLOR, marker=_marker(len(x)), lw=2, label="reward mean")
     ax.set_title(PLOT_TITLES["training_reward"])
-    ax.set_xlabel("PPO step")
+    _step_axis(ax)
     ax.set_ylabel("reward (reward-model score)")
     ax.legend(loc="best")
     fig.savefig(path, dpi=DPI, facecolor="white")
@@ -108,13 +117,16 @@ def _plot_kl(metrics: MetricsLog, path: Path, target_kl: float | None) -> bool:
     if target_kl is not None and (k1 is not None or k3 is not None):
         lines.append(ax.axhline(target_kl, color="0.5", ls=":", lw=1.5, label=f"target KL {target_kl:g}"))
     ax.axhline(0.0, color="0.3", lw=0.8)
-    ax.set_xlabel("PPO step")
+    _step_axis(ax)
     ax.set_ylabel("KL (nats per response)")
     if coef is not None:
         ax2 = ax.twinx()
         ax2.spines[["top"]].set_visible(False)
         lines += ax2.plot(x, coef, color="#2ca02c", ls="--", lw=2, label="KL coefficient (right axis)")
         ax2.set_ylabel("KL coefficient β")
+        # From 0: a coefficient that moves by 1e-5 (the adaptive controller over a short run) reads as flat,
+        # not as "1e-5 + 1.9999e-1" on an axis zoomed onto its rounding.
+        ax2.set_ylim(0, 1.25 * float(np.nanmax(coef)) if np.nanmax(coef) > 0 else 1.0)
     ax.set_title(PLOT_TITLES["training_kl"])
     ax.legend(lines, [ln.get_label() for ln in lines], loc="best", fontsize=9)
     fig.savefig(path, dpi=DPI, facecolor="white")
@@ -143,10 +155,10 @@ def _plot_returns(metrics: MetricsLog, path: Path) -> bool:
     x = _steps(metrics)
     fig, (a1, a2) = _new_fig(ncols=2)
     if _line_panel(a1, x, ret, "ppo/returns/mean", AFTER_COLOR, "Returns (batch mean)", "return", fontsize=10):
-        a1.set_xlabel("PPO step")
+        _step_axis(a1)
     if _line_panel(a2, x, adv, "ppo/policy/advantages_mean", "#8c564b", "Advantages (mean; ≈0 if whitened)",
                    "advantage", zero_line=True, fontsize=10):
-        a2.set_xlabel("PPO step")
+        _step_axis(a2)
     fig.suptitle(PLOT_TITLES["training_returns_advantages"])
     fig.savefig(path, dpi=DPI, facecolor="white")
     return True
@@ -176,7 +188,7 @@ def _plot_losses(metrics: MetricsLog, path: Path) -> bool:
     else:
         _no_data(a3, "clip fractions")
     for ax in (a1, a2, a3):
-        ax.set_xlabel("PPO step")
+        _step_axis(ax)
     fig.suptitle(PLOT_TITLES["training_losses"])
     fig.savefig(path, dpi=DPI, facecolor="white")
     return True
@@ -206,7 +218,7 @@ def _plot_time(metrics: MetricsLog, path: Path) -> bool:
             ax.bar(x, other, width, bottom=bottom, color="0.75", label="other")
         ax.plot(x, total, color="black", marker=_marker(len(x)), ms=3, lw=1, label="step total")
     ax.set_title(PLOT_TITLES["training_time"])
-    ax.set_xlabel("PPO step")
+    _step_axis(ax)
     ax.set_ylabel("seconds")
     top = max(float(np.nanmax(total)) if total is not None else 0.0, float(bottom.max()))
     ax.set_ylim(0, 1.3 * top if top > 0 else 1.0)  # headroom for the legend above the bars

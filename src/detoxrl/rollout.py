@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from detoxrl import runtime
 from detoxrl.config import GenerationConfig
 from detoxrl.policy import Policy, forward_pass, value_of  # noqa: F401 - forward_pass: this module's interface too
+from detoxrl.sampling import one_draw_per_row
 
 
 @dataclass
@@ -257,7 +258,8 @@ def _decode_batch(policy: Policy, batch_prompts: list[list[int]], decoding: Gene
         share = k > 1 or teacher_forced or policy.is_seq2seq
         shared = shared_prompt_pass(policy, prompt_ids, prompt_mask, k, chunks) if share else {}
         input_ids, attention_mask = prompt_ids.repeat_interleave(k, 0), prompt_mask.repeat_interleave(k, 0)
-        with _DecodingCapture(policy, capture, decoding.temperature) as captured, _decoding_attention(policy):
+        with (_DecodingCapture(policy, capture, decoding.temperature) as captured, _decoding_attention(policy),
+              one_draw_per_row(decoding.sampler)):
             out = policy.model.generate(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
