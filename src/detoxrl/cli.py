@@ -180,7 +180,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         refresh_model_card(trainer.run_dir)  # the workflow that ends a run writes its card, not the trainer
         shards = trainer.cfg.ppo.rollout_shards
         again = f"; on one process, --set ppo.rollout_shards={shards} reproduces it" if shards and shards > 1 else ""
-        print(f"trained {trainer.step_idx} steps in {seconds:.0f} s; adapter: {final}; metrics: "
+        print(f"trained {trainer.step_idx} steps in {seconds:.0f} s on {trainer.launch}; adapter: {final}; metrics: "
               f"{trainer.run_dir / 'metrics.jsonl'}{again}")
     return 0
 

@@ -33,6 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from detoxrl import checkpoint as ckpt_lib
+from detoxrl import runtime
 from detoxrl import runfiles
 from detoxrl.collection import collect, logprob_plan
 from detoxrl.config import DPO_RESUME_FREE_SETTINGS, DetoxConfig
@@ -180,7 +181,7 @@ class PreferenceTrainer(RunFolder):
             self.folder_lock.abandon()
             raise
         seed_everything(cfg.run.seed)
-        self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), log_with=cfg.run.log_with or None, project_dir=str(self.run_dir))
+        self.accelerator = Accelerator(cpu=runtime.accelerate_cpu_flag(), log_with=cfg.run.log_with or None, project_dir=str(self.run_dir))
         self.policy = policy or load_policy(cfg.policy, device=self.accelerator.device, value_head=False)
         self.params = self.policy.adapter_parameters()
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.dpo.learning_rate, weight_decay=0.0)

@@ -440,7 +440,7 @@ class RunFolder:
 
         if cfg.run.release_memory:
             runtime.return_freed_memory()
-        self.state, self.shards = PartialState(cpu=not torch.cuda.is_available()), 1
+        self.state, self.shards = PartialState(**runtime.accelerate_state_kwargs()), 1
         if self.state.num_processes > 1:
             raise ConfigError(f"detoxrl {command} runs in one process, not {self.state.num_processes} (each would train and "
                               "write the run alone); start it without torchrun / accelerate launch")

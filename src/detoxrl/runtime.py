@@ -93,3 +93,27 @@ def quiet_libraries() -> None:
 
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def _deepspeed_without_gpu() -> bool:
+    import torch
+
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true" and not torch.cuda.is_available()
+
+
+def accelerate_cpu_flag() -> bool:
+    """accelerate's ``cpu=`` for this process: True without a GPU, except under a DeepSpeed launch
+    (``accelerate launch --config_file`` of a DeepSpeed file sets ACCELERATE_USE_DEEPSPEED): with
+    ``cpu=True`` accelerate quietly runs plain DDP in its place, where DeepSpeed has a CPU accelerator
+    of its own (gloo, since DeepSpeed 0.14.1)."""
+    import torch
+
+    return not torch.cuda.is_available() and not _deepspeed_without_gpu()
+
+
+def accelerate_state_kwargs() -> dict:
+    """``PartialState(**kwargs)`` for this process (:func:`accelerate_cpu_flag`). Under DeepSpeed on CPU
+    the backend is named (gloo): accelerate finds none without a GPU and would count one process."""
+    if _deepspeed_without_gpu():
+        return {"cpu": False, "backend": "gloo"}
+    return {"cpu": accelerate_cpu_flag()}

@@ -38,6 +38,7 @@ from typing import Any, Sequence
 import torch
 
 from detoxrl import checkpoint as ckpt_lib
+from detoxrl import runtime
 from detoxrl.config import SFT_RESUME_FREE_SETTINGS, DetoxConfig, SFTConfig
 from detoxrl.errors import DataError, TrainingError
 from detoxrl.policy import Policy, load_policy, load_tokenizer
@@ -208,7 +209,7 @@ class SupervisedTrainer(RunFolder):
             self.folder_lock.abandon()
             raise
         seed_everything(cfg.run.seed)
-        self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), log_with=cfg.run.log_with or None, project_dir=str(self.run_dir))
+        self.accelerator = Accelerator(cpu=runtime.accelerate_cpu_flag(), log_with=cfg.run.log_with or None, project_dir=str(self.run_dir))
         self.policy = policy or load_policy(cfg.policy, device=self.accelerator.device)
         self.params = self.policy.adapter_parameters()
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.sft.learning_rate, weight_decay=cfg.sft.weight_decay)

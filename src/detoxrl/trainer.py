@@ -79,6 +79,23 @@ class _Shard:
         return sequence_kl(self.token_stats["logprobs"], self.token_stats["ref_logprobs"], self.mask, kl_k3)
 
 
+@contextlib.contextmanager
+def _outside_zero3_init(plugin):
+    """Models loaded in this block are whole on every process, under ZeRO-3 too. transformers builds every
+    model inside deepspeed.zero.Init (partitioned) while accelerate's DeepSpeed config is registered with
+    it, whatever the file's zero3_init_flag says; the frozen classifiers must not be."""
+    if plugin is None or plugin.zero_stage != 3:
+        yield
+        return
+    from transformers.integrations import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        plugin.set_deepspeed_weakref()  # registered again: the policy's save and generate still need it
+
+
 class Trainer(RunFolder):
     """RL with a LoRA policy and a frozen reference adapter: PPO with a value head (its critic), or the
     critic-free RLOO and GRPO (``ppo.algorithm``; :func:`detoxrl.advantages.step_advantages` says how each
@@ -112,7 +129,7 @@ class Trainer(RunFolder):
         if cfg.run.release_memory:
             runtime.return_freed_memory()
         # The processes first (no model yet): the checks below need their number and must agree.
-        self.state = PartialState(cpu=not torch.cuda.is_available())
+        self.state = PartialState(**runtime.accelerate_state_kwargs())
         if cfg.run.num_threads:
             torch.set_num_threads(cfg.run.num_threads)
         deepspeed = self.state.distributed_type == DistributedType.DEEPSPEED
@@ -157,7 +174,7 @@ class Trainer(RunFolder):
         self.progress = cfg.run.progress and self.state.is_main_process
         seed_everything(cfg.run.seed)
         self.accelerator = Accelerator(
-            cpu=not torch.cuda.is_available(),
+            cpu=runtime.accelerate_cpu_flag(),
             log_with=cfg.run.log_with or None,
             project_dir=str(self.run_dir),
         )
@@ -167,15 +184,19 @@ class Trainer(RunFolder):
 
         def load():
             pol = policy or load_policy(cfg.policy, device=self.accelerator.device, value_head=cfg.ppo.algorithm == "ppo")
-            sc = scorer or scorer_from_config(cfg.reward, device=self.accelerator.device)
-            faith = None
-            if cfg.reward.faithfulness_weight:
-                from detoxrl.quality import FaithfulnessScorer
+            # The classifiers are not trained: whole on every process, never partitioned by ZeRO-3's zero.Init.
+            with _outside_zero3_init(plugin):
+                sc = scorer or scorer_from_config(cfg.reward, device=self.accelerator.device)
+                faith = None
+                if cfg.reward.faithfulness_weight:
+                    from detoxrl.quality import FaithfulnessScorer
 
-                faith = FaithfulnessScorer()
+                    faith = FaithfulnessScorer()
             return pol, sc, faith
 
-        self.policy, self.scorer, self.faithfulness = main_process_first(self.state, load)
+        # Under ZeRO-3, transformers builds the model inside deepspeed.zero.Init, whose every parameter is a
+        # collective: all processes load together (the main one first would wait alone in a broadcast).
+        self.policy, self.scorer, self.faithfulness = load() if self.zero_stage == 3 else main_process_first(self.state, load)
         torch.manual_seed(cfg.run.seed)  # the value head was initialised above; re-seed for the optimizer path
         self.optimizer = torch.optim.Adam(self.policy.trainable_parameters(), lr=cfg.ppo.learning_rate)
         p = cfg.ppo
@@ -197,6 +218,18 @@ class Trainer(RunFolder):
         self.state.wait_for_everyone()
         if cfg.run.log_with:
             self.accelerator.init_trackers("detoxrl", config=flat_hparams(cfg.to_dict()))
+
+    @property
+    def launch(self) -> str:
+        """How this run was launched, for its last line: "1 process", "2 processes (DDP)", "2 processes
+        (DeepSpeed ZeRO-2)": what started, not what the launcher was asked for."""
+        n = self.state.num_processes
+        if n == 1 and self.zero_stage is None:
+            return "1 process"
+        kind = self.state.distributed_type.value  # MULTI_CPU, MULTI_GPU, FSDP, ...
+        how = (f"DeepSpeed ZeRO-{self.zero_stage}" if self.zero_stage is not None
+               else {"MULTI_CPU": "DDP on CPU", "MULTI_GPU": "DDP on GPU"}.get(kind, kind))
+        return f"{n} process{'es' if n > 1 else ''} ({how})"
 
     def _resume(self, plan: ResumePlan) -> None:
         """Load the checkpoint; set newer ones aside; apply and record allowed changes of settings."""
