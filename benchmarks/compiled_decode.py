@@ -58,9 +58,9 @@ def main() -> int:
         kwargs = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False,
                       pad_token_id=policy.pad_token_id, eos_token_id=policy.eos_token_id)
         if compiled:
-            compile_config = CompileConfig(fullgraph=False, dynamic=False, mode="default")
-            compile_config._compile_all_devices = True  # transformers compiles on GPUs only unless told
-            kwargs.update(cache_implementation="static", compile_config=compile_config)
+            compiling = CompileConfig(fullgraph=False, dynamic=False, mode="default")
+            compiling._compile_all_devices = True  # transformers (not detoxrl) compiles on GPUs only unless told
+            kwargs.update(cache_implementation="static", compile_config=compiling)
         return GenerationConfig(**kwargs)
 
     def calls(compiled: bool, n: int) -> tuple[list[float], torch.Tensor]:
