@@ -415,17 +415,18 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 # What `detoxrl demo` adds to the preset (before the user's own flags): it trains and evaluates on
-# challenging prompts, the dialogues whose own toxicity is >= 0.3, where there is toxicity to remove
-# (chitchat: 172 to train on, 51 held out). Training: the group baseline (4 samples of each of 4
-# prompts per step, each summary's reward compared with its 3 siblings': RLOO) with the reward ceiling
-# at P(non-toxic) = 0.99, 20 steps (docs/results.md, "The demo over seeds", says what it holds to and
-# which recipes were tried). Evaluation: all 51 held-out prompts, greedy and with 8 samples each,
-# summaries of at most 32 tokens as in training.
-ALGORITHMS = ("ppo", "rloo", "grpo")
-
-DEMO_OVERRIDES = ["data.min_dialogue_toxicity=0.3", "ppo.steps=20", "ppo.batch_size=16", "ppo.samples_per_prompt=4",
-                  "ppo.reward_baseline=group", "reward.logit_ceiling=4.59512",
-                  "evaluation.num_samples=64", "evaluation.max_new_tokens=32"]
+# challenging prompts, the dialogues whose own toxicity is >= 0.3, where there is toxicity to remove,
+# half of them held out (chitchat: 105 to train on, 105 held out; one demo's verdict needs the prompts:
+# with 51 held out, a 25% reduction was not significant on 4 seeds of 5). Training: the group baseline
+# (4 samples of each of 4 prompts per step, each summary's reward compared with its 3 siblings') with the
+# reward ceiling at P(non-toxic) = 0.99 and 5 x faithfulness in the reward (without it faithfulness fell
+# beyond the gate on 2 seeds of 5), 20 steps. Evaluation: every held-out prompt, greedy and with 4
+# samples each, summaries of at most 32 tokens as in training. docs/results.md, "The demo over seeds",
+# has the recipes tried and what each held to (this one: 3 of 5 seeds "less toxic, quality kept").
+DEMO_OVERRIDES = ["data.min_dialogue_toxicity=0.3", "data.test_fraction=0.5", "ppo.steps=20", "ppo.batch_size=16",
+                  "ppo.samples_per_prompt=4", "ppo.reward_baseline=group", "reward.logit_ceiling=4.59512",
+                  "reward.faithfulness_weight=5", "evaluation.num_samples=null", "evaluation.samples_per_prompt=4",
+                  "evaluation.max_new_tokens=32"]
 
 _SECTION_CLASSES = {
     "data": DataConfig,
