@@ -414,6 +414,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
+ALGORITHMS = ("ppo", "rloo", "grpo")
+
 # What `detoxrl demo` adds to the preset (before the user's own flags): it trains and evaluates on
 # challenging prompts, the dialogues whose own toxicity is >= 0.3, where there is toxicity to remove,
 # half of them held out (chitchat: 105 to train on, 105 held out; one demo's verdict needs the prompts:
