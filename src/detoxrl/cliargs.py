@@ -6,6 +6,7 @@ command's handler (``handler``), so this module imports no workflow.
 from __future__ import annotations
 
 import argparse
+import functools
 from typing import NoReturn
 
 from detoxrl.config import DEMO_OVERRIDES
@@ -43,7 +44,7 @@ EXAMPLES = {
                 "  detoxrl evaluate --data my.csv --all-rows --adapter runs/ppo/final --json",
     "compare": "detoxrl compare --run runs/ppo --json",
     "report": "detoxrl report runs/ppo                                   # runs/ppo/report/report.html",
-    "demo": "detoxrl demo --output-dir runs/demo                       # about 18 minutes on 2 cores (AVX-512)",
+    "demo": "detoxrl demo --output-dir runs/demo                       # about 21 minutes on 2 cores (AVX-512)",
     "export": "detoxrl export runs/ppo --merge --output exported/ppo   # a plain transformers model + card",
     "summarize": "detoxrl summarize dialogues.csv --adapter runs/ppo/final --score --output summaries.jsonl\n"
                  "  echo \"A: hi. B: hello.\" | detoxrl summarize --model exported/ppo",
@@ -56,19 +57,17 @@ def examples(command: str) -> str:
     return "example" + ("s" if "\n" in EXAMPLES[command] else "") + ":\n  " + EXAMPLES[command] + "\n"
 
 
-_PRESET_VALUES: dict | None = None
+@functools.cache
+def _offline_values() -> dict:
+    from detoxrl.config import load_config
+
+    return {f"{section}.{name}": value for section, values in load_config("offline").to_dict().items()
+            if isinstance(values, dict) for name, value in values.items()}
 
 
 def offline_default(key: str) -> str:
     """``key``'s value in the offline preset, for a flag's help: "(offline preset: 20)"."""
-    global _PRESET_VALUES
-    if _PRESET_VALUES is None:
-        from detoxrl.config import load_config
-
-        cfg = load_config("offline")
-        _PRESET_VALUES = {f"{section}.{name}": value for section, values in cfg.to_dict().items()
-                          if isinstance(values, dict) for name, value in values.items()}
-    return f"offline preset: {_PRESET_VALUES[key]}"
+    return f"offline preset: {_offline_values()[key]}"
 
 
 #: The metavars of options that name a file, a folder or a model source (never an empty string).

@@ -95,25 +95,25 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 
-def _deepspeed_without_gpu() -> bool:
-    import torch
-
-    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true" and not torch.cuda.is_available()
+def _deepspeed_launch() -> bool:
+    """``accelerate launch --config_file`` of a DeepSpeed file sets ACCELERATE_USE_DEEPSPEED."""
+    return os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
 
 
 def accelerate_cpu_flag() -> bool:
-    """accelerate's ``cpu=`` for this process: True without a GPU, except under a DeepSpeed launch
-    (``accelerate launch --config_file`` of a DeepSpeed file sets ACCELERATE_USE_DEEPSPEED): with
+    """accelerate's ``cpu=`` for this process: True without a GPU, except under a DeepSpeed launch: with
     ``cpu=True`` accelerate quietly runs plain DDP in its place, where DeepSpeed has a CPU accelerator
     of its own (gloo, since DeepSpeed 0.14.1)."""
     import torch
 
-    return not torch.cuda.is_available() and not _deepspeed_without_gpu()
+    return not torch.cuda.is_available() and not _deepspeed_launch()
 
 
 def accelerate_state_kwargs() -> dict:
     """``PartialState(**kwargs)`` for this process (:func:`accelerate_cpu_flag`). Under DeepSpeed on CPU
     the backend is named (gloo): accelerate finds none without a GPU and would count one process."""
-    if _deepspeed_without_gpu():
+    import torch
+
+    if _deepspeed_launch() and not torch.cuda.is_available():
         return {"cpu": False, "backend": "gloo"}
     return {"cpu": accelerate_cpu_flag()}

@@ -37,11 +37,15 @@ def inverse_cdf_sample(probs: torch.Tensor, generator: torch.Generator | None = 
     cdf = work.cumsum(dim=-1)
     total = cdf[:, -1:]
     u = torch.rand(total.shape, dtype=cdf.dtype, device=cdf.device, generator=generator) * total
-    index = torch.searchsorted(cdf, u, right=True)
-    # u * total may round up to total itself: take the last entry with positive probability.
-    positive = (work > 0).to(torch.int64)
-    last_positive = work.shape[-1] - 1 - positive.flip(-1).argmax(dim=-1, keepdim=True)
-    return torch.minimum(index, last_positive)
+    # The first entry whose cumulative sum exceeds u: its probability is positive, unless u * total rounded
+    # up to the total itself (index = vocab), the rare case sent to the last entry of positive probability.
+    index = torch.searchsorted(cdf, u, right=True).clamp_max(work.shape[-1] - 1)
+    at_zero = work.gather(-1, index) <= 0
+    if at_zero.any():
+        positive = (work > 0).to(torch.int64)
+        last_positive = work.shape[-1] - 1 - positive.flip(-1).argmax(dim=-1, keepdim=True)
+        index = torch.where(at_zero, last_positive, index)
+    return index
 
 
 def _multinomial_one_per_row(original):

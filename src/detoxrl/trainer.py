@@ -221,8 +221,8 @@ class Trainer(RunFolder):
 
     @property
     def launch(self) -> str:
-        """How this run was launched, for its last line: "1 process", "2 processes (DDP)", "2 processes
-        (DeepSpeed ZeRO-2)": what started, not what the launcher was asked for."""
+        """How this run was launched, for its last line: "1 process", "2 processes (DDP on CPU)", "2
+        processes (DeepSpeed ZeRO-2)": what started, not what the launcher was asked for."""
         n = self.state.num_processes
         if n == 1 and self.zero_stage is None:
             return "1 process"
