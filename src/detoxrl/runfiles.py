@@ -226,8 +226,8 @@ class EvalRecord(TypedDict, total=False):
     rouge2: float | None
     rougeL: float | None
     faithfulness: float | None
-    kl_k1: float
-    kl_k3: float
+    kl_k1: float | None  # sampled passes only (None in greedy records since 2026-12-07)
+    kl_k3: float | None
     signature: dict[str, Any]
 
 
