@@ -422,10 +422,10 @@ ALGORITHMS = ("ppo", "rloo", "grpo")
 # with 51 held out, a 25% reduction was not significant on 4 seeds of 5). Training: the group baseline
 # (4 samples of each of 4 prompts per step, each summary's reward compared with its 3 siblings') with the
 # reward ceiling at P(non-toxic) = 0.99 and 5 x faithfulness in the reward (without it faithfulness fell
-# beyond the gate on 2 seeds of 5), 20 steps. Evaluation: every held-out prompt, greedy and with 4
-# samples each, summaries of at most 32 tokens as in training. docs/results.md, "The demo over seeds",
-# has the recipes tried and what each held to (this one: 3 of 5 seeds "less toxic, quality kept").
-DEMO_OVERRIDES = ["data.min_dialogue_toxicity=0.3", "data.test_fraction=0.5", "ppo.steps=20", "ppo.batch_size=16",
+# beyond the gate on 2 seeds of 5), 30 steps (20 held on 3 seeds of 5). Evaluation: every held-out
+# prompt, greedy and with 4 samples each, summaries of at most 32 tokens as in training. docs/results.md
+# has the recipes tried and what each held to (this one: 4 of 5 seeds "less toxic, quality kept").
+DEMO_OVERRIDES = ["data.min_dialogue_toxicity=0.3", "data.test_fraction=0.5", "ppo.steps=30", "ppo.batch_size=16",
                   "ppo.samples_per_prompt=4", "ppo.reward_baseline=group", "reward.logit_ceiling=4.59512",
                   "reward.faithfulness_weight=5", "evaluation.num_samples=null", "evaluation.samples_per_prompt=4",
                   "evaluation.max_new_tokens=32"]
