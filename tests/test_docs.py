@@ -43,6 +43,19 @@ def test_every_relative_link_in_the_readme_and_docs_resolves():
     assert not missing, f"links to files that do not exist: {missing}"
 
 
+def test_every_result_file_the_docs_cite_is_in_the_repository():
+    # benchmarks/results/ is git-ignored (benchmarks write there freely); what the docs cite must be added
+    # with `git add -f`, or a clone has a README that quotes a file it does not hold.
+    import subprocess
+
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "benchmarks" / "README.md"]
+    cited = {m for page in pages for m in re.findall(r"benchmarks/results/[\w.-]+\.(?:json|png|csv)", page.read_text(encoding="utf-8"))}
+    assert cited
+    tracked = subprocess.run(["git", "ls-files", "benchmarks/results"], cwd=ROOT, capture_output=True, text=True)
+    in_repo = set(tracked.stdout.split()) if tracked.returncode == 0 else {c for c in cited if (ROOT / c).is_file()}
+    assert not sorted(cited - in_repo), f"cited but not in the repository (git add -f them): {sorted(cited - in_repo)}"
+
+
 def test_every_example_config_loads_and_the_tiny_one_trains(tmp_path, monkeypatch):
     """examples/*.yaml are configs a user copies: each loads (validated); the tiny one trains 2 steps on
     tiny random models made where it says (runs/tiny/, relative to the repository)."""

@@ -44,7 +44,7 @@ EXAMPLES = {
                 "  detoxrl evaluate --data my.csv --all-rows --adapter runs/ppo/final --json",
     "compare": "detoxrl compare --run runs/ppo --json",
     "report": "detoxrl report runs/ppo                                   # runs/ppo/report/report.html",
-    "demo": "detoxrl demo --output-dir runs/demo                       # about 19 minutes on 2 cores (AVX-512)",
+    "demo": "detoxrl demo --output-dir runs/demo                       # about 20 minutes on 2 cores (AVX-512)",
     "export": "detoxrl export runs/ppo --merge --output exported/ppo   # a plain transformers model + card",
     "summarize": "detoxrl summarize dialogues.csv --adapter runs/ppo/final --score --output summaries.jsonl\n"
                  "  echo \"A: hi. B: hello.\" | detoxrl summarize --model exported/ppo",
