@@ -462,17 +462,23 @@ def test_evaluations_that_do_not_pair_show_no_examples_and_say_why(tmp_path):
     assert "fraction ≥ 0.5" in page  # each side is still summarised
 
 
+def golden_run_with_checkpoint_evaluation(tmp_path: Path) -> tuple[Path, dict]:
+    """The golden run (8 steps) with its final comparison also written as step 4's checkpoint evaluation."""
+    run = tmp_path / "run"
+    shutil.copytree(Path(__file__).parent / "data" / "report_golden" / "run", run)
+    final = json.loads((run / "eval" / "compare.json").read_text())
+    (run / "eval-checkpoints" / "step-000004").mkdir(parents=True)
+    (run / "eval-checkpoints" / "step-000004" / "compare.json").write_text(json.dumps(final))
+    return run, final
+
+
 def test_evaluated_checkpoints_draw_the_toxicity_frontier(tmp_path):
     """eval-checkpoints/step-N/compare.json (evaluate --checkpoint) and eval/compare.json (the final adapter,
     at the last logged step) are the points of the frontier plot, in step order; the page shows it."""
     from detoxrl.report import frontier_points, load_run
     from detoxrl.report_plots import FRONTIER_PLOT
 
-    run = tmp_path / "run"
-    shutil.copytree(Path(__file__).parent / "data" / "report_golden" / "run", run)
-    final = json.loads((run / "eval" / "compare.json").read_text())
-    (run / "eval-checkpoints" / "step-000004").mkdir(parents=True)
-    (run / "eval-checkpoints" / "step-000004" / "compare.json").write_text(json.dumps(final))
+    run, final = golden_run_with_checkpoint_evaluation(tmp_path)
     points = frontier_points(load_run(run))
     assert [p["step"] for p in points] == [4, 8]  # 8: the golden run's last logged step
     measures = {m["judge"]: m for m in final["detoxification"]["primary"]["measures"]}
@@ -486,6 +492,36 @@ def test_evaluated_checkpoints_draw_the_toxicity_frontier(tmp_path):
     # without checkpoint evaluations there is one point: no frontier plot (and a stale one goes)
     shutil.rmtree(run / "eval-checkpoints")
     assert FRONTIER_PLOT not in write_report(run) and not (run / "report" / f"{FRONTIER_PLOT}.png").exists()
+
+
+def test_several_runs_share_one_frontier_plot_a_row_per_primary_judge(tmp_path, monkeypatch):
+    """plot_algorithm_frontier (benchmarks/algo_frontier.py): one line per run through its points in step
+    order, on a row per primary judge, quality change left and KL right; a point without a KL is left out
+    of the KL panel only."""
+    from matplotlib.figure import Figure
+
+    from detoxrl.report import frontier_points, load_run
+    from detoxrl.report_plots import plot_algorithm_frontier
+
+    run, _ = golden_run_with_checkpoint_evaluation(tmp_path)
+    points = frontier_points(load_run(run))
+    other = [dict(p, step=2 * p["step"], kl_sampled_nats=None if p["step"] == 4 else 0.5) for p in points]
+    drawn = []
+    savefig = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (drawn.append(fig), savefig(fig, *a, **k))[1])
+    path = tmp_path / "frontier.png"
+    plot_algorithm_frontier({"ppo": points, "rloo": other}, path)
+    judges = list(points[0]["primary"])
+    axes = drawn[0].axes
+    assert len(axes) == 2 * len(judges) and mpimg.imread(path).shape[1] == 1100
+    quality, kl = axes[0], axes[1]
+    assert [t.get_text() for t in quality.get_legend().get_texts()] == ["ppo", "rloo"]
+    assert [t.get_text() for t in quality.texts] == ["4", "8", "8", "16"]  # each run's steps, in order
+    assert [t.get_text() for t in kl.texts] == ["4", "8", "16"]  # rloo's step 8 has no KL
+    quality_key = "rouge_l_diff_points" if points[0]["rouge_l_diff_points"] is not None else "faithfulness_diff"
+    ppo_line = quality.containers[0].lines[0]  # the first errorbar drawn: ppo's data line
+    assert list(ppo_line.get_xdata()) == [p[quality_key] for p in points]
+    assert list(ppo_line.get_ydata()) == [p["primary"][judges[0]]["change_pct"] for p in points]
 
 
 def test_a_two_step_run_has_whole_step_ticks_and_a_flat_kl_coefficient_reads_plainly(tmp_path, monkeypatch):

@@ -326,3 +326,43 @@ def plot_frontier(points: list[dict], path: Path, title: str | None = None) -> N
     axes[0].legend(title="judge (95% CI)", fontsize=8)
     fig.suptitle(title or PLOT_TITLES[FRONTIER_PLOT], fontsize=10)
     fig.savefig(path, dpi=DPI, facecolor="white")
+
+
+def plot_algorithm_frontier(curves: dict[str, list[dict]], path: Path, title: str | None = None) -> None:
+    """Several runs on one frontier, e.g. one per algorithm: a row per primary judge, its measure's change
+    (with the 95% interval) against the greedy quality change (left: ROUGE-L where the data has references,
+    else faithfulness) and against the KL to the reference (right); one line per run through its points in
+    step order, each labelled by its step. ``curves``: run name -> :func:`detoxrl.report.frontier_points`."""
+    points = [p for pts in curves.values() for p in pts]
+    judges = list(dict.fromkeys(j for p in points for j in p["primary"]))
+    by_rouge = any(p.get("rouge_l_diff_points") is not None for p in points)
+    quality_key = "rouge_l_diff_points" if by_rouge else "faithfulness_diff"
+    quality_name = "ROUGE-L change (points, greedy)" if by_rouge else "faithfulness change (greedy)"
+    fig = Figure(figsize=(11.0, 3.8 * max(1, len(judges))), dpi=DPI, layout="constrained")
+    axes = fig.subplots(max(1, len(judges)), 2, squeeze=False)
+    colors = {name: f"C{i}" for i, name in enumerate(curves)}
+    for row, judge in enumerate(judges):
+        for col, (key, xlabel) in enumerate(((quality_key, quality_name),
+                                             ("kl_sampled_nats", "KL to the reference (nats per summary, sampled)"))):
+            ax = axes[row][col]
+            for name, pts in curves.items():
+                pts = [p for p in pts if judge in p["primary"] and p.get(key) is not None]
+                if not pts:
+                    continue
+                x = [p[key] for p in pts]
+                y = [p["primary"][judge]["change_pct"] for p in pts]
+                err = [[p["primary"][judge]["change_pct"] - p["primary"][judge]["low_pct"] for p in pts],
+                       [p["primary"][judge]["high_pct"] - p["primary"][judge]["change_pct"] for p in pts]]
+                ax.errorbar(x, y, yerr=err, marker="o", capsize=3, color=colors[name], label=name, alpha=0.85)
+                for xi, yi, p in zip(x, y, pts):
+                    ax.annotate(str(p["step"]), (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=8)
+            ax.axhline(0, color="grey", lw=0.8)
+            if col == 0:
+                ax.axvline(0, color="grey", lw=0.8)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(f"{judge.split(':')[-1]}: primary measure, change (%)")
+            ax.grid(alpha=0.3)
+            ax.spines[["top", "right"]].set_visible(False)
+    axes[0][0].legend(title="run (step; 95% CI)", fontsize=8)
+    fig.suptitle(title or "toxicity against quality and KL, one line per run", fontsize=10)
+    fig.savefig(path, dpi=DPI, facecolor="white")
