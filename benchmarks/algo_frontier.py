@@ -88,7 +88,7 @@ def run_costs(run_dir: Path) -> dict:
     data = load_run(run_dir)
     rows = data.metrics.rows
     step_seconds = sum(r.get("time/step_s", 0.0) for r in rows)
-    cfg = data.config or {}
+    cfg = data.config  # a DetoxConfig
     pairs_json = run_dir / "pairs.json"
     if pairs_json.is_file():  # DPO: every summary sampled once, before training
         cost = json.loads(pairs_json.read_text())
@@ -96,12 +96,11 @@ def run_costs(run_dir: Path) -> dict:
                 "tokens_sampled": cost["generated_tokens"], "pairs": cost["pairs"],
                 "sampling_seconds": cost["sampling_seconds"], "step_seconds": round(step_seconds, 1),
                 "train_seconds": round(cost["sampling_seconds"] + step_seconds, 1)}
-    batch = int((cfg.get("ppo") or {}).get("batch_size", 0))
+    batch = cfg.ppo.batch_size
     tokens = sum(r.get("env/response_length_mean", 0.0) * batch for r in rows)
-    return {"algorithm": (cfg.get("ppo") or {}).get("algorithm", "ppo"), "steps": len(rows),
-            "summaries_sampled": batch * len(rows), "tokens_sampled": round(tokens),
-            "step_seconds": round(step_seconds, 1), "train_seconds": round(step_seconds, 1),
-            "threads": (cfg.get("run") or {}).get("num_threads")}
+    return {"algorithm": cfg.ppo.algorithm, "steps": len(rows), "summaries_sampled": batch * len(rows),
+            "tokens_sampled": round(tokens), "step_seconds": round(step_seconds, 1),
+            "train_seconds": round(step_seconds, 1), "threads": cfg.run.num_threads}
 
 
 def table(rows: list[dict]) -> str:
@@ -189,8 +188,11 @@ def main(argv=None) -> int:
     common.write_result(args.json_out, result)
     curves = {r["name"]: r["points"] for r in rows if r["points"]}
     if curves:
-        plot_algorithm_frontier(curves, Path(args.plot), "DialogSum, 145 held-out challenging prompts: "
-                                "toxicity against quality and KL at the same sampling budget")
+        from detoxrl.config import EvalConfig
+
+        plot_algorithm_frontier(curves, Path(args.plot), "DialogSum, 145 held-out challenging prompts: toxicity "
+                                "against quality and KL at the same sampling budget (640 summaries)",
+                                quality_gate=-EvalConfig().max_rouge_l_drop)
         print(f"wrote {args.json_out} and {args.plot}")
     return 0
 

@@ -63,7 +63,7 @@ def test_every_example_config_loads_and_the_tiny_one_trains(tmp_path, monkeypatc
     from detoxrl.config import load_config
 
     examples = sorted((ROOT / "examples").glob("*.yaml"))
-    assert {p.name for p in examples} >= {"offline.yaml", "dialogsum.yaml", "rloo.yaml", "notebook.yaml", "tiny.yaml"}
+    assert {p.name for p in examples} >= {"offline.yaml", "dialogsum.yaml", "dialogsum-ppo.yaml", "notebook.yaml", "tiny.yaml"}
     for path in examples:
         load_config(path=path)
     if not (ROOT.parent / "shared" / "data" / "dialogsum" / "train.csv").is_file():

@@ -515,13 +515,16 @@ def test_several_runs_share_one_frontier_plot_a_row_per_primary_judge(tmp_path, 
     axes = drawn[0].axes
     assert len(axes) == 2 * len(judges) and mpimg.imread(path).shape[1] == 1100
     quality, kl = axes[0], axes[1]
-    assert [t.get_text() for t in quality.get_legend().get_texts()] == ["ppo", "rloo"]
+    assert [t.get_text() for t in quality.get_legend().get_texts()] == ["ppo", "rloo"]  # no gate given: no gate line
     assert [t.get_text() for t in quality.texts] == ["4", "8", "8", "16"]  # each run's steps, in order
     assert [t.get_text() for t in kl.texts] == ["4", "8", "16"]  # rloo's step 8 has no KL
     quality_key = "rouge_l_diff_points" if points[0]["rouge_l_diff_points"] is not None else "faithfulness_diff"
     ppo_line = quality.containers[0].lines[0]  # the first errorbar drawn: ppo's data line
     assert list(ppo_line.get_xdata()) == [p[quality_key] for p in points]
     assert list(ppo_line.get_ydata()) == [p["primary"][judges[0]]["change_pct"] for p in points]
+    plot_algorithm_frontier({"ppo": points}, path, quality_gate=-1.0)  # the gate: a dashed line at -1
+    gate = [ln for ln in drawn[1].axes[0].lines if ln.get_label() == "quality gate"]
+    assert len(gate) == 1 and list(gate[0].get_xdata()) == [-1.0, -1.0]
 
 
 def test_a_two_step_run_has_whole_step_ticks_and_a_flat_kl_coefficient_reads_plainly(tmp_path, monkeypatch):

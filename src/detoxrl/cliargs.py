@@ -23,9 +23,8 @@ EPILOG = """presets:
 
 TRAIN_EXAMPLES = """examples:
   detoxrl train --output-dir runs/ppo                      # the offline preset: SmolLM2, chitchat, 20 PPO steps
-  detoxrl train --data ../shared/data/dialogsum --set ppo.batch_size=16 --set ppo.samples_per_prompt=4 \\
-      --set ppo.reward_baseline=group --output-dir runs/dialogsum        # DialogSum, 4 samples of 4 prompts a step
-  detoxrl train --set ppo.algorithm=rloo --set ppo.samples_per_prompt=4 --learning-rate 2e-4 --output-dir runs/rloo
+  detoxrl train --config examples/dialogsum.yaml --output-dir runs/dialogsum   # DialogSum: RLOO, 4 samples of 4 prompts, 40 steps
+  detoxrl train --set ppo.algorithm=grpo --set ppo.samples_per_prompt=4 --output-dir runs/grpo
   detoxrl train --adapter runs/sft/final --output-dir runs/from-sft  # on the base model the adapter names
   detoxrl train --output-dir runs/ppo --resume                       # continue a stopped run exactly
 """

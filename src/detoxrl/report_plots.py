@@ -328,11 +328,13 @@ def plot_frontier(points: list[dict], path: Path, title: str | None = None) -> N
     fig.savefig(path, dpi=DPI, facecolor="white")
 
 
-def plot_algorithm_frontier(curves: dict[str, list[dict]], path: Path, title: str | None = None) -> None:
+def plot_algorithm_frontier(curves: dict[str, list[dict]], path: Path, title: str | None = None,
+                            quality_gate: float | None = None) -> None:
     """Several runs on one frontier, e.g. one per algorithm: a row per primary judge, its measure's change
     (with the 95% interval) against the greedy quality change (left: ROUGE-L where the data has references,
     else faithfulness) and against the KL to the reference (right); one line per run through its points in
-    step order, each labelled by its step. ``curves``: run name -> :func:`detoxrl.report.frontier_points`."""
+    step order, each labelled by its step; ``quality_gate`` (e.g. -1 ROUGE-L point) is drawn as a dashed
+    line on the quality axis. ``curves``: run name -> :func:`detoxrl.report.frontier_points`."""
     points = [p for pts in curves.values() for p in pts]
     judges = list(dict.fromkeys(j for p in points for j in p["primary"]))
     by_rouge = any(p.get("rouge_l_diff_points") is not None for p in points)
@@ -359,6 +361,8 @@ def plot_algorithm_frontier(curves: dict[str, list[dict]], path: Path, title: st
             ax.axhline(0, color="grey", lw=0.8)
             if col == 0:
                 ax.axvline(0, color="grey", lw=0.8)
+                if quality_gate is not None:
+                    ax.axvline(quality_gate, color="firebrick", lw=1.0, ls="--", label="quality gate")
             ax.set_xlabel(xlabel)
             ax.set_ylabel(f"{judge.split(':')[-1]}: primary measure, change (%)")
             ax.grid(alpha=0.3)
