@@ -173,7 +173,8 @@ def main(argv=None) -> int:
     for name, d in run_dirs.items():
         if not (d / "metrics.jsonl").is_file():
             continue
-        rows.append({"name": name, "run": str(d), "command": "detoxrl " + " ".join(RUNS[name]),
+        shown = d.relative_to(ROOT) if d.is_relative_to(ROOT) else Path(args.out_root) / name
+        rows.append({"name": name, "run": str(shown), "command": "detoxrl " + " ".join(RUNS[name]),
                      "costs": run_costs(d), "points": frontier_points(load_run(d))})
     result = {"benchmark": "algo_frontier", "date": time.strftime("%Y-%m-%d"),
               "command": "python benchmarks/algo_frontier.py " + " ".join(argv if argv is not None else sys.argv[1:]),
