@@ -17,6 +17,13 @@ and one plot (:func:`detoxrl.report_plots.plot_algorithm_frontier`).
     .venv/bin/python benchmarks/algo_frontier.py --data ../shared/data/dialogsum --jobs 2 \\
         --json-out benchmarks/results/algo_frontier.json --plot docs/algo_frontier.png
 
+``--dataset chitchat`` compares PPO, RLOO, GRPO and DPO on the demo's packaged data with the demo's recipe
+(30 steps of 4 x 4 = 480 summaries; DPO: 5 summaries of each of the 105 train prompts, 30 steps of 8
+pairs) and the demo's evaluation (the 105 held-out prompts, greedy and 4 samples; chitchat has no
+references, so the quality axis is faithfulness):
+
+    .venv/bin/python benchmarks/algo_frontier.py --dataset chitchat --jobs 2
+
 A run whose ``final/`` exists is not trained again, an evaluation whose ``compare.json`` exists is not
 run again: an interrupted benchmark continues where it stopped. ``--jobs 2`` runs two commands at once,
 one thread each. Costs per run: the summaries and tokens sampled, and the seconds of its steps (and of
@@ -31,6 +38,7 @@ import shutil
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -53,15 +61,56 @@ RUNS = {  # name -> the command after `detoxrl`, without data, recipe, run and o
 }
 EVALUATION = ["--num-samples", "145", "--samples-per-prompt", "8"]
 
+# chitchat, the demo's data: the demo's recipe (detoxrl.config.DEMO_OVERRIDES: its 105 challenging train
+# prompts, 105 held out, group baseline, 5 x faithfulness in the reward, 30 steps of 4 x 4 = 480 summaries)
+# for every run; DPO samples 5 summaries of each of the 105 train prompts (525, the nearest to 480) and
+# takes 30 steps of 8 pairs. The evaluation is the demo's (every held-out prompt, greedy and 4 samples,
+# 32 tokens), from the run's config.
+DEMO_RECIPE = [a for o in ("data.min_dialogue_toxicity=0.3", "data.test_fraction=0.5", "reward.logit_ceiling=4.59512",
+                           "reward.faithfulness_weight=5", "evaluation.num_samples=null",
+                           "evaluation.samples_per_prompt=4", "evaluation.max_new_tokens=32") for a in ("--set", o)]
+DEMO_GROUPS_OF_4 = ["--set", "ppo.batch_size=16", "--set", "ppo.samples_per_prompt=4", "--steps", "30"]
+DEMO_RUNS = {
+    "ppo": ["train", *DEMO_GROUPS_OF_4, "--set", "ppo.reward_baseline=group"],
+    "rloo": ["train", *DEMO_GROUPS_OF_4, "--set", "ppo.algorithm=rloo"],
+    "grpo": ["train", *DEMO_GROUPS_OF_4, "--set", "ppo.algorithm=grpo"],
+    "dpo": ["dpo", "--samples-per-prompt", "5", "--steps", "30"],
+}
 
-def train_command(name: str, data: str, run_dir: Path, threads: int | None) -> list[str]:
-    cmd = [*DETOXRL, *RUNS[name], "--data", data, *RECIPE, "--set", "run.save_every=10",
+
+@dataclass(frozen=True)
+class Frontier:
+    """One data set's comparison: what every run shares, the runs, and where the results go."""
+
+    recipe: list[str]
+    runs: dict[str, list[str]]
+    evaluation: list[str]
+    points: list[int]  # checkpoint steps evaluated besides the final adapter
+    out_root: str
+    json_out: str
+    plot: str
+    title: str
+
+
+FRONTIERS = {
+    "dialogsum": Frontier(RECIPE, RUNS, EVALUATION, [10, 20], "runs/algos", "benchmarks/results/algo_frontier.json",
+                          "docs/algo_frontier.png", "DialogSum, 145 held-out challenging prompts: toxicity against "
+                          "quality and KL at the same sampling budget (640 summaries)"),
+    "chitchat": Frontier(DEMO_RECIPE, DEMO_RUNS, [], [10, 20], "runs/algos-chitchat",
+                         "benchmarks/results/algo_frontier_chitchat.json", "docs/algo_frontier_chitchat.png",
+                         "chitchat (the demo's data), 105 held-out challenging prompts: toxicity against "
+                         "faithfulness and KL at the same sampling budget (480 summaries; DPO 525)"),
+}
+
+
+def train_command(frontier: Frontier, name: str, data: str, run_dir: Path, threads: int | None) -> list[str]:
+    cmd = [*DETOXRL, *frontier.runs[name], "--data", data, *frontier.recipe, "--set", "run.save_every=10",
            "--set", "run.keep_checkpoints=0", "--no-progress", "--output-dir", str(run_dir)]
     return cmd + (["--set", f"run.num_threads={threads}"] if threads else [])
 
 
-def evaluate_command(run_dir: Path, step: int | None, threads: int | None) -> list[str]:
-    cmd = [*DETOXRL, "evaluate", "--run", str(run_dir), *EVALUATION, "--no-progress"]
+def evaluate_command(frontier: Frontier, run_dir: Path, step: int | None, threads: int | None) -> list[str]:
+    cmd = [*DETOXRL, "evaluate", "--run", str(run_dir), *frontier.evaluation, "--no-progress"]
     cmd += ["--checkpoint", str(step)] if step is not None else []
     return cmd + (["--set", f"run.num_threads={threads}"] if threads else [])
 
@@ -123,16 +172,31 @@ def table(rows: list[dict]) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", default=str(common.dialogsum_path()), help="DialogSum as CSV (default ../shared/data/dialogsum)")
-    ap.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
-    ap.add_argument("--points", type=int, nargs="*", default=[10, 20],
-                    help="checkpoint steps evaluated besides each run's final adapter")
-    ap.add_argument("--out-root", default="runs/algos", help="one run folder per run: OUT_ROOT/NAME")
+    ap.add_argument("--dataset", choices=list(FRONTIERS), default="dialogsum",
+                    help="dialogsum (its challenging dialogues, --data) or chitchat (the demo's packaged data and recipe)")
+    ap.add_argument("--data", default=None,
+                    help="DialogSum as CSV (default ../shared/data/dialogsum); chitchat: packaged:chitchat")
+    ap.add_argument("--runs", nargs="+", default=None, choices=list(RUNS), help="default: every run of the data set")
+    ap.add_argument("--points", type=int, nargs="*", default=None,
+                    help="checkpoint steps evaluated besides each run's final adapter (default 10 20)")
+    ap.add_argument("--out-root", default=None, help="one run folder per run: OUT_ROOT/NAME "
+                    "(default runs/algos, chitchat: runs/algos-chitchat)")
     ap.add_argument("--jobs", type=int, default=1, help="commands at once (each with 2 / jobs threads)")
-    ap.add_argument("--json-out", default="benchmarks/results/algo_frontier.json")
-    ap.add_argument("--plot", default="docs/algo_frontier.png")
+    ap.add_argument("--json-out", default=None, help="default benchmarks/results/algo_frontier[_chitchat].json")
+    ap.add_argument("--plot", default=None, help="default docs/algo_frontier[_chitchat].png")
     ap.add_argument("--no-run", action="store_true", help="train and evaluate nothing; collect what is there")
     args = ap.parse_args(argv)
+    frontier = FRONTIERS[args.dataset]
+    unknown = [n for n in args.runs or [] if n not in frontier.runs]
+    if unknown:
+        ap.error(f"--runs {' '.join(unknown)}: not a run of --dataset {args.dataset} (its runs: {' '.join(frontier.runs)})")
+    args.runs = args.runs or list(frontier.runs)
+    args.points = frontier.points if args.points is None else args.points
+    args.out_root = args.out_root or frontier.out_root
+    args.json_out = args.json_out or frontier.json_out
+    args.plot = args.plot or frontier.plot
+    if args.data is None:
+        args.data = str(common.dialogsum_path()) if args.dataset == "dialogsum" else "packaged:chitchat"
     from detoxrl.checkpoint import STEP_FOLDER, list_checkpoints
     from detoxrl.report import frontier_points, load_run
     from detoxrl.report_plots import plot_algorithm_frontier
@@ -152,13 +216,13 @@ def main(argv=None) -> int:
 
     if not args.no_run:
         # 1. training, 2. each run's final adapter (the starting policy's records shared), 3. checkpoints
-        pool_run([(train_command(n, args.data, d, threads), out_root / f"{n}.log")
+        pool_run([(train_command(frontier, n, args.data, d, threads), out_root / f"{n}.log")
                   for n, d in run_dirs.items() if not (d / "final").is_dir()])
         first = [d for d in run_dirs.values() if not (d / "eval" / "compare.json").is_file()]
         if first and not any((d / "eval" / "before-sampled.jsonl").is_file() for d in run_dirs.values()):
-            run((evaluate_command(first[0], None, None), out_root / f"{first[0].name}.log"))  # the starting policy once
+            run((evaluate_command(frontier, first[0], None, None), out_root / f"{first[0].name}.log"))  # the starting policy once
         share_starting_policy_records(list(run_dirs.values()))
-        pool_run([(evaluate_command(d, None, threads), out_root / f"{n}.log")
+        pool_run([(evaluate_command(frontier, d, None, threads), out_root / f"{n}.log")
                   for n, d in run_dirs.items() if not (d / "eval" / "compare.json").is_file()])
         jobs = []
         for step in sorted(args.points, reverse=True):
@@ -166,7 +230,7 @@ def main(argv=None) -> int:
                 kept = {int(STEP_FOLDER.fullmatch(c.name).group(1)): c.name for c in list_checkpoints(d)}
                 last = int(load_run(d).metrics.steps()[-1])
                 if step in kept and step != last and not (d / "eval-checkpoints" / kept[step] / "compare.json").is_file():
-                    jobs.append((evaluate_command(d, step, threads), out_root / f"{n}.log"))
+                    jobs.append((evaluate_command(frontier, d, step, threads), out_root / f"{n}.log"))
         pool_run(jobs)
 
     rows = []
@@ -174,12 +238,13 @@ def main(argv=None) -> int:
         if not (d / "metrics.jsonl").is_file():
             continue
         shown = d.relative_to(ROOT) if d.is_relative_to(ROOT) else Path(args.out_root) / name
-        rows.append({"name": name, "run": str(shown), "command": "detoxrl " + " ".join(RUNS[name]),
+        rows.append({"name": name, "run": str(shown), "command": "detoxrl " + " ".join(frontier.runs[name]),
                      "costs": run_costs(d), "points": frontier_points(load_run(d))})
     result = {"benchmark": "algo_frontier", "date": time.strftime("%Y-%m-%d"),
               "command": "python benchmarks/algo_frontier.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "machine": {"native_bf16": common.native_bf16(), "cpu_flags": common.cpu_flags(), "jobs": args.jobs},
-              "recipe": " ".join(RECIPE), "evaluation": " ".join(EVALUATION), "runs": rows,
+              "dataset": args.dataset, "recipe": " ".join(frontier.recipe),
+              "evaluation": " ".join(frontier.evaluation) or "the run's config", "runs": rows,
               "wall_seconds": round(time.perf_counter() - t0, 1)}
     print(table(rows))
     for r in rows:
@@ -191,9 +256,10 @@ def main(argv=None) -> int:
     if curves:
         from detoxrl.config import EvalConfig
 
-        plot_algorithm_frontier(curves, Path(args.plot), "DialogSum, 145 held-out challenging prompts: toxicity "
-                                "against quality and KL at the same sampling budget (640 summaries)",
-                                quality_gate=-EvalConfig().max_rouge_l_drop)
+        # the gate on the plot's quality axis: ROUGE-L where the data has references, else faithfulness
+        has_rouge = any(p["rouge_l_diff_points"] is not None for pts in curves.values() for p in pts)
+        gate = EvalConfig().max_rouge_l_drop if has_rouge else EvalConfig().max_faithfulness_drop
+        plot_algorithm_frontier(curves, Path(args.plot), frontier.title, quality_gate=-gate)
         print(f"wrote {args.json_out} and {args.plot}")
     return 0
 
