@@ -18,8 +18,8 @@ and one plot (:func:`detoxrl.report_plots.plot_algorithm_frontier`).
         --json-out benchmarks/results/algo_frontier.json --plot docs/algo_frontier.png
 
 ``--dataset chitchat`` compares PPO, RLOO, GRPO and DPO on the demo's packaged data with the demo's recipe
-(30 steps of 4 x 4 = 480 summaries; DPO: 5 summaries of each of the 105 train prompts, 30 steps of 8
-pairs) and the demo's evaluation (the 105 held-out prompts, greedy and 4 samples; chitchat has no
+(30 steps of 4 x 4 = 480 summaries; DPO: 5 summaries of each of the 118 train prompts, 590, then 30
+steps of 8 pairs) and the demo's evaluation (the 105 held-out prompts, greedy and 4 samples; chitchat has no
 references, so the quality axis is faithfulness):
 
     .venv/bin/python benchmarks/algo_frontier.py --dataset chitchat --jobs 2
@@ -61,9 +61,10 @@ RUNS = {  # name -> the command after `detoxrl`, without data, recipe, run and o
 }
 EVALUATION = ["--num-samples", "145", "--samples-per-prompt", "8"]
 
-# chitchat, the demo's data: the demo's recipe (detoxrl.config.DEMO_OVERRIDES: its 105 challenging train
+# chitchat, the demo's data: the demo's recipe (detoxrl.config.DEMO_OVERRIDES: its 118 challenging train
 # prompts, 105 held out, group baseline, 5 x faithfulness in the reward, 30 steps of 4 x 4 = 480 summaries)
-# for every run; DPO samples 5 summaries of each of the 105 train prompts (525, the nearest to 480) and
+# for every run; DPO samples 5 summaries of each of the 118 train prompts (590: a fifth more than the RL
+# runs, from a miscount of the train prompts as 105; kept so that the measured run is what this reruns) and
 # takes 30 steps of 8 pairs. The evaluation is the demo's (every held-out prompt, greedy and 4 samples,
 # 32 tokens), from the run's config.
 DEMO_RECIPE = [a for o in ("data.min_dialogue_toxicity=0.3", "data.test_fraction=0.5", "reward.logit_ceiling=4.59512",
@@ -99,7 +100,7 @@ FRONTIERS = {
     "chitchat": Frontier(DEMO_RECIPE, DEMO_RUNS, [], [10, 20], "runs/algos-chitchat",
                          "benchmarks/results/algo_frontier_chitchat.json", "docs/algo_frontier_chitchat.png",
                          "chitchat (the demo's data), 105 held-out challenging prompts: toxicity against "
-                         "faithfulness and KL at the same sampling budget (480 summaries; DPO 525)"),
+                         "faithfulness and KL at about the same sampling budget (480 summaries; DPO 590)"),
 }
 
 

@@ -418,7 +418,7 @@ ALGORITHMS = ("ppo", "rloo", "grpo")
 
 # What `detoxrl demo` adds to the preset (before the user's own flags): it trains and evaluates on
 # challenging prompts, the dialogues whose own toxicity is >= 0.3, where there is toxicity to remove,
-# half of them held out (chitchat: 105 to train on, 105 held out; one demo's verdict needs the prompts:
+# half of them held out (chitchat: 118 to train on, 105 held out; one demo's verdict needs the prompts:
 # with 51 held out, a 25% reduction was not significant on 4 seeds of 5). Training: the group baseline
 # (4 samples of each of 4 prompts per step, each summary's reward compared with its 3 siblings') with the
 # reward ceiling at P(non-toxic) = 0.99 and 5 x faithfulness in the reward (without it faithfulness fell
