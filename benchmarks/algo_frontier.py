@@ -15,7 +15,7 @@ and faithfulness changes, the KL on the adapter's own samples. It prints a table
 and one plot (:func:`detoxrl.report_plots.plot_algorithm_frontier`).
 
     .venv/bin/python benchmarks/algo_frontier.py --data ../shared/data/dialogsum --jobs 2 \\
-        --json-out benchmarks/results/algo_frontier.json --plot docs/algo_frontier.png
+        --json-out benchmarks/results/algo_frontier.json --plot benchmarks/results/algo_frontier.png
 
 ``--dataset chitchat`` compares PPO, RLOO, GRPO and DPO on the demo's packaged data with the demo's recipe
 (30 steps of 4 x 4 = 480 summaries; DPO: 5 summaries of each of the 118 train prompts, 590, then 30
@@ -95,10 +95,10 @@ class Frontier:
 
 FRONTIERS = {
     "dialogsum": Frontier(RECIPE, RUNS, EVALUATION, [10, 20], "runs/algos", "benchmarks/results/algo_frontier.json",
-                          "docs/algo_frontier.png", "DialogSum, 145 held-out challenging prompts: toxicity against "
+                          "benchmarks/results/algo_frontier.png", "DialogSum, 145 held-out challenging prompts: toxicity against "
                           "quality and KL at the same sampling budget (640 summaries)"),
     "chitchat": Frontier(DEMO_RECIPE, DEMO_RUNS, [], [10, 20], "runs/algos-chitchat",
-                         "benchmarks/results/algo_frontier_chitchat.json", "docs/algo_frontier_chitchat.png",
+                         "benchmarks/results/algo_frontier_chitchat.json", "benchmarks/results/algo_frontier_chitchat.png",
                          "chitchat (the demo's data), 105 held-out challenging prompts: toxicity against "
                          "faithfulness and KL at about the same sampling budget (480 summaries; DPO 590)"),
 }
@@ -184,7 +184,7 @@ def main(argv=None) -> int:
                     "(default runs/algos, chitchat: runs/algos-chitchat)")
     ap.add_argument("--jobs", type=int, default=1, help="commands at once (each with 2 / jobs threads)")
     ap.add_argument("--json-out", default=None, help="default benchmarks/results/algo_frontier[_chitchat].json")
-    ap.add_argument("--plot", default=None, help="default docs/algo_frontier[_chitchat].png")
+    ap.add_argument("--plot", default=None, help="default benchmarks/results/algo_frontier[_chitchat].png")
     ap.add_argument("--no-run", action="store_true", help="train and evaluate nothing; collect what is there")
     args = ap.parse_args(argv)
     frontier = FRONTIERS[args.dataset]
