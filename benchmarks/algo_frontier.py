@@ -43,6 +43,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
+from detoxrl.config import DEMO_OVERRIDES  # noqa: E402  (import detoxrl loads no torch)
 
 ROOT = Path(__file__).resolve().parent.parent
 DETOXRL = [sys.executable, "-m", "detoxrl.cli"]
@@ -61,20 +62,23 @@ RUNS = {  # name -> the command after `detoxrl`, without data, recipe, run and o
 }
 EVALUATION = ["--num-samples", "145", "--samples-per-prompt", "8"]
 
-# chitchat, the demo's data: the demo's recipe (detoxrl.config.DEMO_OVERRIDES: its 118 challenging train
-# prompts, 105 held out, group baseline, 5 x faithfulness in the reward, 30 steps of 4 x 4 = 480 summaries)
-# for every run; DPO samples 5 summaries of each of the 118 train prompts (590: a fifth more than the RL
-# runs, from a miscount of the train prompts as 105; kept so that the measured run is what this reruns) and
-# takes 30 steps of 8 pairs. The evaluation is the demo's (every held-out prompt, greedy and 4 samples,
-# 32 tokens), from the run's config.
-DEMO_RECIPE = [a for o in ("data.min_dialogue_toxicity=0.3", "data.test_fraction=0.5", "reward.logit_ceiling=4.59512",
-                           "reward.faithfulness_weight=5", "evaluation.num_samples=null",
-                           "evaluation.samples_per_prompt=4", "evaluation.max_new_tokens=32") for a in ("--set", o)]
-DEMO_GROUPS_OF_4 = ["--set", "ppo.batch_size=16", "--set", "ppo.samples_per_prompt=4", "--steps", "30"]
+# chitchat, the demo's data: the demo's own settings (detoxrl.config.DEMO_OVERRIDES: its 118 challenging
+# train prompts, 105 held out, 5 x faithfulness in the reward, the group baseline, 30 steps of 4 x 4 = 480
+# summaries, the demo's evaluation) for every run, read from the one place that defines them; RLOO and GRPO
+# take its PPO settings but the group baseline (they have their own). DPO samples 5 summaries of each of the
+# 118 train prompts (590: a fifth more than the RL runs, from a miscount of the train prompts as 105; kept
+# so that the measured run is what this reruns) and takes 30 steps of 8 pairs.
+def _sets(overrides) -> list[str]:
+    return [arg for o in overrides for arg in ("--set", o)]
+
+
+DEMO_RECIPE = _sets(o for o in DEMO_OVERRIDES if not o.startswith("ppo."))
+DEMO_PPO = [o for o in DEMO_OVERRIDES if o.startswith("ppo.")]
+DEMO_CRITIC_FREE = _sets(o for o in DEMO_PPO if not o.startswith("ppo.reward_baseline="))
 DEMO_RUNS = {
-    "ppo": ["train", *DEMO_GROUPS_OF_4, "--set", "ppo.reward_baseline=group"],
-    "rloo": ["train", *DEMO_GROUPS_OF_4, "--set", "ppo.algorithm=rloo"],
-    "grpo": ["train", *DEMO_GROUPS_OF_4, "--set", "ppo.algorithm=grpo"],
+    "ppo": ["train", *_sets(DEMO_PPO)],
+    "rloo": ["train", *DEMO_CRITIC_FREE, "--set", "ppo.algorithm=rloo"],
+    "grpo": ["train", *DEMO_CRITIC_FREE, "--set", "ppo.algorithm=grpo"],
     "dpo": ["dpo", "--samples-per-prompt", "5", "--steps", "30"],
 }
 
@@ -200,7 +204,7 @@ def main(argv=None) -> int:
         args.data = str(common.dialogsum_path()) if args.dataset == "dialogsum" else "packaged:chitchat"
     from detoxrl.checkpoint import STEP_FOLDER, list_checkpoints
     from detoxrl.report import frontier_points, load_run
-    from detoxrl.report_plots import plot_algorithm_frontier
+    from detoxrl.report_plots import frontier_quality_axis, plot_algorithm_frontier
 
     out_root = (ROOT / args.out_root) if not Path(args.out_root).is_absolute() else Path(args.out_root)
     out_root.mkdir(parents=True, exist_ok=True)
@@ -257,9 +261,9 @@ def main(argv=None) -> int:
     if curves:
         from detoxrl.config import EvalConfig
 
-        # the gate on the plot's quality axis: ROUGE-L where the data has references, else faithfulness
-        has_rouge = any(p["rouge_l_diff_points"] is not None for pts in curves.values() for p in pts)
-        gate = EvalConfig().max_rouge_l_drop if has_rouge else EvalConfig().max_faithfulness_drop
+        # the gate of the plot's quality axis (ROUGE-L where the data has references, else faithfulness)
+        key, _ = frontier_quality_axis([p for pts in curves.values() for p in pts])
+        gate = EvalConfig().max_rouge_l_drop if key == "rouge_l_diff_points" else EvalConfig().max_faithfulness_drop
         plot_algorithm_frontier(curves, Path(args.plot), frontier.title, quality_gate=-gate)
         print(f"wrote {args.json_out} and {args.plot}")
     return 0

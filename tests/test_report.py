@@ -559,3 +559,12 @@ def test_an_empty_summary_shows_as_such_not_as_a_blank_cell(tmp_path):
     paths = write_report(run)
     assert "(empty summary)" in paths["html"].read_text(encoding="utf-8")
     assert "(empty summary)" in paths["markdown"].read_text(encoding="utf-8")
+
+
+def test_the_frontier_quality_axis_is_rouge_l_where_any_point_has_it_else_faithfulness():
+    from detoxrl.report_plots import frontier_quality_axis
+
+    chitchat = [{"rouge_l_diff_points": None, "faithfulness_diff": 0.03}]
+    dialogsum = chitchat + [{"rouge_l_diff_points": -0.2, "faithfulness_diff": -0.001}]
+    assert frontier_quality_axis(chitchat) == ("faithfulness_diff", "faithfulness change (greedy)")
+    assert frontier_quality_axis(dialogsum) == ("rouge_l_diff_points", "ROUGE-L change (points, greedy)")

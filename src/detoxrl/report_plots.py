@@ -296,6 +296,14 @@ def write_plots(
     return plots, missing
 
 
+def frontier_quality_axis(points: list[dict]) -> tuple[str, str]:
+    """The quality axis of a frontier plot: (the key of :func:`detoxrl.report.frontier_point`, its label).
+    ROUGE-L where any point has it (the data has references), else faithfulness."""
+    if any(p.get("rouge_l_diff_points") is not None for p in points):
+        return "rouge_l_diff_points", "ROUGE-L change (points, greedy)"
+    return "faithfulness_diff", "faithfulness change (greedy)"
+
+
 def plot_frontier(points: list[dict], path: Path, title: str | None = None) -> None:
     """Each evaluated checkpoint's primary measure (change of each primary judge's measure, with its 95%
     interval) against the KL to the reference (left) and against the greedy summaries' quality change
@@ -303,9 +311,7 @@ def plot_frontier(points: list[dict], path: Path, title: str | None = None) -> N
     ``points``: ``{"step", "primary": {judge: {"change_pct", "low_pct", "high_pct"}}, "kl_sampled_nats",
     "rouge_l_diff_points", "faithfulness_diff"}`` (:func:`detoxrl.report.frontier_points`)."""
     judges = list(dict.fromkeys(j for p in points for j in p["primary"]))
-    by_rouge = any(p.get("rouge_l_diff_points") is not None for p in points)
-    quality_key = "rouge_l_diff_points" if by_rouge else "faithfulness_diff"
-    quality_name = "ROUGE-L change (points, greedy)" if by_rouge else "faithfulness change (greedy)"
+    quality_key, quality_name = frontier_quality_axis(points)
     fig, axes = _new_fig(2, width=11.0)
     for judge in judges:
         pts = [p for p in points if judge in p["primary"] and p.get("kl_sampled_nats") is not None]
@@ -337,9 +343,7 @@ def plot_algorithm_frontier(curves: dict[str, list[dict]], path: Path, title: st
     line on the quality axis. ``curves``: run name -> :func:`detoxrl.report.frontier_points`."""
     points = [p for pts in curves.values() for p in pts]
     judges = list(dict.fromkeys(j for p in points for j in p["primary"]))
-    by_rouge = any(p.get("rouge_l_diff_points") is not None for p in points)
-    quality_key = "rouge_l_diff_points" if by_rouge else "faithfulness_diff"
-    quality_name = "ROUGE-L change (points, greedy)" if by_rouge else "faithfulness change (greedy)"
+    quality_key, quality_name = frontier_quality_axis(points)
     fig = Figure(figsize=(11.0, 3.8 * max(1, len(judges))), dpi=DPI, layout="constrained")
     axes = fig.subplots(max(1, len(judges)), 2, squeeze=False)
     colors = {name: f"C{i}" for i, name in enumerate(curves)}
