@@ -3,6 +3,10 @@
     python benchmarks/ppo_step.py --workload w1 --steps 3 --json-out benchmarks/results/w1.json
     python benchmarks/ppo_step.py --workload w1 --dtype bf16 --json-out benchmarks/results/w1-bf16.json
     python benchmarks/ppo_step.py --workload w2 --steps 3 --systems detoxrl,trl-batched
+    python benchmarks/ppo_step.py --workload w1 --dtype bf16 --systems detoxrl,detoxrl@micro2,trl-batched
+
+``detoxrl@microN`` is detoxrl with ``ppo.micro_batch_size=N``: the update's minibatch of 4 in
+forward/backward passes of N rows (the same gradients, less activation memory).
 
 Run it with the main venv (.venv): it builds the model cache once (benchmarks/.cache, gitignored),
 creates benchmarks/.venv-trl when a trl system is asked for and missing, measures the machine's fp32
@@ -39,8 +43,14 @@ REPO = common.REPO_DIR
 TRL_VENV = BENCH / ".venv-trl"
 MAIN_VENV = REPO / ".venv"
 
-SYSTEMS = ("detoxrl", "trl-notebook-loop", "trl-batched")
+DEFAULT_SYSTEMS = ("detoxrl", "trl-notebook-loop", "trl-batched")
+MICRO_SYSTEMS = ("detoxrl@micro2", "detoxrl@micro1")  # ppo.micro_batch_size = 2, 1
+SYSTEMS = ("detoxrl", *MICRO_SYSTEMS, "trl-notebook-loop", "trl-batched")
 PEERS = ("trl-notebook-loop", "trl-batched")
+
+
+def is_detoxrl(system: str) -> bool:
+    return system == "detoxrl" or system in MICRO_SYSTEMS
 PHASES = ("generate_s", "score_s", "update_s", "step_s")
 
 
@@ -62,8 +72,9 @@ def system_command(system: str, args, json_out: Path) -> list[str]:
     ]
     if args.data:
         common_args += ["--data", str(args.data)]
-    if system == "detoxrl":
-        return [venv_python(MAIN_VENV), str(BENCH / "run_detoxrl.py"), *common_args]
+    if is_detoxrl(system):
+        micro = ["--micro-batch-size", system.removeprefix("detoxrl@micro")] if system in MICRO_SYSTEMS else []
+        return [venv_python(MAIN_VENV), str(BENCH / "run_detoxrl.py"), *common_args, *micro]
     mode = {"trl-notebook-loop": "notebook-loop", "trl-batched": "batched"}[system]
     return [str(TRL_VENV / "bin" / "python"), str(BENCH / "peer_trl.py"), "--mode", mode, *common_args]
 
@@ -126,7 +137,8 @@ def print_table(result: dict) -> None:
     systems = result["systems"]
     names = [s for s in SYSTEMS if s in systems and "error" not in systems[s]]
     peers = [p for p in PEERS if p in names]
-    cols = names + ([f"detoxrl/{p}" for p in peers] if "detoxrl" in names else [])
+    ours = [s for s in names if is_detoxrl(s)]
+    cols = names + [f"{d}/{p}" for d in ours for p in peers]
     width = max([14] + [len(c) + 2 for c in cols])
     print(f"\nPPO step, workload {result['workload']} ({common.WORKLOADS[result['workload']]['description']}), "
           f"policy in {result['dtype']}; CPU flags: {' '.join(result['cpu_flags']) or '-'}")
@@ -145,10 +157,11 @@ def print_table(result: dict) -> None:
         line = label.ljust(22)
         for s in names:
             line += fmt(systems[s].get(key), ".0f" if key == "peak_rss_mb" else ".2f").rjust(width)
-        if "detoxrl" in names and key != "others_cpu_fraction":
-            for p in peers:
-                a, b = systems["detoxrl"].get(key), systems[p].get(key)
-                line += (fmt(a / b, ".3f") if a and b else "-").rjust(width)
+        if key != "others_cpu_fraction":
+            for d in ours:
+                for p in peers:
+                    a, b = systems[d].get(key), systems[p].get(key)
+                    line += (fmt(a / b, ".3f") if a and b else "-").rjust(width)
         print(line)
     if result.get("update_gflops"):
         detoxrl_note = (": no old-policy pass" if result["dtype"] == "fp32" else
@@ -176,7 +189,7 @@ def main(argv=None) -> int:
     ap.add_argument("--workload", choices=sorted(common.WORKLOADS), default="w1")
     ap.add_argument("--steps", type=int, default=3, help="PPO steps per run; the first is the warm-up")
     ap.add_argument("--new-tokens", type=int, default=64, help="every response is forced to exactly N tokens")
-    ap.add_argument("--systems", default=",".join(SYSTEMS), help=f"comma-separated subset of {', '.join(SYSTEMS)}")
+    ap.add_argument("--systems", default=",".join(DEFAULT_SYSTEMS), help=f"comma-separated subset of {', '.join(SYSTEMS)}")
     ap.add_argument("--repeats", type=int, default=1, help="runs per system; the order rotates every repetition")
     ap.add_argument("--cache", default=str(common.DEFAULT_CACHE))
     ap.add_argument("--data", default=None, help="DialogSum train.csv (default: shared/ beside the repo)")
@@ -270,7 +283,7 @@ def main(argv=None) -> int:
                     continue
                 steps = common.measured(r["per_step"])
                 # each system's rate counts the FLOPs it executes: detoxrl skips the old-policy pass
-                key = detoxrl_key if s == "detoxrl" else "total"
+                key = detoxrl_key if is_detoxrl(s) else "total"
                 rates += [per_step_flops[st["step"]][key] / 1e9 / st["update_s"] for st in steps
                           if st["step"] < len(per_step_flops)]
             agg["update_gflop_per_s"] = common.median(rates)

@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=common.SEED)
     ap.add_argument("--dtype", choices=sorted(common.DTYPES), default="fp32", help="the policy's dtype (the reward stays fp32)")
+    ap.add_argument("--micro-batch-size", type=int, default=None,
+                    help="ppo.micro_batch_size: rows per forward/backward pass of the update (default: the minibatch)")
     ap.add_argument("--json-out", required=True)
     args = ap.parse_args(argv)
 
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                 },
                 "reward": {"model": str(reward), "label": common.REWARD_LABEL, "toxic_label": "hate", "input": "response", "batch_size": 16},
                 "generation": {"min_new_tokens": n, "max_new_tokens": n, "top_k": 0, "top_p": 1.0, "do_sample": True},
-                "ppo": {"steps": args.steps, **common.PPO_SETTINGS},
+                "ppo": {"steps": args.steps, **common.PPO_SETTINGS, "micro_batch_size": args.micro_batch_size},
                 "run": {"seed": args.seed, "num_threads": args.threads, "output_dir": tmp, "progress": False, "overwrite": True},
             },
         )
@@ -114,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         "steps": args.steps,
         "warmup_steps": 1,
         "new_tokens": n,
+        "micro_batch_size": args.micro_batch_size,
         **common.summarize_steps(per_step),
         "peak_rss_mb": common.peak_rss_mb(),
         "peak_rss_mb_by_phase": memory.stop(),

@@ -276,6 +276,12 @@ def test_mini_batch_must_divide_batch(batch, mini, suggested):
     assert batch % suggested == 0
 
 
+def test_micro_batch_must_be_positive():
+    msg = config_error(overrides=["ppo.micro_batch_size=0"])
+    assert "ppo.micro_batch_size must be positive (rows per forward/backward pass), got 0" in msg
+    assert load_config(overrides=["ppo.micro_batch_size=1"]).ppo.micro_batch_size == 1
+
+
 def test_template_without_dialogue():
     msg = config_error(overrides=["data.template=Summarize: {text}"])
     assert "data.template must contain '{dialogue}'" in msg

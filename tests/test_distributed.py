@@ -146,6 +146,41 @@ def test_update_of_two_shards_steps_on_the_mean_of_their_losses():
     torch.testing.assert_close(theta.detach(), expected, atol=1e-6, rtol=0)  # row order: float32 rounding
 
 
+def test_micro_batches_of_two_shards_step_on_the_mean_of_their_losses():
+    """With ppo.micro_batch_size=1 each row is its own pass, its loss weighted by its share of its shard's
+    tokens: the step is the same as above, and every pass but the step's last runs inside ``no_sync``
+    (forward and backward), so that DDP averages the accumulated gradients once."""
+    shards = [_toy_shard(1), _toy_shard(2, rows=3, width=6)]
+    theta = torch.nn.Parameter(torch.tensor([0.3, -0.5]))
+    expected = theta.detach() - 0.5 * torch.autograd.grad((_shard_loss(theta, shards[0]) + _shard_loss(theta, shards[1])) / 2, theta)[0]
+    synced = []
+
+    class NoSync:
+        def __enter__(self):
+            synced.append(False)
+
+        def __exit__(self, *exc):
+            return False
+
+    def backward(loss):
+        synced.append(True)
+        loss.backward()
+
+    policy = SimpleNamespace(is_seq2seq=True, trainable_parameters=lambda: [theta])
+    stats = ppo_update(
+        policy,
+        torch.optim.SGD([theta], lr=0.5),
+        shards,
+        PPOConfig(ppo_epochs=1, mini_batch_size=3, micro_batch_size=1, clip_ratio=0.2, clip_value=0.2, vf_coef=0.1,
+                  max_grad_norm=None, ratio_threshold=10.0, group_by_length=False),
+        generator=[torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)],
+        hooks=UpdateHooks(forward=_toy_forward(theta), no_sync=NoSync, backward=backward),
+    )
+    assert stats["ppo/applied_minibatches"] == 1
+    assert synced == [False, True] * 5 + [True]  # 6 passes of one row: a backward each, the last one synchronised
+    torch.testing.assert_close(theta.detach(), expected, atol=1e-6, rtol=0)
+
+
 def test_update_step_is_skipped_when_any_process_says_so():
     """A step that the guard stops on one process is skipped by every process (``all_agree``): none
     applies it, none waits in a backward for the others."""
@@ -519,3 +554,12 @@ def test_deepspeed_zero2_and_zero3_train_as_ddp_does(arch, tmp_path, config_fact
                 assert ours[key] == pytest.approx(theirs[key], abs=DEEPSPEED_METRIC_ATOL), (name, key)
         worst = max((weights[k] - ddp_weights[k]).abs().max().item() for k in ddp_weights)
         assert worst <= DEEPSPEED_WEIGHT_ATOL, (name, worst)
+
+
+def test_micro_batches_under_deepspeed_are_refused():
+    """accelerate's backward under DeepSpeed also steps the optimizer: a minibatch cannot take several."""
+    with pytest.raises(ConfigError, match=r"ppo.micro_batch_size=1 is not supported under DeepSpeed.*train without DeepSpeed"):
+        check_launch(_cfg("ppo.micro_batch_size=1"), 2, deepspeed=True)
+    # a micro-batch as large as a shard's minibatch (4 / 2 processes) is one pass: nothing to refuse
+    check_launch(_cfg("ppo.micro_batch_size=2"), 2, deepspeed=True)
+    check_launch(_cfg("ppo.micro_batch_size=1"), 2, deepspeed=False)

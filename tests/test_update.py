@@ -203,3 +203,55 @@ def test_grouped_update_equals_plain_on_the_same_minibatches(request, tiny_confi
     # One Adam step of lr 1e-3: Adam divides each gradient by its own magnitude, so where a gradient is
     # near Adam's eps, float32 rounding (the padding differs) moves that element's step by up to ~1% of lr.
     torch.testing.assert_close(results[0], results[1], rtol=0, atol=1e-2 * 1e-3)
+
+
+class _RecordingSGD(torch.optim.SGD):
+    """Plain SGD that keeps a copy of every step's gradients: what the update applied, exactly."""
+
+    def __init__(self, params, lr):
+        super().__init__(params, lr=lr)
+        self.grads = []
+
+    def step(self, closure=None):
+        self.grads.append([p.grad.detach().clone() for group in self.param_groups for p in group["params"]])
+        return super().step(closure)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_micro_batches_apply_the_minibatch_gradient(arch, request, tiny_config):
+    """ppo.micro_batch_size cuts a minibatch into passes whose token-weighted gradients add up to the
+    minibatch's: every step applies the same gradient (up to float32 rounding), the logged statistics
+    are the same, and no pass holds more rows than the micro-batch."""
+    policy = fresh_policy(request, tiny_config, arch)
+    batch = make_batch(policy, tiny_config)
+    start = [p.detach().clone() for p in policy.trainable_parameters()]
+    runs = {}
+    for micro in (None, 3, 1):  # 3: uneven passes of 3 and 1 rows, weighted by their response tokens
+        with torch.no_grad():  # every run starts from the same weights
+            for p, p0 in zip(policy.trainable_parameters(), start):
+                p.copy_(p0)
+        rows_per_pass = []
+
+        def forward(sub, rows_per_pass=rows_per_pass):
+            rows_per_pass.append(len(sub))
+            return forward_pass(policy, sub, with_values=True)
+
+        optimizer = _RecordingSGD(policy.trainable_parameters(), lr=1e-2)
+        ppo = PPOConfig(ppo_epochs=2, mini_batch_size=4, micro_batch_size=micro, clip_ratio=0.2, clip_value=0.2, vf_coef=0.1,
+                        max_grad_norm=None, ratio_threshold=10.0, group_by_length=False)
+        stats = ppo_update(policy, optimizer, batch, ppo, generator=torch.Generator().manual_seed(0),
+                           hooks=update_mod.UpdateHooks(forward=forward))
+        runs[micro] = (optimizer.grads, stats, rows_per_pass)
+    whole_grads, whole_stats, whole_rows = runs[None]
+    assert whole_rows == [4] * 4 and len(whole_grads) == 4  # 2 epochs of 2 minibatches
+    assert runs[3][2] == [3, 1] * 4 and runs[1][2] == [1] * 16
+    for micro in (3, 1):
+        grads, stats, _ = runs[micro]
+        assert len(grads) == len(whole_grads)
+        # Rounding follows the step's largest gradient; the backward sums over other row groups, and from the
+        # second step on the weights themselves differ by that rounding (a wrong weighting would be off by ~10%).
+        for step_grads, step_whole in zip(grads, whole_grads):
+            assert_close_for_dtype(torch.cat([g.flatten() for g in step_grads]), torch.cat([w.flatten() for w in step_whole]), ulps=1024)
+        assert stats.keys() == whole_stats.keys()
+        for key, value in whole_stats.items():
+            assert stats[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key

@@ -44,6 +44,7 @@ def _config_from_args(args: argparse.Namespace, base_file: str | None = None, *,
     put("ppo.steps", getattr(args, "steps", None))
     put("ppo.batch_size", getattr(args, "batch_size", None))
     put("ppo.mini_batch_size", getattr(args, "mini_batch_size", None))
+    put("ppo.micro_batch_size", getattr(args, "micro_batch_size", None))
     put("ppo.learning_rate", getattr(args, "learning_rate", None))
     put("generation.max_new_tokens", getattr(args, "max_new_tokens", None))
     put("run.output_dir", getattr(args, "output_dir", None))

@@ -136,6 +136,9 @@ def add_config_options(p: argparse.ArgumentParser, *, training: bool = False) ->
                        help=f"responses per PPO step (ppo.batch_size; {offline_default('ppo.batch_size')}): prompts, "
                             "times ppo.samples_per_prompt when that is > 1")
         t.add_argument("--mini-batch-size", type=int, help=f"prompts per gradient step; must divide --batch-size (ppo.mini_batch_size; {offline_default('ppo.mini_batch_size')})")
+        t.add_argument("--micro-batch-size", type=int,
+                       help="rows per forward/backward pass of the update: less memory, the same gradients "
+                            "(ppo.micro_batch_size; default: the whole minibatch)")
         t.add_argument("--max-new-tokens", type=int,
                        help=f"longest sampled summary in tokens (generation.max_new_tokens; {offline_default('generation.max_new_tokens')})")
         t.add_argument("--learning-rate", type=float, help=f"peak learning rate of the adapter (ppo.learning_rate; {offline_default('ppo.learning_rate')})")

@@ -133,6 +133,10 @@ class PPOConfig:
     steps: int = 10
     batch_size: int = 16
     mini_batch_size: int = 4
+    # Rows per forward/backward pass: a minibatch is cut into passes of at most this many rows whose
+    # gradients add up to the minibatch's (token-weighted), so the peak memory of the update's activations
+    # falls with it and the result does not change (but for float rounding). None: the whole minibatch.
+    micro_batch_size: int | None = None
     ppo_epochs: int = 1
     learning_rate: float = 1.41e-5
     gamma: float = 1.0
@@ -309,7 +313,7 @@ RESUME_FREE_SETTINGS = frozenset({
     "preset",  # a name: its values are compared one by one
     "run.output_dir", "run.overwrite", "run.progress", "run.log_with", "run.num_threads", "run.release_memory",
     "run.save_every", "run.keep_checkpoints",
-    "ppo.steps",
+    "ppo.steps", "ppo.micro_batch_size",  # the same gradients, in passes of fewer rows
     "policy.trust_remote_code", "reward.trust_remote_code", "evaluation.judge_trust_remote_code",
     "evaluation.split", "evaluation.num_samples", "evaluation.batch_size", "evaluation.max_new_tokens",
     "evaluation.do_sample", "evaluation.seed", "evaluation.samples_per_prompt",
@@ -758,6 +762,11 @@ def _validate_ppo(p: PPOConfig, g: GenerationConfig) -> None:
     for name in ("steps", "batch_size", "mini_batch_size", "ppo_epochs"):
         if getattr(p, name) <= 0:
             raise ConfigError(f"ppo.{name} must be positive, got {getattr(p, name)}")
+    if p.micro_batch_size is not None and p.micro_batch_size <= 0:
+        raise ConfigError(
+            f"ppo.micro_batch_size must be positive (rows per forward/backward pass), got {p.micro_batch_size}; "
+            f"e.g. --set ppo.micro_batch_size=1, or none for the whole minibatch in one pass"
+        )
     if p.batch_size % p.mini_batch_size != 0:
         raise ConfigError(
             f"ppo.mini_batch_size ({p.mini_batch_size}) must divide ppo.batch_size ({p.batch_size}); "

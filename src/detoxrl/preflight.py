@@ -24,13 +24,22 @@ from detoxrl.selection import dialogue_toxicity_for
 
 def check_launch(cfg: DetoxConfig, num_processes: int, *, deepspeed: bool = False, resume: bool = False) -> int:
     """What this launch's processes can run, before any model loads: ``ppo.rollout_shards`` resolved for
-    ``num_processes`` (:func:`detoxrl.config.resolve_rollout_shards`, returned), and no --resume under DeepSpeed."""
+    ``num_processes`` (:func:`detoxrl.config.resolve_rollout_shards`, returned), and neither --resume nor
+    micro-batches under DeepSpeed."""
     if resume and deepspeed:
         raise ConfigError(
             "--resume is not supported under DeepSpeed: its optimizer state is partitioned across the processes and a "
             "checkpoint holds the main process's part only; start a new run, or train without DeepSpeed (DDP) to resume"
         )
-    return resolve_rollout_shards(cfg, num_processes)
+    shards = resolve_rollout_shards(cfg, num_processes)
+    micro = cfg.ppo.micro_batch_size
+    if deepspeed and micro is not None and micro < cfg.ppo.mini_batch_size // shards:
+        # accelerate's backward under DeepSpeed also steps the optimizer: a minibatch cannot take several backwards
+        raise ConfigError(
+            f"ppo.micro_batch_size={micro} is not supported under DeepSpeed, whose backward also steps the optimizer; "
+            f"leave it out (set DeepSpeed's own gradient accumulation instead), or train without DeepSpeed (DDP)"
+        )
+    return shards
 
 
 @dataclass(frozen=True)

@@ -169,6 +169,9 @@ class Trainer(RunFolder):
         cfg = self.cfg
         self.run_dir = self.staging_dir or self.out_dir
         self.shards = cfg.ppo.rollout_shards
+        # Rows per pass of a model, with or without gradient: a minibatch of one shard, or its micro-batches.
+        shard_minibatch = cfg.ppo.mini_batch_size // self.shards
+        self.pass_rows = min(cfg.ppo.micro_batch_size or shard_minibatch, shard_minibatch)
         per_process = self.shards // self.state.num_processes
         self.local_shards = list(range(self.state.process_index * per_process, (self.state.process_index + 1) * per_process))
         self.progress = cfg.run.progress and self.state.is_main_process
@@ -290,7 +293,7 @@ class Trainer(RunFolder):
                       # passes: logprobs_and_values computes the log-probs then.
                       plan=logprob_plan(ppo_cfg.capture_logprobs, self.policy, zero3=zero3),
                       samples_per_prompt=k, batch_size=ppo_cfg.batch_size // self.shards,
-                      pass_batch_size=ppo_cfg.mini_batch_size // self.shards,  # as the update's: a [rows, T, vocab] logits peak
+                      pass_batch_size=self.pass_rows,  # as the update's: a [rows, T, vocab] logits peak
                       faithfulness=self.faithfulness, score_clip=ppo_cfg.score_clip, progress=self.progress,
                       synced_gpus=zero3)
         rollout, scored, shaped, faithful = got.rollout, got.scored, got.shaped, got.faithful
@@ -298,9 +301,7 @@ class Trainer(RunFolder):
 
         # No-grad passes in minibatch-sized chunks, as the update: a [B, T, vocab] logits tensor of
         # the whole batch would set the step's peak memory.
-        token_stats = logprobs_and_values(
-            self.policy, rollout, batch_size=ppo_cfg.mini_batch_size // self.shards
-        )
+        token_stats = logprobs_and_values(self.policy, rollout, batch_size=self.pass_rows)
         mask = rollout.response_mask.float()
         # A baseline is variance reduction for the gradient, not part of the reward: evaluation and the
         # logged env/reward_* keep the shaped reward itself.

@@ -93,6 +93,7 @@ def ppo_update(
     if len(generators) != len(shards):
         raise ValueError(f"ppo_update: {len(shards)} shards but {len(generators)} generators")
     mini_batch_size = ppo.mini_batch_size if mini_batch_size is None else mini_batch_size
+    micro = min(ppo.micro_batch_size or mini_batch_size, mini_batch_size)  # rows per forward/backward pass
     max_grad_norm, ratio_threshold = ppo.max_grad_norm, ppo.ratio_threshold
     hooks = hooks or UpdateHooks()
     backward = hooks.backward or (lambda loss: loss.backward())
@@ -109,20 +110,37 @@ def ppo_update(
         if len({len(plan) for plan in plans}) > 1:
             raise ValueError(f"ppo_update: shards of {[len(n) for n in lengths]} rows give different numbers of minibatches")
         for step_rows in zip(*plans):  # minibatch j of every shard
-            losses, parts, ok = [], [], True
-            for s, (b, idx) in enumerate(zip(shards, step_rows)):
-                with no_sync() if s < len(shards) - 1 else contextlib.nullcontext():
-                    sub = b.rollout.select(idx).trimmed(policy.is_seq2seq)
-                    mask = sub.response_mask.float()
-                    pg_loss, loss, pg_stats, extra = minibatch_loss(forward(sub), b, idx, mask, ppo, kl_coef)
-                ok = ok and is_finite_and_sane(loss, pg_stats["ratio_mean"], ratio_threshold)
-                losses.append(loss)
-                parts.append((pg_loss, loss, pg_stats, extra))
             optimizer.zero_grad(set_to_none=True)
-            if not all_agree(ok):
-                skipped += 1
-                continue
-            backward(_mean(losses))
+            passes = [(s, b, idx[start : start + micro]) for s, (b, idx) in enumerate(zip(shards, step_rows))
+                      for start in range(0, len(idx), micro)]
+            if len(passes) == len(shards):  # one pass per shard: one backward of their mean, after the guard
+                parts = []
+                for s, b, idx in passes:
+                    with no_sync() if s < len(shards) - 1 else contextlib.nullcontext():
+                        parts.append(_pass_loss(forward, b, idx, policy.is_seq2seq, ppo, kl_coef))
+                shard_parts = [[part] for part in parts]
+                ok = all(is_finite_and_sane(part.loss, part.pg_stats["ratio_mean"], ratio_threshold) for part in parts)
+                if not all_agree(ok):
+                    skipped += 1
+                    continue
+                backward(_mean([part.loss for part in parts]))
+            else:  # micro-batches: each pass's backward right after its forward frees its activations
+                shard_parts = [[] for _ in shards]
+                tokens = [float(b.rollout.response_mask[idx].sum()) for b, idx in zip(shards, step_rows)]
+                for j, (s, b, idx) in enumerate(passes):
+                    with no_sync() if j < len(passes) - 1 else contextlib.nullcontext():
+                        part = _pass_loss(forward, b, idx, policy.is_seq2seq, ppo, kl_coef)
+                        # the minibatch's loss is the token-weighted mean of its passes' masked means
+                        part.weight = float(b.rollout.response_mask[idx].sum()) / tokens[s]
+                        backward(part.loss * (part.weight / len(shards)))
+                    part.loss, part.pg_loss = part.loss.detach(), part.pg_loss.detach()
+                    shard_parts[s].append(part)
+                ok = all(is_finite_and_sane(sum(p.weight * p.loss for p in sp), _weighted(sp, lambda p: p.pg_stats["ratio_mean"]),
+                                            ratio_threshold) for sp in shard_parts)
+                if not all_agree(ok):
+                    skipped += 1
+                    optimizer.zero_grad(set_to_none=True)
+                    continue
             grad_norm = clip_grad_norm(params, max_grad_norm) if max_grad_norm else _grad_norm(params)
             if not all_agree(grad_norm is None or bool(torch.isfinite(torch.as_tensor(grad_norm)))):
                 skipped += 1
@@ -130,21 +148,50 @@ def ppo_update(
                 continue
             optimizer.step()
             applied += 1
-            stats = {
-                "ppo/loss/policy": _mean([float(pg.detach()) for pg, *_ in parts]),
-                "ppo/loss/total": _mean([float(total.detach()) for _, total, *_ in parts]),
-                "ppo/policy/clipfrac": _mean([p[2]["clipfrac"] for p in parts]),
-                "ppo/policy/approxkl": _mean([p[2]["approxkl"] for p in parts]),
-                "ppo/policy/ratio_mean": _mean([p[2]["ratio_mean"] for p in parts]),
-                **{key: _mean([p[3][key] for p in parts]) for key in parts[0][3]},  # value loss, KL term
-                "ppo/grad_norm": float("nan") if grad_norm is None else float(grad_norm),
-            }
+            stats = _step_stats(shard_parts, grad_norm)
             for k, v in stats.items():
                 sums[k] = sums.get(k, 0.0) + v
     result = {k: v / applied for k, v in sums.items()} if applied else {}
     result["ppo/applied_minibatches"] = applied
     result["ppo/skipped_minibatches"] = skipped
     return result
+
+
+@dataclass
+class _PassLoss:
+    """One forward pass's loss over rows of one shard, and its statistics (see :func:`minibatch_loss`)."""
+
+    pg_loss: torch.Tensor
+    loss: torch.Tensor
+    pg_stats: dict[str, float]
+    extra: dict[str, float]
+    weight: float = 1.0  # its share of its shard's minibatch tokens
+
+
+def _pass_loss(forward, b: UpdateBatch, idx: torch.Tensor, seq2seq: bool, ppo: PPOConfig, kl_coef: float) -> _PassLoss:
+    sub = b.rollout.select(idx).trimmed(seq2seq)
+    return _PassLoss(*minibatch_loss(forward(sub), b, idx, sub.response_mask.float(), ppo, kl_coef))
+
+
+def _weighted(parts: list[_PassLoss], value: Callable[[_PassLoss], float]) -> float:
+    """The token-weighted mean of ``value`` over one shard's passes; of a single pass, its value itself."""
+    return value(parts[0]) if len(parts) == 1 else sum(p.weight * value(p) for p in parts)
+
+
+def _step_stats(shard_parts: list[list[_PassLoss]], grad_norm) -> dict[str, float]:
+    """A gradient step's statistics: each shard's token-weighted mean over its passes, then the shards' mean."""
+    def per_shard(value: Callable[[_PassLoss], float]) -> float:
+        return _mean([_weighted(sp, value) for sp in shard_parts])
+
+    return {
+        "ppo/loss/policy": per_shard(lambda p: float(p.pg_loss.detach())),
+        "ppo/loss/total": per_shard(lambda p: float(p.loss.detach())),
+        "ppo/policy/clipfrac": per_shard(lambda p: p.pg_stats["clipfrac"]),
+        "ppo/policy/approxkl": per_shard(lambda p: p.pg_stats["approxkl"]),
+        "ppo/policy/ratio_mean": per_shard(lambda p: p.pg_stats["ratio_mean"]),
+        **{key: per_shard(lambda p, key=key: p.extra[key]) for key in shard_parts[0][0].extra},  # value loss, KL term
+        "ppo/grad_norm": float("nan") if grad_norm is None else float(grad_norm),
+    }
 
 
 def minibatch_loss(out: dict[str, torch.Tensor], b: UpdateBatch, idx: torch.Tensor, mask: torch.Tensor, ppo: PPOConfig,
