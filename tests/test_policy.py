@@ -82,6 +82,22 @@ def test_reference_equals_starting_adapter_kl_zero(arch, request, tiny_config):
         assert torch.equal(t, reference[name])
 
 
+def test_output_layer_gets_a_contiguous_input(tiny_llama, tiny_config):
+    """Logits of the last positions only (``logits_to_keep``) come from a slice of the last hidden state;
+    the output layer gets it contiguous, so that torch.matmul does one matrix product instead of copying
+    the weight once per row (:func:`detoxrl.policy.contiguous_head_input`). The logits are the same."""
+    policy = load_policy(tiny_config(policy=tiny_llama).policy)
+    seen = []
+    spy = policy.model.get_output_embeddings().register_forward_pre_hook(lambda module, args: seen.append(args[0].is_contiguous()))
+    ids = torch.randint(5, 100, (3, 10), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full = policy.model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+        last = policy.model(input_ids=ids, attention_mask=torch.ones_like(ids), logits_to_keep=2).logits
+    spy.remove()
+    assert seen == [True, True]  # [3, 2, hidden] sliced from [3, 10, hidden] is not contiguous before the hook
+    assert_close_for_dtype(last, full[:, -2:])
+
+
 def test_use_adapter_keeps_reference_frozen_and_restores_policy(tiny_t5, tiny_config, tmp_path):
     _, adapter_dir = _save_trained_adapter(tiny_config, tiny_t5, tmp_path / "sft")
     policy = load_policy(_policy_cfg(tiny_config, tiny_t5, adapter=str(adapter_dir)))  # a reference that is not the identity
