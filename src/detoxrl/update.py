@@ -80,6 +80,12 @@ def ppo_update(
     Each minibatch's forward pass is cut to its own padding; ``group_by_length`` puts rows of
     similar length together so that little padding is left (see :func:`minibatch_indices`).
 
+    Micro-batches (``ppo.micro_batch_size`` = N): a minibatch's rows go through passes of at most N rows,
+    each pass's loss weighted by its share of the minibatch's response tokens and its backward run right
+    after its forward (every pass but the step's last inside ``no_sync``), so that the step applies the
+    minibatch's gradient while one pass's activations are alive. The guard then judges the minibatch
+    after its backwards: a step it stops has its gradients cleared, as one whose norm is not finite.
+
     Rollout shards (``ppo.rollout_shards``): ``batch`` may be a list of shards, the rows of each shard
     with its own ``generator`` for its minibatches, ``mini_batch_size`` then counting rows of one shard
     (``ppo.mini_batch_size`` divided by the number of shards; default ``ppo.mini_batch_size``).
