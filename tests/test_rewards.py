@@ -21,7 +21,6 @@ from detoxrl.rewards import (
     Scorer,
     build_scorer,
     check_reward_labels,
-    length_batches,
     texts_for_scoring,
 )
 from detoxrl.tiny import make_tiny_roberta
@@ -116,14 +115,6 @@ def test_batched_scoring_equals_one_at_a_time(tiny_nothate_hate):
     again = single.score([TEXTS[i] for i in perm])
     torch.testing.assert_close(again.reward, batched.reward[perm], atol=1e-5, rtol=0)
     assert len(single.score([])) == 0
-
-
-def test_length_batches_cut_where_padding_would_pass_a_fifth():
-    # longest first; a new batch at max_rows, or where a row is below 0.8 x its batch's longest
-    assert length_batches([100, 90, 81, 80, 79, 70, 64, 10], max_rows=3) == [[0, 1, 2], [3, 4, 5], [6], [7]]
-    assert length_batches([50, 50, 50, 50, 50], max_rows=2) == [[0, 1], [2, 3], [4]]
-    assert length_batches([300, 240, 239], max_rows=64) == [[0, 1], [2]]  # 240 = 0.8 x 300 stays; 239 does not
-    assert length_batches([], max_rows=4) == []
 
 
 def test_truncation_at_max_length(tiny_nothate_hate):

@@ -156,9 +156,9 @@ def _as_dtype(dtype: torch.dtype | str) -> torch.dtype:
 class HFClassifierScorer:
     """A transformers sequence classifier; the reward is the raw logit of ``label``, picked by name.
 
-    Texts are tokenized once (truncated at ``max_length``), sorted by length and cut into batches of at
-    most ``batch_size`` texts of similar length (:func:`length_batches`), scored in eval mode under
-    ``torch.inference_mode``, and returned in the order given.
+    Texts are tokenized once (truncated at ``max_length``), sorted by length so that batches carry
+    little padding, scored in batches of ``batch_size`` in eval mode under ``torch.inference_mode``,
+    and returned in the order given.
     """
 
     def __init__(
@@ -238,8 +238,8 @@ class HFClassifierScorer:
         with torch.inference_mode(), tqdm(
             total=len(texts), disable=not progress, desc=f"scoring {self.name}", unit="text"
         ) as bar:
-            for idx in length_batches([len(encoded[i]) for i in order], self.batch_size):
-                idx = [order[j] for j in idx]
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start : start + self.batch_size]
                 batch = self.tokenizer.pad(
                     {"input_ids": [encoded[i] for i in idx]}, padding=True, return_tensors="pt"
                 ).to(self.device)
@@ -254,19 +254,6 @@ class HFClassifierScorer:
             logits={name: logits[:, i].clone() for i, name in enumerate(self.labels)},
             probs={name: probs[:, i].clone() for i, name in enumerate(self.labels)},
         )
-
-
-def length_batches(lengths: list[int], max_rows: int, min_fill: float = 0.8) -> list[list[int]]:
-    """Positions of ``lengths`` (sorted longest first) cut into consecutive batches of at most ``max_rows``,
-    a new batch starting where a text is shorter than ``min_fill`` x its batch's longest: every row of a
-    batch is then at least 80% real tokens, not padding. A classifier's cost is its padded tokens; with
-    rows of 100 to 350 tokens (a dialogue and its summary), one batch of 64 was about a third padding."""
-    batches: list[list[int]] = []
-    for i, n in enumerate(lengths):
-        if not batches or len(batches[-1]) >= max_rows or n < min_fill * lengths[batches[-1][0]]:
-            batches.append([])
-        batches[-1].append(i)
-    return batches
 
 
 @lru_cache(maxsize=2)

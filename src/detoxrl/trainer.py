@@ -169,9 +169,6 @@ class Trainer(RunFolder):
         cfg = self.cfg
         self.run_dir = self.staging_dir or self.out_dir
         self.shards = cfg.ppo.rollout_shards
-        # Rows per pass of a model, with or without gradient: a minibatch of one shard, or its micro-batches.
-        shard_minibatch = cfg.ppo.mini_batch_size // self.shards
-        self.pass_rows = min(cfg.ppo.micro_batch_size or shard_minibatch, shard_minibatch)
         per_process = self.shards // self.state.num_processes
         self.local_shards = list(range(self.state.process_index * per_process, (self.state.process_index + 1) * per_process))
         self.progress = cfg.run.progress and self.state.is_main_process
@@ -394,6 +391,12 @@ class Trainer(RunFolder):
                 f"lower ppo.learning_rate or check the reward and ppo settings (metrics: {self.run_dir / 'metrics.jsonl'})"
             ))
         return metrics
+
+    @property
+    def pass_rows(self) -> int:
+        """Rows per pass of a model, with or without gradient: a minibatch of one shard, or its micro-batches."""
+        shard_minibatch = self.cfg.ppo.mini_batch_size // self.shards
+        return min(self.cfg.ppo.micro_batch_size or shard_minibatch, shard_minibatch)
 
     def _update_hooks(self) -> UpdateHooks:
         """The update through accelerate: its backward and clipping, the prepared (DDP) model's forward."""

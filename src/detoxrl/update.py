@@ -131,18 +131,8 @@ def ppo_update(
                     continue
                 backward(_mean([part.loss for part in parts]))
             else:  # micro-batches: each pass's backward right after its forward frees its activations
-                shard_parts = [[] for _ in shards]
-                tokens = [float(b.rollout.response_mask[idx].sum()) for b, idx in zip(shards, step_rows)]
-                for j, (s, b, idx) in enumerate(passes):
-                    with no_sync() if j < len(passes) - 1 else contextlib.nullcontext():
-                        part = _pass_loss(forward, b, idx, policy.is_seq2seq, ppo, kl_coef)
-                        # the minibatch's loss is the token-weighted mean of its passes' masked means
-                        part.weight = float(b.rollout.response_mask[idx].sum()) / tokens[s]
-                        backward(part.loss * (part.weight / len(shards)))
-                    part.loss, part.pg_loss = part.loss.detach(), part.pg_loss.detach()
-                    shard_parts[s].append(part)
-                ok = all(is_finite_and_sane(sum(p.weight * p.loss for p in sp), _weighted(sp, lambda p: p.pg_stats["ratio_mean"]),
-                                            ratio_threshold) for sp in shard_parts)
+                shard_parts, ok = _accumulate(passes, shards, step_rows, forward, policy.is_seq2seq, ppo, kl_coef,
+                                              backward, no_sync)
                 if not all_agree(ok):
                     skipped += 1
                     optimizer.zero_grad(set_to_none=True)
@@ -177,6 +167,26 @@ class _PassLoss:
 def _pass_loss(forward, b: UpdateBatch, idx: torch.Tensor, seq2seq: bool, ppo: PPOConfig, kl_coef: float) -> _PassLoss:
     sub = b.rollout.select(idx).trimmed(seq2seq)
     return _PassLoss(*minibatch_loss(forward(sub), b, idx, sub.response_mask.float(), ppo, kl_coef))
+
+
+def _accumulate(passes, shards, step_rows, forward, seq2seq: bool, ppo: PPOConfig, kl_coef: float, backward,
+                no_sync) -> tuple[list[list[_PassLoss]], bool]:
+    """One gradient step's micro-batch passes: forward, then the backward of the pass's loss weighted by its share
+    of its shard's tokens (divided by the number of shards), every pass but the last inside ``no_sync``.
+    Returns each shard's passes (losses detached) and whether the guard lets every shard's minibatch apply."""
+    shard_parts: list[list[_PassLoss]] = [[] for _ in shards]
+    tokens = [float(b.rollout.response_mask[idx].sum()) for b, idx in zip(shards, step_rows)]
+    for j, (s, b, idx) in enumerate(passes):
+        with no_sync() if j < len(passes) - 1 else contextlib.nullcontext():
+            part = _pass_loss(forward, b, idx, seq2seq, ppo, kl_coef)
+            # the minibatch's loss is the token-weighted mean of its passes' masked means
+            part.weight = float(b.rollout.response_mask[idx].sum()) / tokens[s]
+            backward(part.loss * (part.weight / len(shards)))
+        part.loss, part.pg_loss = part.loss.detach(), part.pg_loss.detach()
+        shard_parts[s].append(part)
+    ok = all(is_finite_and_sane(sum(p.weight * p.loss for p in sp), _weighted(sp, lambda p: p.pg_stats["ratio_mean"]),
+                                ppo.ratio_threshold) for sp in shard_parts)
+    return shard_parts, ok
 
 
 def _weighted(parts: list[_PassLoss], value: Callable[[_PassLoss], float]) -> float:
