@@ -116,54 +116,24 @@ def _shard_loss(theta, batch: UpdateBatch) -> torch.Tensor:
     return pg + 0.1 * vf
 
 
-def test_update_of_two_shards_steps_on_the_mean_of_their_losses():
-    """What one process computes for two shards is what DDP computes for two processes: the gradient
-    of (loss of shard 0 + loss of shard 1) / 2, each a masked mean over its own tokens. The passes of
-    every shard but the last run inside ``no_sync`` (DDP averages once per step)."""
+def _toy_two_shard_step(micro_batch_size: int | None):
+    """One gradient step of plain SGD (lr 0.5) over two toy shards of 3 rows: (theta after it, theta after
+    the step on the mean of the two shards' losses computed by hand, the update's stats, the order of
+    ``no_sync`` entries and backwards)."""
     shards = [_toy_shard(1), _toy_shard(2, rows=3, width=6)]
     theta = torch.nn.Parameter(torch.tensor([0.3, -0.5]))
     expected = theta.detach() - 0.5 * torch.autograd.grad((_shard_loss(theta, shards[0]) + _shard_loss(theta, shards[1])) / 2, theta)[0]
-    entered = []
+    events = []
 
     class NoSync:
         def __enter__(self):
-            entered.append(True)
-
-        def __exit__(self, *exc):
-            return False
-
-    policy = SimpleNamespace(is_seq2seq=True, trainable_parameters=lambda: [theta])
-    stats = ppo_update(
-        policy,
-        torch.optim.SGD([theta], lr=0.5),
-        shards,
-        PPOConfig(ppo_epochs=1, mini_batch_size=3, clip_ratio=0.2, clip_value=0.2, vf_coef=0.1,
-                  max_grad_norm=None, ratio_threshold=10.0, group_by_length=False),
-        generator=[torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)],
-        hooks=UpdateHooks(forward=_toy_forward(theta), no_sync=NoSync),
-    )
-    assert stats["ppo/applied_minibatches"] == 1 and entered == [True]  # shard 0's pass only
-    torch.testing.assert_close(theta.detach(), expected, atol=1e-6, rtol=0)  # row order: float32 rounding
-
-
-def test_micro_batches_of_two_shards_step_on_the_mean_of_their_losses():
-    """With ppo.micro_batch_size=1 each row is its own pass, its loss weighted by its share of its shard's
-    tokens: the step is the same as above, and every pass but the step's last runs inside ``no_sync``
-    (forward and backward), so that DDP averages the accumulated gradients once."""
-    shards = [_toy_shard(1), _toy_shard(2, rows=3, width=6)]
-    theta = torch.nn.Parameter(torch.tensor([0.3, -0.5]))
-    expected = theta.detach() - 0.5 * torch.autograd.grad((_shard_loss(theta, shards[0]) + _shard_loss(theta, shards[1])) / 2, theta)[0]
-    synced = []
-
-    class NoSync:
-        def __enter__(self):
-            synced.append(False)
+            events.append("no_sync")
 
         def __exit__(self, *exc):
             return False
 
     def backward(loss):
-        synced.append(True)
+        events.append("backward")
         loss.backward()
 
     policy = SimpleNamespace(is_seq2seq=True, trainable_parameters=lambda: [theta])
@@ -171,14 +141,31 @@ def test_micro_batches_of_two_shards_step_on_the_mean_of_their_losses():
         policy,
         torch.optim.SGD([theta], lr=0.5),
         shards,
-        PPOConfig(ppo_epochs=1, mini_batch_size=3, micro_batch_size=1, clip_ratio=0.2, clip_value=0.2, vf_coef=0.1,
-                  max_grad_norm=None, ratio_threshold=10.0, group_by_length=False),
+        PPOConfig(ppo_epochs=1, mini_batch_size=3, micro_batch_size=micro_batch_size, clip_ratio=0.2, clip_value=0.2,
+                  vf_coef=0.1, max_grad_norm=None, ratio_threshold=10.0, group_by_length=False),
         generator=[torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)],
         hooks=UpdateHooks(forward=_toy_forward(theta), no_sync=NoSync, backward=backward),
     )
+    return theta.detach(), expected, stats, events
+
+
+def test_update_of_two_shards_steps_on_the_mean_of_their_losses():
+    """What one process computes for two shards is what DDP computes for two processes: the gradient
+    of (loss of shard 0 + loss of shard 1) / 2, each a masked mean over its own tokens. The passes of
+    every shard but the last run inside ``no_sync`` (DDP averages once per step)."""
+    theta, expected, stats, events = _toy_two_shard_step(None)
+    assert stats["ppo/applied_minibatches"] == 1 and events == ["no_sync", "backward"]  # shard 0's pass only
+    torch.testing.assert_close(theta, expected, atol=1e-6, rtol=0)  # row order: float32 rounding
+
+
+def test_micro_batches_of_two_shards_step_on_the_mean_of_their_losses():
+    """With ppo.micro_batch_size=1 each row is its own pass, its loss weighted by its share of its shard's
+    tokens: the step is the same as above, and every pass but the step's last runs inside ``no_sync``
+    (forward and backward), so that DDP averages the accumulated gradients once."""
+    theta, expected, stats, events = _toy_two_shard_step(1)
     assert stats["ppo/applied_minibatches"] == 1
-    assert synced == [False, True] * 5 + [True]  # 6 passes of one row: a backward each, the last one synchronised
-    torch.testing.assert_close(theta.detach(), expected, atol=1e-6, rtol=0)
+    assert events == ["no_sync", "backward"] * 5 + ["backward"]  # 6 passes of one row: a backward each, the last synchronised
+    torch.testing.assert_close(theta, expected, atol=1e-6, rtol=0)
 
 
 def test_update_step_is_skipped_when_any_process_says_so():

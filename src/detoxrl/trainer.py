@@ -45,7 +45,7 @@ from detoxrl.runfolder import (NEW_RUN_DIR, ResumePlan, RunFolder, check_resume_
                                prepare_output_dir, start_run)
 from detoxrl.schedule import batch_at, rollout_seed, seed_everything
 from detoxrl.tokenstats import masked_mean
-from detoxrl.update import UpdateBatch, UpdateHooks, ppo_update
+from detoxrl.update import UpdateBatch, UpdateHooks, ppo_update, rows_per_pass
 
 KL_SETTINGS = ("ppo.init_kl_coef", "ppo.adaptive_kl", "ppo.target_kl", "ppo.kl_horizon")
 
@@ -395,8 +395,7 @@ class Trainer(RunFolder):
     @property
     def pass_rows(self) -> int:
         """Rows per pass of a model, with or without gradient: a minibatch of one shard, or its micro-batches."""
-        shard_minibatch = self.cfg.ppo.mini_batch_size // self.shards
-        return min(self.cfg.ppo.micro_batch_size or shard_minibatch, shard_minibatch)
+        return rows_per_pass(self.cfg.ppo, self.cfg.ppo.mini_batch_size // self.shards)
 
     def _update_hooks(self) -> UpdateHooks:
         """The update through accelerate: its backward and clipping, the prepared (DDP) model's forward."""

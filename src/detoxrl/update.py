@@ -99,7 +99,7 @@ def ppo_update(
     if len(generators) != len(shards):
         raise ValueError(f"ppo_update: {len(shards)} shards but {len(generators)} generators")
     mini_batch_size = ppo.mini_batch_size if mini_batch_size is None else mini_batch_size
-    micro = min(ppo.micro_batch_size or mini_batch_size, mini_batch_size)  # rows per forward/backward pass
+    micro = rows_per_pass(ppo, mini_batch_size)
     max_grad_norm, ratio_threshold = ppo.max_grad_norm, ppo.ratio_threshold
     hooks = hooks or UpdateHooks()
     backward = hooks.backward or (lambda loss: loss.backward())
@@ -151,6 +151,12 @@ def ppo_update(
     result["ppo/applied_minibatches"] = applied
     result["ppo/skipped_minibatches"] = skipped
     return result
+
+
+def rows_per_pass(ppo: PPOConfig, mini_batch_size: int) -> int:
+    """Rows per pass of the model, with or without gradient: ``ppo.micro_batch_size``, at most a minibatch
+    of ``mini_batch_size`` rows (of one shard); the whole minibatch when it is not set."""
+    return min(ppo.micro_batch_size or mini_batch_size, mini_batch_size)
 
 
 @dataclass
