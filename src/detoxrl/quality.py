@@ -71,11 +71,18 @@ class FaithfulnessScorer:
 
     ``FaithfulnessScorer(device=None, batch_size=32)``; ``score(summaries, dialogues)`` returns one
     float in [-1, 1] per pair; ``embed(texts)`` returns L2-normalised embeddings [n, 384]. Runs in
-    fp32 (the model is small; bf16 would move the scores)."""
+    fp32 (the model is small; bf16 would move the scores).
+
+    ``remember_dialogues=True`` (evaluation): each distinct dialogue is embedded once, on its own, and
+    its vector reused by every later ``score`` call of this scorer. A sampled evaluation pass has k
+    summaries of each dialogue and the passes after it the same dialogues again, so this embeds a
+    dialogue once instead of k + 1 times per adapter; embedded alone (no padding) its vector does not
+    depend on which batch met it first, so a resumed evaluation scores as an uninterrupted one.
+    Training keeps the default (its dialogues embedded with their batch, as in earlier runs)."""
 
     max_length = 256  # sentence-transformers' max_seq_length for this model
 
-    def __init__(self, device: str | None = None, batch_size: int = 32):
+    def __init__(self, device: str | None = None, batch_size: int = 32, *, remember_dialogues: bool = False):
         import torch
         from transformers import AutoModel, AutoTokenizer
 
@@ -93,6 +100,7 @@ class FaithfulnessScorer:
         self.model.to(device).eval()
         self.device = device
         self.batch_size = int(batch_size)
+        self._dialogue_vectors: dict[str, object] | None = {} if remember_dialogues else None
 
     def embed(self, texts: Sequence[str]):
         """L2-normalised mean-pooled embeddings, a float32 numpy array [len(texts), 384]."""
@@ -128,5 +136,16 @@ class FaithfulnessScorer:
         if len(summaries) != len(dialogues):
             raise ValueError(f"{len(summaries)} summaries for {len(dialogues)} dialogues")
         s = self.embed(summaries)
-        d = self.embed(dialogues)
+        d = self.embed(dialogues) if self._dialogue_vectors is None else self._remembered(dialogues)
         return [float(x) for x in (s * d).sum(axis=1)]
+
+    def _remembered(self, dialogues: list[str]):
+        """The embeddings of ``dialogues``, each distinct text embedded once, alone, and kept."""
+        import numpy as np
+
+        texts = [t if t is not None else "" for t in dialogues]
+        known = self._dialogue_vectors
+        for text in dict.fromkeys(texts):
+            if text not in known:
+                known[text] = self.embed([text])[0]
+        return np.stack([known[t] for t in texts])
