@@ -69,14 +69,14 @@ def minilm_path():
 class FaithfulnessScorer:
     """Cosine similarity between each summary and its dialogue in all-MiniLM-L6-v2 space.
 
-    ``FaithfulnessScorer(device=None, batch_size=32)``; ``score(summaries, dialogues)`` returns one
+    ``FaithfulnessScorer(device=None, batch_size=32, *, remember_dialogues=False)``; ``score(summaries, dialogues)`` returns one
     float in [-1, 1] per pair; ``embed(texts)`` returns L2-normalised embeddings [n, 384]. Runs in
     fp32 (the model is small; bf16 would move the scores).
 
     ``remember_dialogues=True`` (evaluation): each distinct dialogue is embedded once, on its own, and
     its vector reused by every later ``score`` call of this scorer. A sampled evaluation pass has k
     summaries of each dialogue and the passes after it the same dialogues again, so this embeds a
-    dialogue once instead of k + 1 times per adapter; embedded alone (no padding) its vector does not
+    dialogue once per evaluation instead of 1 + k times per adapter; embedded alone (no padding) its vector does not
     depend on which batch met it first, so a resumed evaluation scores as an uninterrupted one.
     Training keeps the default (its dialogues embedded with their batch, as in earlier runs)."""
 
