@@ -47,11 +47,12 @@ DEFAULT_SYSTEMS = ("detoxrl", "trl-notebook-loop", "trl-batched")
 MICRO_SYSTEMS = ("detoxrl@micro2", "detoxrl@micro1")  # ppo.micro_batch_size = 2, 1
 SYSTEMS = ("detoxrl", *MICRO_SYSTEMS, "trl-notebook-loop", "trl-batched")
 PEERS = ("trl-notebook-loop", "trl-batched")
+PHASES = ("generate_s", "score_s", "update_s", "step_s")
 
 
 def is_detoxrl(system: str) -> bool:
+    """detoxrl itself or one of its micro-batch variants."""
     return system == "detoxrl" or system in MICRO_SYSTEMS
-PHASES = ("generate_s", "score_s", "update_s", "step_s")
 
 
 def venv_python(venv: Path) -> str:
